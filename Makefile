@@ -1,0 +1,59 @@
+# The two commands a user needs: `docker compose up` (run) and `make test` (test).
+# Everything else here is for developing the project.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := -e shared -e services/producer -e services/consumer -e services/topic_admin -e services/inmemory
+STAMP := $(VENV)/.installed
+
+.PHONY: help install lint typecheck check test unit integration kafka kafka-jars lock clean
+
+help:
+	@echo "make install      create .venv with the library, the four services and the dev tools"
+	@echo "make test         lint, type checks and the whole test suite (starts its own Kafka)"
+	@echo "make unit         unit tests only (no Kafka)"
+	@echo "make integration  integration tests against a real Kafka started from the pinned jars"
+	@echo "make kafka        run a single KRaft Kafka node on localhost:9092 in the foreground"
+	@echo "make lock         re-resolve constraints.txt (the locked dependency set)"
+
+install: $(STAMP)
+
+$(STAMP): constraints.txt requirements-dev.txt shared/pyproject.toml services/*/pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt $(PACKAGES) -r requirements-dev.txt
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy
+
+check: lint typecheck
+
+test: check
+	$(BIN)/pytest tests
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+integration: install
+	$(BIN)/pytest tests/integration
+
+kafka: install
+	$(BIN)/python deploy/kafka/local_kafka.py run
+
+kafka-jars:
+	$(PYTHON) deploy/kafka/local_kafka.py fetch
+
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet $(PACKAGES) -r requirements-dev.txt
+	.lock-venv/bin/pip freeze --exclude-editable > constraints.txt
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The consumer service: processes jobs from JOBS_TOPIC as a member of CONSUMER_GROUP."""

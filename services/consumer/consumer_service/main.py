@@ -1,0 +1,63 @@
+"""Entry point of the `consumer` console script: CONSUMER_WORKERS group members, one thread each.
+
+The main thread waits for SIGTERM/SIGINT (or a worker's failure), then gives the workers
+SHUTDOWN_TIMEOUT_S to finish the job in hand, commit and leave the group.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from consumer_service.settings import ConsumerSettings
+from consumer_service.worker import ConsumerWorker, Counts
+from jobpipe.errors import ExitCode
+from jobpipe.handlers import load_handler
+from jobpipe.handling import JobHandler
+from jobpipe.kafka_clients import wait_for_broker
+from jobpipe.logs import event
+from jobpipe.service import Outcome, Probes, run_service
+
+STALL_S = 60.0  # /healthz fails when a worker's loop has not turned for this long
+
+
+def consume(settings: ConsumerSettings, stop: threading.Event, probes: Probes) -> Outcome:
+    handler = JobHandler(load_handler(settings.handler), settings.retry_policy(settings.max_attempts))
+    wait_for_broker(settings)
+    workers = [ConsumerWorker(number, settings, handler, stop, probes.ready,
+                              metrics_on=bool(settings.metrics_port))
+               for number in range(1, settings.consumer_workers + 1)]
+    failures: list[BaseException] = []
+
+    def run(worker: ConsumerWorker) -> None:
+        try:
+            worker.run()
+        except BaseException as error:
+            failures.append(error)
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=(worker,), name=f"consumer-{worker.number}", daemon=True)
+               for worker in workers]
+    probes.alive = lambda: all(time.monotonic() - w.heartbeat < STALL_S for w in workers)
+    for thread in threads:
+        thread.start()
+    stop.wait()
+    deadline = time.monotonic() + settings.shutdown_timeout_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    counts = Counts()
+    for worker in workers:
+        counts.add(worker.counts)
+    outcome = Outcome(ExitCode.OK, vars(counts))
+    stuck = [thread.name for thread in threads if thread.is_alive()]
+    if stuck:
+        event("service.stuck", f"{', '.join(stuck)} did not stop within {settings.shutdown_timeout_s:g} s",
+              level="ERROR", threads=stuck)
+        outcome.exit_code = ExitCode.FAILURE
+    if failures:
+        raise failures[0]
+    return outcome
+
+
+def main() -> None:
+    run_service("consumer", ConsumerSettings, consume)

@@ -1,0 +1,378 @@
+"""One member of the consumer group: the poll loop, retries, dead letters and commits.
+
+Design, in the order a message meets it:
+- The handler runs on a HandlerThread while this loop keeps calling poll(), so a slow job
+  never exceeds max.poll.interval.ms; after KEEPALIVE_S all partitions are paused so
+  nothing piles up meanwhile (librdkafka resumes a partition from the last message it
+  handed over, so pausing loses nothing).
+- A failed attempt is not slept on: its partition is paused and the job waits in
+  `_waiting` until its backoff is due, while the other partitions keep flowing.
+- A partition's offset is stored only after its job succeeded or was dead-lettered, in
+  partition order; stored offsets are committed in the background, on revoke and on close.
+- On revoke, the job in hand for a revoked partition is finished (bounded by
+  SHUTDOWN_TIMEOUT_S) and its offset committed before the partition is given up, so a
+  graceful rebalance processes nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from functools import partial
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from consumer_service.dead_letters import DeadLetterPublisher
+from consumer_service.handler_thread import HandlerThread
+from consumer_service.settings import ConsumerSettings
+from jobpipe import metrics
+from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_processed, log_retry
+from jobpipe.job import InvalidJob, Job
+from jobpipe.kafka_clients import consumer_config
+from jobpipe.logs import event
+
+TP = tuple[str, int]
+KEEPALIVE_S = 0.5  # a handler running longer than this gets the partitions paused
+POLL_S = 0.2  # longest a single poll blocks, so stop and due retries are noticed quickly
+STATS_INTERVAL_MS = 5000
+
+
+def tp_of(message: Message) -> TP:
+    return (message.topic() or "", message.partition() or 0)
+
+
+@dataclass
+class Waiting:
+    """A message whose next attempt (or dead-letter publish) is due at `due`."""
+
+    message: Message
+    attempt: int
+    due: float
+    dead_letter_reason: str | None = None
+
+
+@dataclass
+class InFlight:
+    """The job the handler thread is working on."""
+
+    message: Message
+    job: Job
+    future: futures.Future[Attempt]
+    settled: bool = False
+
+    @property
+    def tp(self) -> TP:
+        return tp_of(self.message)
+
+
+@dataclass
+class Counts:
+    processed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    handed_back: int = 0
+
+    def add(self, other: Counts) -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class ConsumerWorker:
+    number: int
+    settings: ConsumerSettings
+    handler: JobHandler
+    stop: threading.Event
+    joined: threading.Event
+    metrics_on: bool = False
+    counts: Counts = field(default_factory=Counts)
+
+    def __post_init__(self) -> None:
+        host = socket.gethostname()
+        self.name = f"consumer {self.number}@{host}"
+        client_id = f"consumer-{self.number}-{host}"
+        instance_id = f"{host}-{self.number}" if self.settings.static_membership else None
+        config = consumer_config(self.settings, client_id, self.settings.consumer_group, instance_id)
+        if self.metrics_on:
+            config |= {"statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self._on_stats}
+        self._consumer = Consumer(config)
+        self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq")
+        self._runner = HandlerThread(f"handler-{self.number}")
+        self._assigned: set[TP] = set()
+        self._pending: deque[Message] = deque()  # fetched, not yet started, in arrival order
+        self._waiting: dict[TP, Waiting] = {}  # partition -> its job waiting for a retry
+        self._blocked: set[TP] = set()  # partitions paused for a retry
+        self._in_flight: InFlight | None = None
+        self._in_callback = False
+        self._stop_deadline: float | None = None
+        self.heartbeat = time.monotonic()
+
+    # ---- the loop -------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._consumer.subscribe([self.settings.jobs_topic], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        try:
+            while not self.stop.is_set():
+                self.heartbeat = time.monotonic()
+                self._step()
+        finally:
+            self._close()
+
+    def _step(self) -> None:
+        due = self._take_due()
+        if due is not None:
+            self._process(due.message, due.attempt, due.dead_letter_reason)
+            return
+        message = self._next_pending() or self._consumer.poll(self._poll_timeout())
+        if message is None:
+            return
+        error = message.error()
+        if error is not None:
+            self._on_message_error(error)
+            return
+        if tp_of(message) in self._blocked:  # its partition waits for a retry: keep for later
+            self._pending.append(message)
+            return
+        self._process(message, 1, None)
+
+    def _take_due(self) -> Waiting | None:
+        now = time.monotonic()
+        for tp, waiting in self._waiting.items():
+            if waiting.due <= now:
+                del self._waiting[tp]
+                return waiting
+        return None
+
+    def _next_pending(self) -> Message | None:
+        for index, message in enumerate(self._pending):
+            if tp_of(message) not in self._blocked:
+                del self._pending[index]
+                return message
+        return None
+
+    def _poll_timeout(self) -> float:
+        if not self._waiting:
+            return POLL_S
+        soonest = min(waiting.due for waiting in self._waiting.values())
+        return max(0.0, min(POLL_S, soonest - time.monotonic()))
+
+    def _on_message_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            raise KafkaException(error)
+        event("kafka.error", f"{self.name}: {error.str()}", level="WARNING", code=error.name())
+
+    # ---- one message ------------------------------------------------------------------
+
+    def _process(self, message: Message, attempt: int, dead_letter_reason: str | None) -> None:
+        if dead_letter_reason is not None:
+            self._dead_letter(message, dead_letter_reason, attempt, None)
+            return
+        try:
+            job = Job.from_bytes(message.value())
+        except InvalidJob as error:
+            self._dead_letter(message, str(error), 0, None)
+            return
+        flight = InFlight(message, job, self._runner.submit(partial(self.handler.attempt, job, attempt)))
+        self._in_flight = flight
+        try:
+            finished = self._wait_alive(flight.future.done,
+                                        lambda: futures.wait([flight.future], timeout=0.05))
+        finally:
+            self._in_flight = None
+        if flight.settled:  # finished inside a revoke callback already
+            return
+        if not finished:
+            self._hand_back(flight, "still running at shutdown")
+            return
+        self._settle(flight, revoking=False)
+
+    def _settle(self, flight: InFlight, revoking: bool) -> None:
+        flight.settled = True
+        result = flight.future.result()
+        message = flight.message
+        origin = {"partition": message.partition(), "offset": message.offset()}
+        step = self.handler.next_step(result)
+        if step is Next.DONE:
+            log_processed(result, self.name, **origin)
+            self.counts.processed += 1
+            self._finish(message, revoking)
+        elif step is Next.RETRY and not revoking:
+            delay = self.handler.policy.delay_s(result.number)
+            log_retry(result, delay, self.name, **origin)
+            self.counts.retried += 1
+            self._retry_later(Waiting(message, result.number + 1, time.monotonic() + delay))
+        elif step is Next.RETRY:
+            self._hand_back(flight, f"attempt {result.number} failed during a rebalance")
+        else:
+            self._dead_letter(message, result.error_text, result.number, flight.job)
+
+    def _dead_letter(self, message: Message, reason: str, attempts: int, job: Job | None) -> None:
+        delivery = self._dlq.publish(message, reason, attempts, self.name)
+        delivered = self._wait_alive(delivery.done, lambda: self._dlq.poll(0.05))
+        origin = {"partition": message.partition(), "offset": message.offset()}
+        key = job.key if job else (message.key() or b"").decode(errors="replace") or None
+        if delivered and delivery.error is None:
+            log_dead_lettered(key, job.id if job else None, reason=reason, attempts=attempts,
+                              consumer=self.name, destination=self._dlq.topic, **origin)
+            self.counts.dead_lettered += 1
+            self._finish(message, self._in_callback)
+            return
+        if not delivered and self.stop.is_set():
+            return  # not committed: the next owner of the partition dead-letters it again
+        delay = self.handler.policy.delay_s(max(1, attempts))
+        event("job.dead_letter_failed",
+              f"{self.name} could not publish {key} to {self._dlq.topic} "
+              f"({delivery.error or 'no answer'}); trying again in {delay * 1000:.0f} ms",
+              level="ERROR", key=key, error=delivery.error, **origin)
+        if not self._in_callback:
+            self._retry_later(Waiting(message, attempts, time.monotonic() + delay, reason))
+
+    def _finish(self, message: Message, revoking: bool) -> None:
+        """The job is done with: store its offset and let its partition flow again."""
+        self._consumer.store_offsets(message=message)
+        tp = tp_of(message)
+        if tp in self._blocked and not revoking:
+            self._blocked.discard(tp)
+            self._consumer.resume([TopicPartition(*tp)])
+
+    def _retry_later(self, waiting: Waiting) -> None:
+        tp = tp_of(waiting.message)
+        if tp not in self._blocked:
+            self._blocked.add(tp)
+            self._consumer.pause([TopicPartition(*tp)])
+        self._waiting[tp] = waiting
+
+    def _hand_back(self, flight: InFlight, why: str) -> None:
+        flight.settled = True
+        self.counts.handed_back += 1
+        message = flight.message
+        event("job.handed_back",
+              f"{self.name} handed back {flight.job.key} from partition {message.partition()} "
+              f"offset {message.offset()} uncommitted: {why}",
+              level="WARNING", id=flight.job.id, key=flight.job.key, partition=message.partition(),
+              offset=message.offset(), reason=why, consumer=self.name)
+
+    # ---- staying in the group while waiting ----------------------------------------------
+
+    def _wait_alive(self, done: Callable[[], bool], tick: Callable[[], object]) -> bool:
+        """Run `tick` until `done()`, polling the consumer so the group keeps this member.
+
+        Returns False if shutdown's budget ran out first. Inside a rebalance callback the
+        consumer cannot be polled; the wait is then bounded by SHUTDOWN_TIMEOUT_S instead.
+        """
+        started = time.monotonic()
+        paused: list[TopicPartition] = []
+        try:
+            while not done():
+                now = time.monotonic()
+                self.heartbeat = now
+                if self._out_of_time(now, started):
+                    return False
+                tick()
+                if self._in_callback or done() or now - started < KEEPALIVE_S:
+                    continue
+                if not paused:
+                    paused = [tp for tp in self._consumer.assignment()
+                              if (tp.topic, tp.partition) not in self._blocked]
+                    self._consumer.pause(paused)
+                message = self._consumer.poll(0)
+                if message is not None and message.error() is None:
+                    self._pending.append(message)
+            return True
+        finally:
+            still_ours = [tp for tp in paused if (tp.topic, tp.partition) in self._assigned]
+            if still_ours:
+                self._consumer.resume(still_ours)
+
+    def _out_of_time(self, now: float, started: float) -> bool:
+        if self._in_callback:
+            return now - started > self.settings.shutdown_timeout_s
+        if not self.stop.is_set():
+            return False
+        if self._stop_deadline is None:  # leave a fifth of the budget for commit and close
+            self._stop_deadline = now + self.settings.shutdown_timeout_s * 0.8
+        return now >= self._stop_deadline
+
+    # ---- rebalances ---------------------------------------------------------------------
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        self.joined.set()
+        event("partitions.assigned",
+              f"{self.name} assigned partitions {sorted(p for _, p in self._assigned)}",
+              consumer=self.name, partitions=[tp.partition for tp in partitions],
+              owned=sorted(p for _, p in self._assigned))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self._in_callback = True
+        try:
+            flight = self._in_flight
+            if flight is not None and not flight.settled and flight.tp in revoked:
+                futures.wait([flight.future], timeout=self.settings.shutdown_timeout_s)
+                if flight.future.done():
+                    self._settle(flight, revoking=True)
+                else:
+                    self._hand_back(flight, "partition revoked while the job was running")
+            self._forget(revoked)
+            self._commit()
+        finally:
+            self._in_callback = False
+        event("partitions.revoked",
+              f"{self.name} gave up partitions {sorted(p for _, p in revoked)}",
+              consumer=self.name, partitions=sorted(p for _, p in revoked),
+              owned=sorted(p for _, p in self._assigned))
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        flight = self._in_flight
+        if flight is not None and not flight.settled and flight.tp in lost:
+            self._hand_back(flight, "partition lost (session timed out)")
+        self._forget(lost)
+        event("partitions.revoked",
+              f"{self.name} lost partitions {sorted(p for _, p in lost)} without committing",
+              level="WARNING", consumer=self.name, partitions=sorted(p for _, p in lost), lost=True,
+              owned=sorted(p for _, p in self._assigned))
+
+    def _forget(self, partitions: set[TP]) -> None:
+        for tp in partitions:
+            self._waiting.pop(tp, None)
+            self._blocked.discard(tp)
+        self._pending = deque(m for m in self._pending if tp_of(m) not in partitions)
+        self._assigned -= partitions
+
+    def _commit(self) -> None:
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError._NO_OFFSET:
+                event("commit.failed", f"{self.name} commit failed: {error.args[0].str()}",
+                      level="WARNING", error=error.args[0].str())
+
+    # ---- metrics and shutdown -----------------------------------------------------------
+
+    def _on_stats(self, stats_json: str) -> None:
+        stats = json.loads(stats_json)
+        for topic, topic_stats in stats.get("topics", {}).items():
+            for partition, partition_stats in topic_stats.get("partitions", {}).items():
+                lag = partition_stats.get("consumer_lag", -1)
+                if partition != "-1" and lag >= 0:
+                    metrics.CONSUMER_LAG.labels(topic, partition).set(lag)
+
+    def _close(self) -> None:
+        """Commit what is finished and leave the group; hand back the rest."""
+        self._runner.close()
+        try:
+            self._consumer.close()  # runs the revoke callback: commit, then LeaveGroup
+        finally:
+            left = self._dlq.close(max(0.5, self.settings.shutdown_timeout_s * 0.1))
+            if left:
+                event("dead_letters.unflushed", f"{self.name}: {left} dead letter(s) unacknowledged",
+                      level="WARNING", unflushed=left)

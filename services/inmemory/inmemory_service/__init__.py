@@ -1,0 +1,1 @@
+"""The in-memory service: producers and consumers in one process over a bounded queue."""

@@ -1,0 +1,191 @@
+"""The topic operations: ensure (create or grow, never delete), reset, describe.
+
+All are idempotent except `reset`, which deletes and re-creates on purpose (the seed's
+fresh start) and only runs when asked for by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic, OffsetSpec
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay
+
+from jobpipe.logs import event
+from topic_admin_service.settings import TopicAdminSettings
+
+REQUEST_TIMEOUT_S = 30.0
+
+
+def _kafka_code(error: BaseException) -> int | None:
+    if isinstance(error, KafkaException) and error.args and isinstance(error.args[0], KafkaError):
+        return int(error.args[0].code())
+    return None
+
+
+class StillDeleting(Exception):
+    """A deleted topic is not gone yet, so it cannot be created again yet."""
+
+
+class TopicAdmin:
+    def __init__(self, admin: AdminClient, settings: TopicAdminSettings) -> None:
+        self._admin = admin
+        self._settings = settings
+        self.topics = [settings.jobs_topic, settings.dlq_topic]
+
+    # ---- ensure / reset ---------------------------------------------------------------------
+
+    def ensure(self) -> dict[str, str]:
+        """Create missing topics, grow ones with too few partitions; return what was done."""
+        wanted = self._settings.jobs_partitions
+        existing = self._admin.list_topics(timeout=REQUEST_TIMEOUT_S).topics
+        actions: dict[str, str] = {}
+        missing = [name for name in self.topics if name not in existing]
+        if missing:
+            actions |= self._create(missing)
+        for name in self.topics:
+            if name not in existing:
+                continue
+            have = len(existing[name].partitions)
+            if have < wanted:
+                futures = self._admin.create_partitions([NewPartitions(name, wanted)],
+                                                        request_timeout=REQUEST_TIMEOUT_S)
+                futures[name].result()
+                actions[name] = "grown"
+                event("topic.grown", f"grew {name} from {have} to {wanted} partitions",
+                      topic=name, partitions_before=have, partitions=wanted)
+            else:
+                actions[name] = "unchanged"
+                note = "" if have == wanted else f" (more than JOBS_PARTITIONS={wanted}; never shrunk)"
+                event("topic.unchanged", f"{name} has {have} partitions{note}",
+                      topic=name, partitions=have)
+        return actions
+
+    def _create(self, names: list[str]) -> dict[str, str]:
+        rf = self._settings.replication_factor
+        new = [NewTopic(name, num_partitions=self._settings.jobs_partitions, replication_factor=rf)
+               for name in names]
+        actions = {}
+        for name, future in self._admin.create_topics(new, request_timeout=REQUEST_TIMEOUT_S).items():
+            try:
+                future.result()
+            except KafkaException as error:
+                if _kafka_code(error) != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+                actions[name] = "unchanged"  # another topic-admin created it meanwhile
+                continue
+            actions[name] = "created"
+            event("topic.created",
+                  f"created {name} with {self._settings.jobs_partitions} partitions, replication {rf}",
+                  topic=name, partitions=self._settings.jobs_partitions, replication_factor=rf)
+        return actions
+
+    def reset(self) -> dict[str, str]:
+        """Delete both topics (all their jobs!) and create them again, empty."""
+        existing = self._admin.list_topics(timeout=REQUEST_TIMEOUT_S).topics
+        doomed = [name for name in self.topics if name in existing]
+        if doomed:
+            for name, future in self._admin.delete_topics(doomed, request_timeout=REQUEST_TIMEOUT_S).items():
+                future.result()
+                event("topic.deleted", f"deleted {name}", level="WARNING", topic=name)
+        # Deletion completes asynchronously: creating too early is refused as "already exists"
+        # (or "marked for deletion"). Retry with the retry policy until all are created anew.
+        created: set[str] = set()
+        retrying = Retrying(stop=stop_after_delay(REQUEST_TIMEOUT_S),
+                            wait=self._settings.retry_policy().tenacity_wait, reraise=True,
+                            retry=retry_if_exception_type((StillDeleting, KafkaException)))
+        for attempt in retrying:
+            with attempt:
+                pending = [name for name in self.topics if name not in created]
+                created |= {n for n, action in self._create(pending).items() if action == "created"}
+                if created != set(self.topics):
+                    raise StillDeleting(f"{sorted(set(self.topics) - created)} still being deleted")
+        return {name: "reset" for name in self.topics}
+
+    # ---- describe ---------------------------------------------------------------------------
+
+    def describe(self) -> Description:
+        metadata = self._admin.list_topics(timeout=REQUEST_TIMEOUT_S)
+        group = self._settings.consumer_group
+        committed = self._committed(group)
+        description = Description(group=group, members=self._members(group))
+        for name in self.topics:
+            if name not in metadata.topics or metadata.topics[name].error is not None:
+                description.missing.append(name)
+                continue
+            partitions = metadata.topics[name].partitions
+            tps = [TopicPartition(name, p) for p in sorted(partitions)]
+            starts = self._offsets(tps, OffsetSpec.earliest())
+            ends = self._offsets(tps, OffsetSpec.latest())
+            rows = []
+            for tp in tps:
+                p = partitions[tp.partition]
+                start, end = starts[tp.partition], ends[tp.partition]
+                done = committed.get((name, tp.partition))
+                is_jobs = name == self._settings.jobs_topic
+                lag = end - (done if done is not None else start) if is_jobs else None
+                rows.append(PartitionInfo(partition=tp.partition, leader=p.leader, replicas=list(p.replicas),
+                                          isr=list(p.isrs), start_offset=start, end_offset=end,
+                                          committed=done, lag=lag))
+            description.topics.append(TopicInfo(name=name, partitions=rows))
+        return description
+
+    def _offsets(self, tps: list[TopicPartition], spec: OffsetSpec) -> dict[int, int]:
+        futures = self._admin.list_offsets({tp: spec for tp in tps}, request_timeout=REQUEST_TIMEOUT_S)
+        return {tp.partition: future.result().offset for tp, future in futures.items()}
+
+    def _committed(self, group: str) -> dict[tuple[str, int], int]:
+        futures = self._admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
+                                                          request_timeout=REQUEST_TIMEOUT_S)
+        result = futures[group].result()
+        return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions or []
+                if tp.offset >= 0}
+
+    def _members(self, group: str) -> list[dict[str, Any]]:
+        future = self._admin.describe_consumer_groups([group], request_timeout=REQUEST_TIMEOUT_S)[group]
+        try:
+            found = future.result()
+        except KafkaException as error:
+            if _kafka_code(error) == KafkaError.GROUP_ID_NOT_FOUND:
+                return []
+            raise
+        return [{"client_id": m.client_id, "host": m.host,
+                 "partitions": sorted(tp.partition for tp in (m.assignment.topic_partitions or [])
+                                      if tp.topic == self._settings.jobs_topic)}
+                for m in found.members]
+
+
+@dataclass
+class PartitionInfo:
+    partition: int
+    leader: int
+    replicas: list[int]
+    isr: list[int]
+    start_offset: int
+    end_offset: int
+    committed: int | None
+    lag: int | None
+
+
+@dataclass
+class TopicInfo:
+    name: str
+    partitions: list[PartitionInfo]
+
+
+@dataclass
+class Description:
+    group: str
+    members: list[dict[str, Any]]
+    topics: list[TopicInfo] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def total_lag(self) -> int:
+        return sum(p.lag or 0 for t in self.topics for p in t.partitions)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"total_lag": self.total_lag}
+

@@ -1,0 +1,36 @@
+"""The handler contract: HANDLER="package.module:function", a function taking a Job.
+
+A handler succeeds by returning and fails by raising; the same function runs unchanged
+in the Kafka consumer and in the in-memory service. `demo_handler` is the built-in one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from jobpipe.errors import ConfigError
+from jobpipe.job import Job
+
+HandlerFn = Callable[[Job], object]
+
+
+def demo_handler(job: Job) -> None:
+    """The default handler: accepts every job whose payload is a JSON object or absent."""
+    if job.payload is not None and not isinstance(job.payload, dict | str):
+        raise ValueError(f"demo handler expects an object payload, got {type(job.payload).__name__}")
+
+
+def load_handler(spec: str) -> HandlerFn:
+    """Import `module:function`; raise ConfigError naming HANDLER if that is not possible."""
+    module_name, sep, function_name = spec.partition(":")
+    if not sep or not module_name or not function_name:
+        raise ConfigError(f"HANDLER={spec!r}: expected 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # an import can fail with anything the module raises
+        raise ConfigError(f"HANDLER={spec!r}: cannot import {module_name!r}: {error}") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ConfigError(f"HANDLER={spec!r}: {module_name!r} has no function {function_name!r}")
+    return function  # type: ignore[no-any-return]

@@ -1,0 +1,102 @@
+"""Running a job's handler and deciding what comes next: done, retry later, or dead-letter.
+
+Shared by the Kafka consumer and the in-memory service so both count, time, retry and log
+a job's attempts identically. The caller supplies where the job came from (`origin` fields,
+e.g. partition and offset) and does the transport-specific part (commit, DLQ topic).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from jobpipe import metrics
+from jobpipe.handlers import HandlerFn
+from jobpipe.job import Job
+from jobpipe.logs import event
+from jobpipe.retry import RetryPolicy
+
+
+class Next(Enum):
+    DONE = "done"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The outcome of one call of the handler."""
+
+    job: Job
+    number: int
+    duration_ms: float
+    error: Exception | None = None
+
+    @property
+    def error_text(self) -> str:
+        return f"{type(self.error).__name__}: {self.error}" if self.error else ""
+
+
+class JobHandler:
+    """Wraps the user's handler function with timing, metrics and the retry policy."""
+
+    def __init__(self, function: HandlerFn, policy: RetryPolicy) -> None:
+        self._function = function
+        self.policy = policy
+
+    def attempt(self, job: Job, number: int) -> Attempt:
+        """Call the handler once; never raises for an Exception the handler raised."""
+        started = time.perf_counter()
+        try:
+            self._function(job)
+        except Exception as error:  # the handler contract: raising anything fails the attempt
+            elapsed = time.perf_counter() - started
+            metrics.PROCESSING_SECONDS.observe(elapsed)
+            metrics.JOBS_FAILED.inc()
+            return Attempt(job, number, elapsed * 1000, error)
+        elapsed = time.perf_counter() - started
+        metrics.PROCESSING_SECONDS.observe(elapsed)
+        return Attempt(job, number, elapsed * 1000)
+
+    def next_step(self, attempt: Attempt) -> Next:
+        if attempt.error is None:
+            return Next.DONE
+        return Next.DEAD_LETTER if self.policy.gives_up_after(attempt.number) else Next.RETRY
+
+
+def describe_origin(origin: dict[str, Any]) -> str:
+    if "partition" in origin:
+        return f"partition {origin['partition']} offset {origin['offset']}"
+    return "the queue"
+
+
+def log_processed(attempt: Attempt, consumer: str, **origin: Any) -> None:
+    metrics.JOBS_PROCESSED.inc()
+    job = attempt.job
+    event("job.processed",
+          f"{consumer} processed {job.key} from {describe_origin(origin)} "
+          f"(attempt {attempt.number}, {attempt.duration_ms:.1f} ms)",
+          id=job.id, key=job.key, **origin, attempt=attempt.number,
+          duration_ms=round(attempt.duration_ms, 3), consumer=consumer)
+
+
+def log_retry(attempt: Attempt, delay_s: float, consumer: str, **origin: Any) -> None:
+    metrics.JOBS_RETRIED.inc()
+    job = attempt.job
+    event("job.retry",
+          f"{consumer} will retry {job.key} from {describe_origin(origin)} in {delay_s * 1000:.0f} ms "
+          f"after attempt {attempt.number} failed: {attempt.error_text}",
+          level="WARNING", id=job.id, key=job.key, **origin, attempt=attempt.number,
+          delay_ms=round(delay_s * 1000, 1), error=attempt.error_text, consumer=consumer)
+
+
+def log_dead_lettered(key: str | None, job_id: str | None, *, reason: str, attempts: int,
+                      consumer: str, destination: str, **origin: Any) -> None:
+    metrics.JOBS_DEAD_LETTERED.inc()
+    event("job.dead_lettered",
+          f"{consumer} dead-lettered {key or '<no key>'} from {describe_origin(origin)} to "
+          f"{destination} after {attempts} attempt(s): {reason}",
+          level="ERROR", id=job_id, key=key, **origin, attempts=attempts, error=reason,
+          destination=destination, consumer=consumer)

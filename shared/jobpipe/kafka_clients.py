@@ -1,0 +1,109 @@
+"""librdkafka configuration for every client the services create, and the wait for the broker.
+
+All clients get the connection and security settings; the service's main client also gets
+KAFKA_EXTRA_CONFIG. Producers are always acks=all with idempotence on.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay
+
+from jobpipe.errors import KafkaUnreachable
+from jobpipe.logs import event, kafka_client_logger
+from jobpipe.settings import KafkaSettings
+
+Config = dict[str, Any]
+
+
+def _on_client_error(error: KafkaError) -> None:
+    level = "ERROR" if error.fatal() else "WARNING"
+    event("kafka.error", f"Kafka client error: {error.str()}", level=level, code=error.name(),
+          fatal=error.fatal(), retriable=error.retriable())
+
+
+def connection_config(settings: KafkaSettings, client_id: str) -> Config:
+    """Bootstrap servers, security, logging: what every client of a service shares."""
+    config: Config = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "client.id": client_id,
+        "security.protocol": settings.kafka_security_protocol,
+        "logger": kafka_client_logger(client_id),
+        "error_cb": _on_client_error,
+    }
+    if settings.kafka_sasl_mechanism:
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+    if settings.kafka_sasl_username is not None:
+        config["sasl.username"] = settings.kafka_sasl_username
+    if settings.kafka_sasl_password is not None:
+        config["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_ca_location:
+        config["ssl.ca.location"] = settings.kafka_ssl_ca_location
+    return config
+
+
+def producer_config(settings: KafkaSettings, client_id: str, *, main_client: bool,
+                    partitioner: str = "murmur2_random") -> Config:
+    """A durable producer: every message acknowledged by all in-sync replicas, no duplicates
+    from the client's own retries."""
+    config = connection_config(settings, client_id) | {
+        "acks": "all",
+        "enable.idempotence": True,
+        "partitioner": partitioner,
+        "linger.ms": 5,
+    }
+    return config | (settings.kafka_extra_config if main_client else {})
+
+
+def consumer_config(settings: KafkaSettings, client_id: str, group: str,
+                    instance_id: str | None = None) -> Config:
+    """At-least-once consumer: offsets are stored by the service after a job is finished and
+    committed in the background, on partition revoke and on close."""
+    config = connection_config(settings, client_id) | {
+        "group.id": group,
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "enable.partition.eof": False,
+    }
+    if instance_id:
+        config["group.instance.id"] = instance_id
+    return config | settings.kafka_extra_config
+
+
+def admin_config(settings: KafkaSettings, client_id: str, *, main_client: bool = True) -> Config:
+    return connection_config(settings, client_id) | (settings.kafka_extra_config if main_client else {})
+
+
+def wait_for_broker(settings: KafkaSettings) -> int:
+    """Block until the cluster answers a metadata request; return its broker count.
+
+    Raises KafkaUnreachable after KAFKA_WAIT_TIMEOUT_S, retrying with the retry policy.
+    """
+    timeout = settings.kafka_wait_timeout_s
+    deadline = time.monotonic() + timeout
+    quiet = admin_config(settings, "broker-wait", main_client=False) | {"log_level": 0,
+                                                                         "error_cb": lambda _e: None}
+    admin = AdminClient(quiet)
+    event("kafka.waiting", f"waiting up to {timeout:g} s for Kafka at {settings.kafka_bootstrap_servers}",
+          bootstrap_servers=settings.kafka_bootstrap_servers, timeout_s=timeout)
+    retrying = Retrying(stop=stop_after_delay(timeout), wait=settings.retry_policy().tenacity_wait,
+                        retry=retry_if_exception_type(KafkaException), reraise=True)
+    try:
+        for attempt in retrying:
+            with attempt:
+                remaining = max(0.2, min(5.0, deadline - time.monotonic()))
+                metadata = admin.list_topics(timeout=remaining)
+    except KafkaException as error:
+        reason = error.args[0].str() if error.args and isinstance(error.args[0], KafkaError) else str(error)
+        raise KafkaUnreachable(
+            f"Kafka not reachable at {settings.kafka_bootstrap_servers} within {timeout:g} s "
+            f"(KAFKA_WAIT_TIMEOUT_S): {reason}") from None
+    brokers = len(metadata.brokers)
+    event("kafka.ready", f"Kafka answered: {brokers} broker(s)", brokers=brokers)
+    return brokers

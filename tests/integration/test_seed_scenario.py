@@ -1,0 +1,55 @@
+"""The seed's scenario on a real broker: reset, two consumers in one group, the default producer."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tests.integration.conftest import Pipeline, processed
+from tests.service_runner import ServiceProcess, wait_until
+
+SEED_KEYS = {f"p{w}-m{s}" for w in (1, 2) for s in range(10)}
+
+
+def owned(consumer: ServiceProcess) -> set[int]:
+    changes = consumer.events("partitions.assigned") + consumer.events("partitions.revoked")
+    changes.sort(key=lambda e: e["time"])
+    return set(changes[-1]["owned"]) if changes else set()
+
+
+def wait_for_split(consumers: list[ServiceProcess], partitions: int, timeout: float = 60) -> None:
+    """Until every consumer owns some partitions and together they own all, once each."""
+    def split() -> bool:
+        sets = [owned(c) for c in consumers]
+        return all(sets) and sorted(p for s in sets for p in s) == list(range(partitions))
+    wait_until(split, timeout, f"{len(consumers)} consumers to share {partitions} partitions")
+
+
+def test_seed_scenario_processes_all_20_jobs_once_across_two_consumers(pipeline: Pipeline) -> None:
+    reset = pipeline.run("topic-admin", "reset")
+    assert reset.process.returncode == 0, reset.tail()
+    consumers = [pipeline.start("consumer"), pipeline.start("consumer")]
+    wait_for_split(consumers, 3)
+
+    producer = pipeline.run("producer")
+    assert producer.process.returncode == 0, producer.tail()
+    produced = producer.events("job.produced")
+    assert {e["key"] for e in produced} == SEED_KEYS
+
+    wait_until(lambda: len(processed(*consumers)) >= 20, 60, "20 processed jobs")
+    for consumer in consumers:
+        assert consumer.stop() == 0, consumer.tail()
+
+    done = processed(*consumers)
+    assert Counter(e["key"] for e in done) == Counter(SEED_KEYS), "each seed job exactly once"
+    assert {e["partition"] for e in done} == {0, 1, 2}
+    assert all(consumer.events("job.processed") for consumer in consumers), "both consumers worked"
+    by_id = {e["id"]: e for e in produced}
+    for event in done:  # logged where the broker put it
+        assert (event["partition"], event["offset"]) == (by_id[event["id"]]["partition"],
+                                                         by_id[event["id"]]["offset"])
+        assert event["attempt"] == 1
+        assert event["duration_ms"] >= 0
+    for consumer in consumers:
+        stopped = consumer.events("service.stopped")[-1]
+        assert stopped["exit_code"] == 0
+    assert sum(c.events("service.stopped")[-1]["processed"] for c in consumers) == 20

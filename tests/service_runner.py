@@ -1,0 +1,118 @@
+"""Running the real console scripts as subprocesses and reading their JSON log events.
+
+Every wait here has a deadline; polling a condition with a short pause is the only waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = REPO / ".venv" / "bin"
+Event = dict[str, Any]
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, poll: float = 0.1) -> Any:
+    """Return condition()'s first truthy value; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(poll)
+
+
+def service_env(**settings: object) -> dict[str, str]:
+    """The test process's environment plus JSON logs, the repo on PYTHONPATH (tests.handlers)
+    and the given settings (names upper-cased)."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env |= {"LOG_FORMAT": "json", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env |= {name.upper(): str(value) for name, value in settings.items()}
+    return env
+
+
+class ServiceProcess:
+    """One service started as its console script; stdout (JSON events) goes to a file."""
+
+    def __init__(self, command: str, *args: str, **settings: object) -> None:
+        self.name = command
+        self._out = tempfile.NamedTemporaryFile(prefix=f"{command}-", suffix=".log", delete=False)
+        self._err = tempfile.NamedTemporaryFile(prefix=f"{command}-", suffix=".err", delete=False)
+        self.started = time.monotonic()
+        self.process = subprocess.Popen([str(BIN / command), *args], env=service_env(**settings),
+                                        stdout=self._out, stderr=self._err, cwd=REPO)
+
+    @property
+    def output(self) -> str:
+        return Path(self._out.name).read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return Path(self._err.name).read_text(errors="replace")
+
+    def events(self, name: str | None = None) -> list[Event]:
+        found = []
+        for line in self.output.splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line still being written
+            if name is None or record.get("event") == name:
+                found.append(record)
+        return found
+
+    def wait_for(self, name: str, count: int = 1, timeout: float = 60.0,
+                 where: Callable[[Event], bool] = lambda _e: True) -> list[Event]:
+        def enough() -> list[Event] | None:
+            matching = [e for e in self.events(name) if where(e)]
+            if len(matching) >= count:
+                return matching
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited {self.process.returncode} before {count} "
+                                     f"{name} event(s):\n{self.tail()}")
+            return None
+        return wait_until(enough, timeout, f"{count} {name} event(s) from {self.name}\n{self.tail()}")
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"{self.name} still running after {timeout:g} s:\n{self.tail()}") from None
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait for the exit code."""
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join((self.output.splitlines() + self.stderr.splitlines())[-lines:])
+
+
+def run_to_end(command: str, *args: str, timeout: float = 120.0, **settings: object) -> ServiceProcess:
+    """Run a service until it exits by itself (at most `timeout` s)."""
+    service = ServiceProcess(command, *args, **settings)
+    service.wait(timeout)
+    return service
