@@ -6,6 +6,7 @@ KAFKA_EXTRA_CONFIG. Producers are always acks=all with idempotence on.
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -104,6 +105,13 @@ def wait_for_broker(settings: KafkaSettings) -> int:
         raise KafkaUnreachable(
             f"Kafka not reachable at {settings.kafka_bootstrap_servers} within {timeout:g} s "
             f"(KAFKA_WAIT_TIMEOUT_S): {reason}") from None
+    finally:
+        # The retry loop's tracebacks keep this client in a reference cycle. Left to the
+        # garbage collector, it may be destroyed on librdkafka's background thread of
+        # another AdminClient, which crashes the process (seen here: SIGSEGV in about one
+        # topic-admin run in six; confluent-kafka-python issues 1761, 2129). Destroy it now.
+        del admin
+        gc.collect()
     brokers = len(metadata.brokers)
     event("kafka.ready", f"Kafka answered: {brokers} broker(s)", brokers=brokers)
     return brokers

@@ -49,18 +49,20 @@ class Pipeline:
         """Produce jobs (or raw values) and return their (partition, offset)."""
         producer = Producer({"bootstrap.servers": self.bootstrap, "acks": "all",
                              "enable.idempotence": True})
-        placed: list[tuple[int, int]] = []
+        placed: dict[int, tuple[int, int]] = {}
 
-        def report(error: Any, message: Message) -> None:
-            assert error is None, error
-            placed.append((message.partition() or 0, message.offset() or 0))
+        def reporter(index: int) -> Any:
+            def report(error: Any, message: Message) -> None:
+                assert error is None, error
+                placed[index] = (message.partition() or 0, message.offset() or 0)
+            return report
 
-        for value in values:
+        for index, value in enumerate(values):
             key, raw = (value.key, value.to_bytes()) if isinstance(value, Job) else (None, value)
             extra = {} if partition is None else {"partition": partition}
-            producer.produce(self.topic, key=key, value=raw, on_delivery=report, **extra)
+            producer.produce(self.topic, key=key, value=raw, on_delivery=reporter(index), **extra)
         assert producer.flush(30) == 0
-        return placed
+        return [placed[index] for index in range(len(values))]
 
     def read(self, topic: str, expected: int, timeout: float = 30.0) -> list[Message]:
         """Read `topic` from the beginning until `expected` messages (or fail)."""
