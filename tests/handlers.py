@@ -30,3 +30,8 @@ def scripted(job: Job) -> None:
 def slow(job: Job) -> None:
     """Every job takes 50 ms: a stream that is still running when a test interrupts it."""
     time.sleep(0.05)
+
+
+def always_fails(job: Job) -> None:
+    """Every attempt fails."""
+    raise Refused(f"job {job.key} always fails")

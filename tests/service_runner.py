@@ -46,23 +46,25 @@ class ServiceProcess:
 
     def __init__(self, command: str, *args: str, **settings: object) -> None:
         self.name = command
-        self._out = tempfile.NamedTemporaryFile(prefix=f"{command}-", suffix=".log", delete=False)
-        self._err = tempfile.NamedTemporaryFile(prefix=f"{command}-", suffix=".err", delete=False)
+        out_fd, self._out_path = tempfile.mkstemp(prefix=f"{command}-", suffix=".log")
+        err_fd, self._err_path = tempfile.mkstemp(prefix=f"{command}-", suffix=".err")
         self.started = time.monotonic()
-        self.process = subprocess.Popen([str(BIN / command), *args], env=service_env(**settings),
-                                        stdout=self._out, stderr=self._err, cwd=REPO)
+        with os.fdopen(out_fd, "wb") as out, os.fdopen(err_fd, "wb") as err:
+            self.process = subprocess.Popen([str(BIN / command), *args], env=service_env(**settings),
+                                            stdout=out, stderr=err, cwd=REPO)
 
     @property
     def output(self) -> str:
-        return Path(self._out.name).read_text(errors="replace")
+        return Path(self._out_path).read_text(errors="replace")
 
     @property
     def stderr(self) -> str:
-        return Path(self._err.name).read_text(errors="replace")
+        return Path(self._err_path).read_text(errors="replace")
 
     def events(self, name: str | None = None) -> list[Event]:
+        """JSON log events, from stdout (topic-admin: from stderr, its stdout being results)."""
         found = []
-        for line in self.output.splitlines():
+        for line in self.output.splitlines() + self.stderr.splitlines():
             if not line.startswith("{"):
                 continue
             try:

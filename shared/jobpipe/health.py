@@ -14,6 +14,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
+from jobpipe import metrics  # noqa: F401 (importing registers the pipeline metrics served here)
 from jobpipe.logs import event
 
 Check = Callable[[], bool]

@@ -113,7 +113,8 @@ def test_a_job_waiting_for_its_retry_does_not_stall_other_partitions(pipeline: P
     assert {j.id for j in other} <= set(order[:retried_at]), "other partitions flowed meanwhile"
     partition0 = [e["offset"] for e in done if e["partition"] == 0]
     assert partition0 == sorted(partition0), "a partition's jobs stay in order"
-    assert [e["id"] for e in done if e["partition"] == 0] == [failing.id] + [j.id for j in later_same_partition]
+    expected_order = [failing.id] + [j.id for j in later_same_partition]
+    assert [e["id"] for e in done if e["partition"] == 0] == expected_order
     assert retry["delay_ms"] >= 3000
     assert Counter(order) == Counter({e: 1 for e in order})
 

@@ -1,0 +1,60 @@
+"""The in-memory service: the seed's defaults, backpressure, retries and graceful stop."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tests.service_runner import ServiceProcess, run_to_end
+
+
+def test_defaults_process_20_jobs_from_2_producers_and_exit_0() -> None:
+    run = run_to_end("inmemory", timeout=60)
+    assert run.process.returncode == 0, run.tail()
+    produced = run.events("job.produced")
+    done = run.events("job.processed")
+    assert {e["key"] for e in produced} == {f"p{w}-m{s}" for w in (1, 2) for s in range(10)}
+    assert Counter(e["id"] for e in done) == Counter({e["id"]: 1 for e in produced})
+    assert {e["consumer"] for e in done} <= {"consumer 1", "consumer 2"}
+    stopped = run.events("service.stopped")[-1]
+    assert (stopped["produced"], stopped["processed"], stopped["abandoned"]) == (20, 20, 0)
+    assert run.events("service.started")[0]["config"]["queue_capacity"] == 100
+
+
+def test_a_full_queue_blocks_the_producers_and_every_job_still_completes() -> None:
+    capacity, consumers = 1, 2
+    run = run_to_end("inmemory", timeout=60, queue_capacity=capacity, consumers=consumers,
+                     handler="tests.handlers:slow")
+    assert run.process.returncode == 0, run.tail()
+    ahead = peak = 0
+    for record in run.events():  # in the order they happened
+        if record["event"] == "job.produced":
+            ahead += 1
+        elif record["event"] == "job.processed":
+            ahead -= 1
+        peak = max(peak, ahead)
+    # queued + one in each consumer's hands: never more, so producers waited for room
+    assert peak <= capacity + consumers, peak
+    assert len(run.events("job.processed")) == 20
+
+
+def test_retries_then_dead_letters_use_the_same_policy_as_the_consumer() -> None:
+    run = run_to_end("inmemory", timeout=60, handler="tests.handlers:scripted",
+                     producers=1, jobs_per_producer=3, max_attempts=2, retry_backoff_initial_ms=10)
+    # the default payload is {"message": ...}: scripted succeeds at once
+    assert run.process.returncode == 0
+    assert len(run.events("job.processed")) == 3
+    failing = run_to_end("inmemory", timeout=60, handler="tests.handlers:always_fails",
+                         producers=1, jobs_per_producer=2, max_attempts=3, retry_backoff_initial_ms=10)
+    assert failing.process.returncode == 0, "every job accounted for: dead-lettered"
+    assert len(failing.events("job.retry")) == 4
+    letters = failing.events("job.dead_lettered")
+    assert len(letters) == 2 and all(e["attempts"] == 3 for e in letters)
+
+
+def test_sigterm_stops_producing_drains_the_queue_and_exits_0() -> None:
+    run = ServiceProcess("inmemory", jobs_per_producer=0, handler="tests.handlers:slow", queue_capacity=10)
+    run.wait_for("job.processed", 10, timeout=30)
+    assert run.stop(timeout=20) == 0, run.tail()
+    stopped = run.events("service.stopped")[-1]
+    assert stopped["abandoned"] == 0
+    assert stopped["processed"] == stopped["produced"] == len(run.events("job.processed"))

@@ -1,0 +1,78 @@
+"""METRICS_PORT: /metrics, /healthz and /readyz of a running consumer and producer; static
+membership keeps a restarted replica's partitions without a group-wide rebalance."""
+
+from __future__ import annotations
+
+import re
+import socket
+import urllib.error
+import urllib.request
+
+from tests.integration.conftest import Pipeline
+from tests.service_runner import wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, ""
+    except OSError:
+        return 0, ""
+
+
+def metric(body: str, name: str) -> float:
+    values = re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", body, re.MULTILINE)
+    return sum(float(v) for v in values)
+
+
+def test_consumer_serves_metrics_health_and_readiness(pipeline: Pipeline) -> None:
+    pipeline.ensure_topics()
+    assert pipeline.run("producer").process.returncode == 0
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    consumer = pipeline.start("consumer", metrics_port=port)
+    wait_until(lambda: get(f"{base}/healthz")[0] == 200, 30, "/healthz")
+    wait_until(lambda: get(f"{base}/readyz")[0] == 200, 30, "/readyz after joining the group")
+    consumer.wait_for("job.processed", 20)
+    wait_until(lambda: metric(get(f"{base}/metrics")[1], "jobs_processed_total") == 20, 10, "processed=20")
+    body = get(f"{base}/metrics")[1]
+    assert metric(body, "job_processing_seconds_count") == 20
+    for name in ("jobs_failed_total", "jobs_retried_total", "jobs_dead_lettered_total"):
+        assert f"{name} 0.0" in body
+    wait_until(lambda: "consumer_lag{" in get(f"{base}/metrics")[1], 15, "consumer_lag from statistics")
+    assert consumer.stop() == 0
+
+
+def test_continuous_producer_serves_metrics(pipeline: Pipeline) -> None:
+    pipeline.ensure_topics()
+    port = free_port()
+    producer = pipeline.start("producer", metrics_port=port, messages_per_worker=0, produce_rate=50)
+    producer.wait_for("job.produced", 20)
+    wait_until(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 10, "producer ready")
+    assert metric(get(f"http://127.0.0.1:{port}/metrics")[1], "jobs_produced_total") >= 20
+    assert producer.stop() == 0
+
+
+def test_static_member_restarted_quickly_gets_its_partitions_back_without_rebalance(
+        pipeline: Pipeline) -> None:
+    pipeline.ensure_topics()
+    static = {"static_membership": "true", "kafka_extra_config": "session.timeout.ms=30000"}
+    first = pipeline.start("consumer", consumer_workers=2, **static)
+    wait_until(lambda: len(first.events("partitions.assigned")) >= 2 and
+               sorted(p for e in first.events("partitions.assigned") for p in e["partitions"]) == [0, 1, 2],
+               60, "both static members assigned")
+    owned_before = sorted(sorted(e["owned"]) for e in first.events("partitions.assigned"))
+    assert first.stop() == 0
+    second = pipeline.start("consumer", consumer_workers=2, **static)
+    wait_until(lambda: len(second.events("partitions.assigned")) >= 2, 30, "static members rejoined")
+    owned_after = sorted(sorted(e["owned"]) for e in second.events("partitions.assigned"))
+    assert owned_after == owned_before, "same instance ids, same partitions"
+    assert second.stop() == 0

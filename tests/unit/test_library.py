@@ -1,0 +1,95 @@
+"""The shared library's pieces: retry policy, job model, log lines, health server."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import urllib.error
+import urllib.request
+from datetime import datetime
+
+import pytest
+
+from jobpipe.handlers import demo_handler
+from jobpipe.health import HealthServer
+from jobpipe.job import InvalidJob, Job
+from jobpipe.logs import configure_logging, event
+from jobpipe.retry import RetryPolicy
+
+
+def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
+    policy = RetryPolicy(initial_s=0.1, max_s=10.0, max_attempts=5)
+    for _ in range(200):
+        delays = [policy.delay_s(attempt) for attempt in range(1, 12)]
+        for attempt, delay in enumerate(delays, start=1):
+            ceiling = min(10.0, 0.1 * 2 ** (attempt - 1))
+            assert ceiling / 2 <= delay <= ceiling
+        assert all(a <= b * 2 for a, b in itertools.pairwise(delays))
+        assert max(delays) <= 10.0
+    assert len({policy.delay_s(3) for _ in range(20)}) > 1, "jittered"
+    assert not policy.gives_up_after(4) and policy.gives_up_after(5)
+
+
+def test_job_round_trips_and_has_the_contract_fields() -> None:
+    job = Job.new(1, 0)
+    assert job.key == "p1-m0"
+    data = json.loads(job.to_bytes())
+    assert {"id", "key", "producer", "seq", "created_at", "payload"} <= set(data)
+    assert datetime.fromisoformat(data["created_at"].replace("Z", "+00:00")).tzinfo is not None
+    assert Job.from_bytes(job.to_bytes()) == job
+    assert Job.new(1, 0).id != job.id, "ids are unique"
+    demo_handler(job)
+
+
+@pytest.mark.parametrize("raw", [None, b"", b"not json", b"[]", b'{"id": "x"}',
+                                 b'{"id":"a","key":"k","producer":1,"seq":0,"created_at":"yesterday"}'])
+def test_anything_but_a_job_is_invalid(raw: bytes | None) -> None:
+    with pytest.raises(InvalidJob):
+        Job.from_bytes(raw)
+
+
+def test_json_log_lines_have_the_contract_fields_at_top_level() -> None:
+    out = io.StringIO()
+    configure_logging("consumer", "INFO", "json", out)
+    event("job.processed", "processed p1-m0", id="abc", key="p1-m0", partition=2, offset=7)
+    event("debug.noise", "hidden", level="DEBUG")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["event"] == "job.processed" and record["service"] == "consumer"
+    assert record["level"] == "INFO" and record["message"] == "processed p1-m0"
+    assert (record["partition"], record["offset"], record["key"]) == (2, 7, "p1-m0")
+    assert record["time"].endswith("Z")
+
+
+def test_text_log_lines_read_like_the_seed() -> None:
+    out = io.StringIO()
+    configure_logging("producer", "INFO", "text", out)
+    event("job.produced", "producer 1 produced p1-m0 to partition 2 offset 0", key="p1-m0")
+    line = out.getvalue().strip()
+    assert line.endswith("| INFO    | producer | producer 1 produced p1-m0 to partition 2 offset 0")
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_health_server_serves_metrics_and_probes() -> None:
+    ready = False
+    server = HealthServer(0, live=lambda: True, ready=lambda: ready, host="127.0.0.1").start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        assert get(f"{base}/healthz")[0] == 200
+        assert get(f"{base}/readyz")[0] == 503
+        ready = True
+        assert get(f"{base}/readyz")[0] == 200
+        status, body = get(f"{base}/metrics")
+        assert status == 200 and "jobs_processed_total" in body
+        assert get(f"{base}/nope")[0] == 404
+    finally:
+        server.close()

@@ -1,0 +1,54 @@
+"""README's configuration table is the settings classes' truth: every setting is documented
+with its real default, and nothing documented is missing from the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic.fields import FieldInfo
+
+from consumer_service.settings import ConsumerSettings
+from inmemory_service.settings import InMemorySettings
+from producer_service.settings import ProducerSettings
+from topic_admin_service.settings import TopicAdminSettings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+CLASSES = [ProducerSettings, ConsumerSettings, TopicAdminSettings, InMemorySettings]
+
+
+def default_text(field: FieldInfo) -> str:
+    """How README writes a field's default."""
+    value = field.get_default(call_default_factory=True)
+    if value in (None, {}):
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return f"`{value}`" if isinstance(value, str) else str(value)
+
+
+def documented() -> dict[str, str]:
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \| ([^|]+) \|", README.read_text(), re.MULTILINE)
+    return {name: default.strip() for name, default in rows}
+
+
+def test_every_setting_is_in_the_readme_table_with_its_default() -> None:
+    table = documented()
+    for cls in CLASSES:
+        for name, field in cls.model_fields.items():
+            variable = name.upper()
+            assert variable in table, f"{variable} ({cls.__name__}) is not documented in README.md"
+            assert table[variable] == default_text(field), (variable, table[variable], default_text(field))
+
+
+def test_the_readme_documents_no_setting_that_does_not_exist() -> None:
+    known = {name.upper() for cls in CLASSES for name in cls.model_fields}
+    assert set(documented()) - known == set()
+
+
+def test_readme_shows_the_two_commands() -> None:
+    text = README.read_text()
+    assert "docker compose up" in text
+    assert "make test" in text

@@ -1,0 +1,144 @@
+"""Bad configuration is refused with a one-line error naming the variable (exit 2)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import pytest
+from annotated_types import Ge, Gt, Le
+from pydantic.fields import FieldInfo
+
+from consumer_service.settings import ConsumerSettings
+from inmemory_service.settings import InMemorySettings
+from jobpipe.errors import ConfigError
+from jobpipe.settings import load_settings
+from producer_service.settings import ProducerSettings
+from tests.service_runner import ServiceProcess, run_to_end
+from topic_admin_service.settings import TopicAdminSettings
+
+SERVICES = {"producer": ProducerSettings, "consumer": ConsumerSettings,
+            "topic-admin": TopicAdminSettings, "inmemory": InMemorySettings}
+
+
+def bad_values(field: FieldInfo) -> list[str]:
+    """Non-numeric, negative and beyond-the-bounds values for a numeric field."""
+    values = ["abc", "-1"]
+    for bound in field.metadata:
+        if isinstance(bound, Le):
+            values.append(str(int(bound.le) + 1))
+        if isinstance(bound, Gt):
+            values.append(str(bound.gt))
+        if isinstance(bound, Ge) and bound.ge > 0:
+            values.append(str(int(bound.ge) - 1))
+    return values
+
+
+NUMERIC_CASES = [
+    (service, name.upper(), value)
+    for service, cls in SERVICES.items()
+    for name, field in cls.model_fields.items() if field.annotation in (int, float)
+    for value in bad_values(field)
+]
+
+
+@pytest.mark.parametrize(("service", "variable", "value"), NUMERIC_CASES,
+                         ids=[f"{s}-{v}={x}" for s, v, x in NUMERIC_CASES])
+def test_bad_numeric_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, service: str,
+                                              variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(SERVICES[service])
+    message = str(refused.value)
+    assert message.startswith(f"{variable}=") or message.startswith(variable), message
+    assert "\n" not in message
+
+
+def test_every_numeric_setting_is_covered() -> None:
+    variables = {v for _, v, _ in NUMERIC_CASES}
+    assert {"PRODUCER_WORKERS", "MESSAGES_PER_WORKER", "PRODUCE_RATE", "CONSUMER_WORKERS", "MAX_ATTEMPTS",
+            "JOBS_PARTITIONS", "REPLICATION_FACTOR", "QUEUE_CAPACITY", "METRICS_PORT",
+            "KAFKA_WAIT_TIMEOUT_S", "SHUTDOWN_TIMEOUT_S", "RETRY_BACKOFF_INITIAL_MS"} <= variables
+
+
+@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize(("variable", "value", "complaint"), [
+    ("LOG_FORMAT", "xml", "LOG_FORMAT='xml'"),
+    ("LOG_LEVEL", "LOUD", "LOG_LEVEL='LOUD'"),
+    ("SHUTDOWN_TIMEOUT_S", "soon", "SHUTDOWN_TIMEOUT_S='soon'"),
+    ("RETRY_BACKOFF_INITIAL_MS", "20000", "must not exceed RETRY_BACKOFF_MAX_MS"),
+])
+def test_console_script_refuses_bad_setting_with_exit_2_and_one_line(
+        service: str, variable: str, value: str, complaint: str) -> None:
+    run = run_to_end(service, timeout=30, **{variable: value, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert run.process.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and complaint in lines[0], run.stderr
+    assert "Traceback" not in run.stderr + run.output
+    assert run.output == "", "nothing started, nothing sent"
+
+
+@pytest.mark.parametrize("service", ["consumer", "inmemory"])
+@pytest.mark.parametrize(("handler", "complaint"), [
+    ("no_colon_here", "HANDLER='no_colon_here'"),
+    ("no.such.module:handle", "cannot import 'no.such.module'"),
+    ("jobpipe.handlers:missing", "has no function 'missing'"),
+])
+def test_bad_handler_is_a_configuration_error(service: str, handler: str, complaint: str) -> None:
+    run = run_to_end(service, timeout=30, handler=handler, kafka_bootstrap_servers="127.0.0.1:1",
+                     kafka_wait_timeout_s=1)
+    assert run.process.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and complaint in lines[0], run.stderr
+    assert "Traceback" not in run.stderr + run.output
+    assert "job." not in run.output
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", [["producer"], ["consumer"], ["topic-admin"],
+                                     ["topic-admin", "describe"]])
+def test_unreachable_kafka_exits_3_shortly_after_the_wait_timeout(command: list[str]) -> None:
+    started = time.monotonic()
+    run = ServiceProcess(*command, kafka_bootstrap_servers=f"127.0.0.1:{closed_port()}",
+                         kafka_wait_timeout_s=3)
+    code = run.wait(30)
+    elapsed = time.monotonic() - started
+    assert code == 3, run.tail()
+    assert 3 <= elapsed < 9, elapsed
+    failed = run.events("service.failed")
+    assert failed and "not reachable" in failed[0]["message"] and "within 3 s" in failed[0]["message"]
+    assert "Traceback" not in run.output + run.stderr
+
+
+def test_secrets_never_reach_the_logs() -> None:
+    secret = "s3cr3t-Pa55"
+    run = ServiceProcess("producer", kafka_bootstrap_servers=f"127.0.0.1:{closed_port()}",
+                         kafka_wait_timeout_s=1, kafka_security_protocol="SASL_PLAINTEXT",
+                         kafka_sasl_mechanism="PLAIN", kafka_sasl_username="svc",
+                         kafka_sasl_password=secret,
+                         kafka_extra_config=f"sasl.oauthbearer.client.secret={secret},linger.ms=7",
+                         log_level="DEBUG")
+    assert run.wait(30) == 3
+    assert secret not in run.output + run.stderr
+    config: dict[str, Any] = run.events("service.started")[0]["config"]
+    assert config["kafka_sasl_password"] == "**********"
+    assert config["kafka_sasl_username"] == "svc"
+    assert config["kafka_extra_config"] == {"sasl.oauthbearer.client.secret": "**********", "linger.ms": "7"}
+
+
+def test_sasl_protocol_without_mechanism_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(ConfigError, match="KAFKA_SASL_MECHANISM is required"):
+        load_settings(ProducerSettings)
+
+
+def test_extra_config_must_be_key_value_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_EXTRA_CONFIG", "linger.ms=5,oops")
+    with pytest.raises(ConfigError, match=r"KAFKA_EXTRA_CONFIG.*key=value"):
+        load_settings(ProducerSettings)
