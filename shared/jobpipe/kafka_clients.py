@@ -67,6 +67,7 @@ def consumer_config(settings: KafkaSettings, client_id: str, group: str,
     config = connection_config(settings, client_id) | {
         "group.id": group,
         "enable.auto.commit": True,
+        "auto.commit.interval.ms": 1000,  # what a crash can re-deliver: about one second of work
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",

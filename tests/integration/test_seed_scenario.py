@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from confluent_kafka import fnv1a, murmur2
+
 from tests.integration.conftest import Pipeline, processed
 from tests.service_runner import ServiceProcess, wait_until
 
@@ -34,6 +36,8 @@ def test_seed_scenario_processes_all_20_jobs_once_across_two_consumers(pipeline:
     assert producer.process.returncode == 0, producer.tail()
     produced = producer.events("job.produced")
     assert {e["key"] for e in produced} == SEED_KEYS
+    for e in produced:  # the default partitioner places keys like the Java client
+        assert e["partition"] == murmur2(e["key"].encode(), 3), e
 
     wait_until(lambda: len(processed(*consumers)) >= 20, 60, "20 processed jobs")
     for consumer in consumers:
@@ -53,3 +57,13 @@ def test_seed_scenario_processes_all_20_jobs_once_across_two_consumers(pipeline:
         stopped = consumer.events("service.stopped")[-1]
         assert stopped["exit_code"] == 0
     assert sum(c.events("service.stopped")[-1]["processed"] for c in consumers) == 20
+
+
+def test_fnv1a_partitioner_places_keys_like_the_seeds_kafka_go_hash_balancer(pipeline: Pipeline) -> None:
+    pipeline.ensure_topics(partitions=3)
+    producer = pipeline.run("producer", partitioner="fnv1a_random")
+    assert producer.process.returncode == 0, producer.tail()
+    produced = producer.events("job.produced")
+    assert len(produced) == 20
+    assert all(e["partition"] == fnv1a(e["key"].encode(), 3) for e in produced)
+    assert {e["partition"] for e in produced} == {0, 1, 2}
