@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A real Apache Kafka (KRaft) cluster on localhost, from Maven Central jars.
 
-Stdlib only (confluent-kafka is used when importable, for the readiness / leader checks).
+Runs from the project's venv: confluent-kafka answers the readiness and leader checks.
 
 * The Kafka version is pinned once, as ``<kafka.version>`` in ``deploy/kafka/pom.xml``;
   :func:`kafka_version` parses it from there.
@@ -44,7 +44,6 @@ import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -72,7 +71,7 @@ __all__ = [
     "KafkaToolingMissing",
     "LocalKafkaCluster",
     "LocalKafkaError",
-    "api_versions",
+    "broker_api_versions",
     "cache_dir",
     "ensure_jars",
     "kafka_version",
@@ -298,9 +297,7 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-# --------------------------------------------------------------------------- wire protocol
-# A tiny Kafka protocol client (ApiVersions v0, Metadata v4), used when confluent-kafka is not
-# importable and by tests that want facts confluent-kafka does not expose.
+# --------------------------------------------------------------------------- talking to the cluster
 
 
 def _parse_servers(bootstrap_servers: str) -> list[tuple[str, int]]:
@@ -316,75 +313,17 @@ def _parse_servers(bootstrap_servers: str) -> list[tuple[str, int]]:
     return out
 
 
-def _kafka_request(
-    address: tuple[str, int],
-    api_key: int,
-    api_version: int,
-    body: bytes,
-    timeout: float,
-) -> bytes:
-    """One request/response on a fresh connection (request header v1, response header v0)."""
-    client_id = b"local_kafka"
-    header = struct.pack(">hhih", api_key, api_version, 1, len(client_id)) + client_id
-    payload = header + body
-    with socket.create_connection(address, timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        sock.sendall(struct.pack(">i", len(payload)) + payload)
-        size = struct.unpack(">i", _recv_exact(sock, 4))[0]
-        response = _recv_exact(sock, size)
-    if struct.unpack(">i", response[:4])[0] != 1:
-        raise LocalKafkaError("unexpected correlation id")
-    return response[4:]
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    chunks: list[bytes] = []
-    while size > 0:
-        chunk = sock.recv(min(size, 1 << 16))
-        if not chunk:
-            raise ConnectionError("connection closed by broker")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, fmt: str) -> Any:
-        value = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return value[0]
-
-    def string(self) -> str | None:
-        length = self.take(">h")
-        if length < 0:
-            return None
-        value = self.data[self.pos : self.pos + length].decode()
-        self.pos += length
-        return value
-
-
-def api_versions(bootstrap_servers: str, timeout: float = 5.0) -> dict[int, tuple[int, int]]:
-    """ApiVersions v0 against the first server answering: ``{api_key: (min, max)}``."""
-    last: Exception | None = None
-    for address in _parse_servers(bootstrap_servers):
-        try:
-            reader = _Reader(_kafka_request(address, 18, 0, b"", timeout))
-        except OSError as exc:
-            last = exc
-            continue
-        error = reader.take(">h")
-        if error:
-            raise LocalKafkaError(f"ApiVersions error code {error}")
-        result: dict[int, tuple[int, int]] = {}
-        for _ in range(reader.take(">i")):
-            key, low, high = reader.take(">h"), reader.take(">h"), reader.take(">h")
-            result[key] = (low, high)
-        return result
-    raise ConnectionError(f"no broker answered at {bootstrap_servers}: {last}")
+def broker_api_versions(bootstrap_servers: str, timeout: float = 60.0) -> str:
+    """Kafka's own ``BrokerApiVersionsCommand`` (from the pinned kafka-tools jars) against the
+    cluster: one line per broker listing each API's supported version range."""
+    libs = ensure_jars()
+    done = subprocess.run(
+        [_require_java(), "-Xmx256m", "-cp", f"{libs}/*",
+         "org.apache.kafka.tools.BrokerApiVersionsCommand", "--bootstrap-server", bootstrap_servers],
+        capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0 or "-> ERROR" in done.stdout:
+        raise LocalKafkaError(f"BrokerApiVersionsCommand failed: {done.stdout[-500:]}{done.stderr[-500:]}")
+    return done.stdout
 
 
 @dataclass
@@ -394,70 +333,26 @@ class _Metadata:
     leaders: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-def _socket_metadata(address: tuple[str, int], topics: Sequence[str], timeout: float) -> _Metadata:
-    body = struct.pack(">i", len(topics))
-    for topic in topics:
-        raw = topic.encode()
-        body += struct.pack(">h", len(raw)) + raw
-    body += b"\x00"  # allow_auto_topic_creation = false
-    reader = _Reader(_kafka_request(address, 3, 4, body, timeout))  # Metadata v4
-    reader.take(">i")  # throttle_time_ms
-    meta = _Metadata()
-    for _ in range(reader.take(">i")):
-        node_id = reader.take(">i")
-        host = reader.string() or ""
-        port = reader.take(">i")
-        reader.string()  # rack
-        meta.brokers[node_id] = (host, port)
-    reader.string()  # cluster_id
-    reader.take(">i")  # controller_id
-    for _ in range(reader.take(">i")):
-        reader.take(">h")  # error_code
-        name = reader.string() or ""
-        reader.take(">b")  # is_internal
-        for _ in range(reader.take(">i")):
-            reader.take(">h")  # error_code
-            partition = reader.take(">i")
-            leader = reader.take(">i")
-            for _ in range(2):  # replicas, isr
-                count = reader.take(">i")
-                reader.pos += 4 * max(count, 0)
-            meta.leaders[(name, partition)] = leader
-    return meta
-
-
-def _fetch_metadata(
-    bootstrap_servers: str, topics: Sequence[str], timeout: float, admin: Any = None
-) -> _Metadata:
-    """Metadata via confluent-kafka's AdminClient when given one, else the socket client."""
-    if admin is not None:
-        if topics:
-            result = _Metadata()
-            for topic in topics:
-                md = admin.list_topics(topic=topic, timeout=timeout)
-                result.brokers = {b.id: (b.host, b.port) for b in md.brokers.values()}
-                tmeta = md.topics.get(topic)
-                if tmeta is not None and tmeta.error is None:
-                    for pid, pmeta in tmeta.partitions.items():
-                        result.leaders[(topic, pid)] = pmeta.leader
-            return result
+def _fetch_metadata(topics: Sequence[str], timeout: float, admin: Any) -> _Metadata:
+    """Brokers and partition leaders through confluent-kafka's AdminClient."""
+    if not topics:
         md = admin.list_topics(timeout=timeout)
         return _Metadata(brokers={b.id: (b.host, b.port) for b in md.brokers.values()})
-    last: Exception | None = None
-    for address in _parse_servers(bootstrap_servers):
-        try:
-            return _socket_metadata(address, topics, timeout)
-        except (OSError, struct.error, LocalKafkaError) as exc:
-            last = exc
-    raise ConnectionError(f"no broker answered a metadata request at {bootstrap_servers}: {last}")
+    result = _Metadata()
+    for topic in topics:
+        md = admin.list_topics(topic=topic, timeout=timeout)
+        result.brokers = {b.id: (b.host, b.port) for b in md.brokers.values()}
+        tmeta = md.topics.get(topic)
+        if tmeta is not None and tmeta.error is None:
+            for pid, pmeta in tmeta.partitions.items():
+                result.leaders[(topic, pid)] = pmeta.leader
+    return result
 
 
 def _new_admin(bootstrap_servers: str) -> Any:
-    """A quiet confluent-kafka AdminClient, or None when confluent-kafka is not importable."""
-    try:
-        from confluent_kafka.admin import AdminClient
-    except ImportError:
-        return None
+    """A quiet confluent-kafka AdminClient (the script runs from the project's venv)."""
+    from confluent_kafka.admin import AdminClient
+
     return AdminClient(
         {
             "bootstrap.servers": bootstrap_servers,
@@ -494,7 +389,7 @@ def wait_for_kafka(bootstrap_servers: str, min_brokers: int = 1, timeout: float 
             )
         if any(_port_open(a) for a in _parse_servers(bootstrap_servers)):
             try:
-                meta = _fetch_metadata(bootstrap_servers, (), min(2.0, remaining), admin)
+                meta = _fetch_metadata((), min(2.0, remaining), admin)
                 if len(meta.brokers) >= min_brokers:
                     return set(meta.brokers)
                 last = f"{len(meta.brokers)} broker(s)"
@@ -819,9 +714,8 @@ class LocalKafkaCluster:
         while True:
             live = [n for n in self._nodes if n.alive() and not n.paused]
             if live:
-                servers = ",".join(f"{self.advertised_host}:{n.port}" for n in live)
                 try:
-                    meta = _fetch_metadata(servers, [topic], 2.0, self._get_admin())
+                    meta = _fetch_metadata([topic], 2.0, self._get_admin())
                     leader = meta.leaders.get((topic, partition), -1)
                     index = leader - 1
                     if 0 <= index < len(self._nodes) and self._nodes[index].alive():
@@ -975,7 +869,7 @@ class LocalKafkaCluster:
                 )
             if all(_port_open(a) for a in addresses):
                 try:
-                    meta = _fetch_metadata(bootstrap, (), min(2.0, remaining), admin)
+                    meta = _fetch_metadata((), min(2.0, remaining), admin)
                     if wanted <= set(meta.brokers):
                         return
                     last = f"registered brokers {sorted(meta.brokers)}"
