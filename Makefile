@@ -7,13 +7,14 @@ BIN := $(VENV)/bin
 PACKAGES := -e shared -e services/producer -e services/consumer -e services/topic_admin -e services/inmemory
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lint typecheck check test unit integration kafka kafka-jars lock clean
+.PHONY: help install lint typecheck check test unit integration e2e reliability kafka kafka-jars lock clean
 
 help:
 	@echo "make install      create .venv with the library, the four services and the dev tools"
 	@echo "make test         lint, type checks and the whole test suite (starts its own Kafka)"
 	@echo "make unit         unit tests only (no Kafka)"
 	@echo "make integration  integration tests against a real Kafka started from the pinned jars"
+	@echo "make e2e          end-to-end: docker-compose.yml on Docker, or on podman it sets up itself (root)"
 	@echo "make kafka        run a single KRaft Kafka node on localhost:9092 in the foreground"
 	@echo "make lock         re-resolve constraints.txt (the locked dependency set)"
 
@@ -42,6 +43,9 @@ unit: install
 
 integration: install
 	$(BIN)/pytest tests/integration
+
+e2e: install
+	$(BIN)/pytest tests/e2e -m e2e
 
 kafka: install
 	$(BIN)/python deploy/kafka/local_kafka.py run

@@ -1,0 +1,231 @@
+"""End-to-end: the real docker-compose.yml, images built from the Dockerfiles, real Compose v2.
+
+(a) `up` with defaults reproduces the seed; (b) `--scale consumer=3` gives each replica one
+partition; (c) a replica stopped mid-stream hands its partitions over and no job is lost;
+(d) `stop`/`down` end every container with SIGTERM inside its grace period; (e) with the
+3-broker override, a broker stopped mid-stream loses no job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import OVERRIDE_3_BROKERS, Stack
+from tests.e2e.engine import COMPOSE_FILE, Engine, _kafka_version, ensure_compose, run
+from tests.service_runner import wait_until
+
+pytestmark = pytest.mark.e2e
+
+SEED_KEYS = {f"p{worker}-m{seq}" for worker in (1, 2) for seq in range(10)}
+GRACE_S = 20  # docker-compose.yml's default stop_grace_period of the jobpipe services
+KAFKA_GRACE_S = 30
+
+
+def keys(workers: int, per_worker: int) -> set[str]:
+    return {f"p{w}-m{s}" for w in range(1, workers + 1) for s in range(per_worker)}
+
+
+def all_processed(stack: Stack) -> set[str]:
+    return {key for found in stack.processed_keys().values() for key in found}
+
+
+def wait_processed(stack: Stack, expected: set[str], timeout: float) -> set[str]:
+    def done() -> set[str] | None:
+        seen = all_processed(stack)
+        return seen if expected <= seen else None
+    try:
+        result: set[str] = wait_until(done, timeout, f"{len(expected)} jobs processed", poll=2.0)
+    except AssertionError:
+        missing = sorted(expected - all_processed(stack))
+        raise AssertionError(f"{len(missing)} job(s) never processed, e.g. {missing[:10]}") from None
+    return result
+
+
+def owners(description: dict[str, Any]) -> dict[str, list[int]]:
+    """client_id -> partitions of the jobs topic, for the members that own any."""
+    return {m["client_id"]: m["partitions"] for m in description["members"] if m["partitions"]}
+
+
+def describe_when(stack: Stack, condition: Any, timeout: float, what: str) -> dict[str, Any]:
+    """Poll `topic-admin describe --json` until `condition(description)` holds."""
+    def check() -> dict[str, Any] | None:
+        description = stack.describe()
+        return description if condition(description) else None
+    result: dict[str, Any] = wait_until(check, timeout, what, poll=2.0)
+    return result
+
+
+def owned_now(stack: Stack) -> dict[str, list[int]]:
+    """Container (`consumer-N`) -> the partitions it owns now, from its last rebalance event."""
+    owned: dict[str, list[int]] = {}
+    for container, events in stack.events("consumer").items():
+        changes = [e for e in events if e.get("event") in ("partitions.assigned", "partitions.revoked")]
+        if changes:
+            owned[container] = sorted(changes[-1]["owned"])
+    return owned
+
+
+def produced_count(stack: Stack) -> int:
+    return sum(len(e) for e in stack.events("producer", "job.produced").values())
+
+
+def test_compose_files_are_valid() -> None:
+    compose = ensure_compose()
+    for files in ([COMPOSE_FILE], [COMPOSE_FILE, OVERRIDE_3_BROKERS]):
+        args = [compose, "--project-directory", str(COMPOSE_FILE.parent)]
+        for file in files:
+            args += ["-f", str(file)]
+        run([*args, "config", "--quiet"], timeout=60, env={"PATH": "/usr/bin:/bin"})
+    text = COMPOSE_FILE.read_text()
+    assert f"image: apache/kafka:{_kafka_version()}" in text, "compose must run the pinned Kafka"
+
+
+def test_up_with_defaults_reproduces_the_seed(make_stack: Any) -> None:
+    """(a) 20 jobs produced and processed across the 2 replicas; inmemory 20; one-shots exit 0."""
+    stack = make_stack()
+    stack.up()
+    codes = stack.wait_exited("topic-admin", "producer", "inmemory", timeout=120)
+    assert codes and all(code == 0 for code in codes.values()), codes
+
+    produced = [e for found in stack.events("producer", "job.produced").values() for e in found]
+    assert {e["key"] for e in produced} == SEED_KEYS
+    assert len(produced) == 20
+    assert {e["partition"] for e in produced} == {0, 1, 2}, "the seed's keys spread over 3 partitions"
+
+    wait_processed(stack, SEED_KEYS, timeout=60)
+    consumers = stack.containers("consumer")
+    assert len(consumers) == 2 and all(c["State"] == "running" for c in consumers), consumers
+    processed = stack.events("consumer", "job.processed")
+    assert sum(len(e) for e in processed.values()) >= 20
+    assert all("partition" in e and "offset" in e for found in processed.values() for e in found)
+
+    # Both replicas are members of the group and share the 3 partitions; every job committed.
+    description = describe_when(stack, lambda d: len(owners(d)) == 2 and d["total_lag"] == 0, 60,
+                                "2 members sharing the partitions with lag 0")
+    assert sorted(p for parts in owners(description).values() for p in parts) == [0, 1, 2]
+
+    inmemory = [e for found in stack.events("inmemory", "job.processed").values() for e in found]
+    assert {e["key"] for e in inmemory} == SEED_KEYS and len(inmemory) == 20
+    stopped = [e for found in stack.events("inmemory", "service.stopped").values() for e in found]
+    assert stopped and stopped[-1]["processed"] == 20 and stopped[-1]["exit_code"] == 0
+
+
+def test_scale_consumer_to_3_gives_each_replica_one_partition(make_stack: Any) -> None:
+    """(b) `up --scale consumer=3`: each of the 3 partitions owned by a different replica."""
+    stack = make_stack()
+    stack.up("--scale", "consumer=3")
+    consumers = stack.containers("consumer")
+    assert len(consumers) == 3, consumers
+
+    def one_each(description: dict[str, Any]) -> bool:
+        owned = owners(description)
+        return len(owned) == 3 and sorted(p for parts in owned.values() for p in parts) == [0, 1, 2]
+
+    description = describe_when(stack, one_each, 90, "3 replicas owning one partition each")
+    # Each member is a different container: the client id ends with the container's host name.
+    hosts = {client_id.rsplit("-", 1)[-1] for client_id in owners(description)}
+    ids = [str(c["ID"]) for c in consumers]
+    assert len(hosts) == 3
+    assert all(any(i.startswith(h) for i in ids) for h in hosts), (hosts, ids)
+    stack.wait_exited("producer", timeout=60)
+    wait_processed(stack, SEED_KEYS, timeout=60)
+
+
+def test_stopping_a_replica_mid_stream_moves_its_partitions_and_loses_nothing(make_stack: Any) -> None:
+    """(c) one of 2 replicas gets SIGTERM while jobs flow: the other takes over, none lost."""
+    workers, per_worker = 2, 300  # 20 s of jobs at 15/s per worker
+    stack = make_stack(MESSAGES_PER_WORKER=per_worker, PRODUCE_RATE=15)
+    stack.up()
+
+    def shared() -> dict[str, list[int]] | None:
+        owned = {c: parts for c, parts in owned_now(stack).items() if parts}
+        ok = len(owned) == 2 and sorted(p for parts in owned.values() for p in parts) == [0, 1, 2]
+        return owned if ok and len(all_processed(stack)) >= 20 else None
+
+    owned = wait_until(shared, 60, "2 replicas sharing the partitions, 20 jobs processed", poll=1.0)
+    victim_prefix, victim_parts = sorted(owned.items())[0]
+    consumers = {f"consumer-{str(c['Name']).rsplit('-', 1)[-1]}": c for c in stack.containers("consumer")}
+    victim = consumers[victim_prefix]
+    survivor_prefix = next(prefix for prefix in consumers if prefix != victim_prefix)
+    assert stack.state("producer") == [("running", 0)], "the stop must happen mid-stream"
+
+    took = stack.stop_container(str(victim["Name"]), GRACE_S)
+    assert took < GRACE_S, f"the replica took {took:.1f}s to stop"
+    after = {str(c["Name"]): c for c in stack.containers("consumer")}
+    assert after[victim["Name"]]["State"] == "exited" and int(after[victim["Name"]]["ExitCode"]) == 0
+
+    codes = stack.wait_exited("producer", timeout=90)
+    assert list(codes.values()) == [0], codes
+    assert produced_count(stack) == workers * per_worker
+    wait_processed(stack, keys(workers, per_worker), timeout=90)
+
+    # The survivor now owns every partition, the victim's included.
+    assigned = stack.events("consumer", "partitions.assigned").get(survivor_prefix, [])
+    assert assigned and sorted(assigned[-1]["owned"]) == [0, 1, 2], (survivor_prefix, assigned[-3:])
+    assert set(victim_parts) <= set(assigned[-1]["owned"])
+    final = describe_when(stack, lambda d: d["total_lag"] == 0, 60, "lag 0")
+    assert list(owners(final).values()) == [[0, 1, 2]]
+
+
+def test_stop_ends_every_container_with_sigterm_within_its_grace_period(
+        make_stack: Any, engine: Engine) -> None:
+    """(d) `stop` then `down`: every container exits on SIGTERM (0; Kafka's JVM 143 = 128+SIGTERM
+    after its shutdown hooks), none is SIGKILLed (137) at the end of its grace period."""
+    stack = make_stack(MESSAGES_PER_WORKER=0, PRODUCE_RATE=5)  # a producer that runs until stopped
+    stack.up()
+    wait_until(lambda: len(all_processed(stack)) >= 10, 60, "10 jobs processed", poll=1.0)
+    assert stack.state("producer") == [("running", 0)]
+    running = [c["Name"] for c in stack.containers() if c["State"] == "running"]
+    assert len(running) == 4, running  # kafka, 2 consumers, producer
+
+    started = time.monotonic()
+    stack.compose("stop", timeout=GRACE_S + KAFKA_GRACE_S + 60)
+    took = time.monotonic() - started
+    rows = stack.containers()
+    assert all(c["State"] == "exited" for c in rows), rows
+    codes = {str(c["Name"]): (str(c["Service"]), int(c["ExitCode"])) for c in rows}
+    killed = {name: code for name, (_s, code) in codes.items() if code == 137}
+    assert not killed, f"SIGKILLed after the grace period: {killed}"
+    for name, (service, code) in codes.items():
+        assert code == (143 if service == "kafka" else 0), (name, code)
+    # Dependents stop first (consumers and producer in parallel, then kafka): both well inside.
+    assert took < GRACE_S + KAFKA_GRACE_S, f"stop took {took:.1f}s"
+    for service in ("consumer", "producer"):
+        for container, found in stack.events(service, "service.stopped").items():
+            assert found and found[-1]["exit_code"] == 0, (container, found)
+    delivered = stack.events("producer", "service.stopped")
+    assert all(e[-1]["failed"] == 0 for e in delivered.values()), delivered
+
+    down = stack.compose("down", "-v", timeout=120)
+    assert down.returncode == 0
+    assert stack.containers() == []
+
+
+def test_three_brokers_survive_one_broker_stopped_mid_stream(make_stack: Any) -> None:
+    """(e) 3 brokers, RF 3, min.insync.replicas 2: SIGTERM one broker mid-stream, no job lost."""
+    workers, per_worker = 2, 300  # 20 s of jobs at 15/s per worker
+    stack = make_stack(files=(COMPOSE_FILE, OVERRIDE_3_BROKERS),
+                       MESSAGES_PER_WORKER=per_worker, PRODUCE_RATE=15)
+    stack.up(timeout=420)
+    wait_until(lambda: len(all_processed(stack)) >= 30, 90, "30 jobs processed", poll=1.0)
+    assert stack.state("producer") == [("running", 0)], "the stop must happen mid-stream"
+    broker = stack.containers("kafka-2")[0]
+    stack.stop_container(str(broker["Name"]), KAFKA_GRACE_S)
+    assert stack.state("kafka-2") == [("exited", 143)]
+
+    codes = stack.wait_exited("producer", timeout=120)
+    assert list(codes.values()) == [0], codes
+    stopped = [e for found in stack.events("producer", "service.stopped").values() for e in found]
+    assert stopped[-1]["produced"] == workers * per_worker and stopped[-1]["failed"] == 0, stopped[-1]
+    seen = wait_processed(stack, keys(workers, per_worker), timeout=120)
+    assert len(seen) == workers * per_worker
+    # Every partition has 3 replicas; with broker 2 down, 2 of them are in sync (min.insync 2).
+    jobs = next(t for t in stack.describe()["topics"] if t["name"] == "jobs")
+    assert all(len(p["replicas"]) == 3 and len(p["isr"]) == 2 for p in jobs["partitions"]), jobs
+    counts = Counter(key for found in stack.processed_keys().values() for key in found)
+    duplicates = {k: n for k, n in counts.items() if n > 1}
+    print(f"duplicates after a broker stop (at-least-once allows them): {len(duplicates)}")
