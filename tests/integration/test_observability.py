@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 from tests.integration.conftest import Pipeline
-from tests.service_runner import wait_until
+from tests.service_runner import ServiceProcess, wait_until
 
 
 def free_port() -> int:
@@ -61,18 +61,30 @@ def test_continuous_producer_serves_metrics(pipeline: Pipeline) -> None:
     assert producer.stop() == 0
 
 
+def owned_by_member(consumer: ServiceProcess) -> dict[str, set[int]]:
+    """Each group member's partitions after the latest rebalance event it logged."""
+    changes = sorted(consumer.events("partitions.assigned") + consumer.events("partitions.revoked"),
+                     key=lambda e: e["time"])
+    return {e["consumer"]: set(e["owned"]) for e in changes}
+
+
+def settled_split(consumer: ServiceProcess, members: int) -> dict[str, set[int]] | None:
+    owned = owned_by_member(consumer)
+    split = sorted(p for partitions in owned.values() for p in partitions)
+    if len(owned) == members and all(owned.values()) and split == [0, 1, 2]:
+        return owned
+    return None
+
+
 def test_static_member_restarted_quickly_gets_its_partitions_back_without_rebalance(
         pipeline: Pipeline) -> None:
     pipeline.ensure_topics()
     static = {"static_membership": "true", "kafka_extra_config": "session.timeout.ms=30000"}
     first = pipeline.start("consumer", consumer_workers=2, **static)
-    wait_until(lambda: len(first.events("partitions.assigned")) >= 2 and
-               sorted(p for e in first.events("partitions.assigned") for p in e["partitions"]) == [0, 1, 2],
-               60, "both static members assigned")
-    owned_before = sorted(sorted(e["owned"]) for e in first.events("partitions.assigned"))
+    before = wait_until(lambda: settled_split(first, 2), 60, "both static members to share 3 partitions")
     assert first.stop() == 0
     second = pipeline.start("consumer", consumer_workers=2, **static)
-    wait_until(lambda: len(second.events("partitions.assigned")) >= 2, 30, "static members rejoined")
-    owned_after = sorted(sorted(e["owned"]) for e in second.events("partitions.assigned"))
-    assert owned_after == owned_before, "same instance ids, same partitions"
+    after = wait_until(lambda: settled_split(second, 2), 30, "the static members to rejoin")
+    assert after == before, "same instance ids, same partitions"
+    assert len(second.events("partitions.assigned")) == 2, "one assignment each, no rebalance after"
     assert second.stop() == 0

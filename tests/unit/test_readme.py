@@ -30,7 +30,9 @@ def default_text(field: FieldInfo) -> str:
 
 
 def documented() -> dict[str, str]:
-    rows = re.findall(r"^\| `([A-Z0-9_]+)` \| ([^|]+) \|", README.read_text(), re.MULTILINE)
+    """The rows of the table under "## Configuration" (other tables list compose-only variables)."""
+    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \| ([^|]+) \|", section, re.MULTILINE)
     return {name: default.strip() for name, default in rows}
 
 
