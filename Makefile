@@ -15,6 +15,7 @@ help:
 	@echo "make unit         unit tests only (no Kafka)"
 	@echo "make integration  integration tests against a real Kafka started from the pinned jars"
 	@echo "make e2e          end-to-end: docker-compose.yml on Docker, or on podman it sets up itself (root)"
+	@echo "make reliability  fault scenarios (full profile) -> reliability-report.json and a table"
 	@echo "make kafka        run a single KRaft Kafka node on localhost:9092 in the foreground"
 	@echo "make lock         re-resolve constraints.txt (the locked dependency set)"
 
@@ -46,6 +47,9 @@ integration: install
 
 e2e: install
 	$(BIN)/pytest tests/e2e -m e2e
+
+reliability: install
+	RELIABILITY_PROFILE=full $(BIN)/pytest tests/integration/test_reliability.py
 
 kafka: install
 	$(BIN)/python deploy/kafka/local_kafka.py run

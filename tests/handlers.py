@@ -3,6 +3,7 @@ from the job's payload, so one consumer can process well-behaved and misbehaving
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 
@@ -35,3 +36,15 @@ def slow(job: Job) -> None:
 def always_fails(job: Job) -> None:
     """Every attempt fails."""
     raise Refused(f"job {job.key} always fails")
+
+
+def paced(job: Job) -> None:
+    """For jobs from the real producer (whose payload carries no instructions): every job takes
+    TEST_HANDLER_SLEEP_MS ms (default 1); the jobs whose key is listed in TEST_SLOW_KEYS
+    (comma-separated, e.g. `p1-m10,p2-m20`) take TEST_SLOW_S seconds instead."""
+    time.sleep(_SLOW_S if job.key in _SLOW_KEYS else _SLEEP_S)
+
+
+_SLEEP_S = float(os.environ.get("TEST_HANDLER_SLEEP_MS", "1")) / 1000
+_SLOW_KEYS = frozenset(filter(None, os.environ.get("TEST_SLOW_KEYS", "").split(",")))
+_SLOW_S = float(os.environ.get("TEST_SLOW_S", "0"))

@@ -54,6 +54,11 @@ class ServiceProcess:
                                             stdout=out, stderr=err, cwd=REPO)
 
     @property
+    def stdout_path(self) -> Path:
+        """Where the service's stdout (its JSON events) is written, for incremental readers."""
+        return Path(self._out_path)
+
+    @property
     def output(self) -> str:
         return Path(self._out_path).read_text(errors="replace")
 

@@ -34,6 +34,16 @@ class KafkaUnreachable(ServiceError):
     exit_code = ExitCode.KAFKA_UNREACHABLE
 
 
+class StopRequested(ServiceError):
+    """SIGTERM/SIGINT arrived before the service got going (while it waited for the broker).
+
+    A clean stop, so exit 0: the README promises every service stops within
+    SHUTDOWN_TIMEOUT_S, and a wait for a broker that is down must not hold that up.
+    """
+
+    exit_code = ExitCode.OK
+
+
 class DeliveryFailed(ServiceError):
     """Some jobs were not acknowledged by the broker (the producer exits 1)."""
 

@@ -7,14 +7,15 @@ KAFKA_EXTRA_CONFIG. Producers are always acks=all with idempotence on.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, stop_when_event_set
 
-from jobpipe.errors import KafkaUnreachable
+from jobpipe.errors import KafkaUnreachable, StopRequested
 from jobpipe.logs import event, kafka_client_logger
 from jobpipe.settings import KafkaSettings
 
@@ -82,26 +83,41 @@ def admin_config(settings: KafkaSettings, client_id: str, *, main_client: bool =
     return connection_config(settings, client_id) | (settings.kafka_extra_config if main_client else {})
 
 
-def wait_for_broker(settings: KafkaSettings) -> int:
+def wait_for_broker(settings: KafkaSettings, stop: threading.Event | None = None) -> int:
     """Block until the cluster answers a metadata request; return its broker count.
 
-    Raises KafkaUnreachable after KAFKA_WAIT_TIMEOUT_S, retrying with the retry policy.
+    Raises KafkaUnreachable after KAFKA_WAIT_TIMEOUT_S, retrying with the retry policy, and
+    StopRequested as soon as `stop` is set (SIGTERM/SIGINT): a service asked to stop while
+    the broker is down stops within SHUTDOWN_TIMEOUT_S instead of waiting out
+    KAFKA_WAIT_TIMEOUT_S and exiting 3 (found by tests/integration/test_reliability.py). So
+    one metadata request waits at most half of SHUTDOWN_TIMEOUT_S, and the backoff between
+    requests wakes up on `stop`.
     """
+    stopping = stop or threading.Event()
     timeout = settings.kafka_wait_timeout_s
     deadline = time.monotonic() + timeout
+    per_request = min(5.0, max(0.2, settings.shutdown_timeout_s / 2))
     quiet = admin_config(settings, "broker-wait", main_client=False) | {"log_level": 0,
                                                                          "error_cb": lambda _e: None}
     admin = AdminClient(quiet)
     event("kafka.waiting", f"waiting up to {timeout:g} s for Kafka at {settings.kafka_bootstrap_servers}",
           bootstrap_servers=settings.kafka_bootstrap_servers, timeout_s=timeout)
-    retrying = Retrying(stop=stop_after_delay(timeout), wait=settings.retry_policy().tenacity_wait,
+
+    def pause(seconds: float) -> None:  # the backoff between requests, cut short by `stop`
+        stopping.wait(seconds)
+
+    retrying = Retrying(stop=stop_after_delay(timeout) | stop_when_event_set(stopping), sleep=pause,
+                        wait=settings.retry_policy().tenacity_wait,
                         retry=retry_if_exception_type(KafkaException), reraise=True)
     try:
         for attempt in retrying:
             with attempt:
-                remaining = max(0.2, min(5.0, deadline - time.monotonic()))
+                remaining = max(0.2, min(per_request, deadline - time.monotonic()))
                 metadata = admin.list_topics(timeout=remaining)
     except KafkaException as error:
+        if stopping.is_set():
+            event("kafka.wait_stopped", "stopped while waiting for Kafka")
+            raise StopRequested("stopped while waiting for Kafka") from None
         reason = error.args[0].str() if error.args and isinstance(error.args[0], KafkaError) else str(error)
         raise KafkaUnreachable(
             f"Kafka not reachable at {settings.kafka_bootstrap_servers} within {timeout:g} s "

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
 
-from jobpipe.errors import ConfigError, ExitCode, ServiceError, exit_code_for
+from jobpipe.errors import ConfigError, ExitCode, ServiceError, StopRequested, exit_code_for
 from jobpipe.health import Check, HealthServer
 from jobpipe.logs import configure_logging, event
 from jobpipe.settings import BaseServiceSettings, Settings, load_settings
@@ -63,6 +63,8 @@ def run_service(name: str, settings_class: type[Settings], body: Body[Settings],
     except ConfigError as error:
         print(f"{name}: configuration error: {error}", file=sys.stderr)
         sys.exit(ExitCode.CONFIG)
+    except StopRequested:
+        outcome = Outcome(ExitCode.OK)
     except ServiceError as error:
         event("service.failed", f"{name} failed: {error}", level="ERROR", error=str(error))
         outcome = Outcome(exit_code_for(error))

@@ -12,6 +12,9 @@ Design, in the order a message meets it:
 - On revoke, the job in hand for a revoked partition is finished (bounded by
   SHUTDOWN_TIMEOUT_S) and its offset committed before the partition is given up, so a
   graceful rebalance processes nothing twice.
+- On shutdown, what is finished is committed while this member is still in the group,
+  waiting out a rebalance that is under way (see `_commit_before_leaving`), then the
+  consumer is closed.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ from jobpipe.logs import event
 TP = tuple[str, int]
 KEEPALIVE_S = 0.5  # a handler running longer than this gets the partitions paused
 POLL_S = 0.2  # longest a single poll blocks, so stop and due retries are noticed quickly
+# Commit refusals that only mean "the group is rebalancing": the same offsets can be committed
+# once the rebalance is over (librdkafka keeps the assignment through them while rebalancing).
+REBALANCING = (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION)
 STATS_INTERVAL_MS = 5000
 
 
@@ -122,6 +128,7 @@ class ConsumerWorker:
             while not self.stop.is_set():
                 self.heartbeat = time.monotonic()
                 self._step()
+            self._commit_before_leaving()
         finally:
             self._close()
 
@@ -348,13 +355,52 @@ class ConsumerWorker:
         self._pending = deque(m for m in self._pending if tp_of(m) not in partitions)
         self._assigned -= partitions
 
-    def _commit(self) -> None:
+    def _commit(self, quiet: tuple[int, ...] = ()) -> KafkaError | None:
+        """Commit the stored offsets now; return the error (logged unless its code is `quiet`)."""
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException as error:
-            if error.args[0].code() != KafkaError._NO_OFFSET:
-                event("commit.failed", f"{self.name} commit failed: {error.args[0].str()}",
-                      level="WARNING", error=error.args[0].str())
+            failure: KafkaError = error.args[0]
+            if failure.code() == KafkaError._NO_OFFSET:
+                return None
+            if failure.code() not in quiet:
+                event("commit.failed", f"{self.name} commit failed: {failure.str()}",
+                      level="WARNING", error=failure.str(), code=failure.name())
+            return failure
+        return None
+
+    def _commit_before_leaving(self) -> None:
+        """On shutdown, commit what is finished while still a member of the group.
+
+        close() commits in its revoke callback, but when a rebalance is under way at that
+        moment (typically: a replica joins while this one is stopped, as in a rolling
+        deploy), that commit carries the generation the group just left and the coordinator
+        refuses it (ILLEGAL_GENERATION, or REBALANCE_IN_PROGRESS). The next owner of the
+        partitions then redoes the jobs finished since the last background commit: duplicates
+        on a graceful path, seen by tests/integration/test_reliability.py. During a rebalance
+        librdkafka keeps the assignment, and the stored offsets with it, through such a
+        refusal, so this keeps polling (which lets the rebalance complete; messages fetched
+        meanwhile are not started and stay uncommitted) and commits again with the new
+        generation, until it succeeds or the shutdown budget is spent.
+        """
+        now = time.monotonic()
+        if self._stop_deadline is None:  # leave a fifth of the budget for close()
+            self._stop_deadline = now + self.settings.shutdown_timeout_s * 0.8
+        refused = 0
+        while (error := self._commit(quiet=REBALANCING)) is not None and error.code() in REBALANCING:
+            refused += 1
+            if time.monotonic() >= self._stop_deadline:
+                event("commit.failed",
+                      f"{self.name} could not commit before leaving: the group was still "
+                      f"rebalancing after {refused} attempt(s) ({error.str()})",
+                      level="WARNING", error=error.str(), code=error.name())
+                return
+            self.heartbeat = time.monotonic()
+            self._consumer.poll(POLL_S / 2)  # serves the rebalance; a message returned is not started
+        if refused:
+            event("commit.retried",
+                  f"{self.name} committed before leaving after waiting out a rebalance "
+                  f"({refused} refusal(s))", consumer=self.name, refusals=refused)
 
     # ---- metrics and shutdown -----------------------------------------------------------
 

@@ -107,7 +107,7 @@ class JobProducer:
 
 
 def produce(settings: ProducerSettings, stop: threading.Event, probes: Probes) -> Outcome:
-    wait_for_broker(settings)
+    wait_for_broker(settings, stop)
     probes.ready.set()
     return JobProducer(settings, stop).run()
 

@@ -57,8 +57,8 @@ def render_table(description: Description) -> str:
 
 
 def administer(args: argparse.Namespace) -> Body[TopicAdminSettings]:
-    def body(settings: TopicAdminSettings, _stop: threading.Event, _probes: Probes) -> Outcome:
-        wait_for_broker(settings)
+    def body(settings: TopicAdminSettings, stop: threading.Event, _probes: Probes) -> Outcome:
+        wait_for_broker(settings, stop)
         if args.command == "wait":
             return Outcome()
         admin = TopicAdmin(AdminClient(admin_config(settings, "topic-admin")), settings)

@@ -1,0 +1,129 @@
+"""Reliability under faults (issue 5): no acknowledged job is ever lost, measured.
+
+One test per scenario of tests/integration/reliability.py, against real brokers with the
+real services. The profile comes from RELIABILITY_PROFILE ("short" by default, as part of
+`make test`; "full" for `make reliability`). Every test books its row before asserting; at
+the end the rows are written to reliability-report.json and printed as a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from local_kafka import LocalKafkaCluster
+
+from tests.integration import reliability
+from tests.integration.reliability import Profile, Run
+
+
+class _ReportPlugin:
+    def __init__(self) -> None:
+        self.table = ""
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.table:
+            terminalreporter.write_sep("=", f"reliability report ({reliability.REPORT_PATH.name})")
+            terminalreporter.write_line(self.table)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After the last scenario: write reliability-report.json and print the table."""
+    plugin = _ReportPlugin()
+    request.config.pluginmanager.register(plugin, "reliability-report")
+    start = len(reliability.RESULTS)
+    yield
+    rows = reliability.RESULTS[start:]
+    if rows:
+        plugin.table = reliability.write_report(rows)
+
+
+@pytest.fixture(scope="module")
+def profile() -> Profile:
+    return reliability.current_profile()
+
+
+@pytest.fixture
+def new_run(profile: Profile, request: pytest.FixtureRequest) -> Iterator[Callable[[str], Run]]:
+    """Factory of Runs (scenario name, bootstrap); every service still running at teardown is killed."""
+    runs: list[Run] = []
+
+    def make(bootstrap: str) -> Run:
+        scenario = request.node.name.removeprefix("test_")
+        run = Run(scenario, bootstrap, profile)
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        if run.row is None:  # the scenario raised before booking its row: book what happened
+            try:
+                run.finish("ABORTED before the end (see the test's failure)")
+            except Exception as error:  # the report must not hide the original failure
+                print(f"could not book {run.scenario}: {error!r}")
+        run.kill_everything()
+
+
+def check(run: Run, row: dict[str, Any], graceful: bool) -> None:
+    assert not run.problems, "\n".join(run.problems)
+    assert row["lost"] == 0, f"acknowledged jobs lost: {row}"
+    if graceful:
+        assert row["duplicates"] == 0, f"duplicates on a graceful path: {row}"
+    assert row["acked"] > 0 and row["processed_unique"] > 0, row
+
+
+def test_consumer_sigkill(new_run: Callable[[str], Run], kafka_bootstrap: str) -> None:
+    run = new_run(kafka_bootstrap)
+    check(run, reliability.consumer_sigkill(run), graceful=False)
+
+
+def test_sigterm_during_rebalance(new_run: Callable[[str], Run], kafka_bootstrap: str) -> None:
+    run = new_run(kafka_bootstrap)
+    check(run, reliability.sigterm_during_rebalance(run), graceful=True)
+
+
+def test_leader_kill(new_run: Callable[[str], Run], kafka_cluster3: LocalKafkaCluster) -> None:
+    run = new_run(kafka_cluster3.bootstrap_servers)
+    check(run, reliability.leader_kill(run, kafka_cluster3), graceful=False)
+
+
+def test_rolling_restart(new_run: Callable[[str], Run], kafka_cluster3: LocalKafkaCluster) -> None:
+    run = new_run(kafka_cluster3.bootstrap_servers)
+    check(run, reliability.rolling_restart(run, kafka_cluster3), graceful=True)
+
+
+def test_broker_down_at_start(new_run: Callable[[str], Run],
+                              make_kafka_cluster: Callable[..., LocalKafkaCluster]) -> None:
+    port = reliability.free_port()
+    run = new_run(f"127.0.0.1:{port}")
+    row = reliability.broker_down_at_start(run, lambda: make_kafka_cluster(nodes=1, ports=[port]))
+    check(run, row, graceful=True)
+
+
+def test_broker_frozen(new_run: Callable[[str], Run],
+                       make_kafka_cluster: Callable[..., LocalKafkaCluster]) -> None:
+    cluster = make_kafka_cluster(nodes=1)
+    run = new_run(cluster.bootstrap_servers)
+    check(run, reliability.broker_frozen(run, cluster), graceful=False)
+
+
+def test_poison_flood(new_run: Callable[[str], Run], kafka_bootstrap: str) -> None:
+    run = new_run(kafka_bootstrap)
+    check(run, reliability.poison_flood(run), graceful=True)
+
+
+def test_slow_handler(new_run: Callable[[str], Run], kafka_bootstrap: str) -> None:
+    run = new_run(kafka_bootstrap)
+    check(run, reliability.slow_handler(run), graceful=True)
+
+
+def test_scale_1_3_1(new_run: Callable[[str], Run], kafka_bootstrap: str) -> None:
+    run = new_run(kafka_bootstrap)
+    check(run, reliability.scale_1_3_1(run), graceful=True)
+
+
+def test_producer_sigkill(new_run: Callable[[str], Run], kafka_bootstrap: str) -> None:
+    run = new_run(kafka_bootstrap)
+    check(run, reliability.producer_sigkill(run), graceful=True)
