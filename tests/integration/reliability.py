@@ -142,7 +142,6 @@ class Ledger:
     processed: Counter[str] = field(default_factory=Counter)
     dead: Counter[str] = field(default_factory=Counter)
     stopped_sent: int = 0  # `sent` from producers that logged service.stopped
-    killed_producers_acked: int = 0
     test_sent: int = 0
     _killed: dict[int, float] = field(default_factory=dict)  # service -> when SIGKILLed (epoch s)
 

@@ -5,17 +5,23 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import datetime
 
 import pytest
 
+from jobpipe.errors import ExitCode, StopRequested, exit_code_for
 from jobpipe.handlers import demo_handler
 from jobpipe.health import HealthServer
 from jobpipe.job import InvalidJob, Job
+from jobpipe.kafka_clients import wait_for_broker
 from jobpipe.logs import configure_logging, event
 from jobpipe.retry import RetryPolicy
+from jobpipe.settings import KafkaSettings
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
@@ -93,3 +99,20 @@ def test_health_server_serves_metrics_and_probes() -> None:
         assert get(f"{base}/nope")[0] == 404
     finally:
         server.close()
+
+
+def test_a_stop_ends_the_wait_for_a_broker_that_is_down() -> None:
+    """SIGTERM while the broker is down: a clean stop (exit 0) within SHUTDOWN_TIMEOUT_S, not
+    exit 3 once KAFKA_WAIT_TIMEOUT_S has passed."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = KafkaSettings(kafka_bootstrap_servers=f"127.0.0.1:{port}", kafka_wait_timeout_s=60,
+                             shutdown_timeout_s=2)
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(StopRequested) as stopped:
+        wait_for_broker(settings, stop)
+    assert time.monotonic() - started < 2, "within SHUTDOWN_TIMEOUT_S"
+    assert exit_code_for(stopped.value) is ExitCode.OK

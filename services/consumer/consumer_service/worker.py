@@ -15,6 +15,7 @@ Design, in the order a message meets it:
 - On shutdown, what is finished is committed while this member is still in the group,
   waiting out a rebalance that is under way (see `_commit_before_leaving`), then the
   consumer is closed.
+- A librdkafka client left with no broker to talk to is replaced (see `_replace_client`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ POLL_S = 0.2  # longest a single poll blocks, so stop and due retries are notice
 # Commit refusals that only mean "the group is rebalancing": the same offsets can be committed
 # once the rebalance is over (librdkafka keeps the assignment through them while rebalancing).
 REBALANCING = (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION)
-STATS_INTERVAL_MS = 5000
+STATS_INTERVAL_MS = 2000  # librdkafka statistics: consumer lag metrics, and the broker watch below
+# A client whose brokers have all sat idle in state INIT (not connected, not connecting) this
+# long has nothing left that would ever reconnect it: it is replaced (see `_replace_client`).
+STRANDED_AFTER_S = 10.0
 
 
 def tp_of(message: Message) -> TP:
@@ -104,10 +108,10 @@ class ConsumerWorker:
         self.name = f"consumer {self.number}@{host}"
         client_id = f"consumer-{self.number}-{host}"
         instance_id = f"{host}-{self.number}" if self.settings.static_membership else None
-        config = consumer_config(self.settings, client_id, self.settings.consumer_group, instance_id)
-        if self.metrics_on:
-            config |= {"statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self._on_stats}
-        self._consumer = Consumer(config)
+        self._config = consumer_config(self.settings, client_id, self.settings.consumer_group, instance_id)
+        self._generation = 0  # which librdkafka client is current (see `_replace_client`)
+        self._stranded_since: float | None = None
+        self._consumer = self._new_client()
         self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq")
         self._runner = HandlerThread(f"handler-{self.number}")
         self._assigned: set[TP] = set()
@@ -119,14 +123,63 @@ class ConsumerWorker:
         self._stop_deadline: float | None = None
         self.heartbeat = time.monotonic()
 
+    # ---- the librdkafka client -----------------------------------------------------------
+
+    def _new_client(self) -> Consumer:
+        generation = self._generation
+        return Consumer(self._config | {"statistics.interval.ms": STATS_INTERVAL_MS,
+                                        "stats_cb": partial(self._on_stats, generation)})
+
+    def _subscribe(self) -> None:
+        """Subscribe the current client; callbacks from a replaced client are ignored."""
+        generation = self._generation
+
+        def current(callback: Callable[[Consumer, list[TopicPartition]], None]) -> Callable[..., None]:
+            def guarded(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+                if generation == self._generation:
+                    callback(consumer, partitions)
+            return guarded
+
+        self._consumer.subscribe([self.settings.jobs_topic], on_assign=current(self._on_assign),
+                                 on_revoke=current(self._on_revoke), on_lost=current(self._on_lost))
+
+    def _replace_client(self) -> None:
+        """Swap a stranded librdkafka client for a new one that bootstraps afresh.
+
+        Seen with scenario 6 of tests/integration/test_reliability.py (a broker frozen longer
+        than its broker.session.timeout.ms): on waking up, KRaft has fenced the broker, and its
+        first metadata response lists no broker. librdkafka (2.16 here) then decommissions every
+        broker missing from metadata (it dropped the bootstrap servers once it had learned the
+        real brokers), so the client has no broker left: it never connects again, its
+        re-bootstrap timer only runs while a metadata request is outstanding, and none can be
+        sent. The consumer would sit out of its group for good (and close() would wait forever
+        for a coordinator). A bare confluent-kafka consumer does the same, so the cure is here:
+        the statistics show every broker idle in INIT for STRANDED_AFTER_S, and the worker
+        starts over with a new client. Nothing is lost: what was finished but not committed is
+        redone by the partition's next owner, as after any lost session.
+        """
+        event("consumer.client_replaced",
+              f"{self.name}: the Kafka client has had no broker to talk to for "
+              f"{STRANDED_AFTER_S:g} s; replacing it", level="WARNING", consumer=self.name)
+        stranded = self._consumer
+        self._forget(set(self._assigned))
+        self._generation += 1
+        self._stranded_since = None
+        self._consumer = self._new_client()
+        self._subscribe()
+        # Its close() may never return: leave it to a daemon thread (it holds the last reference).
+        threading.Thread(target=stranded.close, name=f"close-stranded-{self.number}", daemon=True).start()
+
     # ---- the loop -------------------------------------------------------------------
 
     def run(self) -> None:
-        self._consumer.subscribe([self.settings.jobs_topic], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._subscribe()
         try:
             while not self.stop.is_set():
                 self.heartbeat = time.monotonic()
+                if self._stranded_since is not None and \
+                        self.heartbeat - self._stranded_since >= STRANDED_AFTER_S:
+                    self._replace_client()
                 self._step()
             self._commit_before_leaving()
         finally:
@@ -404,8 +457,17 @@ class ConsumerWorker:
 
     # ---- metrics and shutdown -----------------------------------------------------------
 
-    def _on_stats(self, stats_json: str) -> None:
+    def _on_stats(self, generation: int, stats_json: str) -> None:
+        if generation != self._generation:
+            return  # a replaced client's statistics
         stats = json.loads(stats_json)
+        brokers = [b for b in stats.get("brokers", {}).values() if b.get("source") != "logical"]
+        if any(b.get("state") != "INIT" for b in brokers):
+            self._stranded_since = None
+        elif self._stranded_since is None:
+            self._stranded_since = time.monotonic()
+        if not self.metrics_on:
+            return
         for topic, topic_stats in stats.get("topics", {}).items():
             for partition, partition_stats in topic_stats.get("partitions", {}).items():
                 lag = partition_stats.get("consumer_lag", -1)
