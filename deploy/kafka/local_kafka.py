@@ -74,6 +74,7 @@ __all__ = [
     "broker_api_versions",
     "cache_dir",
     "ensure_jars",
+    "file_lock",
     "kafka_version",
     "wait_for_kafka",
 ]
@@ -155,7 +156,8 @@ def _cache_complete(target: Path, version: str, digest: str) -> bool:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if missing): serialises concurrent set-ups."""
     with open(path, "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -179,7 +181,7 @@ def ensure_jars(timeout: float = 1800.0) -> Path:
         return target / "libs"
     mvn = _require("mvn")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f"kafka-{version}.lock"):
+    with file_lock(target.parent / f"kafka-{version}.lock"):
         if _cache_complete(target, version, digest):  # another process did it meanwhile
             return target / "libs"
         # Under the lock, leftovers of interrupted runs are stale.

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
@@ -52,7 +51,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,17 +148,6 @@ def run(cmd: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = N
         tail = "\n".join(((proc.stdout or "") + (proc.stderr or "")).splitlines()[-40:])
         raise EngineError(f"exit {proc.returncode}: {' '.join(cmd)}\n{tail}")
     return proc
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Serialise concurrent setups (two pytest runs, a person and a test)."""
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def normalize_image(name: str) -> str:
@@ -378,22 +366,22 @@ def compose_config(compose: str, env: Mapping[str, str], files: Sequence[Path] =
     return data
 
 
-def _kafka_version() -> str:
+def _local_kafka() -> Any:
+    """deploy/kafka/local_kafka.py: the pinned version, the jar cache and its file lock."""
     sys.path.insert(0, str(REPO / "deploy" / "kafka"))
     try:
         import local_kafka
     finally:
         sys.path.pop(0)
-    return str(local_kafka.kafka_version())
+    return local_kafka
+
+
+def _kafka_version() -> str:
+    return str(_local_kafka().kafka_version())
 
 
 def _kafka_jars() -> Path:
-    sys.path.insert(0, str(REPO / "deploy" / "kafka"))
-    try:
-        import local_kafka
-    finally:
-        sys.path.pop(0)
-    return Path(local_kafka.ensure_jars())
+    return Path(_local_kafka().ensure_jars())
 
 
 def kafka_build_context() -> Path:
@@ -467,7 +455,7 @@ def prepare(*, build: bool = True, detach_service: bool = False) -> Engine:
     ensure_podman_packages()
     conf = ensure_containers_conf()
     podman_env = dict(os.environ, CONTAINERS_CONF=str(conf))
-    with file_lock(cache_root() / "setup.lock"):
+    with _local_kafka().file_lock(cache_root() / "setup.lock"):  # serialise concurrent setups
         for base in BASES:
             ensure_base(base, podman_env)
         url, service = ensure_podman_service(podman_env, detach=detach_service)
