@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PACKAGES := -e shared -e services/producer -e services/consumer -e services/topic_admin -e services/inmemory
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lint typecheck check test unit integration e2e reliability kafka kafka-jars lock clean
+.PHONY: help install lint typecheck check test unit integration e2e reliability bench kafka kafka-jars lock clean
 
 help:
 	@echo "make install      create .venv with the library, the four services and the dev tools"
@@ -16,6 +16,7 @@ help:
 	@echo "make integration  integration tests against a real Kafka started from the pinned jars"
 	@echo "make e2e          end-to-end: docker-compose.yml on Docker, or on podman it sets up itself (root)"
 	@echo "make reliability  fault scenarios (full profile) -> reliability-report.json and a table"
+	@echo "make bench        benchmarks against kcat and Kafka's perf tools -> benchmark-report.json and tables"
 	@echo "make kafka        run a single KRaft Kafka node on localhost:9092 in the foreground"
 	@echo "make lock         re-resolve constraints.txt (the locked dependency set)"
 
@@ -50,6 +51,9 @@ e2e: install
 
 reliability: install
 	RELIABILITY_PROFILE=full $(BIN)/pytest tests/integration/test_reliability.py
+
+bench: install
+	BENCH_PROFILE=full $(BIN)/pytest tests/benchmarks
 
 kafka: install
 	$(BIN)/python deploy/kafka/local_kafka.py run

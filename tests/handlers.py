@@ -3,9 +3,11 @@ from the job's payload, so one consumer can process well-behaved and misbehaving
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import Counter
+from typing import TextIO
 
 from jobpipe.job import Job
 
@@ -48,3 +50,19 @@ def paced(job: Job) -> None:
 _SLEEP_S = float(os.environ.get("TEST_HANDLER_SLEEP_MS", "1")) / 1000
 _SLOW_KEYS = frozenset(filter(None, os.environ.get("TEST_SLOW_KEYS", "").split(",")))
 _SLOW_S = float(os.environ.get("TEST_SLOW_S", "0"))
+
+
+def noop(job: Job) -> None:
+    """Does nothing: what the benchmarks use to measure the pipeline itself."""
+
+
+def record_latency(job: Job) -> None:
+    """Appends `seq milliseconds-since-created_at` to the file BENCH_LATENCY_FILE, one line per job
+    (tests/benchmarks: produce-to-processed latency; producer and consumer share the clock)."""
+    elapsed_ms = (time.time() - job.created_at.timestamp()) * 1000
+    _latency_file().write(f"{job.seq} {elapsed_ms:.3f}\n")
+
+
+@functools.cache
+def _latency_file() -> TextIO:
+    return open(os.environ["BENCH_LATENCY_FILE"], "a", buffering=1)

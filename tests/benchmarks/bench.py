@@ -1,0 +1,630 @@
+"""Benchmarks (issue 6): the services side by side with kcat and Kafka's own perf tools.
+
+Every comparison runs in one go against the same broker, on topics made the same way (6
+partitions, replication factor 1), with the same jobs:
+
+- producer: the `producer` service, then `kcat -P` and Kafka's `ProducerPerformance` fed the
+  very bytes the service sent (read back from its topic). acks=all, idempotence on, linger 5 ms
+  for all three. Key `producer_vs_kcat` = service msgs/s / kcat msgs/s.
+- consumer: the `consumer` service (no-op handler, offsets committed after processing),
+  `kcat -G` (a group member, auto-commit) and `ConsumerPerformance`, each reading all of the
+  service's jobs with a group of its own. Key `consumer_vs_kcat`.
+- latency: the producer at 1,000 jobs/s for 30 s, one consumer with a handler that records
+  now - `created_at`; p50/p99/p99.9 over the jobs after the first second. Key `e2e_p99_ms`.
+- inmemory vs a bare queue.Queue loop (tests/benchmarks/queue_baseline.py) with the same
+  thread counts, capacity and job count. Key `inmemory_vs_queue`.
+- scaling: 6 partitions, a handler that sleeps 5 ms per job, 1, 2 and 3 consumer processes.
+  Key `scaling_1_to_3`.
+- the peak RSS of every process (VmHWM, sampled while it runs and read once more at its end).
+
+How rates are timed: a service from its first to its last counted job (its /metrics counters,
+read every POLL_S), so Python's start-up and the group join are not counted; kcat -P from start
+to exit (it starts in milliseconds, and exit follows the last acknowledgement); kcat -C from the
+first to the last line it writes; the Java tools as they report themselves (ConsumerPerformance:
+its fetch rate, which leaves the group join out).
+
+Services run with LOG_LEVEL=WARNING for the throughput rows (no log line per job, as a
+high-volume deployment would run them; kcat and the Java tools print nothing per message
+either), and with the defaults (INFO) for latency and scaling.
+
+Profiles (env BENCH_PROFILE): "short" (default; small counts, part of `make test`, checks the
+harness and that nothing is lost, not the speed) and "full" (`make bench`: the issue's counts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import IO, Any
+
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from tabulate import tabulate
+
+from tests.service_runner import BIN, REPO, service_env, wait_until
+
+PROFILE_ENV = "BENCH_PROFILE"
+REPORT_PATH = REPO / "benchmark-report.json"
+PARTITIONS = 6
+POLL_S = 0.05
+NOOP = "tests.handlers:noop"
+TARGETS = {"producer_vs_kcat": (">=", 0.9), "consumer_vs_kcat": (">=", 0.9),
+           "inmemory_vs_queue": (">=", 0.8), "e2e_p99_ms": ("<=", 20.0), "scaling_1_to_3": (">=", 2.5)}
+# Same producer settings for every tool (the service's own are in jobpipe.kafka_clients).
+PRODUCER_PROPS = {"acks": "all", "enable.idempotence": "true", "linger.ms": "5"}
+
+
+class BenchmarkError(RuntimeError):
+    """A benchmark could not be run or its outcome is wrong (jobs missing): not a slow result."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    jobs: int  # producer and consumer comparisons
+    latency_rate: int  # jobs/s
+    latency_s: float
+    inmemory_jobs: int
+    scaling_jobs: int  # per run, 5 ms each
+
+
+PROFILES = {
+    "short": Profile("short", jobs=20_000, latency_rate=1000, latency_s=5, inmemory_jobs=20_000,
+                     scaling_jobs=600),
+    "full": Profile("full", jobs=1_000_000, latency_rate=1000, latency_s=30, inmemory_jobs=200_000,
+                    scaling_jobs=3000),
+}
+
+
+def current_profile() -> Profile:
+    name = os.environ.get(PROFILE_ENV, "short").strip().lower() or "short"
+    if name not in PROFILES:
+        raise BenchmarkError(f"{PROFILE_ENV}={name!r}: expected one of {sorted(PROFILES)}")
+    return PROFILES[name]
+
+
+# ---- the report --------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One tool's run in one comparison."""
+
+    comparison: str
+    tool: str
+    messages: int
+    seconds: float
+    bytes: int = 0
+    peak_rss_mb: float | None = None
+    notes: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        megabytes_per_s = self.bytes / self.seconds / 1e6 if self.seconds > 0 and self.bytes else None
+        return asdict(self) | {"msgs_per_s": round(self.rate),
+                               "mb_per_s": round(megabytes_per_s, 2) if megabytes_per_s else None}
+
+
+@dataclass
+class Report:
+    profile: Profile
+    rows: list[Row] = field(default_factory=list)
+    keys: dict[str, float] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+
+    def note_rss(self, name: str, megabytes: float | None) -> None:
+        if megabytes is not None:
+            self.peak_rss_mb[name] = max(megabytes, self.peak_rss_mb.get(name, 0.0))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **{key: round(value, 3) for key, value in self.keys.items()},
+            "targets": {key: f"{op} {value:g}" for key, (op, value) in TARGETS.items()},
+            "met": {key: _met(key, self.keys[key]) for key in TARGETS if key in self.keys},
+            "e2e_latency_ms": self.latency_ms,
+            "peak_rss_mb": self.peak_rss_mb,
+            "rows": [row.as_dict() for row in self.rows],
+            "profile": self.profile.name,
+            "machine": machine(),
+        }
+
+    def write(self, path: Path = REPORT_PATH) -> str:
+        """Write the JSON report; return the tables for a person."""
+        path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        rows = [[r.comparison, r.tool, r.messages, f"{r.seconds:.2f}", f"{r.rate:,.0f}",
+                 f"{r.bytes / r.seconds / 1e6:.1f}" if r.bytes and r.seconds else "",
+                 f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb else "", r.notes] for r in self.rows]
+        keys = [[key, f"{self.keys[key]:.3g}", f"{op} {value:g}", _yes(_met(key, self.keys[key]))]
+                for key, (op, value) in TARGETS.items() if key in self.keys]
+        return "\n\n".join([
+            tabulate(rows, headers=["comparison", "tool", "messages", "seconds", "msgs/s", "MB/s",
+                                    "peak RSS MB", "notes"]),
+            tabulate(keys, headers=["key", "value", "target", "met"]),
+            f"profile {self.profile.name}; {machine()['summary']}",
+        ])
+
+
+def _yes(met: bool) -> str:
+    return "yes" if met else "NO"
+
+
+def _met(key: str, value: float) -> bool:
+    op, target = TARGETS[key]
+    return value >= target if op == ">=" else value <= target
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    cores = os.cpu_count() or 0
+    python = platform.python_version()
+    return {"cpu": cpu, "cores": cores, "memory_gib": round(memory_gib, 1), "python": python,
+            "summary": f"{cores} cores ({cpu}), {memory_gib:.0f} GiB, Python {platform.python_version()}"}
+
+
+# ---- processes ------------------------------------------------------------------------------
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident set so far (VmHWM), or None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(found.group(1)) / 1024 if found else None
+
+
+class Tracked:
+    """A child process whose peak RSS is sampled while it runs; reaped with wait4, whose
+    ru_maxrss gives the exact peak at exit."""
+
+    def __init__(self, name: str, cmd: list[str], *, env: dict[str, str] | None = None,
+                 stdin: IO[bytes] | None = None, stdout: IO[bytes] | int | None = None) -> None:
+        self.name = name
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the process)
+        self._out_file: IO[bytes] | None = None
+        if stdout is None:
+            self._out_file = tempfile.TemporaryFile()  # noqa: SIM115 (idem)
+            stdout = self._out_file
+        self.process = subprocess.Popen(cmd, env=env, stdin=stdin, stdout=stdout, stderr=self._err, cwd=REPO)
+        self.started = time.monotonic()
+        self.peak_mb: float | None = None
+        self.returncode: int | None = None
+
+    def sample(self) -> bool:
+        """Update the peak RSS; True while the process runs."""
+        if self.returncode is not None:
+            return False
+        pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
+        if pid == 0:
+            self.peak_mb = max(self.peak_mb or 0.0, peak_rss_mb(self.process.pid) or 0.0)
+            return True
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self.process.returncode = self.returncode  # reaped here: Popen must not wait again
+        self.peak_mb = max(self.peak_mb or 0.0, usage.ru_maxrss / 1024)
+        return False
+
+    def wait(self, timeout: float) -> int:
+        wait_until(lambda: not self.sample(), timeout, f"{self.name} to exit\n{self.tail()}", poll=POLL_S)
+        assert self.returncode is not None
+        return self.returncode
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.sample():
+            self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.sample():
+            self.process.kill()
+            self.wait(10)
+
+    def output(self) -> str:
+        if self._out_file is None:
+            return ""
+        self._out_file.seek(0)
+        return self._out_file.read().decode(errors="replace")
+
+    def tail(self, lines: int = 15) -> str:
+        self._err.seek(0)
+        text = self.output() + self._err.read().decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Service(Tracked):
+    """A console script of this project, with METRICS_PORT on so its counters can be read."""
+
+    def __init__(self, command: str, *args: str, **settings: object) -> None:
+        self.port = free_port()
+        env = service_env(**({"metrics_port": self.port, "log_level": "WARNING"} | settings))
+        super().__init__(command, [str(BIN / command), *args], env=env)
+
+    def counter(self, name: str) -> float:
+        """Current value of counter `name` (e.g. jobs_processed_total); 0 before it answers."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as answer:
+                text = answer.read().decode()
+        except OSError:
+            return 0.0
+        found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+
+def time_counter(services: list[Service], name: str, target: int, timeout: float) -> float:
+    """Seconds from the first to the `target`-th count of `name`, summed over `services`."""
+    first: float | None = None
+    deadline = time.monotonic() + timeout
+    while True:
+        now = time.monotonic()
+        total = sum(service.counter(name) for service in services)
+        if total > 0 and first is None:
+            first = now
+        if total >= target:
+            assert first is not None
+            return max(now - first, POLL_S)
+        for service in services:
+            if not service.sample() and service.returncode not in (0, None):
+                raise BenchmarkError(f"{service.name} exited {service.returncode} at {total:.0f}/{target} "
+                                     f"{name}:\n{service.tail()}")
+        if now >= deadline:
+            raise BenchmarkError(f"{name} reached {total:.0f}/{target} in {timeout:g} s")
+        time.sleep(POLL_S)
+
+
+@contextmanager
+def running(*processes: Tracked) -> Iterator[None]:
+    """Kill whatever is still running when the block ends (stop() first inside for a clean end)."""
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.kill()
+
+
+# ---- topics and tools -------------------------------------------------------------------------
+
+
+class Kafka:
+    """The broker under test, and the external tools pointed at it."""
+
+    def __init__(self, bootstrap: str, kafka_libs: Path) -> None:
+        self.bootstrap = bootstrap
+        self.libs = kafka_libs
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self.kcat = require_kcat()
+
+    def topic(self, report: Report, purpose: str) -> str:
+        """A new topic of PARTITIONS partitions, made by `topic-admin ensure` (its RSS is noted)."""
+        name = f"bench-{purpose}-{uuid.uuid4().hex[:8]}"
+        admin = Service("topic-admin", "ensure", kafka_bootstrap_servers=self.bootstrap, jobs_topic=name,
+                        dlq_topic=f"{name}.dlq", jobs_partitions=PARTITIONS, metrics_port=0)
+        if admin.wait(120) != 0:
+            raise BenchmarkError(f"topic-admin ensure {name} failed:\n{admin.tail()}")
+        report.note_rss("topic-admin", admin.peak_mb)
+        return name
+
+    def end_offsets(self, topic: str) -> int:
+        probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "bench-probe"})
+        try:
+            return sum(probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                       for p in range(PARTITIONS))
+        finally:
+            probe.close()
+
+    def committed(self, topic: str, group: str) -> int:
+        probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
+        try:
+            offsets = probe.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
+            return sum(max(tp.offset, 0) for tp in offsets)
+        finally:
+            probe.close()
+
+    def java(self, main_class: str, *args: str) -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise BenchmarkError("java is not on PATH: the Java perf tools need Java 17+")
+        return [java, "-Xmx1g", "-cp", f"{self.libs}/*", "-Dlog4j2.level=warn", main_class, *args]
+
+
+def require_kcat() -> str:
+    """kcat (Debian's 1.7.1): installed with apt-get when missing and running as root."""
+    found = shutil.which("kcat")
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise BenchmarkError("kcat is not installed: run `apt-get install kcat` (Debian/Ubuntu) as root")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "kcat"]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900,
+                              check=False)
+        if done.returncode != 0 and command[1] == "install":
+            raise BenchmarkError(f"apt-get install kcat failed: {done.stderr.strip()[-500:]}")
+    found = shutil.which("kcat")
+    if not found:
+        raise BenchmarkError("apt-get install kcat did not provide kcat")
+    return found
+
+
+# ---- 1. producer ---------------------------------------------------------------------------
+
+
+def producer_comparison(kafka: Kafka, report: Report, workdir: Path) -> str:
+    """Returns the topic the service filled (read again by the consumer comparison)."""
+    jobs = report.profile.jobs
+    topic = kafka.topic(report, "produce-service")
+    # Producing until stopped keeps its /metrics up: timed to the `jobs`-th acknowledgement, then
+    # stopped (a few more jobs get out meanwhile; the references send exactly `jobs`).
+    service = Service("producer", kafka_bootstrap_servers=kafka.bootstrap, jobs_topic=topic,
+                      producer_workers=2, messages_per_worker=0)
+    with running(service):
+        seconds = time_counter([service], "jobs_produced_total", jobs, timeout=max(120.0, jobs / 2000))
+        if service.stop() != 0:
+            raise BenchmarkError(f"producer exited {service.returncode}:\n{service.tail()}")
+    if kafka.end_offsets(topic) < jobs:
+        raise BenchmarkError(f"{topic} holds {kafka.end_offsets(topic)} messages, {jobs} were acknowledged")
+    report.note_rss("producer", service.peak_mb)
+
+    # The references send the very same bytes: the service's jobs, read back from its topic.
+    keyed, values = workdir / "jobs.tsv", workdir / "values.txt"
+    dump = Tracked("kcat -C (dump)", [kafka.kcat, "-C", "-b", kafka.bootstrap, "-t", topic, "-o", "beginning",
+                                      "-c", str(jobs), "-e", "-q", "-f", "%k\t%s\n"], stdout=keyed.open("wb"))
+    if dump.wait(300) != 0:
+        raise BenchmarkError(f"kcat could not read {topic}:\n{dump.tail()}")
+    value_bytes = 0
+    with keyed.open("rb") as source, values.open("wb") as target:
+        for line in source:
+            value = line.split(b"\t", 1)[1]
+            value_bytes += len(value) - 1
+            target.write(value)
+    report.rows.append(Row("producer", "producer service (2 workers)", jobs, seconds, value_bytes,
+                           service.peak_mb, "first to last acknowledgement"))
+
+    kcat_topic = kafka.topic(report, "produce-kcat")
+    props = [arg for key, value in PRODUCER_PROPS.items() for arg in ("-X", f"{key}={value}")]
+    kcat = Tracked("kcat -P", [kafka.kcat, "-P", "-b", kafka.bootstrap, "-t", kcat_topic, "-K", "\t", *props,
+                               "-l", str(keyed)])
+    if kcat.wait(600) != 0:
+        raise BenchmarkError(f"kcat -P failed:\n{kcat.tail()}")
+    kcat_seconds = time.monotonic() - kcat.started
+    if kafka.end_offsets(kcat_topic) != jobs:
+        raise BenchmarkError(f"kcat -P delivered {kafka.end_offsets(kcat_topic)} of {jobs}")
+    report.rows.append(Row("producer", "kcat -P (librdkafka, C)", jobs, kcat_seconds, value_bytes,
+                           kcat.peak_mb, "process start to exit"))
+
+    java_topic = kafka.topic(report, "produce-java")
+    perf = Tracked("ProducerPerformance", kafka.java(
+        "org.apache.kafka.tools.ProducerPerformance", "--topic", java_topic, "--num-records", str(jobs),
+        "--payload-file", str(values), "--throughput", "-1", "--producer-props",
+        f"bootstrap.servers={kafka.bootstrap}", *(f"{k}={v}" for k, v in PRODUCER_PROPS.items())))
+    if perf.wait(600) != 0:
+        raise BenchmarkError(f"ProducerPerformance failed:\n{perf.tail()}")
+    summary = re.findall(r"(\d+) records sent, ([\d.]+) records/sec", perf.output())
+    if not summary or int(summary[-1][0]) != jobs:
+        raise BenchmarkError(f"ProducerPerformance gave no summary for {jobs} records:\n{perf.tail()}")
+    java_rate = float(summary[-1][1])
+    report.rows.append(Row("producer", "kafka-producer-perf-test (Java)", jobs, jobs / java_rate, value_bytes,
+                           perf.peak_mb, "as it reports (no keys: sticky partitioner)"))
+    report.keys["producer_vs_kcat"] = (jobs / seconds) / (jobs / kcat_seconds)
+    return topic
+
+
+# ---- 2. consumer ---------------------------------------------------------------------------
+
+
+def consumer_comparison(kafka: Kafka, report: Report, topic: str, value_bytes: int) -> None:
+    """Every tool reads all of `topic` (the producer service's jobs)."""
+    jobs = kafka.end_offsets(topic)
+    value_bytes = value_bytes * jobs // report.profile.jobs
+    group = f"bench-consumer-{uuid.uuid4().hex[:8]}"
+    service = Service("consumer", kafka_bootstrap_servers=kafka.bootstrap, jobs_topic=topic,
+                      dlq_topic=f"{topic}.dlq", consumer_group=group, handler=NOOP)
+    with running(service):
+        seconds = time_counter([service], "jobs_processed_total", jobs, timeout=max(120.0, jobs / 1000))
+        wait_until(lambda: kafka.committed(topic, group) == jobs, 30, "the consumer's final commit")
+        if service.stop() != 0:
+            raise BenchmarkError(f"consumer exited {service.returncode}:\n{service.tail()}")
+    report.note_rss("consumer", service.peak_mb)
+    report.rows.append(Row("consumer", "consumer service (1 worker, no-op handler)", jobs, seconds,
+                           value_bytes, service.peak_mb, "first to last processed; all committed"))
+
+    kcat_seconds, kcat_peak = _kcat_consume(kafka, topic, jobs)
+    report.rows.append(Row("consumer", "kcat -G (librdkafka, C)", jobs, kcat_seconds, value_bytes, kcat_peak,
+                           "first to last message written"))
+
+    perf = Tracked("ConsumerPerformance", kafka.java(
+        "org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", kafka.bootstrap, "--topic", topic,
+        "--messages", str(jobs), "--group", f"{group}-java", "--hide-header"))
+    if perf.wait(600) != 0:
+        raise BenchmarkError(f"ConsumerPerformance failed:\n{perf.tail()}")
+    lines = [line for line in perf.output().splitlines() if line.count(",") >= 9]
+    if not lines:
+        raise BenchmarkError(f"ConsumerPerformance printed no result:\n{perf.tail()}")
+    fields = [part.strip() for part in lines[-1].split(",")]
+    consumed, fetch_rate = int(fields[4]), float(fields[9])
+    if consumed < jobs:
+        raise BenchmarkError(f"ConsumerPerformance read {consumed} of {jobs}")
+    report.rows.append(Row("consumer", "kafka-consumer-perf-test (Java)", jobs, jobs / fetch_rate,
+                           value_bytes, perf.peak_mb, "its fetch rate (group join left out)"))
+    report.keys["consumer_vs_kcat"] = (jobs / seconds) / (jobs / kcat_seconds)
+
+
+def _kcat_consume(kafka: Kafka, topic: str, jobs: int) -> tuple[float, float | None]:
+    """kcat as a group member to the end of every partition; timed on its output lines."""
+    group = f"bench-kcat-{uuid.uuid4().hex[:8]}"
+    kcat = Tracked("kcat -G", [kafka.kcat, "-b", kafka.bootstrap, "-G", group, "-o", "beginning", "-e", "-q",
+                               "-f", "%k\t%s\n", topic], stdout=subprocess.PIPE)
+    assert kcat.process.stdout is not None
+    stream = kcat.process.stdout
+    lines = 0
+    first = last = 0.0
+    outcome: dict[str, BaseException] = {}
+
+    def read() -> None:
+        nonlocal lines, first, last
+        try:
+            while chunk := stream.read1(1 << 20):
+                now = time.monotonic()
+                first = first or now
+                lines += chunk.count(b"\n")
+                last = now
+        except BaseException as error:  # reported by the caller
+            outcome["error"] = error
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    with running(kcat):
+        if kcat.wait(600) != 0:
+            raise BenchmarkError(f"kcat -G failed:\n{kcat.tail()}")
+        reader.join(30)
+    if "error" in outcome or lines != jobs:
+        raise BenchmarkError(f"kcat -G wrote {lines} of {jobs} messages {outcome or ''}")
+    return max(last - first, POLL_S), kcat.peak_mb
+
+
+# ---- 3. end-to-end latency ----------------------------------------------------------------
+
+
+def latency(kafka: Kafka, report: Report, workdir: Path) -> None:
+    profile = report.profile
+    jobs = int(profile.latency_rate * profile.latency_s)
+    topic = kafka.topic(report, "latency")
+    record = workdir / "latency.txt"
+    consumer = Service("consumer", kafka_bootstrap_servers=kafka.bootstrap, jobs_topic=topic,
+                       dlq_topic=f"{topic}.dlq", consumer_group=f"bench-latency-{uuid.uuid4().hex[:8]}",
+                       handler="tests.handlers:record_latency", bench_latency_file=record, log_level="INFO")
+    producer = Service("producer", kafka_bootstrap_servers=kafka.bootstrap, jobs_topic=topic,
+                       producer_workers=1, messages_per_worker=jobs, produce_rate=profile.latency_rate,
+                       log_level="INFO")
+    with running(consumer, producer):
+        wait_until(consumer.ready, 60, "the latency consumer to join its group")
+        def recorded() -> bool:
+            if not consumer.sample() and consumer.returncode:
+                raise BenchmarkError(f"consumer exited {consumer.returncode}:\n{consumer.tail()}")
+            return record.exists() and record.read_bytes().count(b"\n") >= jobs
+        wait_until(recorded, profile.latency_s * 3 + 60, f"{jobs} recorded latencies")
+        if producer.wait(60) != 0 or consumer.stop() != 0:
+            raise BenchmarkError(f"latency run failed:\n{producer.tail()}\n{consumer.tail()}")
+    samples = [line.split() for line in record.read_text().splitlines()]
+    # Jobs of the first second are left out (connections and the topic's metadata are set up then).
+    warm = sorted(float(ms) for seq, ms in samples if int(seq) >= profile.latency_rate)
+    cuts = statistics.quantiles(warm, n=1000, method="inclusive")
+    report.latency_ms = {"p50": round(statistics.median(warm), 2), "p99": round(cuts[989], 2),
+                         "p99.9": round(cuts[998], 2), "max": round(warm[-1], 2), "jobs": len(warm),
+                         "rate_per_s": profile.latency_rate}
+    report.keys["e2e_p99_ms"] = cuts[989]
+    report.rows.append(Row("latency", f"producer -> consumer at {profile.latency_rate}/s", jobs,
+                           profile.latency_s, 0, consumer.peak_mb,
+                           f"p50 {report.latency_ms['p50']} ms, p99 {cuts[989]:.2f} ms, "
+                           f"p99.9 {cuts[998]:.2f} ms"))
+    report.note_rss("consumer", consumer.peak_mb)
+    report.note_rss("producer", producer.peak_mb)
+
+
+# ---- 4. inmemory vs queue.Queue -----------------------------------------------------------
+
+
+def inmemory_comparison(report: Report) -> None:
+    jobs = report.profile.inmemory_jobs
+    threads = {"producers": 2, "consumers": 2, "queue_capacity": 100}
+    # Running until stopped keeps its /metrics up: timed to the `jobs`-th job processed.
+    service = Service("inmemory", jobs_per_producer=0, handler=NOOP, **threads)
+    with running(service):
+        seconds = time_counter([service], "jobs_processed_total", jobs, timeout=max(120.0, jobs / 500))
+        if service.stop() != 0:
+            raise BenchmarkError(f"inmemory exited {service.returncode}:\n{service.tail()}")
+    report.note_rss("inmemory", service.peak_mb)
+    report.rows.append(Row("inmemory", "inmemory service (2 producers, 2 consumers)", jobs, seconds, 0,
+                           service.peak_mb, "first to last processed"))
+
+    shape = [str(threads[k]) for k in ("producers", "consumers", "queue_capacity")]
+    command = [sys.executable, "-m", "tests.benchmarks.queue_baseline", str(jobs), *shape]
+    bare = Tracked("queue baseline", command,
+                   env=service_env())
+    if bare.wait(600) != 0:
+        raise BenchmarkError(f"queue baseline failed:\n{bare.tail()}")
+    result = json.loads(bare.output().strip().splitlines()[-1])
+    if result["processed"] != jobs:
+        raise BenchmarkError(f"queue baseline processed {result['processed']} of {jobs}")
+    report.rows.append(Row("inmemory", "bare queue.Queue loop (same threads)", jobs, result["seconds"], 0,
+                           bare.peak_mb, "first put to last processed"))
+    report.keys["inmemory_vs_queue"] = result["seconds"] / seconds
+
+
+# ---- 5. scaling ------------------------------------------------------------------------------
+
+
+def scaling(kafka: Kafka, report: Report) -> None:
+    jobs = report.profile.scaling_jobs
+    rates: dict[int, float] = {}
+    for count in (1, 2, 3):
+        topic = kafka.topic(report, f"scale{count}")
+        group = f"bench-scale-{uuid.uuid4().hex[:8]}"
+        consumers = [Service("consumer", kafka_bootstrap_servers=kafka.bootstrap, jobs_topic=topic,
+                             dlq_topic=f"{topic}.dlq", consumer_group=group, handler="tests.handlers:paced",
+                             test_handler_sleep_ms=5) for _ in range(count)]
+        with running(*consumers):
+            for consumer in consumers:
+                wait_until(consumer.ready, 60, f"consumer {consumers.index(consumer) + 1} of {count} to join")
+            wait_until(partial(_assignment_settled, kafka, group, count), 60,
+                       f"{PARTITIONS} partitions spread over {count} consumer(s)")
+            producer = Service("producer", kafka_bootstrap_servers=kafka.bootstrap, jobs_topic=topic,
+                               producer_workers=1, messages_per_worker=jobs)
+            with running(producer):
+                seconds = time_counter(consumers, "jobs_processed_total", jobs, timeout=jobs * 0.01 + 60)
+                producer.wait(60)
+            for consumer in consumers:
+                if consumer.stop() != 0:
+                    raise BenchmarkError(f"consumer exited {consumer.returncode}:\n{consumer.tail()}")
+        rates[count] = jobs / seconds
+        report.rows.append(Row("scaling", f"{count} consumer process(es), 5 ms handler", jobs, seconds, 0,
+                               max(c.peak_mb or 0 for c in consumers), "first to last processed"))
+    report.keys["scaling_1_to_3"] = rates[3] / rates[1]
+
+
+def _assignment_settled(kafka: Kafka, group: str, members: int) -> bool:
+    """Every partition owned, by exactly `members` members (each with some)."""
+    described = kafka.admin.describe_consumer_groups([group])[group].result(timeout=10)
+    owned = [{tp.partition for tp in member.assignment.topic_partitions} for member in described.members]
+    return (len(owned) == members and all(owned) and sum(len(o) for o in owned) == PARTITIONS
+            and len(set().union(*owned)) == PARTITIONS)
+

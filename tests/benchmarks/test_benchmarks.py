@@ -1,0 +1,91 @@
+"""Benchmarks (issue 6): runs tests/benchmarks/bench.py's comparisons against the real broker.
+
+`make bench` runs the "full" profile (BENCH_PROFILE=full: a million jobs); `make test` the
+"short" one, which proves the harness works and that no job goes missing in any run. Speeds
+are never asserted (they belong to the report, not to a test that would flake on a busy
+machine): the tests fail only when a run cannot be made or loses jobs. At the end the report
+is written to benchmark-report.json and printed as tables.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import local_kafka
+import pytest
+
+from tests.benchmarks import bench
+from tests.benchmarks.bench import Kafka, Report
+
+
+class _TablePlugin:
+    def __init__(self) -> None:
+        self.table = ""
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.table:
+            terminalreporter.write_sep("=", f"benchmark report ({bench.REPORT_PATH.name})")
+            terminalreporter.write_line(self.table)
+
+
+@pytest.fixture(scope="module")
+def report(request: pytest.FixtureRequest) -> Iterator[Report]:
+    plugin = _TablePlugin()
+    request.config.pluginmanager.register(plugin, "benchmark-report")
+    made = Report(bench.current_profile())
+    yield made
+    if made.rows:
+        plugin.table = made.write()
+
+
+@pytest.fixture(scope="module")
+def kafka(kafka_bootstrap: str) -> Kafka:
+    return Kafka(kafka_bootstrap, local_kafka.ensure_jars())
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="module")
+def produced(kafka: Kafka, report: Report, workdir: Path) -> str:
+    """The producer comparison; its topic (the service's jobs) feeds the consumer comparison."""
+    return bench.producer_comparison(kafka, report, workdir)
+
+
+def test_producer_vs_kcat(produced: str, report: Report) -> None:
+    assert report.keys["producer_vs_kcat"] > 0
+    assert {row.tool.split()[0] for row in report.rows if row.comparison == "producer"} == {
+        "producer", "kcat", "kafka-producer-perf-test"}
+
+
+def test_consumer_vs_kcat(produced: str, kafka: Kafka, report: Report) -> None:
+    value_bytes = next(row.bytes for row in report.rows if row.comparison == "producer")
+    bench.consumer_comparison(kafka, report, produced, value_bytes)
+    assert report.keys["consumer_vs_kcat"] > 0
+
+
+def test_e2e_latency(kafka: Kafka, report: Report, workdir: Path) -> None:
+    bench.latency(kafka, report, workdir)
+    assert report.latency_ms["jobs"] > 0
+    assert report.latency_ms["p50"] <= report.latency_ms["p99"] <= report.latency_ms["p99.9"]
+
+
+def test_inmemory_vs_queue(report: Report) -> None:
+    bench.inmemory_comparison(report)
+    assert report.keys["inmemory_vs_queue"] > 0
+
+
+def test_scaling_1_to_3(kafka: Kafka, report: Report) -> None:
+    bench.scaling(kafka, report)
+    assert report.keys["scaling_1_to_3"] > 0
+
+
+def test_every_service_has_a_peak_rss(report: Report) -> None:
+    assert set(report.peak_rss_mb) >= {"producer", "consumer", "inmemory", "topic-admin"}, report.peak_rss_mb
+    assert all(0 < megabytes < 4096 for megabytes in report.peak_rss_mb.values()), report.peak_rss_mb
