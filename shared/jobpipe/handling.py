@@ -15,7 +15,7 @@ from typing import Any
 from jobpipe import metrics
 from jobpipe.handlers import HandlerFn
 from jobpipe.job import Job
-from jobpipe.logs import event
+from jobpipe.logs import enabled, event
 from jobpipe.retry import RetryPolicy
 
 
@@ -74,6 +74,8 @@ def describe_origin(origin: dict[str, Any]) -> str:
 
 def log_processed(attempt: Attempt, consumer: str, **origin: Any) -> None:
     metrics.JOBS_PROCESSED.inc()
+    if not enabled("INFO"):
+        return
     job = attempt.job
     event("job.processed",
           f"{consumer} processed {job.key} from {describe_origin(origin)} "

@@ -73,6 +73,10 @@ def consumer_config(settings: KafkaSettings, client_id: str, group: str,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
         "enable.partition.eof": False,
+        # librdkafka (2.16) stops fetching a partition for this long once its local queue is
+        # over queued.min.messages; at the default 1000 ms a consumer that drains faster than
+        # that sat idle most of the time (issue 6: 160k msgs/s in a bare loop, 980k at 10 ms).
+        "fetch.queue.backoff.ms": 10,
     }
     if instance_id:
         config["group.instance.id"] = instance_id

@@ -21,13 +21,22 @@ if TYPE_CHECKING:
     from loguru import Message, Record
 
 RESERVED = ("time", "level", "service", "event", "message")
+LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+_configured = {"threshold": LEVELS["INFO"]}  # LOG_LEVEL as a number, set by configure_logging
 TEXT_FORMAT = ("<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
                "<cyan>{extra[service]}</cyan> | {message}")
 
 
 def event(name: str, message: str, *, level: str = "INFO", **fields: Any) -> None:
     """Log event `name` with a human `message` and machine-readable `fields`."""
-    logger.bind(event=name, fields=fields).log(level, message)
+    if LEVELS.get(level, 100) >= _configured["threshold"]:
+        logger.bind(event=name, fields=fields).log(level, message)
+
+
+def enabled(level: str) -> bool:
+    """Whether events at `level` are written: per-job events check it before building their
+    message (at LOG_LEVEL=WARNING that was a tenth of a job's cost, issue 6)."""
+    return LEVELS.get(level, 100) >= _configured["threshold"]
 
 
 def _json_line(record: Record) -> str:
@@ -73,6 +82,7 @@ class _JsonSink:
 
 def configure_logging(service: str, level: str, fmt: str, stream: TextIO | None = None) -> None:
     """Send every log line of this process to `stream` (stdout) in format `fmt`."""
+    _configured["threshold"] = LEVELS[level]
     out = stream or sys.stdout
     output = _Output(out)
     logger.remove()

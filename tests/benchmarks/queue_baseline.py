@@ -1,11 +1,11 @@
 """The yardstick for the inmemory service: a bare queue.Queue producer/consumer loop.
 
 `python -m tests.benchmarks.queue_baseline JOBS PRODUCERS CONSUMERS CAPACITY` runs PRODUCERS
-threads putting small job dicts (key and sequence number) on a queue.Queue of CAPACITY, and
-CONSUMERS threads taking them and calling a no-op handler, until JOBS are done; it prints
-`{"processed": n, "seconds": s}` timed from the first put to the last job handled. This is the
-least a hand-rolled Python pipeline would do; the service adds the Job model, retries,
-metrics and logging on top.
+threads putting the same jobs (`Job.new`, the product's job model) on a queue.Queue of
+CAPACITY, and CONSUMERS threads taking them and calling the same no-op handler, until JOBS
+are done; it prints `{"processed": n, "seconds": s}` timed from the first put to the last job
+handled. What the service adds on top is what is measured: retries, metrics, logging,
+graceful stop. (Making a Job is about 10 us here, more than a put and a get together.)
 """
 
 from __future__ import annotations
@@ -16,26 +16,25 @@ import sys
 import threading
 import time
 
-
-def handler(job: dict[str, object]) -> None:
-    """The no-op handler."""
+from jobpipe.job import Job
+from tests.handlers import noop
 
 
 def main() -> None:
     jobs, producers, consumers, capacity = (int(arg) for arg in sys.argv[1:5])
-    work: queue.Queue[dict[str, object] | None] = queue.Queue(maxsize=capacity)
+    work: queue.Queue[Job | None] = queue.Queue(maxsize=capacity)
     done = [0] * consumers
     start = threading.Barrier(producers + consumers + 1)
 
     def produce(number: int) -> None:
         start.wait()
         for seq in range(jobs // producers):
-            work.put({"key": f"p{number}-m{seq}", "seq": seq})
+            work.put(Job.new(number, seq))
 
     def consume(index: int) -> None:
         start.wait()
         while (job := work.get()) is not None:
-            handler(job)
+            noop(job)
             done[index] += 1
 
     threads = ([threading.Thread(target=produce, args=(n + 1,)) for n in range(producers)]

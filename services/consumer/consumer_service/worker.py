@@ -1,10 +1,16 @@
 """One member of the consumer group: the poll loop, retries, dead letters and commits.
 
 Design, in the order a message meets it:
-- The handler runs on a HandlerThread while this loop keeps calling poll(), so a slow job
-  never exceeds max.poll.interval.ms; after KEEPALIVE_S all partitions are paused so
-  nothing piles up meanwhile (librdkafka resumes a partition from the last message it
-  handed over, so pausing loses nothing).
+- Messages are fetched in batches (up to BATCH that are already there: waiting is only ever
+  for the first) and the handler works through a batch on a HandlerThread while this loop
+  keeps calling poll(), so a slow job never exceeds max.poll.interval.ms; after KEEPALIVE_S
+  all partitions are paused so nothing piles up meanwhile (librdkafka resumes a partition
+  from the last message it handed over, so pausing loses nothing). One thread hand-off per
+  batch, not per job: per job it cost more than everything else together (py-spy, issue 6).
+- Within a batch, a job that fails stops its partition: the partition's later messages are
+  not started and go back to the queue, behind the retry, so a partition stays in order.
+  A stop or a revoke cuts a batch short after the job in hand; what was not started is
+  simply not committed.
 - A failed attempt is not slept on: its partition is paused and the job waits in
   `_waiting` until its backoff is due, while the other partitions keep flowing.
 - A partition's offset is stored only after its job succeeded or was dead-lettered, in
@@ -42,6 +48,7 @@ from jobpipe.kafka_clients import consumer_config
 from jobpipe.logs import event
 
 TP = tuple[str, int]
+BATCH = 500  # most messages handed to the handler thread at once
 KEEPALIVE_S = 0.5  # a handler running longer than this gets the partitions paused
 POLL_S = 0.2  # longest a single poll blocks, so stop and due retries are noticed quickly
 # Commit refusals that only mean "the group is rebalancing": the same offsets can be committed
@@ -68,17 +75,29 @@ class Waiting:
 
 
 @dataclass
-class InFlight:
-    """The job the handler thread is working on."""
+class Batch:
+    """Messages the handler thread works through in order, one attempt each.
 
-    message: Message
-    job: Job
-    future: futures.Future[Attempt]
+    The handler thread fills `jobs` and `results` (an Attempt, or the InvalidJob a message
+    that is not a job raised) and sets `running` to the index in hand; the poll thread sets
+    `cut` to stop it after that job, and settles the batch once.
+    """
+
+    messages: list[Message]
+    attempt: int = 1  # which attempt this is (a due retry is a batch of one)
+    jobs: list[Job | None] = field(init=False)
+    results: list[Attempt | InvalidJob | None] = field(init=False)
+    running: int = -1
+    cut: bool = False
     settled: bool = False
+    future: futures.Future[None] = field(default_factory=futures.Future)
 
-    @property
-    def tp(self) -> TP:
-        return tp_of(self.message)
+    def __post_init__(self) -> None:
+        self.jobs = [None] * len(self.messages)
+        self.results = [None] * len(self.messages)
+
+    def touches(self, partitions: set[TP]) -> bool:
+        return any(tp_of(message) in partitions for message in self.messages)
 
 
 @dataclass
@@ -118,7 +137,7 @@ class ConsumerWorker:
         self._pending: deque[Message] = deque()  # fetched, not yet started, in arrival order
         self._waiting: dict[TP, Waiting] = {}  # partition -> its job waiting for a retry
         self._blocked: set[TP] = set()  # partitions paused for a retry
-        self._in_flight: InFlight | None = None
+        self._in_flight: Batch | None = None
         self._in_callback = False
         self._stop_deadline: float | None = None
         self.heartbeat = time.monotonic()
@@ -187,20 +206,29 @@ class ConsumerWorker:
 
     def _step(self) -> None:
         due = self._take_due()
-        if due is not None:
-            self._process(due.message, due.attempt, due.dead_letter_reason)
-            return
-        message = self._next_pending() or self._consumer.poll(self._poll_timeout())
-        if message is None:
-            return
-        error = message.error()
-        if error is not None:
-            self._on_message_error(error)
-            return
-        if tp_of(message) in self._blocked:  # its partition waits for a retry: keep for later
-            self._pending.append(message)
-            return
-        self._process(message, 1, None)
+        if due is not None and due.dead_letter_reason is not None:
+            self._dead_letter(due.message, due.dead_letter_reason, due.attempt, None)
+        elif due is not None:
+            self._run(Batch([due.message], attempt=due.attempt))
+        elif messages := self._take_pending() or self._fetch():
+            self._run(Batch(messages))
+
+    def _fetch(self) -> list[Message]:
+        """Wait (briefly) for one message, then take what else is already fetched."""
+        first = self._consumer.poll(self._poll_timeout())
+        if first is None:
+            return []
+        fetched = [first, *self._consumer.consume(BATCH - 1, 0)]
+        ready = []
+        for message in fetched:
+            error = message.error()
+            if error is not None:
+                self._on_message_error(error)
+            elif tp_of(message) in self._blocked:  # its partition waits for a retry: keep for later
+                self._pending.append(message)
+            else:
+                ready.append(message)
+        return ready
 
     def _take_due(self) -> Waiting | None:
         now = time.monotonic()
@@ -210,12 +238,17 @@ class ConsumerWorker:
                 return waiting
         return None
 
-    def _next_pending(self) -> Message | None:
-        for index, message in enumerate(self._pending):
-            if tp_of(message) not in self._blocked:
-                del self._pending[index]
-                return message
-        return None
+    def _take_pending(self) -> list[Message]:
+        """Fetched messages not started yet whose partition is free to go, in order."""
+        if not self._pending:
+            return []
+        ready: list[Message] = []
+        kept: deque[Message] = deque()
+        for message in self._pending:
+            free = len(ready) < BATCH and tp_of(message) not in self._blocked
+            (ready if free else kept).append(message)
+        self._pending = kept
+        return ready
 
     def _poll_timeout(self) -> float:
         if not self._waiting:
@@ -228,35 +261,73 @@ class ConsumerWorker:
             raise KafkaException(error)
         event("kafka.error", f"{self.name}: {error.str()}", level="WARNING", code=error.name())
 
-    # ---- one message ------------------------------------------------------------------
+    # ---- a batch of messages -----------------------------------------------------------
 
-    def _process(self, message: Message, attempt: int, dead_letter_reason: str | None) -> None:
-        if dead_letter_reason is not None:
-            self._dead_letter(message, dead_letter_reason, attempt, None)
-            return
+    def _run(self, batch: Batch) -> None:
+        batch.future = self._runner.submit(partial(self._handle, batch))
+        self._in_flight = batch
+
+        def tick() -> None:
+            if self.stop.is_set():
+                batch.cut = True
+            futures.wait([batch.future], timeout=0.05)
+
         try:
-            job = Job.from_bytes(message.value())
-        except InvalidJob as error:
-            self._dead_letter(message, str(error), 0, None)
-            return
-        flight = InFlight(message, job, self._runner.submit(partial(self.handler.attempt, job, attempt)))
-        self._in_flight = flight
-        try:
-            finished = self._wait_alive(flight.future.done,
-                                        lambda: futures.wait([flight.future], timeout=0.05))
+            finished = self._wait_alive(batch.future.done, tick)
         finally:
             self._in_flight = None
-        if flight.settled:  # finished inside a revoke callback already
-            return
-        if not finished:
-            self._hand_back(flight, "still running at shutdown")
-            return
-        self._settle(flight, revoking=False)
+        if not batch.settled:  # else settled inside a rebalance callback already
+            self._settle(batch, set(), finished, "still running at shutdown")
 
-    def _settle(self, flight: InFlight, revoking: bool) -> None:
-        flight.settled = True
-        result = flight.future.result()
-        message = flight.message
+    def _handle(self, batch: Batch) -> None:
+        """On the handler thread: one attempt per message, in order, until cut."""
+        failed: set[TP] = set()
+        for index, message in enumerate(batch.messages):
+            if batch.cut:
+                return
+            tp = tp_of(message)
+            if tp in failed:  # its partition had a failure in this batch: not started
+                continue
+            batch.running = index
+            try:
+                job = Job.from_bytes(message.value())
+            except InvalidJob as error:
+                batch.results[index] = error
+                failed.add(tp)
+                continue
+            batch.jobs[index] = job
+            attempt = self.handler.attempt(job, batch.attempt)
+            batch.results[index] = attempt
+            if attempt.error is not None:
+                failed.add(tp)
+        batch.running = len(batch.messages)
+
+    def _settle(self, batch: Batch, revoking: set[TP], finished: bool, why_running: str) -> None:
+        """Act on each result in order; `revoking`: partitions being given up right now.
+
+        Not started: back to the queue (in front), unless its partition is going or the
+        worker is stopping (then it is simply not committed). Started on a partition no
+        longer ours (lost): handed back. The job in hand when time ran out: handed back.
+        """
+        batch.settled = batch.cut = True
+        leftovers: list[Message] = []
+        for index, message in enumerate(batch.messages):
+            tp = tp_of(message)
+            result = batch.results[index]
+            if result is None:
+                if not finished and index == batch.running:
+                    self._hand_back(message, batch.jobs[index], why_running)
+                elif tp in self._assigned and tp not in revoking and not self.stop.is_set():
+                    leftovers.append(message)
+            elif tp not in self._assigned:
+                self._hand_back(message, batch.jobs[index], "partition lost (session timed out)")
+            elif isinstance(result, InvalidJob):
+                self._dead_letter(message, str(result), 0, None, revoking=tp in revoking)
+            else:
+                self._after_attempt(message, result, revoking=tp in revoking)
+        self._pending.extendleft(reversed(leftovers))
+
+    def _after_attempt(self, message: Message, result: Attempt, revoking: bool) -> None:
         origin = {"partition": message.partition(), "offset": message.offset()}
         step = self.handler.next_step(result)
         if step is Next.DONE:
@@ -269,11 +340,12 @@ class ConsumerWorker:
             self.counts.retried += 1
             self._retry_later(Waiting(message, result.number + 1, time.monotonic() + delay))
         elif step is Next.RETRY:
-            self._hand_back(flight, f"attempt {result.number} failed during a rebalance")
+            self._hand_back(message, result.job, f"attempt {result.number} failed during a rebalance")
         else:
-            self._dead_letter(message, result.error_text, result.number, flight.job)
+            self._dead_letter(message, result.error_text, result.number, result.job, revoking=revoking)
 
-    def _dead_letter(self, message: Message, reason: str, attempts: int, job: Job | None) -> None:
+    def _dead_letter(self, message: Message, reason: str, attempts: int, job: Job | None,
+                     revoking: bool = False) -> None:
         delivery = self._dlq.publish(message, reason, attempts, self.name)
         delivered = self._wait_alive(delivery.done, lambda: self._dlq.poll(0.05))
         origin = {"partition": message.partition(), "offset": message.offset()}
@@ -282,7 +354,7 @@ class ConsumerWorker:
             log_dead_lettered(key, job.id if job else None, reason=reason, attempts=attempts,
                               consumer=self.name, destination=self._dlq.topic, **origin)
             self.counts.dead_lettered += 1
-            self._finish(message, self._in_callback)
+            self._finish(message, revoking)
             return
         if not delivered and self.stop.is_set():
             return  # not committed: the next owner of the partition dead-letters it again
@@ -309,14 +381,13 @@ class ConsumerWorker:
             self._consumer.pause([TopicPartition(*tp)])
         self._waiting[tp] = waiting
 
-    def _hand_back(self, flight: InFlight, why: str) -> None:
-        flight.settled = True
+    def _hand_back(self, message: Message, job: Job | None, why: str) -> None:
         self.counts.handed_back += 1
-        message = flight.message
+        key = job.key if job else (message.key() or b"").decode(errors="replace")
         event("job.handed_back",
-              f"{self.name} handed back {flight.job.key} from partition {message.partition()} "
+              f"{self.name} handed back {key} from partition {message.partition()} "
               f"offset {message.offset()} uncommitted: {why}",
-              level="WARNING", id=flight.job.id, key=flight.job.key, partition=message.partition(),
+              level="WARNING", id=job.id if job else None, key=key, partition=message.partition(),
               offset=message.offset(), reason=why, consumer=self.name)
 
     # ---- staying in the group while waiting ----------------------------------------------
@@ -374,13 +445,12 @@ class ConsumerWorker:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         self._in_callback = True
         try:
-            flight = self._in_flight
-            if flight is not None and not flight.settled and flight.tp in revoked:
-                futures.wait([flight.future], timeout=self.settings.shutdown_timeout_s)
-                if flight.future.done():
-                    self._settle(flight, revoking=True)
-                else:
-                    self._hand_back(flight, "partition revoked while the job was running")
+            batch = self._in_flight
+            if batch is not None and not batch.settled and batch.touches(revoked):
+                batch.cut = True  # finish the job in hand, start no other
+                futures.wait([batch.future], timeout=self.settings.shutdown_timeout_s)
+                self._settle(batch, revoked, batch.future.done(),
+                             "partition revoked while the job was running")
             self._forget(revoked)
             self._commit()
         finally:
@@ -392,9 +462,9 @@ class ConsumerWorker:
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
-        flight = self._in_flight
-        if flight is not None and not flight.settled and flight.tp in lost:
-            self._hand_back(flight, "partition lost (session timed out)")
+        batch = self._in_flight
+        if batch is not None and batch.touches(lost):
+            batch.cut = True  # what it did on them is handed back when it is settled
         self._forget(lost)
         event("partitions.revoked",
               f"{self.name} lost partitions {sorted(p for _, p in lost)} without committing",

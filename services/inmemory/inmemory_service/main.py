@@ -20,7 +20,7 @@ from jobpipe.errors import ExitCode
 from jobpipe.handlers import load_handler
 from jobpipe.handling import JobHandler, Next, log_dead_lettered, log_processed, log_retry
 from jobpipe.job import Job
-from jobpipe.logs import event
+from jobpipe.logs import enabled, event
 from jobpipe.service import Outcome, Probes, run_service
 
 WAKE_S = 0.2  # blocked queue calls wake this often to notice a stop
@@ -28,10 +28,17 @@ WAKE_S = 0.2  # blocked queue calls wake this often to notice a stop
 
 @dataclass
 class Tally:
+    """One thread's counts: each thread writes only its own, so no lock (a lock per job cost
+    more than the queue, issue 6); they are summed at the end."""
+
     produced: int = 0
     processed: int = 0
     retried: int = 0
     dead_lettered: int = 0
+
+    @classmethod
+    def total(cls, tallies: list[Tally]) -> Tally:
+        return cls(**{name: sum(getattr(t, name) for t in tallies) for name in vars(cls())})
 
 
 class InMemoryPipeline:
@@ -41,8 +48,10 @@ class InMemoryPipeline:
         self._stop = stop  # SIGTERM: producers stop making jobs
         self._abort = threading.Event()  # shutdown budget spent: consumers stop waiting
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=settings.queue_capacity)
-        self._lock = threading.Lock()
-        self.tally = Tally()
+        metrics.QUEUE_DEPTH.set_function(self._queue.qsize)  # read when scraped, not per job
+        self._log_jobs = enabled("INFO")
+        self._producer_tallies = [Tally() for _ in range(settings.producers)]
+        self._consumer_tallies = [Tally() for _ in range(settings.consumers)]
 
     def run(self) -> Outcome:
         producers = [threading.Thread(target=self._produce, args=(n,), name=f"producer-{n}", daemon=True)
@@ -64,9 +73,10 @@ class InMemoryPipeline:
                     self._abort.set()
                     break
                 thread.join(WAKE_S)
-        done = self.tally.processed + self.tally.dead_lettered
-        counts = vars(self.tally) | {"abandoned": self.tally.produced - done}
-        return Outcome(ExitCode.OK if done == self.tally.produced else ExitCode.FAILURE, counts)
+        tally = Tally.total(self._producer_tallies + self._consumer_tallies)
+        done = tally.processed + tally.dead_lettered
+        counts = vars(tally) | {"abandoned": tally.produced - done}
+        return Outcome(ExitCode.OK if done == tally.produced else ExitCode.FAILURE, counts)
 
     def _put(self, job: Job | None) -> bool:
         while not self._abort.is_set():
@@ -76,22 +86,22 @@ class InMemoryPipeline:
                 if job is not None and self._stop.is_set():
                     return False
                 continue
-            metrics.QUEUE_DEPTH.set(self._queue.qsize())
             return True
         return False
 
     def _produce(self, number: int) -> None:
         total = self._settings.jobs_per_producer
+        tally = self._producer_tallies[number - 1]
         seq = 0
         while (total == 0 or seq < total) and not self._stop.is_set():
             job = Job.new(number, seq)
             if not self._put(job):
                 break
-            with self._lock:
-                self.tally.produced += 1
+            tally.produced += 1
             metrics.JOBS_PRODUCED.inc()
-            event("job.produced", f"producer {number} queued {job.key}",
-                  id=job.id, key=job.key, producer=number, seq=seq)
+            if self._log_jobs:
+                event("job.produced", f"producer {number} queued {job.key}",
+                      id=job.id, key=job.key, producer=number, seq=seq)
             seq += 1
 
     def _consume(self, number: int) -> None:
@@ -101,31 +111,27 @@ class InMemoryPipeline:
                 job = self._queue.get(timeout=WAKE_S)
             except queue.Empty:
                 continue
-            metrics.QUEUE_DEPTH.set(self._queue.qsize())
             if job is None:
                 return
-            self._work(job, name)
+            self._work(job, name, self._consumer_tallies[number - 1])
 
-    def _work(self, job: Job, name: str) -> None:
+    def _work(self, job: Job, name: str, tally: Tally) -> None:
         attempt_number = 1
         while True:
             attempt = self._handler.attempt(job, attempt_number)
             step = self._handler.next_step(attempt)
             if step is Next.DONE:
                 log_processed(attempt, name)
-                with self._lock:
-                    self.tally.processed += 1
+                tally.processed += 1
                 return
             if step is Next.DEAD_LETTER:
                 log_dead_lettered(job.key, job.id, reason=attempt.error_text, attempts=attempt.number,
                                   consumer=name, destination="log")
-                with self._lock:
-                    self.tally.dead_lettered += 1
+                tally.dead_lettered += 1
                 return
             delay = self._handler.policy.delay_s(attempt.number)
             log_retry(attempt, delay, name)
-            with self._lock:
-                self.tally.retried += 1
+            tally.retried += 1
             if self._abort.wait(delay):
                 return
             attempt_number += 1

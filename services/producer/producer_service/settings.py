@@ -13,7 +13,9 @@ Partitioner = Literal["murmur2_random", "murmur2", "fnv1a_random", "fnv1a", "con
 
 
 class ProducerSettings(KafkaSettings):
-    producer_workers: int = Field(2, ge=1, le=256, description="Producer threads (the seed's 2).")
+    producer_workers: int = Field(
+        2, ge=1, le=256,
+        description="Producer workers, each sending its own keys p{n}-m0, p{n}-m1, ... (the seed's 2).")
     messages_per_worker: int = Field(
         10, ge=0, le=1_000_000_000, description="Jobs each worker sends; 0 = until stopped.")
     produce_rate: float = Field(
