@@ -58,6 +58,7 @@ class JobHandler:
             return Attempt(job, number, elapsed * 1000, error)
         elapsed = time.perf_counter() - started
         metrics.PROCESSING_SECONDS.observe(elapsed)
+        metrics.JOBS_PROCESSED.inc()  # here, as each job is done (a consumer settles in batches)
         return Attempt(job, number, elapsed * 1000)
 
     def next_step(self, attempt: Attempt) -> Next:
@@ -73,7 +74,6 @@ def describe_origin(origin: dict[str, Any]) -> str:
 
 
 def log_processed(attempt: Attempt, consumer: str, **origin: Any) -> None:
-    metrics.JOBS_PROCESSED.inc()
     if not enabled("INFO"):
         return
     job = attempt.job

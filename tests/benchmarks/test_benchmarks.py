@@ -70,10 +70,12 @@ def test_consumer_vs_kcat(produced: str, kafka: Kafka, report: Report) -> None:
     assert report.keys["consumer_vs_kcat"] > 0
 
 
-def test_e2e_latency(kafka: Kafka, report: Report, workdir: Path) -> None:
-    bench.latency(kafka, report, workdir)
-    assert report.latency_ms["jobs"] > 0
-    assert report.latency_ms["p50"] <= report.latency_ms["p99"] <= report.latency_ms["p99.9"]
+@pytest.mark.parametrize("log_level", ["WARNING", "INFO"])
+def test_e2e_latency(kafka: Kafka, report: Report, workdir: Path, log_level: str) -> None:
+    bench.latency(kafka, report, workdir, log_level)
+    measured = report.latency_ms[f"LOG_LEVEL={log_level}"]
+    assert measured["jobs"] == report.profile.latency_rate * (report.profile.latency_s - 1)
+    assert measured["p50"] <= measured["p99"] <= measured["p99.9"]
 
 
 def test_inmemory_vs_queue(report: Report) -> None:
