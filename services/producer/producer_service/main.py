@@ -81,7 +81,10 @@ class JobProducer:
         while (left := due - time.monotonic()) > 0:
             if self._stop.is_set():
                 return False
-            self._producer.poll(min(left, 0.1))
+            # poll() counts whole milliseconds: under 1 ms it would not wait at all, and this
+            # loop would spin (a whole core at PRODUCE_RATE=1000, which stalled the broker and
+            # the consumer beside it: p99 latency 38 ms instead of about 10).
+            self._producer.poll(min(max(left, 0.001), 0.1))
         return not self._stop.is_set()
 
     def _send(self, job: Job) -> None:
