@@ -25,7 +25,7 @@ class Next(Enum):
     DEAD_LETTER = "dead_letter"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Attempt:
     """The outcome of one call of the handler."""
 

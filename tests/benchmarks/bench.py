@@ -59,7 +59,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from tabulate import tabulate
 
-from tests.service_runner import BIN, REPO, service_env, wait_until
+from tests.service_runner import BIN, REPO, free_port, service_env, wait_until
 
 PROFILE_ENV = "BENCH_PROFILE"
 REPORT_PATH = REPO / "benchmark-report.json"
@@ -256,13 +256,6 @@ class Tracked:
         self._err.seek(0)
         text = self.output() + self._err.read().decode(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Service(Tracked):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
 import subprocess
 import time
 import uuid
@@ -37,17 +36,11 @@ from tests.e2e.engine import (
     prepare,
     run,
 )
-from tests.service_runner import wait_until
+from tests.service_runner import free_port, wait_until
 
 OVERRIDE_3_BROKERS = REPO / "deploy" / "compose.3-brokers.yml"
 LOG_DIR = REPO / "build" / "e2e-logs"
 Event = dict[str, Any]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -423,12 +422,6 @@ def wait_fully_replicated(bootstrap: str, replicas: int, timeout: float = 120.0)
             return False
         return not last
     wait_until(full, timeout, f"every partition's ISR back to {replicas} (still: {last[:5]})", poll=0.5)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class PoisonSender:

@@ -4,18 +4,11 @@ membership keeps a restarted replica's partitions without a group-wide rebalance
 from __future__ import annotations
 
 import re
-import socket
 import urllib.error
 import urllib.request
 
 from tests.integration.conftest import Pipeline
-from tests.service_runner import ServiceProcess, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.service_runner import ServiceProcess, free_port, wait_until
 
 
 def get(url: str) -> tuple[int, str]:

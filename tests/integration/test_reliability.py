@@ -16,6 +16,7 @@ from local_kafka import LocalKafkaCluster
 
 from tests.integration import reliability
 from tests.integration.reliability import Profile, Run
+from tests.service_runner import free_port
 
 
 class _ReportPlugin:
@@ -96,7 +97,7 @@ def test_rolling_restart(new_run: Callable[[str], Run], kafka_cluster3: LocalKaf
 
 def test_broker_down_at_start(new_run: Callable[[str], Run],
                               make_kafka_cluster: Callable[..., LocalKafkaCluster]) -> None:
-    port = reliability.free_port()
+    port = free_port()
     run = new_run(f"127.0.0.1:{port}")
     row = reliability.broker_down_at_start(run, lambda: make_kafka_cluster(nodes=1, ports=[port]))
     check(run, row, graceful=True)
