@@ -14,10 +14,15 @@ the ledger:
 - `processed_unique`: distinct jobs with a `job.processed` event.
 - `dead_lettered`: distinct jobs (or poison messages, by key) with a `job.dead_lettered` event.
 - `lost`: acked jobs never processed nor dead-lettered. Must be 0 everywhere.
-- `duplicates`: `job.processed` events beyond the first per job, plus `job.dead_lettered`
-  events beyond the first per message. Must be 0 on graceful paths; on SIGKILL and
-  session-expiry paths it is reported (at-least-once: the work since the last commit,
-  committed every second, is done again).
+- `duplicates`: `job.processed` events beyond the first per record (job, partition, offset),
+  plus `job.dead_lettered` events beyond the first per message: work the consumers redid.
+  Must be 0 on graceful paths; on SIGKILL and session-expiry paths it is reported
+  (at-least-once: the work since the last commit, committed every second, is done again).
+- `in_topic_twice`: records beyond the first per job, i.e. jobs the topic holds twice (at two
+  offsets), which the consumers rightly process twice. The idempotent producer should make it
+  0, and it must be, except where partition leaders move (leader kill, rolling restart):
+  librdkafka can write a batch twice when the leader changes under it
+  (confluentinc/librdkafka#4953, open; seen here once, 2 jobs in a rolling restart).
 
 Profiles (env RELIABILITY_PROFILE): "short" (default; a few hundred jobs per scenario, the
 whole file in a few minutes, part of `make test`) and "full" (thousands of jobs, more faults;
@@ -55,6 +60,7 @@ Event = dict[str, Any]
 PROFILE_ENV = "RELIABILITY_PROFILE"
 REPORT_PATH = REPO / "reliability-report.json"
 COLUMNS = ["scenario", "sent", "acked", "processed_unique", "dead_lettered", "lost", "duplicates",
+           "in_topic_twice",
            "seconds", "notes"]
 PACED = "tests.handlers:paced"
 # Consumers that are killed (or whose broker freezes) use the broker's minimum session timeout,
@@ -139,6 +145,7 @@ class Ledger:
     tails: list[EventTail] = field(default_factory=list)
     acked: set[str] = field(default_factory=set)
     processed: Counter[str] = field(default_factory=Counter)
+    records: Counter[tuple[str, int, int]] = field(default_factory=Counter)  # (id, partition, offset)
     dead: Counter[str] = field(default_factory=Counter)
     stopped_sent: int = 0  # `sent` from producers that logged service.stopped
     test_sent: int = 0
@@ -158,6 +165,7 @@ class Ledger:
                     self.acked.add(record["id"])
                 elif name == "job.processed":
                     self.processed[record["id"]] += 1
+                    self.records[(record["id"], record["partition"], record["offset"])] += 1
                 elif name == "job.dead_lettered":
                     self.dead[record.get("id") or f"key:{record.get('key')}"] += 1
                 elif name == "service.stopped" and tail.service.name == "producer":
@@ -176,7 +184,7 @@ class Ledger:
         duplicates should all be from its last second or so (the window shown). A consumer
         whose partitions were lost (session timed out) could not commit what it did since.
         """
-        twice = {k for k, n in self.processed.items() if n > 1} | {k for k, n in self.dead.items() if n > 1}
+        twice = {k[0] for k, n in self.records.items() if n > 1} | {k for k, n in self.dead.items() if n > 1}
         first: dict[str, tuple[float, EventTail]] = {}
         for tail in self.tails:
             for record in tail.events:
@@ -213,13 +221,18 @@ class Ledger:
                         for e in t.events if e.get("event") == "job.produced"}
         orphans = (self.processed.keys() | self.dead.keys()) - self.acked  # acks that died unlogged
         sent = self.stopped_sent + self.test_sent + len(killed_acked) + len(orphans)
-        duplicates = (sum(n - 1 for n in self.processed.values())
+        duplicates = (sum(n - 1 for n in self.records.values())
                       + sum(n - 1 for n in self.dead.values()))
         if duplicates:
             notes = f"{notes}; {self.explain_duplicates()}"
+        copies = Counter(job for job, _partition, _offset in self.records)  # distinct records per job
+        in_topic_twice = sum(n - 1 for n in copies.values())
+        if in_topic_twice:
+            notes = f"{notes}; {in_topic_twice} job(s) written twice to the topic (librdkafka#4953)"
         return {"scenario": self.scenario, "sent": sent, "acked": len(self.acked),
                 "processed_unique": len(self.processed), "dead_lettered": len(self.dead),
                 "lost": len(self.outstanding()), "duplicates": duplicates,
+                "in_topic_twice": in_topic_twice,
                 "seconds": round(seconds, 1), "notes": notes}
 
 
