@@ -3,9 +3,9 @@
 PRODUCER_WORKERS workers each send their own sequence of jobs, keyed `p{worker}-m{seq}`, at
 PRODUCE_RATE each, through one idempotent librdkafka producer. One thread makes and sends the
 jobs of all workers in turn (one thread per worker only fought over the GIL: 2 threads sent
-21k jobs/s, 1 thread 31k, on the benchmark machine of issue 6); the main thread serves the
-delivery reports, which log `job.produced` with partition and offset once the broker has
-acknowledged the job.
+21k jobs/s, 1 thread 31k, on the benchmark machine of issue 6) and serves the delivery
+reports as it goes, which log `job.produced` with partition and offset once the broker has
+acknowledged the job; the main thread waits for it (free for the signal handler).
 On completion or SIGTERM the producer flushes; any job not acknowledged makes it exit 1.
 """
 
