@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from loguru import Message, Record
 
 RESERVED = ("time", "level", "service", "event", "message")
-LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+# loguru's level numbers, read once: `enabled()` runs per job and must be a dict lookup.
+LEVELS = {name: logger.level(name).no
+          for name in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")}
 _configured = {"threshold": LEVELS["INFO"]}  # LOG_LEVEL as a number, set by configure_logging
 TEXT_FORMAT = ("<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
                "<cyan>{extra[service]}</cyan> | {message}")
