@@ -12,33 +12,22 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import local_kafka
 import pytest
 
 from tests.benchmarks import bench
 from tests.benchmarks.bench import Kafka, Report
-
-
-class _TablePlugin:
-    def __init__(self) -> None:
-        self.table = ""
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.table:
-            terminalreporter.write_sep("=", f"benchmark report ({bench.REPORT_PATH.name})")
-            terminalreporter.write_line(self.table)
+from tests.summary_table import SummaryTable
 
 
 @pytest.fixture(scope="module")
 def report(request: pytest.FixtureRequest) -> Iterator[Report]:
-    plugin = _TablePlugin()
-    request.config.pluginmanager.register(plugin, "benchmark-report")
+    table = SummaryTable(request, f"benchmark report ({bench.REPORT_PATH.name})")
     made = Report(bench.current_profile())
     yield made
     if made.rows:
-        plugin.table = made.write()
+        table.text = made.write()
 
 
 @pytest.fixture(scope="module")

@@ -564,15 +564,23 @@ def sigterm_during_rebalance(run: Run) -> dict[str, Any]:
     return run.finish(f"{profile.faults} consumers SIGTERMed mid-rebalance")
 
 
-def leader_kill(run: Run, cluster: Any) -> dict[str, Any]:
-    """3. The leader of partition 0 SIGKILLed on the 3-node cluster during produce and consume
-    (RF 3, min.insync.replicas 2), then started again."""
-    profile = run.profile
+def _replicated_stream(run: Run) -> ServiceProcess:
+    """Topics with RF 3 and min.insync.replicas 2, two consumers assigned, a continuous
+    producer, and two seconds' worth of jobs processed: the 3-node scenarios' starting point.
+    Returns the producer."""
     run.ensure_topics(replication=3, min_insync=2)
     for consumer in [run.consumer() for _ in range(2)]:
         run.wait_assigned(consumer)
     producer = run.producer(jobs=0)
-    run.wait_processed(int(profile.rate * 2))
+    run.wait_processed(int(run.profile.rate * 2))
+    return producer
+
+
+def leader_kill(run: Run, cluster: Any) -> dict[str, Any]:
+    """3. The leader of partition 0 SIGKILLed on the 3-node cluster during produce and consume
+    (RF 3, min.insync.replicas 2), then started again."""
+    profile = run.profile
+    producer = _replicated_stream(run)
     leader = cluster.leader_node(run.topic, 0)
     try:
         cluster.kill_node(leader)
@@ -594,11 +602,7 @@ def rolling_restart(run: Run, cluster: Any) -> dict[str, Any]:
     """4. Every broker of the 3-node cluster stopped (SIGTERM) and started again, one at a time,
     each after the previous one is back in every ISR, while jobs flow."""
     profile = run.profile
-    run.ensure_topics(replication=3, min_insync=2)
-    for consumer in [run.consumer() for _ in range(2)]:
-        run.wait_assigned(consumer)
-    producer = run.producer(jobs=0)
-    run.wait_processed(int(profile.rate * 2))
+    producer = _replicated_stream(run)
     phases: list[str] = []
     for node in range(3):
         began = time.monotonic()

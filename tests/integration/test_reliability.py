@@ -17,28 +17,18 @@ from local_kafka import LocalKafkaCluster
 from tests.integration import reliability
 from tests.integration.reliability import Profile, Run
 from tests.service_runner import free_port
-
-
-class _ReportPlugin:
-    def __init__(self) -> None:
-        self.table = ""
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.table:
-            terminalreporter.write_sep("=", f"reliability report ({reliability.REPORT_PATH.name})")
-            terminalreporter.write_line(self.table)
+from tests.summary_table import SummaryTable
 
 
 @pytest.fixture(scope="module", autouse=True)
 def report(request: pytest.FixtureRequest) -> Iterator[None]:
     """After the last scenario: write reliability-report.json and print the table."""
-    plugin = _ReportPlugin()
-    request.config.pluginmanager.register(plugin, "reliability-report")
+    table = SummaryTable(request, f"reliability report ({reliability.REPORT_PATH.name})")
     start = len(reliability.RESULTS)
     yield
     rows = reliability.RESULTS[start:]
     if rows:
-        plugin.table = reliability.write_report(rows)
+        table.text = reliability.write_report(rows)
 
 
 @pytest.fixture(scope="module")
