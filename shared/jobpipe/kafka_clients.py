@@ -49,14 +49,15 @@ def connection_config(settings: KafkaSettings, client_id: str) -> Config:
 
 
 def producer_config(settings: KafkaSettings, client_id: str, *, main_client: bool,
-                    partitioner: str = "murmur2_random") -> Config:
+                    partitioner: str = "murmur2_random", linger_ms: float = 5) -> Config:
     """A durable producer: every message acknowledged by all in-sync replicas, no duplicates
-    from the client's own retries."""
+    from the client's own retries. `linger_ms`: how long a batch waits to fill (throughput)
+    before it is sent (latency)."""
     config = connection_config(settings, client_id) | {
         "acks": "all",
         "enable.idempotence": True,
         "partitioner": partitioner,
-        "linger.ms": 5,
+        "linger.ms": linger_ms,
     }
     return config | (settings.kafka_extra_config if main_client else {})
 

@@ -1,4 +1,4 @@
-"""Benchmarks (issue 6): runs tests/benchmarks/bench.py's comparisons against the real broker.
+"""Benchmarks (issues 6 and 10): runs tests/benchmarks/bench.py's comparisons against the real broker.
 
 `make bench` runs the "full" profile (BENCH_PROFILE=full: a million jobs); `make test` the
 "short" one, which proves the harness works and that no job goes missing in any run. Speeds
@@ -47,22 +47,26 @@ def produced(kafka: Kafka, report: Report, workdir: Path) -> str:
     return bench.producer_comparison(kafka, report, workdir)
 
 
-def test_producer_vs_kcat(produced: str, report: Report) -> None:
+def test_producer_comparison(produced: str, report: Report) -> None:
     assert report.keys["producer_vs_kcat"] > 0
+    assert report.keys["producer_vs_go"] > 0
     assert {row.tool.split()[0] for row in report.rows if row.comparison == "producer"} == {
-        "producer", "kcat", "kafka-producer-perf-test"}
+        "producer", "kcat", "seed's", "kafka-producer-perf-test"}
 
 
-def test_consumer_vs_kcat(produced: str, kafka: Kafka, report: Report) -> None:
+def test_consumer_comparison(produced: str, kafka: Kafka, report: Report) -> None:
     value_bytes = next(row.bytes for row in report.rows if row.comparison == "producer")
     bench.consumer_comparison(kafka, report, produced, value_bytes)
     assert report.keys["consumer_vs_kcat"] > 0
+    assert report.keys["consumer_vs_go"] > 0
+    assert {row.tool.split()[0] for row in report.rows if row.comparison == "consumer"} == {
+        "consumer", "kcat", "seed's", "kafka-consumer-perf-test"}
 
 
-@pytest.mark.parametrize("log_level", ["WARNING", "INFO"])
-def test_e2e_latency(kafka: Kafka, report: Report, workdir: Path, log_level: str) -> None:
-    bench.latency(kafka, report, workdir, log_level)
-    measured = report.latency_ms[f"LOG_LEVEL={log_level}"]
+@pytest.mark.parametrize("run", bench.LATENCY_RUNS, ids=lambda run: run.label.replace(" ", ","))
+def test_e2e_latency(kafka: Kafka, report: Report, workdir: Path, run: bench.LatencyRun) -> None:
+    bench.latency(kafka, report, workdir, run)
+    measured = report.latency_ms[run.label]
     assert measured["jobs"] == report.profile.latency_rate * (report.profile.latency_s - 1)
     assert measured["p50"] <= measured["p99"] <= measured["p99.9"]
 

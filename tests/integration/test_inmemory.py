@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from tests.service_runner import ServiceProcess, run_to_end
@@ -58,3 +59,21 @@ def test_sigterm_stops_producing_drains_the_queue_and_exits_0() -> None:
     stopped = run.events("service.stopped")[-1]
     assert stopped["abandoned"] == 0
     assert stopped["processed"] == stopped["produced"] == len(run.events("job.processed"))
+
+
+def test_sigterm_with_a_full_queue_and_a_slow_handler_stops_within_the_budget() -> None:
+    """Each job takes 20 s, so no room comes in the queue for a long while: the shutdown budget
+    counts from the signal, not from when the consumers' end markers fit in (jobs abandoned:
+    exit 1)."""
+    budget = 3.0
+    run = ServiceProcess("inmemory", producers=1, consumers=1, jobs_per_producer=0, queue_capacity=5,
+                         handler="tests.handlers:paced", test_handler_sleep_ms=20_000,
+                         shutdown_timeout_s=budget)
+    run.wait_for("job.produced", count=6, timeout=60)  # queue full, one job in the handler
+    signalled = time.monotonic()
+    exit_code = run.stop(timeout=budget + 30)
+    took = time.monotonic() - signalled
+    assert took <= budget + 5, f"stopped {took:.1f} s after SIGTERM:\n{run.tail()}"
+    assert exit_code == 1, run.tail()
+    stopped = run.events("service.stopped")[-1]
+    assert stopped["abandoned"] == stopped["produced"] - stopped["processed"] > 0, stopped

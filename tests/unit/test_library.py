@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import signal
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from jobpipe.kafka_clients import wait_for_broker
 from jobpipe.logs import configure_logging, event
 from jobpipe.retry import RetryPolicy
 from jobpipe.settings import KafkaSettings
+from jobpipe.signals import install_stop_handler
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
@@ -116,3 +118,32 @@ def test_a_stop_ends_the_wait_for_a_broker_that_is_down() -> None:
         wait_for_broker(settings, stop)
     assert time.monotonic() - started < 2, "within SHUTDOWN_TIMEOUT_S"
     assert exit_code_for(stopped.value) is ExitCode.OK
+
+
+def test_a_signal_that_lands_while_a_line_is_being_logged_loses_nothing(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """The handler runs in the main thread between two bytecodes, here inside loguru's sink:
+    logging from there would hit loguru's lock (a lost line and a traceback on stderr)."""
+
+    class SignalMidWrite(io.StringIO):
+        def write(self, text: str) -> int:
+            if "first line" in text:
+                signal.raise_signal(signal.SIGTERM)  # the handler runs before this returns
+            return super().write(text)
+
+    out = SignalMidWrite()
+    configure_logging("producer", "INFO", "json", out)
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop = install_stop_handler()
+        event("demo.first", "first line")
+        assert stop.is_set()
+        deadline = time.monotonic() + 10
+        while "service.stopping" not in out.getvalue() and time.monotonic() < deadline:
+            stop.wait(0.01)
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    assert events == ["demo.first", "service.stopping"], out.getvalue()
+    assert "Logging error" not in capfd.readouterr().err

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from inmemory_service.bounded_queue import BoundedQueue
 from inmemory_service.settings import InMemorySettings
 from jobpipe import metrics
 from jobpipe.errors import ExitCode
@@ -24,6 +25,7 @@ from jobpipe.logs import enabled, event
 from jobpipe.service import Outcome, Probes, run_service
 
 WAKE_S = 0.2  # blocked queue calls wake this often to notice a stop
+METRICS_BATCH = 100  # jobs_produced is updated once per this many jobs (a lock each time)
 
 
 @dataclass
@@ -47,7 +49,8 @@ class InMemoryPipeline:
         self._handler = handler
         self._stop = stop  # SIGTERM: producers stop making jobs
         self._abort = threading.Event()  # shutdown budget spent: consumers stop waiting
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=settings.queue_capacity)
+        self._deadline: float | None = None  # when the budget is spent, once stopping
+        self._queue: BoundedQueue[Job | None] = BoundedQueue(settings.queue_capacity)
         metrics.QUEUE_DEPTH.set_function(self._queue.qsize)  # read when scraped, not per job
         self._log_jobs = enabled("INFO")
         self._producer_tallies = [Tally() for _ in range(settings.producers)]
@@ -61,59 +64,74 @@ class InMemoryPipeline:
         for thread in producers + consumers:
             thread.start()
         for thread in producers:
-            thread.join()
+            self._join(thread)
         for _ in consumers:  # one end-of-work marker per consumer, after every job
-            self._put(None)
-        deadline = None
+            self._put_end_marker()
         for thread in consumers:
-            while thread.is_alive():
-                if self._stop.is_set() and deadline is None:
-                    deadline = time.monotonic() + self._settings.shutdown_timeout_s * 0.8
-                if deadline is not None and time.monotonic() >= deadline:
-                    self._abort.set()
-                    break
-                thread.join(WAKE_S)
+            self._join(thread)
         tally = Tally.total(self._producer_tallies + self._consumer_tallies)
         done = tally.processed + tally.dead_lettered
         counts = vars(tally) | {"abandoned": tally.produced - done}
         return Outcome(ExitCode.OK if done == tally.produced else ExitCode.FAILURE, counts)
 
-    def _put(self, job: Job | None) -> bool:
-        while not self._abort.is_set():
-            try:
-                self._queue.put(job, timeout=WAKE_S)
-            except queue.Full:
-                if job is not None and self._stop.is_set():
-                    return False
-                continue
+    def _out_of_time(self) -> bool:
+        """After SIGTERM, True once the shutdown budget is spent (then consumers stop waiting).
+
+        The budget starts when the signal is seen, wherever the main thread is waiting (for
+        producers blocked on a full queue, to queue the end markers, or for consumers)."""
+        if self._abort.is_set():
             return True
-        return False
+        if not self._stop.is_set():
+            return False
+        now = time.monotonic()
+        if self._deadline is None:  # a fifth of the budget is left for the exit itself
+            self._deadline = now + self._settings.shutdown_timeout_s * 0.8
+        if now >= self._deadline:
+            self._abort.set()
+        return self._abort.is_set()
+
+    def _join(self, thread: threading.Thread) -> None:
+        while thread.is_alive() and not self._out_of_time():
+            thread.join(WAKE_S)
+
+    def _put_end_marker(self) -> None:
+        """Queue one consumer's end-of-work marker; give up once the shutdown budget is spent."""
+        while not self._out_of_time():
+            try:
+                self._queue.put(None, timeout=WAKE_S)
+            except queue.Full:
+                continue
+            return
 
     def _produce(self, number: int) -> None:
+        """Make and queue jobs until done or stopped. A put blocks while the queue is full and
+        has no timeout (one cost 5-10 % of a job): the consumers make room, or, if they cannot
+        within the shutdown budget, the main thread ends the process without this daemon."""
         total = self._settings.jobs_per_producer
         tally = self._producer_tallies[number - 1]
-        seq = 0
+        put = self._queue.put
+        seq = unreported = 0
         while (total == 0 or seq < total) and not self._stop.is_set():
             job = Job.new(number, seq)
-            if not self._put(job):
-                break
+            put(job)
             tally.produced += 1
-            metrics.JOBS_PRODUCED.inc()
+            unreported += 1
+            if unreported == METRICS_BATCH:
+                metrics.JOBS_PRODUCED.inc(unreported)
+                unreported = 0
             if self._log_jobs:
                 event("job.produced", f"producer {number} queued {job.key}",
                       id=job.id, key=job.key, producer=number, seq=seq)
             seq += 1
+        metrics.JOBS_PRODUCED.inc(unreported)
 
     def _consume(self, number: int) -> None:
+        """Work through jobs until this consumer's end marker (a get has no timeout, like a put)."""
         name = f"consumer {number}"
-        while not self._abort.is_set():
-            try:
-                job = self._queue.get(timeout=WAKE_S)
-            except queue.Empty:
-                continue
-            if job is None:
-                return
-            self._work(job, name, self._consumer_tallies[number - 1])
+        tally = self._consumer_tallies[number - 1]
+        get = self._queue.get
+        while (job := get()) is not None:
+            self._work(job, name, tally)
 
     def _work(self, job: Job, name: str, tally: Tally) -> None:
         attempt_number = 1
@@ -121,7 +139,8 @@ class InMemoryPipeline:
             attempt = self._handler.attempt(job, attempt_number)
             step = self._handler.next_step(attempt)
             if step is Next.DONE:
-                log_processed(attempt, name)
+                if self._log_jobs:
+                    log_processed(attempt, name)
                 tally.processed += 1
                 return
             if step is Next.DEAD_LETTER:
