@@ -57,6 +57,32 @@ def test_anything_but_a_job_is_invalid(raw: bytes | None) -> None:
         Job.from_bytes(raw)
 
 
+def test_fields_the_contract_does_not_name_are_kept() -> None:
+    sent = json.loads(Job.new(1, 0).to_bytes()) | {"trace_id": "abc", "extra": [1, 2]}
+    job = Job.from_bytes(json.dumps(sent).encode())
+    assert dict(job.extra) == {"trace_id": "abc", "extra": [1, 2]}
+    assert json.loads(job.to_bytes()) == sent
+    assert Job.new(1, 0).extra == {}
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b'{"id":"a","key":"k","producer":1,"seq":"x","created_at":"2024-01-01T00:00:00Z"}',
+     "not a job: seq: Expected `int`, got `str`"),
+    (b'{"id":"a","key":"k","producer":1,"seq":0,"created_at":"2024-01-01T00:00:00"}',
+     "not a job: created_at: Expected `datetime` with a timezone component"),
+    (b'{"id":"a","producer":1,"seq":0,"created_at":"2024-01-01T00:00:00Z","more":1}',
+     "not a job: key: Field required"),
+    (b'{"id":"","key":"k","producer":1,"seq":0,"created_at":"2024-01-01T00:00:00Z"}',
+     "not a job: id: Expected `str` of length >= 1"),
+    (b"[]", "not a job: value: Expected `object`, got `array`"),
+    (b"not json", "not a job: value: JSON is malformed"),
+])
+def test_a_message_that_is_not_a_job_is_refused_naming_the_field(raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidJob) as refused:
+        Job.from_bytes(raw)
+    assert str(refused.value).startswith(reason)
+
+
 def test_json_log_lines_have_the_contract_fields_at_top_level() -> None:
     out = io.StringIO()
     configure_logging("consumer", "INFO", "json", out)
