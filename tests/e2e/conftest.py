@@ -1,8 +1,10 @@
 """Fixtures for the end-to-end tests: the real docker-compose.yml, run by the real Docker Compose v2.
 
 * ``engine`` (session): Docker if one answers, else podman set up by tests/e2e/engine.py (apt
-  packages, debootstrap base images, the four service images and the Kafka image built here,
-  `podman system service`). Slow once (minutes), then seconds. A failure FAILS the tests.
+  packages, podman's own storage under the cache folder, `podman system service`), with the pinned
+  Python base and Kafka image pulled, or stand-ins under localhost/jobpipe-test/ built where no
+  registry answers, and the four service images built on that base. Slow once (minutes), then
+  seconds. A failure FAILS the tests. The end of the run says which images it ran on.
 * ``make_stack`` (function): ``make_stack(files=..., **settings)`` -> a :class:`Stack`, one compose
   project with its own name, network, volumes and free host ports; settings become the compose
   file's ``${VAR}``s. At teardown: on failure the project's logs are saved under
@@ -34,30 +36,50 @@ from tests.e2e.engine import (
     HealthPump,
     log,
     prepare,
+    remove_outside_paths,
     run,
+    system_graphroot,
 )
 from tests.service_runner import free_port, wait_until
 
 OVERRIDE_3_BROKERS = REPO / "deploy" / "compose.3-brokers.yml"
 LOG_DIR = REPO / "build" / "e2e-logs"
 Event = dict[str, Any]
+ENGINE = pytest.StashKey[Engine]()
+# Whether the system's podman storage existed before the engine was set up (test_system_storage).
+SYSTEM_STORAGE_EXISTED = pytest.StashKey[bool]()
 
 
 @pytest.fixture(scope="session")
-def engine() -> Iterator[Engine]:
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     started = time.monotonic()
+    request.config.stash[SYSTEM_STORAGE_EXISTED] = system_graphroot().exists()
     problem = ""
     try:
         found = prepare(build=True)
     except EngineError as exc:
         problem = str(exc)
     if problem:
+        remove_outside_paths(wait=30)
         pytest.fail(f"container engine not ready: {problem}", pytrace=False)
+    request.config.stash[ENGINE] = found
     log(f"engine ready ({found.kind}) in {time.monotonic() - started:.0f}s")
     try:
         yield found
     finally:
         found.stop_service()
+        remove_outside_paths(wait=30)  # what podman wrote outside the cache folder, if it did
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Say which images the e2e tests ran on: the pinned ones, or stand-ins built here."""
+    found = config.stash.get(ENGINE, None)
+    if found is None:
+        return
+    terminalreporter.section("e2e container images")
+    terminalreporter.write_line(f"engine: {found.kind}")
+    for choice in found.images.values():
+        terminalreporter.write_line(choice.describe())
 
 
 @dataclass

@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import OVERRIDE_3_BROKERS, Stack
-from tests.e2e.engine import COMPOSE_FILE, Engine, _kafka_version, ensure_compose, run
+from tests.e2e.engine import (
+    COMPOSE_FILE,
+    Engine,
+    _kafka_version,
+    check_kafka_image_knob,
+    ensure_compose,
+    normalize_image,
+    run,
+)
 from tests.service_runner import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -80,14 +88,22 @@ def test_compose_files_are_valid() -> None:
         for file in files:
             args += ["-f", str(file)]
         run([*args, "config", "--quiet"], timeout=60, env={"PATH": "/usr/bin:/bin"})
+    # By default every broker runs the pinned apache/kafka; KAFKA_IMAGE (the knob the tests use
+    # for a stand-in) replaces it in every broker of both files.
+    assert check_kafka_image_knob(compose, "localhost/x/kafka:1") == ["kafka"]
+    assert check_kafka_image_knob(compose, "localhost/x/kafka:1", (COMPOSE_FILE, OVERRIDE_3_BROKERS)) == [
+        "kafka", "kafka-2", "kafka-3"]
     text = COMPOSE_FILE.read_text()
-    assert f"image: apache/kafka:{_kafka_version()}" in text, "compose must run the pinned Kafka"
+    assert f"image: ${{KAFKA_IMAGE:-apache/kafka:{_kafka_version()}}}" in text, "the pinned Kafka"
 
 
-def test_up_with_defaults_reproduces_the_seed(make_stack: Any) -> None:
+def test_up_with_defaults_reproduces_the_seed(make_stack: Any, engine: Engine) -> None:
     """(a) 20 jobs produced and processed across the 2 replicas; inmemory 20; one-shots exit 0."""
     stack = make_stack()
     stack.up()
+    # The broker runs the image the engine chose (the pinned one, or its stand-in: KAFKA_IMAGE).
+    brokers = stack.containers("kafka")
+    assert [normalize_image(str(c["Image"])) for c in brokers] == [engine.images["kafka"].ref], brokers
     codes = stack.wait_exited("topic-admin", "producer", "inmemory", timeout=120)
     assert codes and all(code == 0 for code in codes.values()), codes
 
