@@ -1,7 +1,11 @@
 """librdkafka configuration for every client the services create, and the wait for the broker.
 
-All clients get the connection and security settings; the service's main client also gets
-KAFKA_EXTRA_CONFIG. Producers are always acks=all with idempotence on.
+Every client, whatever its role, gets the connection and security settings and the extra
+properties of its role: KAFKA_EXTRA_CONFIG (those of its properties that apply to the role),
+then KAFKA_<ROLE>_EXTRA_CONFIG, which wins. The roles are librdkafka's: producer, consumer,
+and admin (an admin client is a producer handle that sends no messages). Producers are
+always acks=all with idempotence on; jobpipe.client_check refuses extra properties that would
+undo that, or the consumers' at-least-once settings, at start.
 """
 
 from __future__ import annotations
@@ -9,15 +13,16 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from functools import lru_cache
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, stop_when_event_set
 
 from jobpipe.errors import KafkaUnreachable, StopRequested
 from jobpipe.logs import event, kafka_client_logger
-from jobpipe.settings import KafkaSettings
+from jobpipe.settings import CLIENT_ROLES, ClientRole, KafkaSettings
 
 Config = dict[str, Any]
 
@@ -45,21 +50,37 @@ def connection_config(settings: KafkaSettings, client_id: str) -> Config:
         config["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
     if settings.kafka_ssl_ca_location:
         config["ssl.ca.location"] = settings.kafka_ssl_ca_location
+    if settings.kafka_ssl_certificate_location:
+        config["ssl.certificate.location"] = settings.kafka_ssl_certificate_location
+    if settings.kafka_ssl_key_location:
+        config["ssl.key.location"] = settings.kafka_ssl_key_location
+    if settings.kafka_ssl_key_password is not None:
+        config["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
     return config
 
 
-def producer_config(settings: KafkaSettings, client_id: str, *, main_client: bool,
+def extra_config(settings: KafkaSettings, role: ClientRole) -> dict[str, str]:
+    """The extra properties a client of `role` gets: those of KAFKA_EXTRA_CONFIG that apply to
+    the role (a consumer property on a producer would only earn a librdkafka warning), then
+    KAFKA_<ROLE>_EXTRA_CONFIG, which wins."""
+    shared = {name: value for name, value in settings.kafka_extra_config.items()
+              if role in probe_property(name, value).roles}
+    return shared | settings.role_extra_config(role)
+
+
+def producer_config(settings: KafkaSettings, client_id: str, *, main_client: bool = True,
                     partitioner: str = "murmur2_random", linger_ms: float = 5) -> Config:
     """A durable producer: every message acknowledged by all in-sync replicas, no duplicates
     from the client's own retries. `linger_ms`: how long a batch waits to fill (throughput)
-    before it is sent (latency)."""
+    before it is sent (latency). `main_client` is kept for older callers and changes nothing:
+    every producer gets the extra properties of its role."""
     config = connection_config(settings, client_id) | {
         "acks": "all",
         "enable.idempotence": True,
         "partitioner": partitioner,
         "linger.ms": linger_ms,
     }
-    return config | (settings.kafka_extra_config if main_client else {})
+    return config | extra_config(settings, "producer")
 
 
 def consumer_config(settings: KafkaSettings, client_id: str, group: str,
@@ -81,11 +102,103 @@ def consumer_config(settings: KafkaSettings, client_id: str, group: str,
     }
     if instance_id:
         config["group.instance.id"] = instance_id
-    return config | settings.kafka_extra_config
+    return config | extra_config(settings, "consumer")
 
 
 def admin_config(settings: KafkaSettings, client_id: str, *, main_client: bool = True) -> Config:
-    return connection_config(settings, client_id) | (settings.kafka_extra_config if main_client else {})
+    """An admin client (`main_client`: kept for older callers, changes nothing)."""
+    return connection_config(settings, client_id) | extra_config(settings, "admin")
+
+
+def kafka_reason(error: BaseException) -> str:
+    """A client error's message on one line (librdkafka's sometimes end with a newline)."""
+    first = error.args[0] if isinstance(error, KafkaException) and error.args else None
+    text = first.str() if isinstance(first, KafkaError) else str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+# ---- throwaway clients: librdkafka checks a configuration when a client is created -------------
+
+OIDC_ENDPOINT = "sasl.oauthbearer.token.endpoint.url"
+
+
+class CapturedLog:
+    """A `logger=` for confluent-kafka that keeps librdkafka's lines instead of writing them."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, _level: int, message: str, *args: object) -> None:
+        self.lines.append(message % args if args else message)
+
+
+def throwaway_client(kind: ClientRole, config: Config) -> list[str]:
+    """Create a client of `kind` with `config` and destroy it at once; return what librdkafka
+    logged meanwhile. librdkafka checks every property when it is set (KafkaException
+    _INVALID_ARG: unknown name, invalid value) and the whole configuration when the client is
+    created ("Failed to create ...": properties that contradict each other, certificates and
+    keys that cannot be loaded). Without bootstrap servers the client never connects: nothing
+    is sent to any broker. With OIDC, librdkafka fetches a token as soon as the client exists,
+    and its destruction waits for that request (20 s when the endpoint does not answer): the
+    token endpoint is replaced by a URL that fails at once, without a connection. Raises what
+    the constructor raises."""
+    captured = CapturedLog()
+    quiet = {name: value for name, value in config.items()
+             if name not in ("bootstrap.servers", "metadata.broker.list", "logger", "error_cb")}
+    quiet["logger"] = captured
+    if quiet.get(OIDC_ENDPOINT):
+        quiet[OIDC_ENDPOINT] = "jobpipe-config-check:nowhere"
+    if kind == "consumer":
+        consumer = Consumer({"group.id": "jobpipe-config-check"} | quiet)
+        consumer.close()  # serves its log queue
+        del consumer
+    else:
+        client = Producer(quiet) if kind == "producer" else AdminClient(quiet)
+        client.poll(0)  # serves its log queue: the configuration warnings
+        del client
+    return captured.lines
+
+
+CREATE_FAILED = "Failed to create"  # how confluent-kafka words a failed rd_kafka_new()
+# confluent-kafka's own properties: Python objects (callbacks, a logger), set by the services.
+PYTHON_PROPERTIES = frozenset({"default.topic.config", "error_cb", "logger", "oauth_cb", "on_commit",
+                               "on_delivery", "stats_cb", "throttle_cb"})
+
+
+class PropertyProbe:
+    """What librdkafka says of one property set on its own: `error` if it refuses the name or
+    the value; `roles`, the client roles it applies to."""
+
+    def __init__(self, roles: frozenset[ClientRole], error: str | None = None) -> None:
+        self.roles = roles
+        self.error = error
+
+
+@lru_cache(maxsize=512)
+def probe_property(name: str, value: str) -> PropertyProbe:
+    """Set `name`=`value` on a throwaway producer and consumer. librdkafka warns when a
+    property of the other kind is set ("... is a consumer property and will be ignored by this
+    producer instance"): such a property does not apply to that role (admin clients are
+    producer handles). A client that fails to be created for another reason (a property that
+    needs others, as sasl.oauthbearer.method=oidc does) says nothing about the property alone."""
+    roles = set(CLIENT_ROLES)
+    if name in PYTHON_PROPERTIES:
+        return PropertyProbe(frozenset(roles), "a confluent-kafka callback or object, which the services "
+                                               "set themselves; not a librdkafka property")
+    kinds: tuple[tuple[ClientRole, ClientRole], ...] = (("producer", "consumer"), ("consumer", "producer"))
+    for kind, other in kinds:
+        try:
+            lines = throwaway_client(kind, {name: value})
+        except KafkaException as error:
+            reason = kafka_reason(error)
+            if not reason.startswith(CREATE_FAILED):
+                return PropertyProbe(frozenset(CLIENT_ROLES), reason)
+            continue
+        except Exception as error:  # confluent-kafka's own checks raise TypeError, ValueError
+            return PropertyProbe(frozenset(CLIENT_ROLES), kafka_reason(error))
+        if any(f"is a {other} property and will be ignored" in line for line in lines):
+            roles -= {"producer", "admin"} if kind == "producer" else {"consumer"}
+    return PropertyProbe(frozenset(roles))
 
 
 def wait_for_broker(settings: KafkaSettings, stop: threading.Event | None = None) -> int:
@@ -102,8 +215,8 @@ def wait_for_broker(settings: KafkaSettings, stop: threading.Event | None = None
     timeout = settings.kafka_wait_timeout_s
     deadline = time.monotonic() + timeout
     per_request = min(5.0, max(0.2, settings.shutdown_timeout_s / 2))
-    quiet = admin_config(settings, "broker-wait", main_client=False) | {"log_level": 0,
-                                                                         "error_cb": lambda _e: None}
+    # Quiet: until the broker answers, every failed connection would be a log line.
+    quiet = admin_config(settings, "broker-wait") | {"log_level": 0, "error_cb": lambda _e: None}
     admin = AdminClient(quiet)
     event("kafka.waiting", f"waiting up to {timeout:g} s for Kafka at {settings.kafka_bootstrap_servers}",
           bootstrap_servers=settings.kafka_bootstrap_servers, timeout_s=timeout)

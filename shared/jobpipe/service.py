@@ -1,7 +1,8 @@
 """How every service starts and ends: settings, logging, signals, metrics, exit codes.
 
 `run_service` is the single place where errors become exit codes (see errors.ExitCode):
-a bad setting prints one line on stderr and exits 2 before anything is sent; an
+a bad setting (including a librdkafka property that librdkafka or jobpipe.client_check
+refuses) prints one line on stderr and exits 2 before anything is sent; an
 unreachable broker exits 3; anything unexpected is logged with its traceback and exits 1.
 """
 
@@ -45,10 +46,11 @@ def run_service(name: str, settings_class: type[Settings], body: Body[Settings],
     """Load settings, set up logging and signals, run `body`, exit with the mapped code."""
     try:
         settings = load_settings(settings_class)
+        assert isinstance(settings, BaseServiceSettings)
+        settings.check_at_start()  # Kafka services: every librdkafka client configuration
     except ConfigError as error:
         print(f"{name}: configuration error: {error}", file=sys.stderr)
         sys.exit(ExitCode.CONFIG)
-    assert isinstance(settings, BaseServiceSettings)
     configure_logging(name, settings.log_level, settings.log_format, log_stream)
     stop = install_stop_handler()
     probes = Probes()

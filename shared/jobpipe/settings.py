@@ -7,7 +7,8 @@ names the environment variable. Nothing else in the code reads os.environ.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+import re
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,7 +19,12 @@ from jobpipe.retry import RetryPolicy
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
 
 # librdkafka property names whose values are secrets: masked wherever settings are shown.
-SECRET_WORDS = ("password", "secret", "token", "key.pem", "credentials")
+SECRET_WORDS = ("password", "secret", "token", "key.pem", "credentials", "oauthbearer.config")
+MASK = "**********"
+
+# The kinds of librdkafka client a service creates; each has its own KAFKA_<ROLE>_EXTRA_CONFIG.
+ClientRole = Literal["producer", "consumer", "admin"]
+CLIENT_ROLES: tuple[ClientRole, ...] = ("producer", "consumer", "admin")
 
 
 def is_secret_property(name: str) -> bool:
@@ -71,6 +77,11 @@ class BaseServiceSettings(BaseSettings):
         """The settings as shown in `service.started`: secrets masked."""
         return self.model_dump(mode="json")
 
+    def check_at_start(self) -> None:
+        """Checks that need more than the values themselves, run once by `run_service` before
+        the service does anything (KafkaSettings: every librdkafka client's configuration).
+        Raises ConfigError naming the variable."""
+
 
 class KafkaSettings(BaseServiceSettings):
     """Connection to the Kafka cluster, shared by every Kafka service."""
@@ -88,10 +99,30 @@ class KafkaSettings(BaseServiceSettings):
         None, description="SASL password; a secret, never logged.")
     kafka_ssl_ca_location: str | None = Field(
         None, description="Path of the CA certificate(s) that verify the brokers.")
+    kafka_ssl_certificate_location: str | None = Field(
+        None, description="Mutual TLS: path of this client's certificate (PEM).")
+    kafka_ssl_key_location: str | None = Field(
+        None, description="Mutual TLS: path of the certificate's private key (PEM).")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted private key; a secret, never logged.")
     kafka_extra_config: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
-        description="Any other librdkafka properties for the service's main client, "
-                    "`key=value` pairs separated by commas, e.g. `linger.ms=5,compression.type=lz4`.")
+        description="Any other librdkafka properties, for every client of the service: `key=value` "
+                    "pairs separated by commas (`\\,` for a comma in a value). A property only "
+                    "producers (or only consumers) know reaches only those.")
+    kafka_producer_extra_config: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="librdkafka properties for producer clients only (the producer, the consumer's "
+                    "dead-letter producer); they win over KAFKA_EXTRA_CONFIG.")
+    kafka_consumer_extra_config: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="The same for consumer clients (the consumer, topic-admin redrive's reader).")
+    kafka_admin_extra_config: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="The same for admin clients (topic-admin's, and every service's wait for the broker).")
+
+    # The roles of the clients this service creates: their configurations are checked at start.
+    kafka_client_roles: ClassVar[tuple[ClientRole, ...]] = CLIENT_ROLES
 
     @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
     @classmethod
@@ -99,23 +130,19 @@ class KafkaSettings(BaseServiceSettings):
         return value.upper() if isinstance(value, str) else value
 
     @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_ssl_ca_location",
-                     "kafka_sasl_password", mode="before")
+                     "kafka_sasl_password", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
+                     "kafka_ssl_key_password", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("kafka_extra_config", mode="before")
+    @field_validator("kafka_extra_config", "kafka_producer_extra_config", "kafka_consumer_extra_config",
+                     "kafka_admin_extra_config", mode="before")
     @classmethod
     def _parse_pairs(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        pairs: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in value.split(","))):
-            name, sep, setting = item.partition("=")
-            if not sep or not name.strip():
-                raise ValueError(f"expected key=value pairs separated by commas, got {item!r}")
-            pairs[name.strip()] = setting.strip()
-        return pairs
+        return parse_pairs(value)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -124,12 +151,60 @@ class KafkaSettings(BaseServiceSettings):
             raise ValueError(f"KAFKA_SASL_MECHANISM is required with KAFKA_SECURITY_PROTOCOL={protocol}")
         return self
 
+    @model_validator(mode="after")
+    def _mutual_tls_complete(self) -> KafkaSettings:
+        certificate, key = self.kafka_ssl_certificate_location, self.kafka_ssl_key_location
+        if certificate and not key:
+            raise ValueError("KAFKA_SSL_KEY_LOCATION is required with KAFKA_SSL_CERTIFICATE_LOCATION")
+        if key and not certificate:
+            raise ValueError("KAFKA_SSL_CERTIFICATE_LOCATION is required with KAFKA_SSL_KEY_LOCATION")
+        if self.kafka_ssl_key_password is not None and not key:
+            raise ValueError("KAFKA_SSL_KEY_PASSWORD is set but KAFKA_SSL_KEY_LOCATION is not")
+        if certificate and not self.kafka_security_protocol.endswith("SSL"):
+            raise ValueError(f"KAFKA_SSL_CERTIFICATE_LOCATION needs KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL "
+                             f"(it is {self.kafka_security_protocol}, which does not use TLS)")
+        return self
+
+    def role_extra_config(self, role: ClientRole) -> dict[str, str]:
+        """KAFKA_<ROLE>_EXTRA_CONFIG: what `role`'s clients get on top of KAFKA_EXTRA_CONFIG."""
+        extra: dict[str, str] = getattr(self, f"kafka_{role}_extra_config")
+        return extra
+
     def effective(self) -> dict[str, Any]:
         shown = super().effective()
-        shown["kafka_extra_config"] = {
-            name: ("**********" if is_secret_property(name) else value)
-            for name, value in self.kafka_extra_config.items()}
+        for name in ("kafka_extra_config", *(f"kafka_{role}_extra_config" for role in CLIENT_ROLES)):
+            shown[name] = masked(getattr(self, name))
         return shown
+
+    def check_at_start(self) -> None:
+        from jobpipe.client_check import check_client_configs
+
+        check_client_configs(self)
+
+
+def parse_pairs(text: str) -> dict[str, str]:
+    """`key=value,key=value` as a dict; `\\,` is a comma inside a value (as in
+    `debug=broker\\,security` or `sasl.oauthbearer.extensions=a=1\\,b=2`)."""
+    pairs: dict[str, str] = {}
+    previous = ""
+    for part in re.split(r"(?<!\\),", text):
+        item = part.replace("\\,", ",").strip()
+        if not item:
+            continue
+        name, sep, setting = item.partition("=")
+        if not sep or not name.strip():
+            # The part may be the tail of a secret that holds a comma: then it is not shown.
+            got = f"a part after the secret {previous}" if is_secret_property(previous) else repr(item)
+            raise ValueError(f"expected key=value pairs separated by commas (a comma inside a value "
+                             f"is written \\,), got {got}")
+        previous = name.strip()
+        pairs[previous] = setting.strip()
+    return pairs
+
+
+def masked(properties: dict[str, str]) -> dict[str, str]:
+    """librdkafka properties as they may be shown: the values of secret ones masked."""
+    return {name: (MASK if is_secret_property(name) else value) for name, value in properties.items()}
 
 
 class HandlerSettings(BaseSettings):
@@ -154,7 +229,8 @@ def describe_validation_error(error: ValidationError) -> str:
         if location:
             name = location[0].upper()
             raw = problem.get("input")
-            shown = "" if isinstance(raw, dict) or "password" in name.lower() else f"={raw!r}"
+            hidden = isinstance(raw, dict) or "password" in name.lower() or name.endswith("EXTRA_CONFIG")
+            shown = "" if hidden else f"={raw!r}"  # extra configs may hold secrets
             lines.append(f"{name}{shown}: {message}")
         else:
             lines.append(message)

@@ -52,7 +52,7 @@ def dead_letter_headers(message: Message, reason: str, attempts: int,
 class DeadLetterPublisher:
     def __init__(self, settings: ConsumerSettings, client_id: str) -> None:
         self.topic = settings.dlq_topic
-        self._producer = Producer(producer_config(settings, client_id, main_client=False))
+        self._producer = Producer(producer_config(settings, client_id))
 
     def publish(self, message: Message, reason: str, attempts: int, consumer: str) -> Delivery:
         delivery = Delivery()

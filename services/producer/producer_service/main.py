@@ -45,7 +45,7 @@ class JobProducer:
         self._settings = settings
         self._stop = stop
         self._log_jobs = enabled("INFO")
-        config = producer_config(settings, "producer", main_client=True, partitioner=settings.partitioner,
+        config = producer_config(settings, "producer", partitioner=settings.partitioner,
                                  linger_ms=settings.producer_linger_ms) | {"on_delivery": self._on_delivery}
         if not self._log_jobs:
             config["delivery.report.only.error"] = True

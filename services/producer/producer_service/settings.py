@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from jobpipe.settings import KafkaSettings
+from jobpipe.settings import ClientRole, KafkaSettings
 
 Partitioner = Literal["murmur2_random", "murmur2", "fnv1a_random", "fnv1a", "consistent_random",
                       "consistent", "random"]
 
 
 class ProducerSettings(KafkaSettings):
+    kafka_client_roles: ClassVar[tuple[ClientRole, ...]] = ("producer", "admin")  # admin: the broker wait
+
     producer_workers: int = Field(
         2, ge=1, le=256,
         description="Producer workers, each sending its own keys p{n}-m0, p{n}-m1, ... (the seed's 2).")
