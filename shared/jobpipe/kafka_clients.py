@@ -68,12 +68,11 @@ def extra_config(settings: KafkaSettings, role: ClientRole) -> dict[str, str]:
     return shared | settings.role_extra_config(role)
 
 
-def producer_config(settings: KafkaSettings, client_id: str, *, main_client: bool = True,
+def producer_config(settings: KafkaSettings, client_id: str, *,
                     partitioner: str = "murmur2_random", linger_ms: float = 5) -> Config:
     """A durable producer: every message acknowledged by all in-sync replicas, no duplicates
     from the client's own retries. `linger_ms`: how long a batch waits to fill (throughput)
-    before it is sent (latency). `main_client` is kept for older callers and changes nothing:
-    every producer gets the extra properties of its role."""
+    before it is sent (latency). Every producer gets the extra properties of its role."""
     config = connection_config(settings, client_id) | {
         "acks": "all",
         "enable.idempotence": True,
@@ -105,8 +104,8 @@ def consumer_config(settings: KafkaSettings, client_id: str, group: str,
     return config | extra_config(settings, "consumer")
 
 
-def admin_config(settings: KafkaSettings, client_id: str, *, main_client: bool = True) -> Config:
-    """An admin client (`main_client`: kept for older callers, changes nothing)."""
+def admin_config(settings: KafkaSettings, client_id: str) -> Config:
+    """An admin client."""
     return connection_config(settings, client_id) | extra_config(settings, "admin")
 
 

@@ -1,41 +1,52 @@
-"""Entry point of the `topic-admin` console script.
+"""Entry point of the `topic-admin` console script (click).
 
-    topic-admin [ensure]          create missing topics, grow partitions, never delete (default)
-    topic-admin wait              only wait for the broker (exit 3 if it never answers)
-    topic-admin reset             delete and re-create the topics (loses their jobs)
-    topic-admin describe [--json] topics, partitions, offsets, the group's lag and members
+    topic-admin [ensure]                create missing topics, grow partitions, never delete (default)
+    topic-admin wait                    only wait for the broker (exit 3 if it never answers)
+    topic-admin reset                   delete and re-create the topics (loses their jobs)
+    topic-admin describe [--json]       topics, partitions, offsets, the group's lag and members
+    topic-admin describe --watch        the same, refreshed with jobs/s and lag trend, until Ctrl-C
+    topic-admin redrive [filters]       dead letters back to JOBS_TOPIC, exactly once (--dry-run)
+    topic-admin offsets [target]        the group's committed offsets; a target moves them (--execute)
 
-Results go to stdout; logs go to stderr so `describe --json` output stays pure JSON.
+Results go to stdout; logs go to stderr so `--json` output stays pure JSON. Bad input (an
+unknown command or flag, a malformed value) is one line on stderr and exit 2, before anything
+is read or changed. Each command parses its flags into a service body that run_service runs
+with the settings from the environment.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
+from datetime import UTC, datetime
+from typing import Any, NoReturn
 
+import click
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from rich.live import Live
 from tabulate import tabulate
 
 from jobpipe.errors import ExitCode
 from jobpipe.kafka_clients import admin_config, wait_for_broker
+from jobpipe.logs import event
 from jobpipe.service import Body, Outcome, Probes, run_service
+from topic_admin_service import output
+from topic_admin_service.errors import Refused
+from topic_admin_service.offset_plan import Target, TargetKind, plan, totals
+from topic_admin_service.offsets import OffsetAdmin, active_members_refusal
+from topic_admin_service.redrive import Selection, Verdict
+from topic_admin_service.redriver import Redriver
 from topic_admin_service.settings import TopicAdminSettings
 from topic_admin_service.topics import Description, TopicAdmin
+from topic_admin_service.watch import HISTORY, Sample, sample_of, watch_rows
+from topic_admin_service.when import BadTime, parse_when
 
-COMMANDS = ("ensure", "wait", "reset", "describe")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="topic-admin", description="Manage the job pipeline's Kafka topics. "
-        "Configuration comes from environment variables (see README).")
-    parser.add_argument("command", nargs="?", default="ensure", choices=COMMANDS,
-                        help="what to do (default: ensure)")
-    parser.add_argument("--json", action="store_true", help="describe: print JSON instead of a table")
-    return parser.parse_args(argv)
+COMMANDS = ("ensure", "wait", "reset", "describe", "redrive", "offsets")
+TopicBody = Body[TopicAdminSettings]
 
 
 def render_table(description: Description) -> str:
@@ -56,23 +67,299 @@ def render_table(description: Description) -> str:
     return "\n".join(text)
 
 
-def administer(args: argparse.Namespace) -> Body[TopicAdminSettings]:
+def _admin(settings: TopicAdminSettings) -> AdminClient:
+    return AdminClient(admin_config(settings, "topic-admin"))
+
+
+def _print_json(document: Any, *, compact: bool = False) -> None:
+    print(json.dumps(document, indent=None if compact else 2, default=str), flush=True)
+
+
+# ---- the command line -----------------------------------------------------------------------
+
+class When(click.ParamType[datetime, Any]):
+    """RFC 3339 with a time zone, or a duration back from now: 2h, 30m, 7d."""
+
+    name = "WHEN"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_when(str(value), datetime.now(UTC))
+        except BadTime as error:
+            self.fail(f"{value!r}: {error}", param, ctx)
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# `--json` used to be accepted by every command (one argparse flag); these print no result.
+IGNORED_JSON = click.option("--json", "json_output", is_flag=True, hidden=True)
+
+
+@click.group(invoke_without_command=True, context_settings=CONTEXT)
+@click.option("--json", "json_output", is_flag=True, hidden=True,
+              help="Kept for `topic-admin --json describe` (the flag used to be global).")
+@click.pass_context
+def cli(ctx: click.Context, json_output: bool) -> TopicBody | None:
+    """Manage the job pipeline's Kafka topics, dead letters and consumer group offsets.
+
+    Configuration comes from environment variables (see README); flags choose what to do.
+    With no command, `ensure` runs. Results go to stdout, logs to stderr.
+    """
+    ctx.obj = {"json": json_output}
+    if ctx.invoked_subcommand is None:
+        return topics_body("ensure")
+    return None
+
+
+@cli.command(short_help="Create missing topics, grow partitions (the default).")
+@IGNORED_JSON
+def ensure(json_output: bool) -> TopicBody:
+    """Create missing topics, grow partitions; never shrinks or deletes (the default)."""
+    return topics_body("ensure")
+
+
+@cli.command(short_help="Only wait for the broker.")
+@IGNORED_JSON
+def wait(json_output: bool) -> TopicBody:
+    """Only wait for the broker (exit 3 if it never answers)."""
+    return topics_body("wait")
+
+
+@cli.command(short_help="Delete and re-create the topics (loses their jobs).")
+@IGNORED_JSON
+def reset(json_output: bool) -> TopicBody:
+    """Delete and re-create JOBS_TOPIC and DLQ_TOPIC (their jobs are lost)."""
+    return topics_body("reset")
+
+
+def topics_body(command: str) -> TopicBody:
     def body(settings: TopicAdminSettings, stop: threading.Event, _probes: Probes) -> Outcome:
         wait_for_broker(settings, stop)
-        if args.command == "wait":
+        if command == "wait":
             return Outcome()
-        admin = TopicAdmin(AdminClient(admin_config(settings, "topic-admin")), settings)
-        if args.command == "describe":
-            description = admin.describe()
-            print(json.dumps(description.as_dict(), indent=2) if args.json else render_table(description))
-            return Outcome(ExitCode.OK, {"total_lag": description.total_lag})
-        actions = admin.reset() if args.command == "reset" else admin.ensure()
+        admin = TopicAdmin(_admin(settings), settings)
+        actions = admin.reset() if command == "reset" else admin.ensure()
         return Outcome(ExitCode.OK, dict(Counter(actions.values())))
 
     return body
 
 
-def main() -> None:
-    args = parse_args()
-    run_service("topic-admin", TopicAdminSettings, administer(args), serve_probes=False,
-                log_stream=sys.stderr)
+@cli.command(short_help="Offsets, lag and members; --watch refreshes.")
+@click.option("--json", "json_output", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C, with jobs/s and lag trend per partition.")
+@click.option("--interval", type=click.FloatRange(min=0.2, max=3600), default=2.0, show_default=True,
+              metavar="SECONDS", help="--watch: seconds between refreshes.")
+@click.pass_context
+def describe(ctx: click.Context, json_output: bool, watch: bool, interval: float) -> TopicBody:
+    """Topics, partitions, leaders, offsets, the group's committed offsets, lag and members."""
+    as_json = json_output or bool(ctx.obj and ctx.obj.get("json"))
+
+    def body(settings: TopicAdminSettings, stop: threading.Event, _probes: Probes) -> Outcome:
+        wait_for_broker(settings, stop)
+        admin = TopicAdmin(_admin(settings), settings)
+        if watch:
+            return watch_loop(admin, stop, interval, as_json)
+        description = admin.describe()
+        print(json.dumps(description.as_dict(), indent=2) if as_json else render_table(description))
+        return Outcome(ExitCode.OK, {"total_lag": description.total_lag})
+
+    return body
+
+
+def watch_loop(admin: TopicAdmin, stop: threading.Event, interval: float, as_json: bool) -> Outcome:
+    """Describe every `interval` seconds until SIGINT/SIGTERM; a failed refresh is logged and
+    retried at the next one. Exit 0."""
+    history: deque[Sample] = deque(maxlen=HISTORY)
+    console = output.console()
+    refreshes = 0
+    live = Live(console=console, auto_refresh=False, redirect_stderr=False, redirect_stdout=False) \
+        if console.is_terminal and not as_json else None
+    if live is not None:
+        live.start()
+    try:
+        while not stop.is_set():
+            try:
+                description = admin.describe()
+            except KafkaException as error:
+                event("watch.refresh_failed", f"could not refresh: {error}", level="WARNING",
+                      error=str(error))
+                stop.wait(interval)
+                continue
+            history.append(sample_of(description, time.monotonic()))
+            rows = watch_rows(list(history))
+            refreshes += 1
+            now = datetime.now(UTC)
+            if as_json:
+                _print_json({"time": now.isoformat(timespec="milliseconds"), "group": description.group,
+                             "total_lag": description.total_lag, "members": len(description.members),
+                             "missing": description.missing, "partitions": [r.as_dict() for r in rows]},
+                            compact=True)
+            else:
+                caption = (f"group {description.group}: total lag {description.total_lag}, "
+                           f"{len(description.members)} member(s); {now:%H:%M:%S} UTC, every {interval:g} s"
+                           + (", Ctrl-C to stop" if live is not None else ""))
+                if description.missing:
+                    missing = ", ".join(description.missing)
+                    caption += f"\nmissing topics: {missing} (run `topic-admin ensure`)"
+                table = output.watch_table(rows, caption)
+                if live is not None:
+                    live.update(table, refresh=True)
+                else:
+                    console.print(table, "", sep="\n")
+                    console.file.flush()
+            stop.wait(interval)
+    finally:
+        if live is not None:
+            live.stop()
+    return Outcome(ExitCode.OK, {"refreshes": refreshes})
+
+
+@cli.command(short_help="Dead letters back to JOBS_TOPIC, exactly once.")
+@click.option("--dry-run", is_flag=True, help="Count what would move, by error; move nothing.")
+@click.option("--error-contains", metavar="TEXT", help="Only dead letters whose dlq.error contains TEXT.")
+@click.option("--key", "key_pattern", metavar="PATTERN",
+              help="Only keys matching a shell pattern, e.g. 'p1-*'.")
+@click.option("--since", type=When(),
+              help="Only jobs that failed at or after WHEN (RFC 3339, or 2h = 2 hours ago).")
+@click.option("--until", type=When(), help="Only jobs that failed before WHEN.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Move at most N dead letters.")
+@click.option("--max-redrives", type=click.IntRange(min=1), metavar="N",
+              help="Leave jobs that have already been re-driven N times in the DLQ.")
+@click.option("--batch-size", type=click.IntRange(min=1, max=100_000), default=500, show_default=True,
+              metavar="N", help="Dead letters per transaction.")
+@click.option("--json", "json_output", is_flag=True, help="Print the summary as JSON.")
+def redrive(*, dry_run: bool, error_contains: str | None, key_pattern: str | None, since: datetime | None,
+            until: datetime | None, limit: int | None, max_redrives: int | None, batch_size: int,
+            json_output: bool) -> TopicBody:
+    """Move dead letters from DLQ_TOPIC back to JOBS_TOPIC, exactly once.
+
+    Each copy keeps its key, value and headers, without the dlq.* headers, and carries
+    redrive.count (how often it has been re-driven) and redrive.source (DLQ/partition/offset).
+    Kafka transactions make it safe to stop at any moment and run again: nothing is lost
+    or moved twice.
+    """
+    if since is not None and until is not None and since >= until:
+        raise click.BadParameter(
+            f"{since.isoformat()} is not before --until {until.isoformat()}",
+            param_hint="'--since'")
+    selection = Selection(error_contains=error_contains, key_pattern=key_pattern, since=since, until=until,
+                          limit=limit, max_redrives=max_redrives)
+
+    def body(settings: TopicAdminSettings, stop: threading.Event, _probes: Probes) -> Outcome:
+        wait_for_broker(settings, stop)
+        bar = output.progress("dry run" if dry_run else "re-driving")
+        redriver = Redriver(settings, _admin(settings), stop, dry_run=dry_run, batch_size=batch_size,
+                            progress=bar)
+        tally = redriver.run(selection)
+        if json_output:
+            _print_json({"dlq_topic": settings.dlq_topic, "jobs_topic": settings.jobs_topic,
+                         **tally.as_dict()})
+        else:
+            console = output.console()
+            for renderable in output.redrive_tables(tally, settings.dlq_topic, settings.jobs_topic):
+                console.print(renderable)
+        event("redrive.done", ("dry run: " if dry_run else "") +
+              f"{tally.moved} dead letter(s) {'would move' if dry_run else 'moved'}, "
+              f"{tally.counts[Verdict.FILTERED]} skipped by filter, "
+              f"{tally.counts[Verdict.MAX_REDRIVES]} left by --max-redrives, "
+              f"{tally.counts[Verdict.ALREADY]} already re-driven", **tally.as_dict())
+        return Outcome(ExitCode.OK, {verdict.value: tally.counts[verdict] for verdict in Verdict})
+
+    return body
+
+
+@cli.command(short_help="Show or move the group's committed offsets.")
+@click.option("--to-earliest", "earliest", is_flag=True, help="Replay everything still in the topic.")
+@click.option("--to-latest", "latest", is_flag=True, help="Skip everything not yet processed.")
+@click.option("--to-datetime", "moment", type=When(), help="To the first job at or after WHEN.")
+@click.option("--shift-by", type=int, metavar="N", help="Forward N jobs (skip), or back (-N: replay).")
+@click.option("--to-offset", type=click.IntRange(min=0), metavar="N", help="To offset N.")
+@click.option("--topic", metavar="NAME", help="Topic whose offsets move  [default: JOBS_TOPIC]")
+@click.option("--partition", "-p", "partitions", type=click.IntRange(min=0), multiple=True, metavar="N",
+              help="Only this partition (repeat for more)  [default: all]")
+@click.option("--group", metavar="NAME", help="Consumer group  [default: CONSUMER_GROUP]")
+@click.option("--execute", is_flag=True, help="Apply the move (without it: a dry run).")
+@click.option("--json", "json_output", is_flag=True, help="Print JSON instead of a table.")
+def offsets(*, earliest: bool, latest: bool, moment: datetime | None, shift_by: int | None,
+            to_offset: int | None, topic: str | None, partitions: tuple[int, ...], group: str | None,
+            execute: bool, json_output: bool) -> TopicBody:
+    """Show a consumer group's committed offsets, or move them (a dry run unless --execute).
+
+    Moving is refused while the group has active members: stop its consumers first.
+    """
+    targets = [target for target, given in [
+        (Target(TargetKind.EARLIEST), earliest), (Target(TargetKind.LATEST), latest),
+        (Target(TargetKind.DATETIME, moment=moment), moment is not None),
+        (Target(TargetKind.SHIFT, number=shift_by or 0), shift_by is not None),
+        (Target(TargetKind.OFFSET, number=to_offset or 0), to_offset is not None)] if given]
+    if len(targets) > 1:
+        raise click.UsageError(
+            "choose one of --to-earliest, --to-latest, --to-datetime, --shift-by, --to-offset")
+    if execute and not targets:
+        raise click.UsageError("--execute needs a target: --to-earliest, --to-latest, --to-datetime, "
+                               "--shift-by or --to-offset")
+    target = targets[0] if targets else None
+
+    def body(settings: TopicAdminSettings, stop: threading.Event, _probes: Probes) -> Outcome:
+        wait_for_broker(settings, stop)
+        name, topic_name = group or settings.consumer_group, topic or settings.jobs_topic
+        admin = OffsetAdmin(_admin(settings))
+        found = admin.read(name, topic_name, partitions)
+        if not found.exists:
+            raise Refused(f"CONSUMER_GROUP={name!r}: no such group (no members, no committed offsets)")
+        if target is None:
+            if json_output:
+                _print_json({"group": name, "topic": topic_name, "members": found.members,
+                             "partitions": [{"partition": s.partition, "start": s.start, "end": s.end,
+                                             "committed": s.committed, "lag": s.lag} for s in found.states]})
+            else:
+                output.console().print(*output.offsets_table(name, topic_name, found.states), sep="\n")
+            return Outcome(ExitCode.OK, {"lag": sum(s.lag for s in found.states)})
+        if execute and found.members:
+            raise active_members_refusal(name, found.members)
+        at_time = None
+        if target.kind is TargetKind.DATETIME and target.moment is not None:
+            at_time = admin.at_time(topic_name, [s.partition for s in found.states], target.moment)
+        moves = plan(found.states, target, at_time)
+        if execute:
+            admin.apply(name, topic_name, moves)
+        elif found.members:
+            event("offsets.group_active", f"group {name} has {len(found.members)} active member(s): "
+                  "--execute would be refused until they stop", level="WARNING", members=found.members)
+        summary = totals(moves)
+        if json_output:
+            _print_json({"group": name, "topic": topic_name, "target": str(target), "executed": execute,
+                         "members": found.members, "partitions": [m.as_dict() for m in moves], **summary})
+        else:
+            output.console().print(*output.plan_table(name, topic_name, target, moves, execute), sep="\n")
+        return Outcome(ExitCode.OK, summary | {"executed": int(execute)})
+
+    return body
+
+
+# ---- main -----------------------------------------------------------------------------------
+
+def parse(argv: list[str] | None = None) -> TopicBody | int:
+    """The body to run for `argv`, or an exit code (--help printed; bad input reported)."""
+    try:
+        result = cli.main(args=argv, prog_name="topic-admin", standalone_mode=False)
+    except click.UsageError as error:  # includes bad values (BadParameter)
+        message = " ".join(error.format_message().split())
+        print(f"topic-admin: usage error: {message}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
+    except click.ClickException as error:
+        print(f"topic-admin: {' '.join(error.format_message().split())}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
+    except click.Abort:
+        return int(ExitCode.FAILURE)
+    if callable(result):
+        return result  # type: ignore[no-any-return]
+    return int(result or 0)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    parsed = parse(argv)
+    if isinstance(parsed, int):
+        sys.exit(parsed)
+    run_service("topic-admin", TopicAdminSettings, parsed, serve_probes=False, log_stream=sys.stderr)

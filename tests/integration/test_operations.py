@@ -1,0 +1,347 @@
+"""topic-admin's operations against a real broker: `redrive` (dead letters back to the jobs
+topic, exactly once even when killed), `offsets` (move a group's committed offsets) and
+`describe --watch`. Every wait has a deadline and waits for an event, never for time."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from confluent_kafka import Message, Producer
+from confluent_kafka.admin import AdminClient
+from local_kafka import LocalKafkaCluster
+
+from jobpipe.job import Job
+from tests.integration.conftest import Pipeline
+from tests.service_runner import ServiceProcess, wait_until
+
+FAILS = "tests.integration.operation_handlers:fails_by_payload"
+NOOP = "tests.handlers:noop"
+TIMEOUT_ERROR = "TimeoutError: upstream timed out"
+MALFORMED_ERROR = "ValueError: malformed payload"
+
+
+def run_json(pipeline: Pipeline, *args: str, **extra: object) -> dict[str, Any]:
+    run = pipeline.run("topic-admin", *args, **extra)
+    assert run.process.returncode == 0, run.tail()
+    document: dict[str, Any] = json.loads(run.output)
+    return document
+
+
+def headers_of(message: Message) -> dict[str, bytes | None]:
+    return dict(message.headers() or [])
+
+
+Record = tuple[Job, list[tuple[str, bytes]], int | None]  # job, headers, partition (None: by key)
+
+
+def produce(pipeline: Pipeline, topic: str, records: list[Record]) -> None:
+    producer = Producer({"bootstrap.servers": pipeline.bootstrap, "acks": "all",
+                         "enable.idempotence": True, "linger.ms": 20})
+    failures: list[Any] = []
+    for job, headers, partition in records:
+        placement = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                producer.produce(topic, key=job.key, value=job.to_bytes(), headers=headers,
+                                 on_delivery=lambda error, _m: failures.append(error) if error else None,
+                                 **placement)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(60) == 0
+    assert failures == []
+
+
+def dead_letter(pipeline: Pipeline, jobs: list[Job]) -> None:
+    """Send `jobs` (with a header of their own) and let a consumer whose handler fails them
+    dead-letter every one (MAX_ATTEMPTS=1)."""
+    produce(pipeline, pipeline.topic, [(job, [("trace-id", job.id.encode())], None) for job in jobs])
+    failing = pipeline.start("consumer", handler=FAILS, max_attempts=1)
+    failing.wait_for("job.dead_lettered", len(jobs), timeout=120)
+    assert failing.stop() == 0, failing.tail()
+
+
+def copies_in(pipeline: Pipeline, total: int) -> list[Message]:
+    """The re-driven copies among the `total` messages of the jobs topic."""
+    return [m for m in pipeline.read(pipeline.topic, total, timeout=60) if "redrive.count" in headers_of(m)]
+
+
+def refusal_lines(run: ServiceProcess) -> list[str]:
+    """What topic-admin said on stderr besides its JSON log lines."""
+    return [line for line in run.stderr.splitlines() if line.strip() and not line.startswith("{")]
+
+
+# ---- redrive --------------------------------------------------------------------------------
+
+def test_redrive_dry_run_counts_by_error_then_moves_one_kind_which_is_processed_once(
+        pipeline: Pipeline, admin: AdminClient) -> None:
+    pipeline.ensure_topics(3)
+    timeouts = [Job.new(1, seq, {"error": "timeout"}) for seq in range(30)]
+    malformed = [Job.new(2, seq, {"error": "malformed"}) for seq in range(20)]
+    dead_letter(pipeline, timeouts + malformed)
+
+    dry = run_json(pipeline, "redrive", "--dry-run", "--json")
+    assert dry["dry_run"] is True and dry["moved"] == 50 and dry["scanned"] == 50
+    assert dry["moved_by_error"] == {TIMEOUT_ERROR: 30, MALFORMED_ERROR: 20}
+    assert f"{pipeline.dlq}.redriven" not in admin.list_topics(timeout=10).topics, "a dry run creates nothing"
+    described = run_json(pipeline, "describe", "--json")
+    jobs_topic = next(t for t in described["topics"] if t["name"] == pipeline.topic)
+    assert sum(p["end_offset"] for p in jobs_topic["partitions"]) == 50, "a dry run moves nothing"
+
+    moved = run_json(pipeline, "redrive", "--error-contains", "Timeout", "--json")
+    assert (moved["moved"], moved["skipped_by_filter"], moved["dry_run"]) == (30, 20, False)
+    assert moved["moved_by_error"] == {TIMEOUT_ERROR: 30}
+
+    copies = copies_in(pipeline, 80)
+    originals = {job.id: job for job in timeouts}
+    assert sorted(json.loads(m.value() or b"")["id"] for m in copies) == sorted(originals)
+    for copy in copies:
+        job = originals[json.loads(copy.value() or b"")["id"]]
+        headers = headers_of(copy)
+        assert copy.key() == job.key.encode() and copy.value() == job.to_bytes()
+        assert headers["trace-id"] == job.id.encode(), "original headers are kept"
+        assert headers["redrive.count"] == b"1"
+        assert headers["redrive.source"] is not None
+        assert headers["redrive.source"].startswith(f"{pipeline.dlq}/".encode())
+        assert not [name for name in headers if name.startswith("dlq.")]
+
+    worker = pipeline.start("consumer", handler=NOOP)
+    worker.wait_for("job.processed", 30, timeout=90)
+    assert worker.stop() == 0
+    assert sorted(e["id"] for e in worker.events("job.processed")) == sorted(originals), \
+        "each moved job processed exactly once, and nothing else"
+
+    rest = run_json(pipeline, "redrive", "--dry-run", "--json")
+    assert (rest["moved"], rest["already_redriven"]) == (20, 30)
+    assert rest["moved_by_error"] == {MALFORMED_ERROR: 20}
+
+
+def test_max_redrives_leaves_a_job_that_keeps_failing_in_the_dlq(pipeline: Pipeline) -> None:
+    pipeline.ensure_topics(3)
+    jobs = [Job.new(1, seq, {"error": "malformed"}) for seq in range(10)]
+    produce(pipeline, pipeline.topic, [(job, [], None) for job in jobs])
+    failing = pipeline.start("consumer", handler=FAILS, max_attempts=1)  # the handler is still broken
+    failing.wait_for("job.dead_lettered", 10, timeout=120)
+
+    assert run_json(pipeline, "redrive", "--json")["moved"] == 10
+    failing.wait_for("job.dead_lettered", 20, timeout=120)  # failed again: back in the DLQ
+    again = pipeline.read(pipeline.dlq, 20)
+    assert sorted(headers_of(m).get("redrive.count") or b"0" for m in again) == [b"0"] * 10 + [b"1"] * 10
+
+    held = run_json(pipeline, "redrive", "--max-redrives", "1", "--json")
+    assert (held["moved"], held["left_max_redrives"], held["already_redriven"]) == (0, 10, 10)
+
+    assert run_json(pipeline, "redrive", "--max-redrives", "2", "--json")["moved"] == 10
+    failing.wait_for("job.dead_lettered", 30, timeout=120)
+    held = run_json(pipeline, "redrive", "--max-redrives", "2", "--json")
+    assert (held["moved"], held["left_max_redrives"], held["already_redriven"]) == (0, 10, 20)
+    assert failing.stop() == 0
+    copies = copies_in(pipeline, 30)
+    assert Counter(headers_of(m)["redrive.count"] for m in copies) == {b"1": 10, b"2": 10}
+
+
+def fill_dlq(pipeline: Pipeline, total: int) -> list[Job]:
+    """`total` dead letters in the DLQ, with the headers the consumer writes."""
+    jobs = [Job.new(1, seq) for seq in range(total)]
+    failed_at = datetime.now(UTC).isoformat(timespec="milliseconds").encode()
+    produce(pipeline, pipeline.dlq, [
+        (job, [("dlq.error", b"ValueError: bad"), ("dlq.attempts", b"5"),
+               ("dlq.original.topic", pipeline.topic.encode()),
+               ("dlq.original.partition", str(seq % 3).encode()),
+               ("dlq.original.offset", str(seq // 3).encode()), ("dlq.consumer", b"test"),
+               ("dlq.failed_at", failed_at)], seq % 3)
+        for seq, job in enumerate(jobs)])
+    return jobs
+
+
+def assert_each_once(pipeline: Pipeline, jobs: list[Job]) -> None:
+    """The jobs topic holds exactly one committed copy of each job (reading read_committed)."""
+    copies = pipeline.read(pipeline.topic, len(jobs), timeout=120)  # fails on any extra message
+    ids = Counter(json.loads(m.value() or b"")["id"] for m in copies)
+    assert set(ids) == {job.id for job in jobs}
+    assert set(ids.values()) == {1}, "no dead letter doubled"
+    assert len({headers_of(m)["redrive.source"] for m in copies}) == len(jobs)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_an_interrupted_redrive_then_a_second_run_moves_every_dead_letter_exactly_once(
+        pipeline: Pipeline, signum: signal.Signals) -> None:
+    pipeline.ensure_topics(3)
+    total = 5000
+    jobs = fill_dlq(pipeline, total)
+
+    # Small transactions, so the run is still going when the signal comes.
+    first = pipeline.start("topic-admin", "redrive", "--batch-size", "10", "--json")
+    first.wait_for("redrive.progress", 5, timeout=90)
+    first.signal(signum)
+    code = first.wait(60)
+    if signum == signal.SIGKILL:
+        assert code == -signal.SIGKILL
+        assert not first.events("redrive.done")
+    else:
+        assert code == 0, first.tail()
+        summary = json.loads(first.output)
+        assert summary["interrupted"] is True and 0 < summary["moved"] < total, summary
+    committed_before = max(e["total_moved"] for e in first.events("redrive.progress"))
+    assert committed_before < total, "the first run was not interrupted"
+
+    second = run_json(pipeline, "redrive", "--json")
+    assert second["moved"] + second["already_redriven"] == total, second
+    assert second["already_redriven"] >= committed_before
+
+    assert_each_once(pipeline, jobs)
+    assert run_json(pipeline, "redrive", "--json")["already_redriven"] == total
+
+
+def test_a_broker_restart_during_a_redrive_loses_and_doubles_nothing(
+        make_kafka_cluster: Callable[..., LocalKafkaCluster], topic_name: str) -> None:
+    cluster = make_kafka_cluster(nodes=1)  # a broker of this test's own, to kill
+    line = Pipeline(cluster.bootstrap_servers, topic_name, f"{topic_name}.dlq", f"group-{topic_name}")
+    try:
+        line.ensure_topics(3)
+        jobs = fill_dlq(line, 3000)
+        first = line.start("topic-admin", "redrive", "--batch-size", "10", "--json", kafka_wait_timeout_s=60)
+        first.wait_for("redrive.progress", 5, timeout=90)
+        cluster.kill_node(0)  # SIGKILL: a crash, in the middle of a transaction
+        cluster.start_node(0)
+        code = first.wait(180)
+        if code == 0:  # it rode out the restart
+            assert json.loads(first.output)["moved"] == len(jobs)
+        else:  # it gave up (one line, non-zero exit): a second run finishes the job
+            assert first.events("service.failed"), first.tail()
+            second = run_json(line, "redrive", "--json", kafka_wait_timeout_s=60)
+            assert second["moved"] + second["already_redriven"] == len(jobs)
+        assert_each_once(line, jobs)
+    finally:
+        for service in line.started:
+            service.kill()
+
+
+# ---- offsets --------------------------------------------------------------------------------
+
+def process_all(pipeline: Pipeline, count: int) -> list[dict[str, Any]]:
+    """Run a consumer until it processed `count` jobs, stop it, return what it processed."""
+    worker = pipeline.start("consumer", handler=NOOP)
+    worker.wait_for("job.processed", count, timeout=90)
+    assert worker.stop() == 0
+    return worker.events("job.processed")
+
+
+def committed(pipeline: Pipeline) -> dict[int, int | None]:
+    shown = run_json(pipeline, "offsets", "--json")
+    return {p["partition"]: p["committed"] for p in shown["partitions"]}
+
+
+def all_committed(pipeline: Pipeline, jobs: int) -> dict[int, int | None] | None:
+    """The committed offsets once they add up to `jobs` (a consumer commits about every second)."""
+    offsets = committed(pipeline)
+    return offsets if sum(o or 0 for o in offsets.values()) == jobs else None
+
+
+def test_offsets_dry_run_changes_nothing_execute_replays_and_shift_skips_exactly_n(
+        pipeline: Pipeline) -> None:
+    pipeline.ensure_topics(3)
+    for partition in range(3):
+        pipeline.send([Job.new(1, partition * 10 + seq) for seq in range(10)], partition=partition)
+    first = process_all(pipeline, 30)
+    assert committed(pipeline) == {0: 10, 1: 10, 2: 10}
+
+    dry = run_json(pipeline, "offsets", "--to-earliest", "--json")
+    assert dry["executed"] is False and dry["replayed"] == 30
+    assert [(p["current"], p["new"]) for p in dry["partitions"]] == [(10, 0)] * 3
+    assert committed(pipeline) == {0: 10, 1: 10, 2: 10}, "a dry run changes nothing"
+
+    applied = run_json(pipeline, "offsets", "--to-earliest", "--execute", "--json")
+    assert applied["executed"] is True and applied["replayed"] == 30
+    assert committed(pipeline) == {0: 0, 1: 0, 2: 0}
+    replayed = process_all(pipeline, 30)
+    assert sorted(e["id"] for e in replayed) == sorted(e["id"] for e in first), "every job replayed once"
+
+    run_json(pipeline, "offsets", "--to-earliest", "--execute", "--json")
+    shifted = run_json(pipeline, "offsets", "--shift-by", "4", "--execute", "--json")
+    assert shifted["skipped"] == 12
+    rest = process_all(pipeline, 18)
+    assert len(rest) == 18 and all(e["offset"] >= 4 for e in rest), "exactly 4 skipped per partition"
+
+    one = run_json(pipeline, "offsets", "--shift-by", "-3", "--partition", "1", "--execute", "--json")
+    assert [(p["partition"], p["current"], p["new"]) for p in one["partitions"]] == [(1, 10, 7)]
+    assert committed(pipeline) == {0: 10, 1: 7, 2: 10}
+
+
+def test_offsets_are_not_moved_while_the_group_has_a_member(pipeline: Pipeline) -> None:
+    pipeline.ensure_topics(3)
+    pipeline.send([Job.new(1, seq) for seq in range(6)])
+    worker = pipeline.start("consumer", handler=NOOP)
+    worker.wait_for("job.processed", 6, timeout=90)
+    before = wait_until(lambda: all_committed(pipeline, 6), 60, "the member's commits of all 6 jobs")
+
+    refused = pipeline.run("topic-admin", "offsets", "--to-earliest", "--execute")
+    assert refused.process.returncode == 2, refused.tail()
+    lines = refusal_lines(refused)
+    assert len(lines) == 1 and "active member" in lines[0] and pipeline.group in lines[0], refused.stderr
+    assert refused.output == ""
+
+    dry = pipeline.run("topic-admin", "offsets", "--to-earliest")  # a dry run still shows the plan
+    assert dry.process.returncode == 0 and dry.events("offsets.group_active")
+    assert worker.stop() == 0
+    assert committed(pipeline) == before
+
+
+def test_bad_requests_exit_2_with_one_line_and_change_nothing(pipeline: Pipeline,
+                                                               admin: AdminClient) -> None:
+    no_dlq = pipeline.run("topic-admin", "redrive")  # no topics yet
+    assert no_dlq.process.returncode == 2
+    lines = refusal_lines(no_dlq)
+    assert len(lines) == 1 and "DLQ_TOPIC" in lines[0] and "no such topic" in lines[0], no_dlq.stderr
+    existing = set(admin.list_topics(timeout=10).topics)
+    assert not {pipeline.topic, pipeline.dlq, f"{pipeline.dlq}.redriven"} & existing, "nothing created"
+
+    pipeline.ensure_topics(3)
+    no_group = pipeline.run("topic-admin", "offsets", "--to-earliest", "--execute")
+    assert no_group.process.returncode == 2
+    assert "no such group" in refusal_lines(no_group)[0]
+
+    for args in (["offsets", "--partition", "7"], ["redrive", "--frobnicate"],
+                 ["redrive", "--since", "soon"]):
+        bad = pipeline.run("topic-admin", *args)
+        assert bad.process.returncode == 2, (args, bad.tail())
+        assert len(refusal_lines(bad)) == 1 and bad.output == "", (args, bad.stderr)
+    assert f"{pipeline.dlq}.redriven" not in admin.list_topics(timeout=10).topics
+
+
+# ---- describe --watch -----------------------------------------------------------------------
+
+def json_lines(run: ServiceProcess) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in run.output.splitlines()
+            if line.startswith("{") and line.endswith("}")]
+
+
+def test_watch_refreshes_with_rates_and_exits_0_on_sigint(pipeline: Pipeline) -> None:
+    pipeline.ensure_topics(3)
+    watch = pipeline.start("topic-admin", "describe", "--watch", "--interval", "0.3", "--json")
+    wait_until(lambda: len(json_lines(watch)) >= 2, 60, "two refreshes")
+    pipeline.send([Job.new(1, seq) for seq in range(30)])
+
+    def rate_seen() -> bool:
+        return any(sum(p["in_per_s"] or 0 for p in line["partitions"] if p["topic"] == pipeline.topic) > 0
+                   for line in json_lines(watch))
+
+    wait_until(rate_seen, 60, "a refresh that shows jobs coming in")
+    watch.signal(signal.SIGINT)
+    assert watch.wait(30) == 0, watch.tail()
+    lines = json_lines(watch)
+    assert {p["topic"] for p in lines[-1]["partitions"]} == {pipeline.topic, pipeline.dlq}
+    assert lines[-1]["total_lag"] == 30
+    assert watch.events("service.stopped")[0]["refreshes"] == len(lines)
+
+    table = pipeline.start("topic-admin", "describe", "--watch", "--interval", "0.3")
+    wait_until(lambda: table.output.count("lag trend") >= 2, 60, "two tables")
+    table.signal(signal.SIGINT)
+    assert table.wait(30) == 0, table.tail()
+    assert f"group {pipeline.group}: total lag 30" in table.output
