@@ -14,7 +14,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
-from jobpipe import metrics  # noqa: F401 (importing registers the pipeline metrics served here)
+from jobpipe import metrics  # importing registers the pipeline metrics served here
 from jobpipe.logs import event
 
 Check = Callable[[], bool]
@@ -34,6 +34,7 @@ class HealthServer:
 
     def __init__(self, port: int, live: Check, ready: Check, host: str = "0.0.0.0") -> None:
         self._live, self._ready = live, ready
+        metrics.SERVICE_READY.set_function(lambda: 1.0 if self._ready() else 0.0)
         self._metrics = make_wsgi_app()
         self._server = make_server(host, port, self._app, server_class=_ThreadingServer,
                                    handler_class=_QuietHandler)

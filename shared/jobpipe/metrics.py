@@ -10,8 +10,9 @@ library's Counter and are incremented as they happen (or, in the producer, per b
 from __future__ import annotations
 
 import bisect
+import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import Counter, Gauge
 from prometheus_client.core import REGISTRY, CounterMetricFamily, HistogramMetricFamily, Metric
@@ -22,23 +23,44 @@ JOBS_PRODUCED = Counter("jobs_produced", "Jobs acknowledged by the broker (or qu
 JOBS_PRODUCE_FAILED = Counter("jobs_produce_failed", "Jobs whose delivery failed.")
 JOBS_RETRIED = Counter("jobs_retried", "Attempts scheduled again after a failure.")
 JOBS_DEAD_LETTERED = Counter("jobs_dead_lettered", "Jobs given up on and sent to the dead-letter topic.")
-CONSUMER_LAG = Gauge("consumer_lag", "Messages behind the partition's end, per partition.",
-                     ["topic", "partition"])
+CONSUMER_LAG = Gauge("consumer_lag", "Messages behind the partition's end, per partition this "
+                     "replica owns.", ["topic", "partition"])
+PARTITIONS_OWNED = Gauge("consumer_partitions_owned", "Partitions of the jobs topic this replica "
+                         "owns (all its group members together).")
 QUEUE_DEPTH = Gauge("inmemory_queue_depth", "Jobs waiting in the in-memory queue.")
+SERVICE_READY = Gauge("service_ready", "1 while /readyz answers 200 (a consumer: joined its group), "
+                      "else 0; read when scraped.")
 
 PROCESSING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Produced (job.created_at) to processed: linger, queueing, lag, retries and the handler.
+END_TO_END_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+def partitions_assigned(count: int) -> None:
+    PARTITIONS_OWNED.inc(count)
+
+
+def partitions_forgotten(topic_partitions: Iterable[tuple[str, int]], owned: int) -> None:
+    """A replica gave up (or lost) these partitions, `owned` of which it had: their lag is no
+    longer its to report, so their series go (a sum over replicas would count them twice)."""
+    PARTITIONS_OWNED.dec(owned)
+    for topic, partition in topic_partitions:
+        with contextlib.suppress(KeyError):  # never reported (no statistics yet)
+            CONSUMER_LAG.remove(topic, str(partition))
 
 
 class HandlerStats:
     """One thread's handler outcomes: written by that thread only, read when scraped."""
 
-    __slots__ = ("buckets", "failed", "processed", "seconds")
+    __slots__ = ("buckets", "e2e_buckets", "e2e_seconds", "failed", "processed", "seconds")
 
     def __init__(self) -> None:
         self.processed = 0
         self.failed = 0
         self.buckets = [0] * (len(PROCESSING_BUCKETS) + 1)  # per bucket (not cumulative), +Inf last
         self.seconds = 0.0
+        self.e2e_buckets = [0] * (len(END_TO_END_BUCKETS) + 1)
+        self.e2e_seconds = 0.0
 
     def record(self, seconds: float, ok: bool) -> None:
         self.buckets[bisect.bisect_left(PROCESSING_BUCKETS, seconds)] += 1
@@ -47,6 +69,12 @@ class HandlerStats:
             self.processed += 1
         else:
             self.failed += 1
+
+    def record_end_to_end(self, seconds: float) -> None:
+        """A job done `seconds` after it was made (clamped at 0: the producer's clock may be ahead)."""
+        seconds = max(seconds, 0.0)
+        self.e2e_buckets[bisect.bisect_left(END_TO_END_BUCKETS, seconds)] += 1
+        self.e2e_seconds += seconds
 
 
 _local = threading.local()
@@ -75,22 +103,34 @@ class _HandlerCollector(Collector):
         with _registering:
             stats = list(_all_stats)
         buckets = [0] * (len(PROCESSING_BUCKETS) + 1)
+        e2e_buckets = [0] * (len(END_TO_END_BUCKETS) + 1)
         processed = failed = 0
-        seconds = 0.0
+        seconds = e2e_seconds = 0.0
         for one in stats:
             processed += one.processed
             failed += one.failed
             seconds += one.seconds
+            e2e_seconds += one.e2e_seconds
             for index, count in enumerate(list(one.buckets)):
                 buckets[index] += count
+            for index, count in enumerate(list(one.e2e_buckets)):
+                e2e_buckets[index] += count
         yield CounterMetricFamily("jobs_processed", "Jobs whose handler succeeded.", value=processed)
         yield CounterMetricFamily("jobs_failed", "Handler attempts that raised.", value=failed)
-        cumulative, running = [], 0
-        for bound, count in zip((*map(floatToGoString, PROCESSING_BUCKETS), "+Inf"), buckets, strict=True):
-            running += count
-            cumulative.append((bound, running))
         yield HistogramMetricFamily("job_processing_seconds", "Time the handler took per attempt.",
-                                    buckets=cumulative, sum_value=seconds)
+                                    buckets=_cumulative(PROCESSING_BUCKETS, buckets), sum_value=seconds)
+        yield HistogramMetricFamily("job_end_to_end_seconds",
+                                    "From the job's created_at (the producer) to its handler's success.",
+                                    buckets=_cumulative(END_TO_END_BUCKETS, e2e_buckets),
+                                    sum_value=e2e_seconds)
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    cumulative, running = [], 0
+    for bound, count in zip((*map(floatToGoString, bounds), "+Inf"), counts, strict=True):
+        running += count
+        cumulative.append((bound, float(running)))
+    return cumulative
 
 
 REGISTRY.register(_HandlerCollector())

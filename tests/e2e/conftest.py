@@ -19,6 +19,7 @@ import contextlib
 import json
 import re
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -83,6 +84,39 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 @dataclass
+class AttachedUp:
+    """A foreground `docker compose up` and the lines it printed so far."""
+
+    proc: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self._reader = threading.Thread(target=self._read, name="attached-up", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def snapshot(self) -> list[str]:
+        return list(self.lines)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for `up` to end (after `stop`); killed (and the test fails) past `timeout`."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"`docker compose up` did not end within {timeout:g} s") from None
+        if self._reader is not None:
+            self._reader.join(10)
+        return code
+
+
+@dataclass
 class Stack:
     """One compose project of docker-compose.yml (plus overrides) on the session's engine."""
 
@@ -92,22 +126,37 @@ class Stack:
     settings: dict[str, str]
     env_file: Path
     pump: HealthPump = field(init=False)
+    attached: list[AttachedUp] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.pump = HealthPump(self.engine, self.project)
 
     # ---- compose ---------------------------------------------------------------------------
 
-    def compose(self, *args: str, timeout: float = 120.0, check: bool = True, split_stderr: bool = False
-                ) -> subprocess.CompletedProcess[str]:
+    def _command(self, *args: str) -> list[str]:
         cmd = [*self.engine.compose, "--project-directory", str(REPO), "-p", self.project,
                "--env-file", str(self.env_file)]
         for file in self.files:
             cmd += ["-f", str(file)]
+        return [*cmd, *args]
+
+    def compose(self, *args: str, timeout: float = 120.0, check: bool = True, split_stderr: bool = False
+                ) -> subprocess.CompletedProcess[str]:
         # A clean environment: only the engine's variables and this stack's settings reach the
         # compose file's ${VAR:-default}s, never what the caller's shell exported.
-        return run([*cmd, *args], timeout=timeout, check=check, split_stderr=split_stderr,
+        return run(self._command(*args), timeout=timeout, check=check, split_stderr=split_stderr,
                    env=self.engine.environ(self.settings, clean=True), cwd=REPO)
+
+    def attached_up(self, *args: str) -> AttachedUp:
+        """`up` in the foreground, as a person runs it: what it prints is collected line by line."""
+        self.pump.start()
+        proc = subprocess.Popen(self._command("up", "--no-build", "--pull", "never", "--no-color", *args),
+                                env=self.engine.environ(self.settings, clean=True), cwd=REPO,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        up = AttachedUp(proc)
+        self.attached.append(up)
+        return up
 
     def up(self, *args: str, timeout: float = 300.0) -> None:
         """`up -d`: returns once kafka is healthy, topic-admin completed and the rest started."""
@@ -244,3 +293,6 @@ def make_stack(engine: Engine, request: pytest.FixtureRequest, tmp_path: Path
             finally:
                 stack.pump.stop()
                 stack.down()
+                for up in stack.attached:  # a foreground `up` ends once its containers are gone
+                    with contextlib.suppress(AssertionError):
+                        up.wait(30)

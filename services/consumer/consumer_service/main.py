@@ -22,7 +22,8 @@ STALL_S = 60.0  # /healthz fails when a worker's loop has not turned for this lo
 
 
 def consume(settings: ConsumerSettings, stop: threading.Event, probes: Probes) -> Outcome:
-    handler = JobHandler(load_handler(settings.handler), settings.retry_policy(settings.max_attempts))
+    handler = JobHandler(load_handler(settings.handler), settings.retry_policy(settings.max_attempts),
+                         end_to_end=True)
     wait_for_broker(settings, stop)
     workers = [ConsumerWorker(number, settings, handler, stop, probes.ready,
                               metrics_on=bool(settings.metrics_port))

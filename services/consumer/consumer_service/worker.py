@@ -434,6 +434,7 @@ class ConsumerWorker:
     # ---- rebalances ---------------------------------------------------------------------
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        metrics.partitions_assigned(len({(tp.topic, tp.partition) for tp in partitions} - self._assigned))
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         self.joined.set()
         event("partitions.assigned",
@@ -476,6 +477,7 @@ class ConsumerWorker:
             self._waiting.pop(tp, None)
             self._blocked.discard(tp)
         self._pending = deque(m for m in self._pending if tp_of(m) not in partitions)
+        metrics.partitions_forgotten(partitions, len(partitions & self._assigned))  # drops their lag
         self._assigned -= partitions
 
     def _commit(self, quiet: tuple[int, ...] = ()) -> KafkaError | None:
@@ -541,7 +543,7 @@ class ConsumerWorker:
         for topic, topic_stats in stats.get("topics", {}).items():
             for partition, partition_stats in topic_stats.get("partitions", {}).items():
                 lag = partition_stats.get("consumer_lag", -1)
-                if partition != "-1" and lag >= 0:
+                if lag >= 0 and (topic, int(partition)) in self._assigned:  # not one given up
                     metrics.CONSUMER_LAG.labels(topic, partition).set(lag)
 
     def _close(self) -> None:

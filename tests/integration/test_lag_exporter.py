@@ -1,0 +1,99 @@
+"""Lag metrics against the real broker: consumer_service.lag_exporter reads the group's lag per
+partition and its members without joining the group (so it keeps reporting when every consumer
+is down); each consumer replica reports consumer_lag only for the partitions it owns."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+from prometheus_client import REGISTRY
+
+from consumer_service.lag_exporter import LagReader
+from consumer_service.settings import ConsumerSettings
+from jobpipe.job import Job
+from tests.integration.conftest import Pipeline
+from tests.service_runner import free_port, wait_until
+
+
+def get(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return str(answer.read().decode())
+    except OSError:
+        return ""
+
+
+def group_lag(pipeline: Pipeline) -> dict[int, float]:
+    found = {}
+    for partition in range(3):
+        value = REGISTRY.get_sample_value("consumer_group_lag", {
+            "group": pipeline.group, "topic": pipeline.topic, "partition": str(partition)})
+        if value is not None:
+            found[partition] = value
+    return found
+
+
+def test_lag_exporter_reports_the_groups_lag_from_the_broker(pipeline: Pipeline) -> None:
+    pipeline.ensure_topics(3)
+    placed = pipeline.send([Job.new(1, seq) for seq in range(9)])
+    settings = ConsumerSettings(**pipeline.settings())  # type: ignore[arg-type]
+    reader = LagReader(settings)
+    try:
+        reader.read()  # nothing committed yet: everything in the topic is lag
+        per_partition = {p: sum(1 for q, _ in placed if q == p) for p in range(3)}
+        assert group_lag(pipeline) == {p: float(n) for p, n in per_partition.items()}
+        assert REGISTRY.get_sample_value("consumer_group_members", {"group": pipeline.group}) == 0
+
+        consumer = pipeline.start("consumer")
+        consumer.wait_for("job.processed", count=9, timeout=60)
+
+        def drained() -> bool:
+            reader.read()
+            members = REGISTRY.get_sample_value("consumer_group_members", {"group": pipeline.group})
+            return group_lag(pipeline) == {0: 0.0, 1: 0.0, 2: 0.0} and members == 1
+        wait_until(drained, 60, "lag 0 with the consumer in the group", poll=0.5)
+
+        assert consumer.stop() == 0
+        pipeline.send([Job.new(2, seq) for seq in range(4)])  # no consumer: the lag is still seen
+
+        def behind() -> bool:
+            reader.read()
+            return sum(group_lag(pipeline).values()) == 4
+        wait_until(behind, 30, "lag 4 with no consumer running", poll=0.5)
+    finally:
+        reader.close()
+
+
+def lag_partitions(body: str) -> set[int]:
+    series = re.findall(r'^consumer_lag\{partition="(\d+)",topic="[^"]+"\} ', body, re.MULTILINE)
+    return {int(p) for p in series}
+
+
+def owned_count(body: str) -> float:
+    found = re.findall(r"^consumer_partitions_owned ([0-9.e+-]+)$", body, re.MULTILINE)
+    return float(found[0]) if found else -1.0
+
+
+def test_each_partitions_lag_is_reported_by_its_owner_only(pipeline: Pipeline) -> None:
+    """A second replica joins: the partitions it takes leave the first one's consumer_lag (they
+    used to keep their last value there, and a sum over replicas counted them twice)."""
+    pipeline.ensure_topics(3)
+    pipeline.send([Job.new(1, seq) for seq in range(9)])
+    ports = [free_port(), free_port()]
+    first = pipeline.start("consumer", metrics_port=ports[0])
+    urls = [f"http://127.0.0.1:{port}/metrics" for port in ports]
+    wait_until(lambda: lag_partitions(get(urls[0])) == {0, 1, 2} and owned_count(get(urls[0])) == 3, 60,
+               "the first replica reporting the lag of all 3 partitions")
+    pipeline.start("consumer", metrics_port=ports[1])
+
+    def split() -> tuple[set[int], set[int]] | None:
+        bodies = [get(url) for url in urls]
+        mine, theirs = lag_partitions(bodies[0]), lag_partitions(bodies[1])
+        owned = owned_count(bodies[0]) + owned_count(bodies[1])
+        ok = mine and theirs and not mine & theirs and mine | theirs == {0, 1, 2} and owned == 3
+        return (mine, theirs) if ok else None
+    mine, theirs = wait_until(split, 60, "the 3 partitions' lag split between the replicas, none twice",
+                              poll=0.5)
+    assert owned_count(get(urls[0])) == len(mine) and owned_count(get(urls[1])) == len(theirs)
+    assert first.stop() == 0
