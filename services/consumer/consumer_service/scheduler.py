@@ -1,0 +1,532 @@
+"""What the consumer does next with the jobs it fetched: the decisions, without Kafka.
+
+Why it exists: a consumer that runs many jobs of one partition at once has to decide, on
+every poll, which fetched jobs may start (jobs that share an ordering unit run one after
+another in offset order; a job waiting for its retry holds back only its own unit), when
+fetching must stop because too much is in hand (backpressure), which offset is safe to
+commit, and what a rebalance must wait for or throws away. Keeping all of that here, pure
+(no Kafka, no threads, no clock: the time is an argument), lets it be tested exhaustively
+(tests/unit/test_scheduler.py drives random interleavings with hypothesis) while the Kafka
+loop around it stays thin: poll, feed `fetched`, `start` what it says on the executor,
+report each outcome, store `offsets()`, apply `flow()`, sleep until `next_due()` at most.
+
+The life of a job (a `Task`):
+
+    fetched --> pending (its unit is busy) --> ready (waits for a free slot) --> running
+    running --succeeded--> finished
+    running --failed(retry_at)--> waiting --(due)--> ready --> running ...
+    running --dead_lettering--> settling --dead_lettered--> finished
+                                settling --failed(retry_at)--> waiting (the publish is retried)
+    running --dead_lettered--> finished (a dead letter that needs no wait, as in memory)
+
+Ordering units: `key` mode: the partition's messages with the same key (a message without a
+key waits for nothing); `partition` mode: the whole partition; `none`: nothing waits. A unit
+runs one job at a time, its oldest unfinished one, so handler starts follow offset order per
+unit, and a job waiting for its retry keeps the unit's later jobs from starting.
+
+Offsets: every fetched job is unfinished in an `OffsetTracker` until it succeeded or was
+dead-lettered; `offsets()` returns the moved watermarks (lowest unfinished offset) to store.
+A job that fails while its partition is being revoked is not retried here: it is handed back
+(left unfinished, so uncommitted; the next owner fetches it again).
+
+Backpressure (`flow()`): every assigned partition is paused once `max_in_flight` jobs are held
+(fetched and unfinished), and resumed when a quarter of that budget is free again. A partition
+whose ordering unit waits for a retry is paused too in `partition` mode (nothing of it can
+run), and in `key` mode once it holds half the budget (so one stuck key cannot take the whole
+budget from the other partitions). Pausing loses nothing: librdkafka resumes a partition from
+the last message it handed over.
+
+Rebalances: `revoke` stops a partition (its jobs not yet started are dropped, uncommitted) and
+returns the jobs in flight there, which the revoke should wait for before committing;
+`drop` (at the end of a revoke, or for a lost partition) forgets the partition and returns the
+jobs still in flight, handed back: their outcomes, when they arrive, are ignored except that
+their handler slot is freed. `rewind` drops a partition's jobs that have not started and
+returns the offset to seek back to, for a loop that prefers re-fetching to holding them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Any
+
+from consumer_service.offsets import TP, OffsetTracker, PartitionOffsets
+
+
+class Ordering(StrEnum):
+    """What must run one after another (the ORDERING setting)."""
+
+    KEY = "key"  # jobs with the same key, in offset order; other keys of the partition alongside
+    PARTITION = "partition"  # a partition's jobs one at a time, in offset order
+    NONE = "none"  # no order at all
+
+
+# A task's state (small ints: compared on the hot path).
+PENDING, READY, RUNNING, WAITING, SETTLING, FINISHED, DROPPED = range(7)
+STATE_NAMES = ("pending", "ready", "running", "waiting", "settling", "finished", "dropped")
+
+_FREE: Any = object()  # the unit of a task that waits for no other task
+_PARTITION_UNIT = b"\x00partition"  # the one unit of a partition in `partition` mode
+
+
+class Task:
+    """One fetched message, as the scheduler sees it.
+
+    `tp`, `offset`, `key` and `payload` are what the caller fetched (the payload is opaque:
+    typically the Kafka message). `attempt` is the number of the handler call that `start`
+    hands out (1-based; each `failed` after a handler call adds one). `note` is the caller's
+    to use (say, why a job is being dead-lettered); the scheduler never reads it.
+    """
+
+    __slots__ = ("_behind", "_failing", "_part", "_state", "_tail", "_unit",
+                 "attempt", "key", "note", "offset", "payload", "tp")
+
+    def __init__(self, tp: TP, offset: int, key: bytes | None, payload: Any, *,
+                 part: _Partition, unit: Any) -> None:
+        self.tp = tp
+        self.offset = offset
+        self.key = key
+        self.payload = payload
+        self.attempt = 1
+        self.note: Any = None
+        self._part = part
+        self._unit = unit
+        self._state = PENDING
+        self._behind: Task | None = None  # the next task of the unit (set on a unit's tasks only)
+        self._tail: Task = self  # the unit's last task (kept up to date on the unit's head only)
+        self._failing = False  # failed at least once: counted in its partition's `retrying`
+
+    @property
+    def state(self) -> str:
+        """pending (behind its unit), ready (for a slot), running, waiting (for its retry),
+        settling (being dead-lettered), finished, or dropped (revoked, lost or rewound)."""
+        state = self._state
+        if state in (PENDING, READY, WAITING) and self._part.closed:
+            state = DROPPED  # its partition went; tasks are not visited when that happens
+        return STATE_NAMES[state]
+
+    def __repr__(self) -> str:
+        return (f"Task({self.tp[0]}[{self.tp[1]}]@{self.offset}, key={self.key!r}, "
+                f"attempt={self.attempt}, {self.state})")
+
+
+class _Partition:
+    """The scheduler's state of one assigned partition."""
+
+    __slots__ = ("busy", "closed", "gone", "held", "offsets", "paused", "retrying", "tp", "units")
+
+    def __init__(self, tp: TP, offsets: PartitionOffsets) -> None:
+        self.tp = tp
+        self.offsets = offsets  # its unfinished offsets, in the scheduler's OffsetTracker
+        self.units: dict[Any, Task] = {}  # unit -> its head: the oldest unfinished task
+        self.busy: set[Task] = set()  # running or settling: what a revoke waits for
+        self.held = 0  # fetched, unfinished and in memory
+        self.retrying = 0  # tasks that failed and are not finished (each holds its unit)
+        self.paused = False  # as last told to the caller by `flow`
+        self.closed = False  # being revoked (or dropped): nothing of it starts any more
+        self.gone = False  # dropped: outcomes of its tasks are ignored
+
+
+def _resume_level(limit: int) -> int:
+    """Hysteresis: paused at `limit`, resumed at or below this."""
+    return limit - max(1, limit // 4)
+
+
+class Scheduler:
+    """Decides which fetched jobs start, what waits, what is paused, and what to commit.
+
+    Not thread-safe: one thread (the poll loop) calls it. Times are the caller's clock
+    (e.g. time.monotonic()), passed in.
+    """
+
+    def __init__(self, ordering: Ordering | str, concurrency: int, max_in_flight: int) -> None:
+        self.ordering = Ordering(ordering)
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if max_in_flight < concurrency:
+            raise ValueError(f"max_in_flight ({max_in_flight}) must not be below "
+                             f"the concurrency ({concurrency})")
+        self.concurrency = concurrency
+        self.max_in_flight = max_in_flight
+        self._resume_at = _resume_level(max_in_flight)
+        self._retry_pause_at: int | None = {
+            Ordering.KEY: max(1, max_in_flight // 2), Ordering.PARTITION: 1, Ordering.NONE: None,
+        }[self.ordering]
+        self._by_key = self.ordering is Ordering.KEY
+        self._by_partition = self.ordering is Ordering.PARTITION
+        self._tracker = OffsetTracker()
+        self._parts: dict[TP, _Partition] = {}
+        self._ready: deque[Task] = deque()  # may hold stale entries, skipped by `start`
+        self._retries: list[tuple[float, int, Task]] = []  # heap of (due, seq, task); stale ones skipped
+        self._seq = itertools.count()
+        self._in_flight = 0  # handler calls handed out and not reported back
+        self._held = 0  # fetched, unfinished and in memory, over all partitions
+        self._full = False  # held reached max_in_flight: every partition paused
+        self._flow_dirty: set[_Partition] = set()
+
+    # ---- membership ---------------------------------------------------------------------
+
+    def assign(self, tps: Iterable[TP]) -> list[Task]:
+        """Partitions given to this member; `flow()` then pauses them if the member is full.
+
+        Returns the tasks handed back if one of them was still being revoked (normally none).
+        """
+        handed_back: list[Task] = []
+        for tp in tps:
+            part = self._parts.get(tp)
+            if part is not None and not part.closed:
+                continue
+            if part is not None:
+                handed_back += self.drop([tp])
+            part = self._parts[tp] = _Partition(tp, self._tracker.partition(tp))
+            self._flow_dirty.add(part)
+        return handed_back
+
+    def revoke(self, tps: Iterable[TP]) -> list[Task]:
+        """Start giving up partitions: what is not in flight there is dropped, uncommitted.
+
+        Returns the tasks in flight there (running, or settling): the revoke should wait for
+        them (bounded), reporting their outcomes, then store `offsets()`, commit and `drop`.
+        """
+        waits: list[Task] = []
+        for tp in tps:
+            part = self._parts.get(tp)
+            if part is None:
+                continue
+            if not part.closed:
+                part.closed = True
+                kept = len(part.busy)
+                self._held -= part.held - kept
+                part.held = kept
+            waits += part.busy
+        self._check_room()
+        return waits
+
+    def drop(self, tps: Iterable[TP]) -> list[Task]:
+        """Forget partitions (the end of a revoke, or lost): their unfinished jobs are not
+        committed, so the next owner fetches them again.
+
+        Returns the tasks still in flight there: handed back. Their outcomes are still to be
+        reported (that frees their slot) but change nothing else.
+        """
+        handed_back: list[Task] = []
+        for tp in tps:
+            part = self._parts.pop(tp, None)
+            if part is None:
+                continue
+            part.closed = part.gone = True
+            self._held -= part.held
+            part.held = 0
+            handed_back += part.busy
+            self._tracker.drop(tp)
+        self._check_room()
+        return handed_back
+
+    # ---- fetching -----------------------------------------------------------------------
+
+    def fetched(self, tp: TP, offset: int, key: bytes | None, payload: Any) -> Task | None:
+        """A message was fetched. Returns its task, or None if it is not work to take up:
+        its partition is not assigned (or is being revoked), or the offset is in hand
+        already or finished (a duplicate delivery, or a re-fetch after `rewind`)."""
+        part = self._parts.get(tp)
+        if part is None or part.closed or not part.offsets.add(offset):
+            return None
+        if self._by_key:
+            unit = _FREE if key is None else key
+        elif self._by_partition:
+            unit = _PARTITION_UNIT
+        else:
+            unit = _FREE
+        task = Task(tp, offset, key, payload, part=part, unit=unit)
+        part.held += 1
+        if part.retrying:
+            self._flow_dirty.add(part)
+        self._held += 1
+        if self._held >= self.max_in_flight and not self._full:
+            self._set_full(True)
+        if unit is not _FREE:
+            head = part.units.get(unit)
+            if head is not None:  # the unit is busy: wait behind its last task
+                head._tail._behind = task
+                head._tail = task
+                return task
+            part.units[unit] = task
+        task._state = READY
+        self._ready.append(task)
+        return task
+
+    def rewind(self, tp: TP) -> int | None:
+        """Drop tp's jobs that have not started (not retries: they keep their attempt count)
+        and return the lowest offset dropped, to seek back to; None if nothing was dropped.
+
+        The dropped offsets stay unfinished (the watermark cannot pass them) until they are
+        fetched again; re-fetched offsets that are still in hand or finished are ignored.
+        """
+        part = self._parts.get(tp)
+        if part is None or part.closed:
+            return None
+        dropped: list[Task] = []
+        emptied: list[Any] = []
+        for unit, head in part.units.items():
+            follower = head._behind
+            while follower is not None:
+                dropped.append(follower)
+                follower = follower._behind
+            head._behind = None
+            head._tail = head
+            if head._state == READY and not head._failing:
+                dropped.append(head)
+                emptied.append(unit)
+        for unit in emptied:
+            del part.units[unit]
+        dropped += (task for task in self._ready if task._part is part and task._unit is _FREE
+                    and task._state == READY and not task._failing)
+        if not dropped:
+            return None
+        for task in dropped:
+            task._state = DROPPED
+            task._behind = None
+            part.offsets.release(task.offset)
+        part.held -= len(dropped)
+        self._held -= len(dropped)
+        if part.retrying:
+            self._flow_dirty.add(part)
+        self._check_room()
+        return min(task.offset for task in dropped)
+
+    # ---- running ------------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Task]:
+        """The tasks whose handler call starts now, in order; each takes a slot until its
+        outcome is reported. Retries due by `now` go first."""
+        if self._retries and self._retries[0][0] <= now:
+            self._promote(now)
+        free = self.concurrency - self._in_flight
+        ready = self._ready
+        if free <= 0 or not ready:
+            return []
+        started: list[Task] = []
+        while free and ready:
+            task = ready.popleft()
+            part = task._part
+            if task._state != READY or part.closed:
+                continue  # stale: dropped by a rewind, or its partition is going
+            task._state = RUNNING
+            part.busy.add(task)
+            started.append(task)
+            free -= 1
+        self._in_flight += len(started)
+        return started
+
+    def succeeded(self, task: Task) -> bool:
+        """The handler call succeeded: the job is finished (its offset may be committed).
+
+        False if its partition was dropped meanwhile (the job is handed back).
+        """
+        if task._state != RUNNING:
+            raise ValueError(f"{task!r} is not running")
+        self._in_flight -= 1
+        part = task._part
+        if part.gone:
+            task._state = DROPPED
+            return False
+        part.busy.discard(task)
+        self._finish(task, part)
+        return True
+
+    def failed(self, task: Task, retry_at: float) -> bool:
+        """The handler call failed (or, for a settling task, the dead-letter publish did):
+        try again at `retry_at`. Its unit waits until then.
+
+        False if the job is handed back instead: its partition is being revoked or is gone.
+        """
+        state = task._state
+        if state == RUNNING:
+            self._in_flight -= 1
+            task.attempt += 1
+        elif state != SETTLING:
+            raise ValueError(f"{task!r} is neither running nor settling")
+        part = task._part
+        if part.gone:
+            task._state = DROPPED
+            return False
+        part.busy.discard(task)
+        if part.closed:
+            self._hand_back(task, part)
+            return False
+        task._state = WAITING
+        heapq.heappush(self._retries, (retry_at, next(self._seq), task))
+        if not task._failing:
+            task._failing = True
+            part.retrying += 1
+            self._flow_dirty.add(part)
+        return True
+
+    def dead_lettering(self, task: Task) -> bool:
+        """The handler call failed for the last time (or the message is not a job) and the
+        job is being published to the dead-letter topic: its slot is free, but it stays
+        unfinished, holding its unit, until `dead_lettered` (or `failed`, to publish again).
+
+        False if its partition was dropped meanwhile (the job is handed back).
+        """
+        if task._state != RUNNING:
+            raise ValueError(f"{task!r} is not running")
+        self._in_flight -= 1
+        if task._part.gone:
+            task._state = DROPPED
+            return False
+        task._state = SETTLING
+        return True
+
+    def dead_lettered(self, task: Task) -> bool:
+        """The job is in the dead-letter topic: finished (from settling, or straight from
+        running when the dead letter needs no wait). False if its partition was dropped."""
+        state = task._state
+        if state == RUNNING:
+            self._in_flight -= 1
+        elif state != SETTLING:
+            raise ValueError(f"{task!r} is neither running nor settling")
+        part = task._part
+        if part.gone:
+            task._state = DROPPED
+            return False
+        part.busy.discard(task)
+        self._finish(task, part)
+        return True
+
+    # ---- what the loop asks -------------------------------------------------------------
+
+    def offsets(self) -> list[tuple[TP, int]]:
+        """(tp, offset) to store for each partition whose watermark moved since last asked:
+        the lowest unfinished offset (the next one to read once everything below is done)."""
+        return self._tracker.advanced()
+
+    def committable(self, tp: TP) -> int | None:
+        """tp's watermark now (None: nothing fetched from it, or not assigned)."""
+        return self._tracker.committable(tp)
+
+    def flow(self) -> tuple[list[TP], list[TP]]:
+        """(to pause, to resume): partitions whose fetching must change since last asked."""
+        if not self._flow_dirty:
+            return [], []
+        pause: list[TP] = []
+        resume: list[TP] = []
+        for part in self._flow_dirty:
+            if part.closed:
+                continue
+            want = self._wants_pause(part)
+            if want != part.paused:
+                part.paused = want
+                (pause if want else resume).append(part.tp)
+        self._flow_dirty.clear()
+        return sorted(pause), sorted(resume)
+
+    def next_due(self) -> float | None:
+        """When the earliest retry is due (None: no retry waiting): the loop's longest sleep."""
+        retries = self._retries
+        while retries:
+            due, _, task = retries[0]
+            if task._state == WAITING and not task._part.closed:
+                return due
+            heapq.heappop(retries)
+        return None
+
+    def in_flight_on(self, tps: Iterable[TP] | None = None) -> list[Task]:
+        """Tasks running or settling on these partitions (None: on all assigned ones)."""
+        parts = self._parts.values() if tps is None else (self._parts.get(tp) for tp in tps)
+        return [task for part in parts if part is not None for task in part.busy]
+
+    def retrying(self) -> list[Task]:
+        """Tasks waiting for their retry, soonest first."""
+        return [task for _, _, task in sorted(self._retries)
+                if task._state == WAITING and not task._part.closed]
+
+    @property
+    def in_flight(self) -> int:
+        """Handler calls handed out by `start` and not yet reported back."""
+        return self._in_flight
+
+    @property
+    def held(self) -> int:
+        """Jobs fetched, unfinished and in memory (what MAX_IN_FLIGHT bounds)."""
+        return self._held
+
+    @property
+    def room(self) -> int:
+        """How many more jobs may be fetched before the member is full."""
+        return max(0, self.max_in_flight - self._held)
+
+    @property
+    def assigned(self) -> list[TP]:
+        """Partitions assigned and not being revoked."""
+        return [tp for tp, part in self._parts.items() if not part.closed]
+
+    @property
+    def paused(self) -> list[TP]:
+        """Partitions that `flow` said to pause and not yet to resume."""
+        return sorted(tp for tp, part in self._parts.items() if part.paused and not part.closed)
+
+    # ---- inside ---------------------------------------------------------------------------
+
+    def _promote(self, now: float) -> None:
+        retries = self._retries
+        due: list[Task] = []
+        while retries and retries[0][0] <= now:
+            task = heapq.heappop(retries)[2]
+            if task._state == WAITING and not task._part.closed:
+                task._state = READY
+                due.append(task)
+        self._ready.extendleft(reversed(due))  # before fresh jobs: they hold the watermark back
+
+    def _finish(self, task: Task, part: _Partition) -> None:
+        task._state = FINISHED
+        part.offsets.finish(task.offset)
+        part.held -= 1
+        self._held -= 1
+        if self._full and self._held <= self._resume_at:
+            self._set_full(False)
+        if task._failing:
+            part.retrying -= 1
+            self._flow_dirty.add(part)
+        elif part.retrying:
+            self._flow_dirty.add(part)
+        unit = task._unit
+        if unit is _FREE or part.closed:
+            return
+        follower = task._behind
+        if follower is None:
+            del part.units[unit]
+            return
+        task._behind = None
+        follower._tail = task._tail
+        part.units[unit] = follower
+        follower._state = READY
+        self._ready.append(follower)
+
+    def _hand_back(self, task: Task, part: _Partition) -> None:
+        """A task of a partition being revoked that will not finish here: left unfinished."""
+        task._state = DROPPED
+        part.held -= 1
+        self._held -= 1
+        self._check_room()
+
+    def _check_room(self) -> None:
+        if self._full and self._held <= self._resume_at:
+            self._set_full(False)
+
+    def _set_full(self, full: bool) -> None:
+        self._full = full
+        self._flow_dirty.update(part for part in self._parts.values() if not part.closed)
+
+    def _wants_pause(self, part: _Partition) -> bool:
+        if self._full:
+            return True
+        limit = self._retry_pause_at
+        if limit is None or not part.retrying:
+            return False
+        if part.paused:
+            return part.held > _resume_level(limit)
+        return part.held >= limit

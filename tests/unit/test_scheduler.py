@@ -1,0 +1,725 @@
+"""The scheduler's decisions, with a fake clock: what starts, what waits, what pauses, what commits.
+
+The property-based test at the end drives random interleavings of fetch, start, success,
+failure, due retry, dead letter, rewind, revoke, lost and re-assignment against a fake broker,
+and checks the guarantees the consumer is built on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from consumer_service.offsets import TP
+from consumer_service.scheduler import Ordering, Scheduler, Task
+
+P0: TP = ("jobs", 0)
+P1: TP = ("jobs", 1)
+P2: TP = ("jobs", 2)
+
+
+def scheduler(ordering: str = "key", concurrency: int = 4, max_in_flight: int = 100,
+              tps: Iterable[TP] = (P0, P1)) -> Scheduler:
+    s = Scheduler(ordering, concurrency, max_in_flight)
+    s.assign(tps)
+    assert s.flow() == ([], [])
+    return s
+
+
+def feed(s: Scheduler, tp: TP, keys: Iterable[bytes | None], first: int = 0) -> list[Task]:
+    tasks = []
+    for offset, key in enumerate(keys, start=first):
+        task = s.fetched(tp, offset, key, f"{tp[1]}@{offset}")
+        assert task is not None
+        tasks.append(task)
+    return tasks
+
+
+def offsets_of(tasks: Iterable[Task]) -> list[tuple[int, int]]:
+    return [(task.tp[1], task.offset) for task in tasks]
+
+
+# ---- ordering --------------------------------------------------------------------------
+
+
+def test_key_mode_runs_a_key_in_offset_order_and_other_keys_alongside() -> None:
+    s = scheduler("key", concurrency=8)
+    a0, b1, a2, c3, b4 = feed(s, P0, [b"a", b"b", b"a", b"c", b"b"])
+    assert s.start(0.0) == [a0, b1, c3]
+    assert (a2.state, b4.state) == ("pending", "pending")
+    assert s.in_flight == 3
+    s.succeeded(b1)
+    assert s.start(0.0) == [b4]
+    s.succeeded(a0)
+    assert s.start(0.0) == [a2]
+    assert s.start(0.0) == []
+
+
+def test_key_mode_a_message_without_a_key_waits_for_nothing() -> None:
+    s = scheduler("key", concurrency=8)
+    tasks = feed(s, P0, [None, None, b"a", None])
+    assert s.start(0.0) == tasks
+
+
+def test_the_same_key_on_two_partitions_is_two_units() -> None:
+    s = scheduler("key", concurrency=8)
+    (a0,) = feed(s, P0, [b"a"])
+    (a1,) = feed(s, P1, [b"a"])
+    assert s.start(0.0) == [a0, a1]
+
+
+def test_partition_mode_runs_one_job_per_partition_and_partitions_alongside() -> None:
+    s = scheduler("partition", concurrency=8)
+    p0 = feed(s, P0, [b"a", b"b", b"c"])
+    p1 = feed(s, P1, [b"a", b"b"])
+    assert s.start(0.0) == [p0[0], p1[0]]
+    s.succeeded(p0[0])
+    assert s.start(0.0) == [p0[1]]
+    s.succeeded(p1[0])
+    s.succeeded(p0[1])
+    assert s.start(0.0) == [p1[1], p0[2]]
+
+
+def test_none_mode_runs_everything_up_to_the_concurrency() -> None:
+    s = scheduler("none", concurrency=3)
+    tasks = feed(s, P0, [b"a", b"a", b"a", b"a"])
+    assert s.start(0.0) == tasks[:3]
+    assert s.start(0.0) == [], "no free slot"
+    s.succeeded(tasks[1])
+    assert s.start(0.0) == [tasks[3]]
+
+
+def test_starts_never_exceed_the_concurrency() -> None:
+    s = scheduler("key", concurrency=2)
+    tasks = feed(s, P0, [b"a", b"b", b"c", b"d"])
+    assert s.start(0.0) == tasks[:2]
+    assert s.start(0.0) == []
+    assert s.in_flight == 2
+    s.succeeded(tasks[0])
+    assert s.start(0.0) == [tasks[2]]
+
+
+def test_unit_successors_queue_behind_jobs_that_were_ready_first() -> None:
+    """FIFO among ready jobs: a unit's next job does not jump jobs of other units."""
+    s = scheduler("key", concurrency=1)
+    a0, b1, a2 = feed(s, P0, [b"a", b"b", b"a"])
+    assert s.start(0.0) == [a0]
+    s.succeeded(a0)
+    assert s.start(0.0) == [b1]
+    s.succeeded(b1)
+    assert s.start(0.0) == [a2]
+
+
+# ---- retries -----------------------------------------------------------------------------
+
+
+def test_a_retry_holds_back_only_its_key() -> None:
+    s = scheduler("key", concurrency=4)
+    a0, b1, a2, b3 = feed(s, P0, [b"a", b"b", b"a", b"b"])
+    assert s.start(0.0) == [a0, b1]
+    assert s.failed(a0, retry_at=10.0)
+    assert (a0.state, a0.attempt) == ("waiting", 2)
+    assert s.next_due() == 10.0
+    assert s.retrying() == [a0]
+    s.succeeded(b1)
+    assert s.start(5.0) == [b3], "the other key flows; a2 waits behind the retry"
+    assert a2.state == "pending"
+    assert s.start(9.999) == []
+    assert s.start(10.0) == [a0]
+    assert s.next_due() is None
+    s.succeeded(a0)
+    assert s.start(10.0) == [a2]
+
+
+def test_a_retry_in_partition_mode_holds_the_partition_and_pauses_it() -> None:
+    s = scheduler("partition", concurrency=4)
+    x0, x1 = feed(s, P0, [b"a", b"b"])
+    (y0,) = feed(s, P1, [b"a"])
+    assert s.start(0.0) == [x0, y0]
+    s.failed(x0, retry_at=1.0)
+    assert s.flow() == ([P0], []), "nothing of P0 can run: stop fetching it"
+    s.succeeded(y0)
+    assert s.start(0.5) == []
+    assert x1.state == "pending"
+    assert s.start(1.0) == [x0]
+    assert s.flow() == ([], []), "paused until the job is done, not just due"
+    s.succeeded(x0)
+    assert s.flow() == ([], [P0])
+    assert s.start(1.0) == [x1]
+
+
+def test_due_retries_start_before_fresh_jobs() -> None:
+    s = scheduler("none", concurrency=1)
+    a0, b1, c2 = feed(s, P0, [b"a", b"b", b"c"])
+    assert s.start(0.0) == [a0]
+    s.failed(a0, retry_at=1.0)
+    assert s.start(0.5) == [b1]
+    s.succeeded(b1)
+    assert s.start(2.0) == [a0], "due, and older than c2"
+    s.succeeded(a0)
+    assert s.start(2.0) == [c2]
+
+
+def test_retries_come_due_in_time_order() -> None:
+    s = scheduler("none", concurrency=4)
+    a, b, c = feed(s, P0, [b"a", b"b", b"c"])
+    s.start(0.0)
+    s.failed(a, 3.0)
+    s.failed(b, 1.0)
+    s.failed(c, 2.0)
+    assert s.retrying() == [b, c, a]
+    assert s.next_due() == 1.0
+    assert s.start(2.5) == [b, c]
+    assert s.next_due() == 3.0
+
+
+def test_the_watermark_waits_for_a_retrying_job() -> None:
+    s = scheduler("key", concurrency=4)
+    a0, b1 = feed(s, P0, [b"a", b"b"])
+    s.start(0.0)
+    s.failed(a0, 1.0)
+    s.succeeded(b1)
+    assert s.offsets() == []
+    assert s.committable(P0) == 0
+    s.start(1.0)
+    s.succeeded(a0)
+    assert s.offsets() == [(P0, 2)]
+
+
+# ---- dead letters --------------------------------------------------------------------------
+
+
+def test_a_dead_letter_frees_its_slot_but_holds_its_key_and_the_watermark() -> None:
+    s = scheduler("key", concurrency=1)
+    a0, b1, a2 = feed(s, P0, [b"a", b"b", b"a"])
+    assert s.start(0.0) == [a0]
+    assert s.dead_lettering(a0)
+    assert (a0.state, s.in_flight) == ("settling", 0)
+    assert s.start(0.0) == [b1], "the slot is free"
+    s.succeeded(b1)
+    assert s.start(0.0) == [], "a2 waits for a0's dead letter"
+    assert s.offsets() == []
+    assert s.dead_lettered(a0)
+    assert s.offsets() == [(P0, 2)]
+    assert s.start(0.0) == [a2]
+
+
+def test_a_failed_dead_letter_publish_is_retried_with_the_same_attempt() -> None:
+    s = scheduler("key", concurrency=1)
+    (a0,) = feed(s, P0, [b"a"])
+    s.start(0.0)
+    s.dead_lettering(a0)
+    a0.note = "dead letter: bad payload"
+    assert s.failed(a0, retry_at=2.0)
+    assert (a0.state, a0.attempt) == ("waiting", 1)
+    assert s.start(2.0) == [a0]
+    assert a0.note == "dead letter: bad payload", "the caller's note tells it to publish again"
+    s.dead_lettering(a0)
+    s.dead_lettered(a0)
+    assert s.offsets() == [(P0, 1)]
+
+
+def test_a_dead_letter_that_needs_no_wait_finishes_from_running() -> None:
+    s = scheduler("key", concurrency=1)
+    (a0,) = feed(s, P0, [b"a"])
+    s.start(0.0)
+    assert s.dead_lettered(a0)
+    assert (s.in_flight, s.held, a0.state) == (0, 0, "finished")
+    assert s.offsets() == [(P0, 1)]
+
+
+def test_reporting_an_outcome_for_a_task_that_is_not_running_is_a_bug() -> None:
+    s = scheduler("key", concurrency=1)
+    a0, b1 = feed(s, P0, [b"a", b"b"])
+    s.start(0.0)
+    s.succeeded(a0)
+    with pytest.raises(ValueError, match="not running"):
+        s.succeeded(a0)
+    with pytest.raises(ValueError, match="not running"):
+        s.dead_lettering(b1)
+    with pytest.raises(ValueError, match="neither running nor settling"):
+        s.failed(b1, 1.0)
+
+
+# ---- offsets -------------------------------------------------------------------------------
+
+
+def test_offsets_report_each_moved_watermark_once() -> None:
+    s = scheduler("none", concurrency=8)
+    tasks = feed(s, P0, [b"a"] * 4)
+    (other,) = feed(s, P1, [b"x"])
+    s.start(0.0)
+    s.succeeded(tasks[2])
+    s.succeeded(tasks[1])
+    assert s.offsets() == []
+    s.succeeded(tasks[0])
+    assert s.offsets() == [(P0, 3)]
+    s.succeeded(tasks[3])
+    s.succeeded(other)
+    assert sorted(s.offsets()) == [(P0, 4), (P1, 1)]
+    assert s.offsets() == []
+
+
+def test_duplicates_and_unassigned_partitions_are_not_work() -> None:
+    s = scheduler("key", tps=[P0])
+    assert s.fetched(P0, 0, b"a", None) is not None
+    assert s.fetched(P0, 0, b"a", None) is None
+    assert s.fetched(P2, 0, b"a", None) is None
+    assert s.held == 1
+
+
+# ---- backpressure --------------------------------------------------------------------------
+
+
+def test_a_full_member_pauses_every_partition_and_resumes_with_a_quarter_free() -> None:
+    s = scheduler("none", concurrency=2, max_in_flight=8, tps=[P0, P1])
+    tasks = feed(s, P0, [b"k"] * 7)
+    assert s.flow() == ([], [])
+    assert s.room == 1
+    tasks += feed(s, P1, [b"k"], first=0)
+    assert s.room == 0
+    assert s.flow() == ([P0, P1], [])
+    assert s.paused == [P0, P1]
+    s.assign([P2])
+    assert s.flow() == ([P2], []), "a partition assigned while full is paused at once"
+    started = s.start(0.0)
+    s.succeeded(started[0])
+    assert s.flow() == ([], []), "one free is not enough"
+    s.succeeded(started[1])
+    assert s.held == 6
+    assert s.flow() == ([], [P0, P1, P2])
+
+
+def test_key_mode_pauses_a_partition_whose_stuck_key_holds_half_the_budget() -> None:
+    s = scheduler("key", concurrency=2, max_in_flight=8, tps=[P0, P1])
+    (a0,) = feed(s, P0, [b"a"])
+    s.start(0.0)
+    s.failed(a0, retry_at=60.0)
+    feed(s, P0, [b"a"] * 2, first=1)
+    assert s.flow() == ([], []), "a key waits; the partition's other keys may still come"
+    feed(s, P0, [b"a"], first=3)
+    assert s.flow() == ([P0], []), "4 of 8 held behind a retry: stop fetching P0 only"
+    feed(s, P1, [b"b"] * 2)
+    assert s.flow() == ([], [])
+    s.start(60.0)
+    s.succeeded(a0)
+    assert s.flow() == ([], [P0])
+
+
+def test_none_mode_never_pauses_for_a_retry() -> None:
+    s = scheduler("none", concurrency=1, max_in_flight=8, tps=[P0])
+    (a0,) = feed(s, P0, [b"a"])
+    s.start(0.0)
+    s.failed(a0, retry_at=60.0)
+    feed(s, P0, [b"a"] * 5, first=1)
+    assert s.flow() == ([], [])
+
+
+def test_settings_below_their_bounds_are_refused() -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        Scheduler("key", 0, 10)
+    with pytest.raises(ValueError, match="max_in_flight"):
+        Scheduler("key", 8, 4)
+    with pytest.raises(ValueError):
+        Scheduler("random", 1, 10)
+    assert Scheduler(Ordering.PARTITION, 1, 1).ordering is Ordering.PARTITION
+
+
+# ---- rebalances ----------------------------------------------------------------------------
+
+
+def test_a_revoke_waits_for_jobs_in_flight_and_drops_the_rest_uncommitted() -> None:
+    s = scheduler("key", concurrency=4)
+    a0, b1, a2, c3 = feed(s, P0, [b"a", b"b", b"a", b"c"])
+    (x0,) = feed(s, P1, [b"x"])
+    assert s.start(0.0) == [a0, b1, c3, x0]
+    assert a2.state == "pending"
+    s.failed(c3, retry_at=5.0)
+    waits = s.revoke([P0])
+    assert set(waits) == {a0, b1}, "in flight on P0; c3 (waiting) and a2 (pending) are dropped"
+    assert (a2.state, c3.state, a0.state) == ("dropped", "dropped", "running")
+    assert s.assigned == [P1]
+    assert s.held == 3, "a0, b1 and x0"
+    assert s.fetched(P0, 4, b"d", None) is None, "nothing more is taken from a revoked partition"
+    assert s.succeeded(a0)
+    assert not s.failed(b1, retry_at=1.0), "no retry on a partition being revoked: handed back"
+    assert s.in_flight_on([P0]) == []
+    assert s.offsets() == [(P0, 1)], "a0 is committed before the partition goes; b1 is not"
+    assert s.drop([P0]) == []
+    assert s.start(10.0) == [], "c3's retry is gone with its partition"
+    assert s.next_due() is None
+    s.succeeded(x0)
+    assert (s.held, s.in_flight) == (0, 0)
+
+
+def test_jobs_still_running_when_a_partition_is_dropped_are_handed_back() -> None:
+    s = scheduler("key", concurrency=2)
+    a0, b1, c2 = feed(s, P0, [b"a", b"b", b"c"])
+    (x0,) = feed(s, P1, [b"x"])
+    assert s.start(0.0) == [a0, b1]
+    s.dead_lettering(b1)
+    assert s.start(0.0) == [c2]
+    assert set(s.drop([P0])) == {a0, b1, c2}, "lost: nothing waited for"
+    assert s.held == 1
+    assert s.in_flight == 2, "a0's and c2's handler calls still run and hold their slots"
+    assert s.start(0.0) == [], "so x0 cannot start yet"
+    assert not s.succeeded(a0), "its outcome changes nothing but the slot"
+    assert not s.dead_lettered(b1)
+    assert not s.failed(c2, retry_at=1.0)
+    assert s.offsets() == []
+    assert s.next_due() is None
+    assert s.start(0.0) == [x0]
+    assert (a0.state, b1.state, c2.state) == ("dropped", "dropped", "dropped")
+
+
+def test_a_partition_assigned_again_starts_afresh() -> None:
+    s = scheduler("key", concurrency=2)
+    (a0,) = feed(s, P0, [b"a"])
+    s.start(0.0)
+    s.revoke([P0])
+    assert s.assign([P0]) == [a0], "a revoke not finished yet is finished by the new assignment"
+    assert not s.succeeded(a0)
+    assert s.committable(P0) is None
+    assert s.fetched(P0, 0, b"a", None) is not None, "the next owner's fetch is work again"
+
+
+# ---- rewind ---------------------------------------------------------------------------------
+
+
+def test_rewind_drops_what_has_not_started_and_the_refetch_brings_back_exactly_that() -> None:
+    s = scheduler("key", concurrency=2)
+    a0, b1, a2, c3, d4 = feed(s, P0, [b"a", b"b", b"a", b"c", b"d"])
+    assert s.start(0.0) == [a0, b1]
+    s.failed(b1, retry_at=9.0)  # kept: a retry keeps its attempt count
+    assert s.start(0.0) == [c3]  # running: kept
+    assert s.rewind(P0) == 2, "a2 (behind a0) and d4 (ready) are dropped; seek back to 2"
+    assert (a2.state, d4.state) == ("dropped", "dropped")
+    assert s.held == 3
+    assert s.committable(P0) == 0
+    assert s.rewind(P0) is None, "nothing left to drop"
+    refetched = [s.fetched(P0, offset, key, None) for offset, key in
+                 [(0, b"a"), (1, b"b"), (2, b"a"), (3, b"c"), (4, b"d"), (5, b"a")]]
+    assert [task is not None for task in refetched] == [False, False, True, False, True, True]
+    new_a2, new_d4, a5 = refetched[2], refetched[4], refetched[5]
+    assert new_a2 is not None and new_d4 is not None and a5 is not None
+    assert (new_a2.state, a5.state) == ("pending", "pending"), "behind a0 again, in order"
+    s.succeeded(a0)
+    assert s.start(0.0) == [new_d4]
+    s.succeeded(c3)
+    assert s.start(0.0) == [new_a2]
+    assert s.committable(P0) == 1, "b1 still waits for its retry"
+
+
+def test_rewind_keeps_a_units_order() -> None:
+    s = scheduler("partition", concurrency=1)
+    x0, x1, x2 = feed(s, P0, [b"a", b"b", b"c"])
+    s.start(0.0)
+    s.failed(x0, 1.0)
+    assert s.rewind(P0) == 1
+    assert (x1.state, x2.state) == ("dropped", "dropped")
+    assert [s.fetched(P0, offset, b"k", None) is not None for offset in range(4)] == [False, True, True, True]
+    assert s.start(1.0) == [x0]
+    s.succeeded(x0)
+    (next_one,) = s.start(1.0)
+    assert next_one.offset == 1
+
+
+# ---- the property-based test -----------------------------------------------------------------
+
+MAX_ATTEMPTS = 3
+KEYS = [b"a", b"b", b"c", None]
+backlogs = st.lists(st.lists(st.sampled_from(KEYS), max_size=12), min_size=3, max_size=3)
+
+
+class ConsumerModel(RuleBasedStateMachine):
+    """A fake broker and a fake loop around the scheduler, in random interleavings.
+
+    The broker keeps each partition's log and the group's committed offsets; the member
+    fetches from its position (not from paused partitions), runs what `start` says, reports
+    outcomes, stores and commits `offsets()`, and goes through revokes (waiting for the jobs
+    in flight, which succeed, fail or stay stuck), lost partitions (nothing committed),
+    re-assignments (fetching from the committed offset, like the next owner) and rewinds
+    (seeking back). Few rules, each doing a whole step of the loop, so that random runs
+    reach busy states (jobs in flight during a revoke, several dropped by a rewind) often.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = Scheduler("key", 1, 1)
+        self.now = 0.0
+
+    @initialize(ordering=st.sampled_from(list(Ordering)), concurrency=st.integers(1, 4),
+                extra=st.integers(0, 6), partitions=st.integers(1, 3), backlog=backlogs)
+    def setup(self, ordering: Ordering, concurrency: int, extra: int, partitions: int,
+              backlog: list[list[bytes | None]]) -> None:
+        self.ordering = ordering
+        self.concurrency = concurrency
+        self.max_in_flight = concurrency + extra
+        self.s = Scheduler(ordering, concurrency, self.max_in_flight)
+        self.tps: list[TP] = [("jobs", p) for p in range(partitions)]
+        self.log: dict[TP, list[bytes | None]] = {tp: list(backlog[tp[1]]) for tp in self.tps}
+        self.committed = dict.fromkeys(self.tps, 0)
+        self.stored = dict.fromkeys(self.tps, 0)
+        self.position = dict.fromkeys(self.tps, 0)
+        self.owned: set[TP] = set()
+        self.paused: set[TP] = set()
+        self.running: list[Task] = []  # handler calls in flight, also on partitions given up
+        self.settling: list[Task] = []  # dead letters being published
+        self.orphans: set[Task] = set()  # handed back by a drop, their outcomes still to come
+        self.finished: dict[TP, set[int]] = {tp: set() for tp in self.tps}  # ever, as told to the scheduler
+        self.processed: set[tuple[TP, int]] = set()
+        self.dead: set[tuple[TP, int]] = set()
+        self.epoch_fetched: dict[TP, dict[int, bytes | None]] = {}
+        self.epoch_finished: dict[TP, set[int]] = {}
+        for tp in self.tps:
+            self._assign(tp)
+
+    # -- the loop's steps
+
+    def _assign(self, tp: TP) -> None:
+        self.s.assign([tp])
+        self.owned.add(tp)
+        self.position[tp] = self.stored[tp] = self.committed[tp]
+        self.epoch_fetched[tp] = {}
+        self.epoch_finished[tp] = set()
+        self._flow()
+
+    def _unit(self, tp: TP, key: bytes | None) -> object:
+        if self.ordering is Ordering.PARTITION:
+            return tp
+        if self.ordering is Ordering.KEY and key is not None:
+            return (tp, key)
+        return None
+
+    def _fetch(self, tp: TP, count: int) -> None:
+        if tp not in self.owned or tp in self.paused:
+            return
+        count = min(count, self.s.room)
+        log = self.log[tp]
+        while count and self.position[tp] < len(log):
+            offset = self.position[tp]
+            task = self.s.fetched(tp, offset, log[offset], None)
+            self.position[tp] += 1
+            if task is not None:
+                count -= 1
+                self.epoch_fetched[tp][offset] = log[offset]
+        self._flow()
+
+    def _start(self) -> None:
+        for task in self.s.start(self.now):
+            assert task not in self.running
+            assert task.tp in self.owned
+            unit = self._unit(task.tp, task.key)
+            for waiting in self.s.retrying():
+                assert unit is None or self._unit(waiting.tp, waiting.key) != unit, \
+                    f"{task} started while {waiting} of its unit waits for its retry"
+            if unit is not None:  # every earlier job of its unit (this assignment) is finished
+                for offset, key in self.epoch_fetched[task.tp].items():
+                    if offset < task.offset and self._unit(task.tp, key) == unit:
+                        assert offset in self.epoch_finished[task.tp], \
+                            f"{task} started before offset {offset} of its unit finished"
+            if task.note == "dead letter":  # a due retry of the dead-letter publish
+                assert self.s.dead_lettering(task)
+                self.settling.append(task)
+            else:
+                self.running.append(task)
+
+    def _finished(self, task: Task, outcome: set[tuple[TP, int]]) -> None:
+        self.finished[task.tp].add(task.offset)
+        self.epoch_finished[task.tp].add(task.offset)
+        outcome.add((task.tp, task.offset))
+
+    def _complete(self, task: Task, outcome: str, delay: float) -> None:
+        """Report a handler call's outcome: ok, fail (retried, or dead-lettered at the last
+        attempt)."""
+        if outcome == "ok":
+            if self.s.succeeded(task):
+                self._finished(task, self.processed)
+        elif task.attempt >= MAX_ATTEMPTS:
+            if self.s.dead_lettering(task):
+                task.note = "dead letter"
+                self.settling.append(task)
+        elif not self.s.failed(task, self.now + delay):
+            assert task in self.orphans or task.tp not in self.owned or task.state == "dropped"
+
+    def _settle(self, task: Task, published: bool, delay: float) -> None:
+        if published:
+            if self.s.dead_lettered(task):
+                self._finished(task, self.dead)
+        else:
+            self.s.failed(task, self.now + delay)
+
+    def _store(self) -> None:
+        for tp, offset in self.s.offsets():
+            assert tp in self.owned
+            assert set(range(offset)) <= self.finished[tp], \
+                f"{tp} watermark {offset} passes an unfinished offset"
+            assert offset >= self.stored[tp], "a watermark never goes back within an assignment"
+            self.stored[tp] = offset
+
+    def _flow(self) -> None:
+        pause, resume = self.s.flow()
+        assert set(pause) <= self.owned - self.paused
+        assert set(resume) <= self.paused
+        self.paused |= set(pause)
+        self.paused -= set(resume)
+        assert sorted(self.paused) == self.s.paused
+        if self.s.held >= self.max_in_flight:
+            assert self.paused == self.owned, "a full member fetches nothing"
+        if self.ordering is Ordering.PARTITION:
+            for task in self.s.retrying():
+                assert task.tp in self.paused, "a partition waiting for a retry is paused"
+
+    def _revoke(self, tp: TP, outcomes: list[str]) -> None:
+        """Wait for the jobs in flight (each succeeds, fails or stays stuck), commit, drop."""
+        waits = self.s.revoke([tp])
+        assert {t for t in self.running + self.settling if t.tp == tp} - self.orphans == set(waits)
+        for task, outcome in zip(waits, outcomes + ["stuck"] * len(waits), strict=False):
+            if outcome == "stuck":
+                continue
+            if task in self.running:
+                self.running.remove(task)
+                if outcome == "ok" and self.s.succeeded(task):
+                    self._finished(task, self.processed)
+                elif outcome == "fail":
+                    assert not self.s.failed(task, self.now), "no retry while revoking"
+            else:
+                self.settling.remove(task)
+                if outcome == "ok" and self.s.dead_lettered(task):
+                    self._finished(task, self.dead)
+                elif outcome == "fail":
+                    assert not self.s.failed(task, self.now)
+        self._store()
+        self.committed[tp] = self.stored[tp]
+        handed_back = self.s.drop([tp])
+        assert {task.tp for task in handed_back} <= {tp}
+        self.orphans |= set(handed_back)
+        self.owned.discard(tp)
+        self.paused.discard(tp)
+
+    def _lose(self, tp: TP) -> None:
+        self.orphans |= set(self.s.drop([tp]))
+        self.owned.discard(tp)
+        self.paused.discard(tp)
+        self.stored[tp] = self.committed[tp]  # nothing committed: the next owner starts there
+
+    # -- rules
+
+    @rule(p=st.integers(0, 2), key=st.sampled_from(KEYS), count=st.integers(1, 4))
+    def produce(self, p: int, key: bytes | None, count: int) -> None:
+        self.log[self.tps[p % len(self.tps)]].extend([key] * count)
+
+    @rule(p=st.integers(0, 2), count=st.integers(1, 6), start=st.booleans())
+    def fetch(self, p: int, count: int, start: bool) -> None:
+        self._fetch(self.tps[p % len(self.tps)], count)
+        if start:
+            self._start()
+
+    @rule()
+    def start(self) -> None:
+        self._start()
+
+    @precondition(lambda self: self.running)
+    @rule(i=st.integers(0, 100), outcome=st.sampled_from(["ok", "ok", "fail"]),
+          delay=st.floats(0.0, 5.0), start=st.booleans())
+    def complete(self, i: int, outcome: str, delay: float, start: bool) -> None:
+        self._complete(self.running.pop(i % len(self.running)), outcome, delay)
+        self._flow()
+        if start:
+            self._start()
+
+    @precondition(lambda self: self.settling)
+    @rule(i=st.integers(0, 100), published=st.booleans(), delay=st.floats(0.0, 5.0))
+    def settle(self, i: int, published: bool, delay: float) -> None:
+        self._settle(self.settling.pop(i % len(self.settling)), published, delay)
+        self._flow()
+
+    @rule(dt=st.floats(0.0, 3.0))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+
+    @rule(commit=st.booleans())
+    def store(self, commit: bool) -> None:
+        self._store()
+        if commit:  # the background commit of what was stored
+            for tp in self.owned:
+                self.committed[tp] = self.stored[tp]
+
+    @rule(p=st.integers(0, 2), kind=st.sampled_from(["revoke", "lose", "rewind"]),
+          busy=st.booleans(), back=st.booleans(),
+          outcomes=st.lists(st.sampled_from(["ok", "fail", "stuck"])))
+    def rebalance(self, p: int, kind: str, busy: bool, back: bool, outcomes: list[str]) -> None:
+        """A revoke or a lost partition (assigned back at once, or later), or a rewind;
+        `busy`: of a partition with jobs in flight, if there is one."""
+        candidates = sorted({task.tp for task in self.s.in_flight_on()}) if busy else []
+        tp = (candidates or self.tps)[p % len(candidates or self.tps)]
+        if tp not in self.owned:
+            self._assign(tp)
+        elif kind == "rewind":
+            seek = self.s.rewind(tp)
+            if seek is not None:
+                assert seek >= self.committed[tp] and seek not in self.epoch_finished[tp]
+                self.position[tp] = seek
+            self._flow()
+        else:
+            self._revoke(tp, outcomes) if kind == "revoke" else self._lose(tp)
+            if back:
+                self._assign(tp)
+
+    # -- invariants
+
+    @invariant()
+    def handler_calls_never_exceed_the_concurrency(self) -> None:
+        assert self.s.in_flight == len(self.running) <= self.concurrency
+
+    @invariant()
+    def the_member_holds_no_more_than_its_budget(self) -> None:
+        assert 0 <= self.s.held <= self.max_in_flight
+
+    @invariant()
+    def committed_offsets_never_pass_an_unfinished_job(self) -> None:
+        for tp in self.tps:
+            assert set(range(self.committed[tp])) <= self.finished[tp]
+
+    def teardown(self) -> None:
+        """Let everything run to the end: every job is processed or dead-lettered, and the
+        committed offset of each partition reaches its end."""
+        if not hasattr(self, "tps"):
+            return
+        for tp in self.tps:
+            if tp not in self.owned:
+                self._assign(tp)
+        for _ in range(10_000):
+            for tp in self.tps:
+                self._fetch(tp, 1_000)
+            self._start()
+            progressed = bool(self.running or self.settling)
+            while self.running:
+                self._complete(self.running.pop(), "ok", 0.0)
+            while self.settling:
+                self._settle(self.settling.pop(), True, 0.0)
+            self.store(commit=True)
+            self._flow()
+            if not progressed:
+                due = self.s.next_due()
+                if due is None and self.s.held == 0 and \
+                        all(self.position[tp] == len(self.log[tp]) for tp in self.tps):
+                    break
+                self.now = max(self.now, due or self.now)
+        else:
+            raise AssertionError("the scheduler did not drain")
+        for tp in self.tps:
+            assert self.committed[tp] == len(self.log[tp]), f"{tp} not committed to its end"
+            done = {offset for (t, offset) in self.processed | self.dead if t == tp}
+            assert done >= set(range(len(self.log[tp]))), "every job processed or dead-lettered"
+        assert self.s.in_flight == 0
+
+
+TestConsumerModel = ConsumerModel.TestCase
+TestConsumerModel.settings = settings(
+    max_examples=300, stateful_step_count=50, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
