@@ -3,6 +3,7 @@ from the job's payload, so one consumer can process well-behaved and misbehaving
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import time
@@ -66,3 +67,11 @@ def record_latency(job: Job) -> None:
 @functools.cache
 def _latency_file() -> TextIO:
     return open(os.environ["BENCH_LATENCY_FILE"], "a", buffering=1)
+
+
+async def async_record(job: Job) -> None:
+    """An `async def` handler whose work can be seen: after awaiting, appends the job's id to
+    the file TEST_RECORD_FILE."""
+    await asyncio.sleep(0.001)
+    with open(os.environ["TEST_RECORD_FILE"], "a") as record:
+        record.write(f"{job.id}\n")

@@ -161,7 +161,7 @@ class ThreadExecutor(Executor):
                 continue
             elapsed = clock() - started
             if value is not None and inspect.isawaitable(value):
-                report(Completion(token, _not_awaited(function, value), elapsed))
+                report(Completion(token, not_awaited(function, value), elapsed))
             else:
                 report(Completion(token, None, elapsed, value))
 
@@ -264,7 +264,7 @@ class AsyncExecutor(Executor):
             self._loop.call_soon_threadsafe(callback)
 
 
-def _not_awaited(function: Callable[..., Any], value: Any) -> TypeError:
+def not_awaited(function: Callable[..., Any], value: Any) -> TypeError:
     """The error for a plain function that returned an awaitable instead of doing the work."""
     close = getattr(value, "close", None)
     if close is not None:

@@ -2,14 +2,23 @@
 
 A handler succeeds by returning and fails by raising; the same function runs unchanged
 in the Kafka consumer and in the in-memory service. `demo_handler` is the built-in one.
+An `async def` handler is awaited: each thread that runs handlers runs it to completion on
+an event loop of its own, one job at a time (calling it without awaiting, as before, did no
+work at all and counted the job as processed). Many jobs at once on one loop come with the
+consumer's executor (jobpipe.executor, issue 11).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import importlib
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 from jobpipe.errors import ConfigError
+from jobpipe.executor import is_async_handler
 from jobpipe.job import Job
 
 HandlerFn = Callable[[Job], object]
@@ -33,4 +42,19 @@ def load_handler(spec: str) -> HandlerFn:
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ConfigError(f"HANDLER={spec!r}: {module_name!r} has no function {function_name!r}")
-    return function  # type: ignore[no-any-return]
+    return awaited(function) if is_async_handler(function) else function
+
+
+def awaited(function: Callable[[Job], Coroutine[Any, Any, object]]) -> HandlerFn:
+    """`function` (an `async def` handler) as a plain one that runs each call to completion
+    on the calling thread's own event loop."""
+    loops = threading.local()
+
+    @functools.wraps(function)
+    def run(job: Job) -> object:
+        loop = getattr(loops, "loop", None)
+        if loop is None:
+            loop = loops.loop = asyncio.new_event_loop()
+        return cast(asyncio.AbstractEventLoop, loop).run_until_complete(function(job))
+
+    return run

@@ -8,12 +8,14 @@ e.g. partition and offset) and does the transport-specific part (commit, DLQ top
 from __future__ import annotations
 
 from enum import Enum
+from inspect import isawaitable
 from time import perf_counter, time
 from typing import Any
 
 import msgspec
 
 from jobpipe import metrics
+from jobpipe.executor import not_awaited
 from jobpipe.handlers import HandlerFn
 from jobpipe.job import Job
 from jobpipe.logs import enabled, event
@@ -58,7 +60,9 @@ class JobHandler:
         stats = metrics.handler_stats()
         started = perf_counter()
         try:
-            self._function(job)
+            result = self._function(job)
+            if result is not None and isawaitable(result):  # a coroutine from a plain function
+                raise not_awaited(self._function, result)
         except Exception as error:  # the handler contract: raising anything fails the attempt
             elapsed = perf_counter() - started
             stats.record(elapsed, ok=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 from jobpipe.job import Job
 from tests.integration.conftest import Pipeline, processed
@@ -151,3 +152,16 @@ def test_sigterm_to_a_continuous_producer_keeps_every_logged_job(pipeline: Pipel
     assert stopped["failed"] == 0 and stopped["produced"] == len(logged) == stopped["sent"]
     in_topic = {Job.from_bytes(m.value()).id for m in pipeline.read(pipeline.topic, len(logged))}
     assert in_topic == logged
+
+
+def test_an_async_def_handler_is_awaited_and_does_its_work(pipeline: Pipeline, tmp_path: Path) -> None:
+    """An `async def` HANDLER used to be called without being awaited: every job logged as
+    processed and committed, its work never done."""
+    record = tmp_path / "done.txt"
+    pipeline.ensure_topics()
+    jobs = [job(i) for i in range(30)]
+    pipeline.send(jobs)
+    consumer = pipeline.start("consumer", handler="tests.handlers:async_record", test_record_file=record)
+    consumer.wait_for("job.processed", 30, timeout=60)
+    assert consumer.stop() == 0, consumer.tail()
+    assert sorted(record.read_text().split()) == sorted(j.id for j in jobs)

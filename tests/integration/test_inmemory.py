@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 
 from tests.service_runner import ServiceProcess, run_to_end
 
@@ -77,3 +78,11 @@ def test_sigterm_with_a_full_queue_and_a_slow_handler_stops_within_the_budget() 
     assert exit_code == 1, run.tail()
     stopped = run.events("service.stopped")[-1]
     assert stopped["abandoned"] == stopped["produced"] - stopped["processed"] > 0, stopped
+
+
+def test_an_async_def_handler_is_awaited_and_does_its_work(tmp_path: Path) -> None:
+    record = tmp_path / "done.txt"
+    run = run_to_end("inmemory", timeout=60, handler="tests.handlers:async_record", test_record_file=record)
+    assert run.process.returncode == 0, run.tail()
+    assert sorted(record.read_text().split()) == sorted(e["id"] for e in run.events("job.produced"))
+    assert len(run.events("job.processed")) == 20
