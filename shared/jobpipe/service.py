@@ -19,7 +19,7 @@ from jobpipe.errors import ConfigError, ExitCode, ServiceError, StopRequested, e
 from jobpipe.health import Check, HealthServer
 from jobpipe.logs import configure_logging, event
 from jobpipe.settings import BaseServiceSettings, Settings, load_settings
-from jobpipe.signals import install_stop_handler
+from jobpipe.signals import install_stop_handler, wait_logged
 
 
 @dataclass
@@ -80,6 +80,7 @@ def run_service(name: str, settings_class: type[Settings], body: Body[Settings],
             server.close()
     seconds = round(time.monotonic() - started, 3)
     summary = "".join(f", {k}={v}" for k, v in outcome.counts.items())
+    wait_logged()  # `service.stopping` before `service.stopped`
     event("service.stopped", f"{name} stopped (exit {int(outcome.exit_code)}) after {seconds} s{summary}",
           exit_code=int(outcome.exit_code), seconds=seconds, **dict[str, Any](outcome.counts))
     sys.exit(outcome.exit_code)

@@ -17,13 +17,14 @@ import pytest
 
 from jobpipe.errors import ExitCode, StopRequested, exit_code_for
 from jobpipe.handlers import demo_handler
+from jobpipe.handling import JobHandler
 from jobpipe.health import HealthServer
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import wait_for_broker
 from jobpipe.logs import configure_logging, event
 from jobpipe.retry import RetryPolicy
 from jobpipe.settings import KafkaSettings
-from jobpipe.signals import install_stop_handler
+from jobpipe.signals import install_stop_handler, wait_logged
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
@@ -164,12 +165,22 @@ def test_a_signal_that_lands_while_a_line_is_being_logged_loses_nothing(
         stop = install_stop_handler()
         event("demo.first", "first line")
         assert stop.is_set()
-        deadline = time.monotonic() + 10
-        while "service.stopping" not in out.getvalue() and time.monotonic() < deadline:
-            stop.wait(0.01)
+        wait_logged(timeout=10)
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
     events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
     assert events == ["demo.first", "service.stopping"], out.getvalue()
     assert "Logging error" not in capfd.readouterr().err
+
+
+def test_a_handler_that_returns_a_coroutine_fails_instead_of_passing_for_done() -> None:
+    async def work(job: Job) -> None:
+        raise AssertionError("never awaited here")
+
+    def hides_its_coroutine(job: Job) -> object:  # a plain function, so not awaited
+        return work(job)
+
+    handler = JobHandler(hides_its_coroutine, RetryPolicy())
+    attempt = handler.attempt(Job.new(1, 0), 1)
+    assert isinstance(attempt.error, TypeError) and "async def" in str(attempt.error)

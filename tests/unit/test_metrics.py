@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import timeit
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -93,19 +92,6 @@ def test_end_to_end_histogram_counts_successes_from_created_at() -> None:
     count = REGISTRY.get_sample_value("job_end_to_end_seconds_count")
     below_10 = REGISTRY.get_sample_value("job_end_to_end_seconds_bucket", {"le": "10.0"})
     assert count is not None and below_10 is not None and count >= 2 and below_10 >= 2
-
-
-def test_the_end_to_end_histogram_costs_well_under_a_microsecond_per_job() -> None:
-    """Per-job cost added to JobHandler.attempt (issue 10: no lock per job). Measured here 0.3-0.4
-    us; the bound leaves room for a loaded machine."""
-    job = Job.new(1, 0)
-    stats = metrics.HandlerStats()
-    from time import time
-    runs = 20_000
-    best = min(timeit.repeat(lambda: stats.record_end_to_end(time() - job.created_at.timestamp()),
-                             number=runs, repeat=5)) / runs
-    print(f"end-to-end histogram: {best * 1e6:.2f} us per job")
-    assert best < 5e-6
 
 
 class _FakeClient:

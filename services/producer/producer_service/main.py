@@ -72,7 +72,8 @@ class JobProducer:
         counts = {"sent": self.sent, "produced": self.produced, "failed": self.failed}
         if self._worker_error is not None:
             raise self._worker_error
-        return Outcome(ExitCode.FAILURE if self.failed else ExitCode.OK, counts)
+        # Every job sent must be acknowledged: one whose report was not served counts too.
+        return Outcome(ExitCode.OK if self.produced == self.sent else ExitCode.FAILURE, counts)
 
     def _work(self) -> None:
         """Round `seq` sends job `seq` of every worker; at PRODUCE_RATE, round n is due n/rate
@@ -179,7 +180,9 @@ class JobProducer:
                 event("producer.flush_timeout", f"{left} job(s) not acknowledged in time; giving up",
                       level="ERROR", undelivered=left)
                 self._producer.purge()
-                self._producer.flush(1.0)  # serves the purged jobs' reports: counted as failed
+                # Serves the purged jobs' reports (counted as failed), within the fifth of the
+                # budget kept for the exit.
+                self._producer.flush(min(1.0, self._settings.shutdown_timeout_s * 0.1))
                 return
 
 
