@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 
-from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Gauge
 
@@ -66,9 +66,15 @@ class LagReader:
             GROUP_LAG.remove(self.group, self.topic, str(gone))
         self._partitions = set(partitions)
         described = self._admin.describe_consumer_groups([self.group], request_timeout=REQUEST_TIMEOUT_S)
-        group = described[self.group].result(timeout=REQUEST_TIMEOUT_S * 2)
-        empty = group.state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
-        members = 0 if empty else len(group.members)
+        try:
+            group = described[self.group].result(timeout=REQUEST_TIMEOUT_S * 2)
+        except KafkaException as error:  # no consumer has joined yet: a group of no members
+            if error.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+                raise
+            members = 0
+        else:
+            empty = group.state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
+            members = 0 if empty else len(group.members)
         GROUP_MEMBERS.labels(self.group).set(members)
         UPDATED.labels(self.group).set(time.time())
 

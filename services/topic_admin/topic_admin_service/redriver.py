@@ -37,7 +37,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from jobpipe.errors import KafkaUnreachable, StopRequested
-from jobpipe.kafka_clients import Config, consumer_config, producer_config
+from jobpipe.kafka_clients import Config, consumer_config, kafka_reason, producer_config
 from jobpipe.logs import event
 from topic_admin_service.errors import RedriveFailed, Refused
 from topic_admin_service.output import Bar, NoProgress
@@ -67,11 +67,6 @@ READER_GROUP = "topic-admin-redrive"  # librdkafka wants a group.id; it is never
 
 def _error_of(error: KafkaException) -> KafkaError | None:
     return error.args[0] if error.args and isinstance(error.args[0], KafkaError) else None
-
-
-def _reason(error: KafkaException) -> str:
-    kafka_error = _error_of(error)
-    return kafka_error.str() if kafka_error is not None else str(error)
 
 
 class Redriver:
@@ -294,7 +289,7 @@ class Redriver:
             except KafkaException as error:
                 kafka_error = _error_of(error)
                 if kafka_error is None or not kafka_error.retriable() or time.monotonic() >= deadline:
-                    raise RedriveFailed(f"could not start a transaction: {_reason(error)}") from None
+                    raise RedriveFailed(f"could not start a transaction: {kafka_reason(error)}") from None
                 self._give_up_if_stopping("starting a transaction")
         self._producer = producer
 
@@ -333,7 +328,7 @@ class Redriver:
                 self._ledger.add(pending)
                 break
             except KafkaException as error:
-                kafka_error, reason = _error_of(error), _reason(error)
+                kafka_error, reason = _error_of(error), kafka_reason(error)
                 if kafka_error is not None and kafka_error.code() in (KafkaError._FENCED,
                                                                       KafkaError.PRODUCER_FENCED):
                     raise RedriveFailed(
@@ -353,7 +348,7 @@ class Redriver:
                                                                       deadline - time.monotonic())))
                         continue
                     except KafkaException as abort_error:
-                        reason = _reason(abort_error)
+                        reason = kafka_reason(abort_error)
                 self._recover(reason)
         self._committed += len(batch)
         level = "DEBUG" if self._progress.shown else "INFO"  # on a terminal the bar says it
