@@ -35,6 +35,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -48,6 +49,7 @@ from jobpipe.kafka_clients import consumer_config
 from jobpipe.logs import event
 
 TP = tuple[str, int]
+T = TypeVar("T")
 BATCH = 500  # most messages handed to the handler thread at once
 KEEPALIVE_S = 0.5  # a handler running longer than this gets the partitions paused
 POLL_S = 0.2  # longest a single poll blocks, so stop and due retries are noticed quickly
@@ -58,6 +60,29 @@ STATS_INTERVAL_MS = 2000  # librdkafka statistics: consumer lag metrics, and the
 # A client whose brokers have all sat idle in state INIT (not connected, not connecting) this
 # long has nothing left that would ever reconnect it: it is replaced (see `_replace_client`).
 STRANDED_AFTER_S = 10.0
+
+
+def _within(call: Callable[[], T], until: float, name: str) -> list[T] | None:
+    """Run `call` on a daemon thread and wait for it until `until` (time.monotonic()):
+    [what it returned], or None if it is still running then (it is left to finish, or not,
+    on its own). What it raises is raised here."""
+    returned: list[T] = []
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            returned.append(call())
+        except BaseException as error:  # handed to the waiting thread
+            raised.append(error)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join(max(0.0, until - time.monotonic()))
+    if thread.is_alive():
+        return None
+    if raised:
+        raise raised[0]
+    return returned
 
 
 def tp_of(message: Message) -> TP:
@@ -512,7 +537,18 @@ class ConsumerWorker:
         if self._stop_deadline is None:  # leave a fifth of the budget for close()
             self._stop_deadline = now + self.settings.shutdown_timeout_s * 0.8
         refused = 0
-        while (error := self._commit(quiet=REBALANCING)) is not None and error.code() in REBALANCING:
+        while True:
+            # A commit waits for the coordinator: bounded like close() (see `_close`).
+            until = max(self._stop_deadline, time.monotonic() + self.settings.shutdown_timeout_s * 0.05)
+            answered = _within(lambda: self._commit(quiet=REBALANCING), until, f"commit-{self.number}")
+            if answered is None:
+                event("commit.failed",
+                      f"{self.name} could not commit before leaving: the group coordinator did not "
+                      "answer in time", level="WARNING", consumer=self.name)
+                return
+            error = answered[0]
+            if error is None or error.code() not in REBALANCING:
+                break
             refused += 1
             if time.monotonic() >= self._stop_deadline:
                 event("commit.failed",
@@ -547,12 +583,27 @@ class ConsumerWorker:
                     metrics.CONSUMER_LAG.labels(topic, partition).set(lag)
 
     def _close(self) -> None:
-        """Commit what is finished and leave the group; hand back the rest."""
+        """Commit what is finished and leave the group; hand back the rest.
+
+        close() (the revoke callback's commit, then LeaveGroup) waits for the group
+        coordinator. Seen in test_broker_frozen: after a broker froze with a request in flight
+        on that connection, close() blocked for the request's timeout (60 s) and the service
+        overran SHUTDOWN_TIMEOUT_S. So it runs on a daemon thread and is waited for only while
+        the shutdown budget lasts; what it had not committed is redone by the next owner.
+        """
         self._runner.close()
+        timeout = self.settings.shutdown_timeout_s
+        now = time.monotonic()
+        until = (max(self._stop_deadline, now) + timeout * 0.05 if self._stop_deadline is not None
+                 else now + timeout * 0.9)
         try:
-            self._consumer.close()  # runs the revoke callback: commit, then LeaveGroup
+            if _within(self._consumer.close, until, f"close-{self.number}") is None:
+                event("consumer.close_timeout",
+                      f"{self.name}: the group coordinator did not answer in time; leaving without a "
+                      "clean LeaveGroup (the group drops this member at its session timeout)",
+                      level="WARNING", consumer=self.name)
         finally:
-            left = self._dlq.close(max(0.5, self.settings.shutdown_timeout_s * 0.1))
+            left = self._dlq.close(max(0.5, timeout * 0.1))
             if left:
                 event("dead_letters.unflushed", f"{self.name}: {left} dead letter(s) unacknowledged",
                       level="WARNING", unflushed=left)

@@ -113,8 +113,8 @@ class InMemoryPipeline:
         seq = unreported = 0
         while (total == 0 or seq < total) and not self._stop.is_set():
             job = Job.new(number, seq)
+            tally.produced += 1  # before the put: a consumer may finish it before this line runs
             put(job)
-            tally.produced += 1
             unreported += 1
             if unreported == METRICS_BATCH:
                 metrics.JOBS_PRODUCED.inc(unreported)
