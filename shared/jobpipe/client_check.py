@@ -68,8 +68,18 @@ def check_client_configs(settings: KafkaSettings) -> None:
         (SHARED_VARIABLE, settings.kafka_extra_config, None),
         *((role_variable(role), settings.role_extra_config(role), role) for role in roles)]
     for variable, properties, role in variables:
+        after_secret: str | None = None  # the secret property just before this one
         for name, value in properties.items():
-            _check_property(variable, name, value, role)
+            try:
+                _check_property(variable, name, value, role)
+            except ConfigError:
+                if after_secret is None:
+                    raise
+                # Likely the rest of a secret value that holds a comma: naming it would show
+                # part of the secret.
+                raise ConfigError(f"{variable}: the property after {after_secret} is refused; if the "
+                                  f"value of {after_secret} holds a comma, write it as `\\,`") from None
+            after_secret = name if is_secret_property(name) else None
     for role in roles:
         for name, (guarded, kept, harm) in GUARANTEES.items():
             source = _source(settings, role, name) if guarded == role else None

@@ -432,3 +432,13 @@ def test_a_bad_property_exits_2_with_one_line_and_nothing_started(command: str, 
 def test_a_comma_inside_a_value_is_written_with_a_backslash() -> None:
     assert parse_pairs(r"debug=broker\,security,sasl.oauthbearer.extensions=a=1\,b=2, linger.ms = 5 ,") == {
         "debug": "broker,security", "sasl.oauthbearer.extensions": "a=1,b=2", "linger.ms": "5"}
+
+
+def test_a_secret_value_cut_at_an_unescaped_comma_shows_no_part_of_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    message = refusal(ConsumerSettings, monkeypatch, kafka_security_protocol="SASL_SSL",
+                      kafka_sasl_mechanism="PLAIN",
+                      kafka_extra_config="sasl.password=first,half=Sec0nd")
+    assert "half" not in message and "Sec0nd" not in message and "first" not in message, message
+    assert message.startswith("KAFKA_EXTRA_CONFIG: the property after sasl.password is refused"), message
+    assert "\\," in message
