@@ -69,6 +69,11 @@ class BaseServiceSettings(BaseSettings):
                 f"RETRY_BACKOFF_MAX_MS ({self.retry_backoff_max_ms})")
         return self
 
+    def work_deadline(self, now: float) -> float:
+        """When a service asked to stop at `now` (time.monotonic()) must be done with its work:
+        SHUTDOWN_TIMEOUT_S less a fifth, which is kept for committing, closing and exiting."""
+        return now + self.shutdown_timeout_s * 0.8
+
     def retry_policy(self, max_attempts: int = 1) -> RetryPolicy:
         return RetryPolicy(initial_s=self.retry_backoff_initial_ms / 1000,
                            max_s=self.retry_backoff_max_ms / 1000, max_attempts=max_attempts)

@@ -453,7 +453,7 @@ class ConsumerWorker:
         if not self.stop.is_set():
             return False
         if self._stop_deadline is None:  # leave a fifth of the budget for commit and close
-            self._stop_deadline = now + self.settings.shutdown_timeout_s * 0.8
+            self._stop_deadline = self.settings.work_deadline(now)
         return now >= self._stop_deadline
 
     # ---- rebalances ---------------------------------------------------------------------
@@ -535,7 +535,7 @@ class ConsumerWorker:
         """
         now = time.monotonic()
         if self._stop_deadline is None:  # leave a fifth of the budget for close()
-            self._stop_deadline = now + self.settings.shutdown_timeout_s * 0.8
+            self._stop_deadline = self.settings.work_deadline(now)
         refused = 0
         while True:
             # A commit waits for the coordinator: bounded like close() (see `_close`).

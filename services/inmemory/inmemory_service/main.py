@@ -85,7 +85,7 @@ class InMemoryPipeline:
             return False
         now = time.monotonic()
         if self._deadline is None:  # a fifth of the budget is left for the exit itself
-            self._deadline = now + self._settings.shutdown_timeout_s * 0.8
+            self._deadline = self._settings.work_deadline(now)
         if now >= self._deadline:
             self._abort.set()
         return self._abort.is_set()

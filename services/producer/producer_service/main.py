@@ -174,7 +174,7 @@ class JobProducer:
                 continue
             now = time.monotonic()
             if deadline is None:
-                deadline = now + self._settings.shutdown_timeout_s * 0.8
+                deadline = self._settings.work_deadline(now)
             if now >= deadline:
                 left = len(self._producer)
                 event("producer.flush_timeout", f"{left} job(s) not acknowledged in time; giving up",
