@@ -8,7 +8,7 @@ loop (calling it and dropping the coroutine, as before this module, does no work
 
 - A plain function runs on a pool of `concurrency` daemon threads. Not a ThreadPoolExecutor:
   its threads are joined at interpreter exit, so a handler stuck past SHUTDOWN_TIMEOUT_S would
-  keep the process alive (see consumer_service/handler_thread.py).
+  keep the process alive.
 - An `async def` function (inspect.iscoroutinefunction, also through functools.partial or an
   object whose `__call__` is async) runs on ONE event loop, on one daemon thread, with up to
   `concurrency` calls awaited at once: `concurrency` long-lived worker coroutines take calls

@@ -2,10 +2,11 @@
 
 A handler succeeds by returning and fails by raising; the same function runs unchanged
 in the Kafka consumer and in the in-memory service. `demo_handler` is the built-in one.
-An `async def` handler is awaited: each thread that runs handlers runs it to completion on
-an event loop of its own, one job at a time (calling it without awaiting, as before, did no
-work at all and counted the job as processed). Many jobs at once on one loop come with the
-consumer's executor (jobpipe.executor, issue 11).
+An `async def` handler is awaited (calling it without awaiting, as before, did no work at all
+and counted the job as processed): the consumer awaits many jobs at once on one event loop
+(jobpipe.executor, CONSUMER_CONCURRENCY); a thread that calls it as a plain function (the
+in-memory service's workers) runs each call to completion on an event loop of its own
+(`awaited`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from jobpipe.errors import ConfigError
-from jobpipe.executor import is_async_handler
 from jobpipe.job import Job
 
 HandlerFn = Callable[[Job], object]
@@ -42,7 +42,7 @@ def load_handler(spec: str) -> HandlerFn:
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ConfigError(f"HANDLER={spec!r}: {module_name!r} has no function {function_name!r}")
-    return awaited(function) if is_async_handler(function) else function
+    return cast(HandlerFn, function)
 
 
 def awaited(function: Callable[[Job], Coroutine[Any, Any, object]]) -> HandlerFn:

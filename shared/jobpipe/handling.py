@@ -15,8 +15,8 @@ from typing import Any
 import msgspec
 
 from jobpipe import metrics
-from jobpipe.executor import not_awaited
-from jobpipe.handlers import HandlerFn
+from jobpipe.executor import is_async_handler, not_awaited
+from jobpipe.handlers import HandlerFn, awaited
 from jobpipe.job import Job
 from jobpipe.logs import enabled, event
 from jobpipe.retry import RetryPolicy
@@ -48,7 +48,10 @@ class JobHandler:
         """`end_to_end`: also record how long after its creation each job was done (the Kafka
         consumer; in memory that is only the queue's wait, and at 0.5 us a job it was most of
         what the in-memory service added over a bare queue loop)."""
+        self.is_async = is_async_handler(function)
         self._function = function
+        # `attempt` calls an `async def` handler to completion on the thread's own event loop.
+        self._call: HandlerFn = awaited(function) if self.is_async else function  # type: ignore[arg-type]
         self.policy = policy
         self._end_to_end = end_to_end
 
@@ -60,14 +63,28 @@ class JobHandler:
         stats = metrics.handler_stats()
         started = perf_counter()
         try:
-            result = self._function(job)
+            result = self._call(job)
             if result is not None and isawaitable(result):  # a coroutine from a plain function
                 raise not_awaited(self._function, result)
         except Exception as error:  # the handler contract: raising anything fails the attempt
             elapsed = perf_counter() - started
             stats.record(elapsed, ok=False)
             return Attempt(job, number, elapsed * 1000, error)
-        elapsed = perf_counter() - started
+        return self._succeeded(job, number, stats, perf_counter() - started)
+
+    async def attempt_async(self, job: Job, number: int) -> Attempt:
+        """`attempt` for an `async def` handler, awaited on the caller's event loop."""
+        stats = metrics.handler_stats()
+        started = perf_counter()
+        try:
+            await self._function(job)  # type: ignore[misc]
+        except Exception as error:  # the handler contract, as in `attempt`
+            elapsed = perf_counter() - started
+            stats.record(elapsed, ok=False)
+            return Attempt(job, number, elapsed * 1000, error)
+        return self._succeeded(job, number, stats, perf_counter() - started)
+
+    def _succeeded(self, job: Job, number: int, stats: metrics.HandlerStats, elapsed: float) -> Attempt:
         stats.record(elapsed, ok=True)
         if self._end_to_end:
             stats.record_end_to_end(time() - job.created_at.timestamp())  # 0.4 us (timeit)

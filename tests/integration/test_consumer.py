@@ -99,7 +99,7 @@ def test_a_job_waiting_for_its_retry_does_not_stall_other_partitions(pipeline: P
     pipeline.send([failing], partition=0)
     later_same_partition = [job(10 + i) for i in range(3)]
     pipeline.send(later_same_partition, partition=0)
-    consumer = pipeline.start("consumer", handler=SCRIPTED,
+    consumer = pipeline.start("consumer", handler=SCRIPTED, ordering="partition",
                               retry_backoff_initial_ms=6000, retry_backoff_max_ms=6000)
     retry = consumer.wait_for("job.retry", 1, timeout=60)[0]
     other = [job(20 + i) for i in range(3)] + [job(30 + i) for i in range(3)]

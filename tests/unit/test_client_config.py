@@ -21,6 +21,8 @@ from consumer_service.settings import ConsumerSettings
 from jobpipe import kafka_clients
 from jobpipe.client_check import check_client_configs, role_config
 from jobpipe.errors import ConfigError
+from jobpipe.handlers import demo_handler
+from jobpipe.handling import JobHandler
 from jobpipe.kafka_clients import (
     admin_config,
     consumer_config,
@@ -302,8 +304,9 @@ def test_every_client_of_every_service_gets_the_security_settings_and_the_extra_
     stop = threading.Event()
     producer_main.JobProducer(producer_settings, stop)  # type: ignore[arg-type]
     wait_for_broker(producer_settings, stop)
-    member = worker.ConsumerWorker(1, consumer_settings, None, stop, threading.Event())  # type: ignore[arg-type]
-    member._runner.close()
+    handler = JobHandler(demo_handler, consumer_settings.retry_policy())
+    member = worker.ConsumerWorker(1, consumer_settings, handler, stop, threading.Event())
+    member._executor.close(1.0)
     topic_admin_main._admin(admin_settings)  # type: ignore[arg-type]
 
     kinds = [name for name, _ in recorder.configs]

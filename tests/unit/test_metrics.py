@@ -119,11 +119,11 @@ def member(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(worker, "Consumer", _FakeClient)
     monkeypatch.setattr(dead_letters, "Producer", _FakeClient)
     settings = ConsumerSettings(kafka_bootstrap_servers="127.0.0.1:1", jobs_topic="lagtest")
-    one = worker.ConsumerWorker(1, settings, None, threading.Event(), threading.Event(),  # type: ignore[arg-type]
-                                metrics_on=True)
+    handler = JobHandler(demo_handler, settings.retry_policy())
+    one = worker.ConsumerWorker(1, settings, handler, threading.Event(), threading.Event(), metrics_on=True)
     yield one
-    one._forget(set(one._assigned))
-    one._runner.close()
+    one._forget(set(one._assigned), "test over")
+    one._executor.close(1.0)
 
 
 def stats(lags: dict[int, int]) -> str:

@@ -453,11 +453,13 @@ class ConsumerModel(RuleBasedStateMachine):
         self.now = 0.0
 
     @initialize(ordering=st.sampled_from(list(Ordering)), concurrency=st.integers(1, 4),
-                extra=st.integers(0, 6), partitions=st.integers(1, 3), backlog=backlogs)
-    def setup(self, ordering: Ordering, concurrency: int, extra: int, partitions: int,
-              backlog: list[list[bytes | None]]) -> None:
+                extra=st.integers(0, 6), partitions=st.integers(1, 3), backlog=backlogs,
+                run_length=st.integers(1, 4))
+    def setup(self, *, ordering: Ordering, concurrency: int, extra: int, partitions: int,
+              backlog: list[list[bytes | None]], run_length: int) -> None:
         self.ordering = ordering
         self.concurrency = concurrency
+        self.run_length = run_length
         self.max_in_flight = concurrency + extra
         self.s = Scheduler(ordering, concurrency, self.max_in_flight)
         self.tps: list[TP] = [("jobs", p) for p in range(partitions)]
@@ -467,7 +469,7 @@ class ConsumerModel(RuleBasedStateMachine):
         self.position = dict.fromkeys(self.tps, 0)
         self.owned: set[TP] = set()
         self.paused: set[TP] = set()
-        self.running: list[Task] = []  # handler calls in flight, also on partitions given up
+        self.runs: list[list[Task]] = []  # each slot's tasks not reported yet, in run order
         self.settling: list[Task] = []  # dead letters being published
         self.orphans: set[Task] = set()  # handed back by a drop, their outcomes still to come
         self.finished: dict[TP, set[int]] = {tp: set() for tp in self.tps}  # ever, as told to the scheduler
@@ -509,33 +511,85 @@ class ConsumerModel(RuleBasedStateMachine):
                 self.epoch_fetched[tp][offset] = log[offset]
         self._flow()
 
+    @property
+    def running(self) -> list[Task]:
+        """Tasks handed out in runs and not reported back, also on partitions given up."""
+        return [task for run in self.runs for task in run]
+
     def _start(self) -> None:
-        for task in self.s.start(self.now):
-            assert task not in self.running
-            assert task.tp in self.owned
-            unit = self._unit(task.tp, task.key)
-            for waiting in self.s.retrying():
-                assert unit is None or self._unit(waiting.tp, waiting.key) != unit, \
-                    f"{task} started while {waiting} of its unit waits for its retry"
-            if unit is not None:  # every earlier job of its unit (this assignment) is finished
-                for offset, key in self.epoch_fetched[task.tp].items():
-                    if offset < task.offset and self._unit(task.tp, key) == unit:
-                        assert offset in self.epoch_finished[task.tp], \
-                            f"{task} started before offset {offset} of its unit finished"
-            if task.note == "dead letter":  # a due retry of the dead-letter publish
-                assert self.s.dead_lettering(task)
-                self.settling.append(task)
-            else:
-                self.running.append(task)
+        for run in self.s.start_runs(self.now, self.run_length):
+            assert 1 <= len(run) <= self.run_length
+            for task in run:
+                assert task not in self.running
+                assert task.tp in self.owned
+            self.runs.append(self._publish_dead_letters(list(run)))
+        self.runs = [run for run in self.runs if run]
+
+    def _publish_dead_letters(self, run: list[Task]) -> list[Task]:
+        """As the loop does before it submits a run: a due retry of a dead-letter publish is
+        published (not a handler call), and the run's later tasks of its unit go back."""
+        for task in [t for t in run if t.note == "dead letter"]:
+            if task not in run:
+                continue  # went back already, behind an earlier dead letter of its unit
+            run.remove(task)
+            assert self.s.dead_lettering(task)
+            self.settling.append(task)
+            self._after_failure(task, run)
+        return run
+
+    def _execute(self, run: list[Task]) -> Task | None:
+        """What a slot does next with its run: skip what must not start (reported
+        `unstarted`), then start the next task (checked here: its handler call starts).
+        Returns the task started, removed from the run, or None if the run ended."""
+        while run and run[0].cancelled:
+            self._unstart(run)
+        if not run:
+            self._end(run)
+            return None
+        task = run.pop(0)
+        if not run:
+            self._end(run)
+        unit = self._unit(task.tp, task.key)
+        for waiting in self.s.retrying():
+            assert unit is None or self._unit(waiting.tp, waiting.key) != unit, \
+                f"{task} started while {waiting} of its unit waits for its retry"
+        if unit is not None:  # every earlier job of its unit (this assignment) is finished
+            for offset, key in self.epoch_fetched[task.tp].items():
+                if offset < task.offset and self._unit(task.tp, key) == unit:
+                    assert offset in self.epoch_finished[task.tp], \
+                        f"{task} started before offset {offset} of its unit finished"
+        return task
+
+    def _unstart(self, run: list[Task]) -> None:
+        task = run.pop(0)
+        if not self.s.unstarted(task):
+            assert task in self.orphans or task.state == "dropped"
+
+    def _after_failure(self, failed: Task, run: list[Task]) -> None:
+        """The runner skips the run's later tasks of the failed task's unit."""
+        for task in [t for t in run if failed.same_unit(t)]:
+            run.remove(task)
+            if not self.s.unstarted(task):
+                assert task in self.orphans or task.state == "dropped"
+        if not run:
+            self._end(run)
+
+    def _end(self, run: list[Task]) -> None:
+        self.runs = [r for r in self.runs if r is not run]
 
     def _finished(self, task: Task, outcome: set[tuple[TP, int]]) -> None:
         self.finished[task.tp].add(task.offset)
         self.epoch_finished[task.tp].add(task.offset)
         outcome.add((task.tp, task.offset))
 
-    def _complete(self, task: Task, outcome: str, delay: float) -> None:
-        """Report a handler call's outcome: ok, fail (retried, or dead-lettered at the last
-        attempt)."""
+    def _complete(self, run: list[Task], outcome: str, delay: float) -> None:
+        """Run the next task of `run` and report its outcome: ok, fail (retried, or
+        dead-lettered at the last attempt)."""
+        task = self._execute(run)
+        if task is None:
+            return
+        if outcome != "ok":
+            self._after_failure(task, run)
         if outcome == "ok":
             if self.s.succeeded(task):
                 self._finished(task, self.processed)
@@ -578,21 +632,33 @@ class ConsumerModel(RuleBasedStateMachine):
         """Wait for the jobs in flight (each succeeds, fails or stays stuck), commit, drop."""
         waits = self.s.revoke([tp])
         assert {t for t in self.running + self.settling if t.tp == tp} - self.orphans == set(waits)
-        for task, outcome in zip(waits, outcomes + ["stuck"] * len(waits), strict=False):
-            if outcome == "stuck":
-                continue
-            if task in self.running:
-                self.running.remove(task)
+        plan = iter(outcomes)
+        for run in [run for run in self.runs if any(t.tp == tp for t in run)]:
+            # the runs touching tp run on: tp's tasks not started are skipped (`cancelled`)
+            while run and any(t.tp == tp for t in run):
+                outcome = next(plan, "stuck")
+                if outcome == "stuck":
+                    break
+                task = self._execute(run)
+                if task is None:
+                    break
                 if outcome == "ok" and self.s.succeeded(task):
                     self._finished(task, self.processed)
                 elif outcome == "fail":
-                    assert not self.s.failed(task, self.now), "no retry while revoking"
-            else:
-                self.settling.remove(task)
-                if outcome == "ok" and self.s.dead_lettered(task):
-                    self._finished(task, self.dead)
-                elif outcome == "fail":
-                    assert not self.s.failed(task, self.now)
+                    self._after_failure(task, run)
+                    if task.tp == tp:
+                        assert not self.s.failed(task, self.now), "no retry while revoking"
+                    else:
+                        self.s.failed(task, self.now)
+        for task in [t for t in self.settling if t.tp == tp]:
+            outcome = next(plan, "stuck")
+            if outcome == "stuck":
+                continue
+            self.settling.remove(task)
+            if outcome == "ok" and self.s.dead_lettered(task):
+                self._finished(task, self.dead)
+            elif outcome == "fail":
+                assert not self.s.failed(task, self.now)
         self._store()
         self.committed[tp] = self.stored[tp]
         handed_back = self.s.drop([tp])
@@ -623,14 +689,23 @@ class ConsumerModel(RuleBasedStateMachine):
     def start(self) -> None:
         self._start()
 
-    @precondition(lambda self: self.running)
+    @precondition(lambda self: self.runs)
     @rule(i=st.integers(0, 100), outcome=st.sampled_from(["ok", "ok", "fail"]),
           delay=st.floats(0.0, 5.0), start=st.booleans())
     def complete(self, i: int, outcome: str, delay: float, start: bool) -> None:
-        self._complete(self.running.pop(i % len(self.running)), outcome, delay)
+        self._complete(self.runs[i % len(self.runs)], outcome, delay)
         self._flow()
         if start:
             self._start()
+
+    @precondition(lambda self: self.runs)
+    @rule(i=st.integers(0, 100))
+    def cut(self, i: int) -> None:
+        """A run stops early (a stop): what it had not started goes back."""
+        run = self.runs.pop(i % len(self.runs))
+        while run:
+            self._unstart(run)
+        self._flow()
 
     @precondition(lambda self: self.settling)
     @rule(i=st.integers(0, 100), published=st.booleans(), delay=st.floats(0.0, 5.0))
@@ -674,7 +749,8 @@ class ConsumerModel(RuleBasedStateMachine):
 
     @invariant()
     def handler_calls_never_exceed_the_concurrency(self) -> None:
-        assert self.s.in_flight == len(self.running) <= self.concurrency
+        assert self.s.in_flight == len(self.running)
+        assert self.s.runs == len(self.runs) <= self.concurrency  # a run calls one at a time
 
     @invariant()
     def the_member_holds_no_more_than_its_budget(self) -> None:
@@ -697,9 +773,9 @@ class ConsumerModel(RuleBasedStateMachine):
             for tp in self.tps:
                 self._fetch(tp, 1_000)
             self._start()
-            progressed = bool(self.running or self.settling)
-            while self.running:
-                self._complete(self.running.pop(), "ok", 0.0)
+            progressed = bool(self.runs or self.settling)
+            while self.runs:
+                self._complete(self.runs[-1], "ok", 0.0)
             while self.settling:
                 self._settle(self.settling.pop(), True, 0.0)
             self.store(commit=True)

@@ -7,7 +7,7 @@ original offset only after the broker acknowledged the dead letter.
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -15,20 +15,8 @@ from confluent_kafka import KafkaError, Message, Producer
 from consumer_service.settings import ConsumerSettings
 from jobpipe.kafka_clients import producer_config
 
-
-class Delivery:
-    """The broker's answer for one dead letter."""
-
-    def __init__(self) -> None:
-        self._done = threading.Event()
-        self.error: str | None = None
-
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def report(self, error: KafkaError | None, _message: Message) -> None:
-        self.error = error.str() if error is not None else None
-        self._done.set()
+# Called (on the thread that polls the publisher) with the broker's answer: None or the error.
+DeliveryReport = Callable[[KafkaError | None, Message], None]
 
 
 def dead_letter_headers(message: Message, reason: str, attempts: int,
@@ -54,12 +42,13 @@ class DeadLetterPublisher:
         self.topic = settings.dlq_topic
         self._producer = Producer(producer_config(settings, client_id))
 
-    def publish(self, message: Message, reason: str, attempts: int, consumer: str) -> Delivery:
-        delivery = Delivery()
+    def publish(self, message: Message, reason: str, attempts: int, consumer: str,
+                report: DeliveryReport) -> None:
+        """Send `message` to the DLQ; `report` gets the broker's answer from `poll`. Raises
+        BufferError (the local queue is full) or KafkaException if it cannot even be queued."""
         self._producer.produce(self.topic, key=message.key(), value=message.value(),
                                headers=dead_letter_headers(message, reason, attempts, consumer),
-                               on_delivery=delivery.report)
-        return delivery
+                               on_delivery=report)
 
     def poll(self, timeout: float) -> None:
         self._producer.poll(timeout)

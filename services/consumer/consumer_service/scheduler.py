@@ -49,7 +49,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from typing import Any
 
@@ -81,7 +81,7 @@ class Task:
     to use (say, why a job is being dead-lettered); the scheduler never reads it.
     """
 
-    __slots__ = ("_behind", "_failing", "_part", "_state", "_tail", "_unit",
+    __slots__ = ("_behind", "_failing", "_part", "_run", "_state", "_tail", "_unit",
                  "attempt", "key", "note", "offset", "payload", "tp")
 
     def __init__(self, tp: TP, offset: int, key: bytes | None, payload: Any, *,
@@ -98,6 +98,16 @@ class Task:
         self._behind: Task | None = None  # the next task of the unit (set on a unit's tasks only)
         self._tail: Task = self  # the unit's last task (kept up to date on the unit's head only)
         self._failing = False  # failed at least once: counted in its partition's `retrying`
+        self._run: Run | None = None  # the run it was handed out in, while running
+
+    def same_unit(self, other: Task) -> bool:
+        """True if `other` must not start before this task finished (its ordering unit)."""
+        return self._unit is not _FREE and self._unit is other._unit and self._part is other._part
+
+    @property
+    def cancelled(self) -> bool:
+        """Its partition is being given up: a run should not start it (read from any thread)."""
+        return self._part.closed
 
     @property
     def state(self) -> str:
@@ -111,6 +121,27 @@ class Task:
     def __repr__(self) -> str:
         return (f"Task({self.tp[0]}[{self.tp[1]}]@{self.offset}, key={self.key!r}, "
                 f"attempt={self.attempt}, {self.state})")
+
+
+class Run:
+    """Tasks handed to one handler slot, to be run one after another in this order.
+
+    A run stops early at a stop or when a task's partition is `cancelled`; after a task
+    fails (or is not a job), the run's later tasks of the same unit (`Task.same_unit`) must
+    not start. Every task of a run is reported exactly once: its outcome, or `unstarted`.
+    """
+
+    __slots__ = ("left", "tasks")
+
+    def __init__(self, tasks: list[Task]) -> None:
+        self.tasks = tasks
+        self.left = len(tasks)  # tasks not reported back yet; the slot is free at 0
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
 
 
 class _Partition:
@@ -162,7 +193,8 @@ class Scheduler:
         self._ready: deque[Task] = deque()  # may hold stale entries, skipped by `start`
         self._retries: list[tuple[float, int, Task]] = []  # heap of (due, seq, task); stale ones skipped
         self._seq = itertools.count()
-        self._in_flight = 0  # handler calls handed out and not reported back
+        self._in_flight = 0  # tasks handed out (in runs) and not reported back
+        self._slots = 0  # runs handed out and not fully reported back (at most `concurrency`)
         self._held = 0  # fetched, unfinished and in memory, over all partitions
         self._full = False  # held reached max_in_flight: every partition paused
         self._flow_dirty: set[_Partition] = set()
@@ -271,12 +303,15 @@ class Scheduler:
         dropped: list[Task] = []
         emptied: list[Any] = []
         for unit, head in part.units.items():
-            follower = head._behind
+            last = head  # the unit's tasks that are running in a run with the head stay
+            while last._behind is not None and last._behind._state == RUNNING:
+                last = last._behind
+            follower = last._behind
             while follower is not None:
                 dropped.append(follower)
                 follower = follower._behind
-            head._behind = None
-            head._tail = head
+            last._behind = None
+            head._tail = last
             if head._state == READY and not head._failing:
                 dropped.append(head)
                 emptied.append(unit)
@@ -300,26 +335,73 @@ class Scheduler:
     # ---- running ------------------------------------------------------------------------
 
     def start(self, now: float) -> list[Task]:
-        """The tasks whose handler call starts now, in order; each takes a slot until its
-        outcome is reported. Retries due by `now` go first."""
+        """The tasks whose handler call starts now, in order, one per free slot; each takes
+        its slot until its outcome is reported. Retries due by `now` go first."""
+        return [run.tasks[0] for run in self.start_runs(now, 1)]
+
+    def start_runs(self, now: float, length: int) -> list[Run]:
+        """Runs to start now, one per free slot: each holds up to `length` tasks for one slot
+        to run one after another (a unit's head may bring its followers along: they run after
+        it in the same run, so its order holds). The ready tasks are spread over the free
+        slots. Retries due by `now` go first."""
         if self._retries and self._retries[0][0] <= now:
             self._promote(now)
-        free = self.concurrency - self._in_flight
+        free = self.concurrency - self._slots
         ready = self._ready
         if free <= 0 or not ready:
             return []
-        started: list[Task] = []
+        runs: list[Run] = []
+        handed = 0
         while free and ready:
-            task = ready.popleft()
-            part = task._part
-            if task._state != READY or part.closed:
-                continue  # stale: dropped by a rewind, or its partition is going
-            task._state = RUNNING
-            part.busy.add(task)
-            started.append(task)
+            size = min(length, -(-len(ready) // free))  # stale entries count: never below 1
+            tasks: list[Task] = []
+            while ready and len(tasks) < size:
+                task = ready.popleft()
+                part = task._part
+                if task._state != READY or part.closed:
+                    continue  # stale: dropped by a rewind, or its partition is going
+                tasks.append(task)
+                follower = task._behind
+                while follower is not None and len(tasks) < size and follower._state == PENDING:
+                    tasks.append(follower)
+                    follower = follower._behind
+            if not tasks:
+                continue
+            run = Run(tasks)
+            for task in tasks:
+                task._state = RUNNING
+                task._run = run
+                task._part.busy.add(task)
+            runs.append(run)
+            handed += len(tasks)
             free -= 1
-        self._in_flight += len(started)
-        return started
+        self._in_flight += handed
+        self._slots += len(runs)
+        return runs
+
+    def unstarted(self, task: Task) -> bool:
+        """A task of a run that was not started (the run stopped early, or an earlier task of
+        its unit failed in it): back to waiting for a slot, or behind its unit's head.
+
+        False if it is handed back instead: its partition is being revoked or is gone.
+        """
+        if task._state != RUNNING:
+            raise ValueError(f"{task!r} is not running")
+        self._reported(task)
+        part = task._part
+        if part.gone:
+            task._state = DROPPED
+            return False
+        part.busy.discard(task)
+        if part.closed:
+            self._hand_back(task, part)
+            return False
+        if task._unit is _FREE or part.units.get(task._unit) is task:
+            task._state = READY
+            self._ready.appendleft(task)
+        else:
+            task._state = PENDING  # still behind its unit's head, made ready when that finishes
+        return True
 
     def succeeded(self, task: Task) -> bool:
         """The handler call succeeded: the job is finished (its offset may be committed).
@@ -328,7 +410,7 @@ class Scheduler:
         """
         if task._state != RUNNING:
             raise ValueError(f"{task!r} is not running")
-        self._in_flight -= 1
+        self._reported(task)
         part = task._part
         if part.gone:
             task._state = DROPPED
@@ -345,7 +427,7 @@ class Scheduler:
         """
         state = task._state
         if state == RUNNING:
-            self._in_flight -= 1
+            self._reported(task)
             task.attempt += 1
         elif state != SETTLING:
             raise ValueError(f"{task!r} is neither running nor settling")
@@ -374,7 +456,7 @@ class Scheduler:
         """
         if task._state != RUNNING:
             raise ValueError(f"{task!r} is not running")
-        self._in_flight -= 1
+        self._reported(task)
         if task._part.gone:
             task._state = DROPPED
             return False
@@ -386,7 +468,7 @@ class Scheduler:
         running when the dead letter needs no wait). False if its partition was dropped."""
         state = task._state
         if state == RUNNING:
-            self._in_flight -= 1
+            self._reported(task)
         elif state != SETTLING:
             raise ValueError(f"{task!r} is neither running nor settling")
         part = task._part
@@ -446,8 +528,13 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
-        """Handler calls handed out by `start` and not yet reported back."""
+        """Tasks handed out by `start`/`start_runs` and not yet reported back."""
         return self._in_flight
+
+    @property
+    def runs(self) -> int:
+        """Slots busy: runs handed out with a task not yet reported back."""
+        return self._slots
 
     @property
     def held(self) -> int:
@@ -470,6 +557,16 @@ class Scheduler:
         return sorted(tp for tp, part in self._parts.items() if part.paused and not part.closed)
 
     # ---- inside ---------------------------------------------------------------------------
+
+    def _reported(self, task: Task) -> None:
+        """A running task's outcome (or `unstarted`) came back: its run's slot may be free."""
+        self._in_flight -= 1
+        run = task._run
+        task._run = None
+        if run is not None:
+            run.left -= 1
+            if run.left == 0:
+                self._slots -= 1
 
     def _promote(self, now: float) -> None:
         retries = self._retries
@@ -503,8 +600,9 @@ class Scheduler:
         task._behind = None
         follower._tail = task._tail
         part.units[unit] = follower
-        follower._state = READY
-        self._ready.append(follower)
+        if follower._state == PENDING:  # else it runs next in this task's run already
+            follower._state = READY
+            self._ready.append(follower)
 
     def _hand_back(self, task: Task, part: _Partition) -> None:
         """A task of a partition being revoked that will not finish here: left unfinished."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from jobpipe.settings import HandlerSettings, KafkaSettings
 
@@ -11,8 +13,31 @@ class ConsumerSettings(KafkaSettings, HandlerSettings):
     consumer_group: str = Field("worker-group", min_length=1, description="Consumer group id.")
     consumer_workers: int = Field(
         1, ge=1, le=64, description="Group members in this process, one thread each.")
+    consumer_concurrency: int = Field(
+        1, ge=1, le=4096,
+        description="Handler calls in flight per group member: threads for a plain handler, "
+                    "tasks on one event loop for an `async def` one.")
+    ordering: Literal["key", "partition", "none"] = Field(
+        "key", description="What runs one after another: `key` (jobs with the same key, in "
+                           "offset order), `partition` (a partition's jobs), or `none`.")
+    max_in_flight: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="Jobs fetched and not finished per group member; beyond it fetching pauses.")
     dlq_topic: str = Field("jobs.dlq", min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
                            description="Where jobs go after MAX_ATTEMPTS, and messages that are not jobs.")
     static_membership: bool = Field(
         False, description="Set group.instance.id from the host name, so a restarted replica "
                            "gets its partitions back without a group-wide rebalance.")
+
+    @field_validator("ordering", mode="before")
+    @classmethod
+    def _lower_ordering(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _room_for_the_concurrency(self) -> ConsumerSettings:
+        if self.max_in_flight < self.consumer_concurrency:
+            raise ValueError(
+                f"MAX_IN_FLIGHT ({self.max_in_flight}) must not be below "
+                f"CONSUMER_CONCURRENCY ({self.consumer_concurrency}): jobs in flight are held")
+        return self

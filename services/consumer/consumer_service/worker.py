@@ -1,27 +1,32 @@
-"""One member of the consumer group: the poll loop, retries, dead letters and commits.
+"""One member of the consumer group: the Kafka loop around the scheduler and the executor.
 
-Design, in the order a message meets it:
-- Messages are fetched in batches (up to BATCH that are already there: waiting is only ever
-  for the first) and the handler works through a batch on a HandlerThread while this loop
-  keeps calling poll(), so a slow job never exceeds max.poll.interval.ms; after KEEPALIVE_S
-  all partitions are paused so nothing piles up meanwhile (librdkafka resumes a partition
-  from the last message it handed over, so pausing loses nothing). One thread hand-off per
-  batch, not per job: per job it cost more than everything else together (py-spy, issue 6).
-- Within a batch, a job that fails stops its partition: the partition's later messages are
-  not started and go back to the queue, behind the retry, so a partition stays in order.
-  A stop or a revoke cuts a batch short after the job in hand; what was not started is
-  simply not committed.
-- A failed attempt is not slept on: its partition is paused and the job waits in
-  `_waiting` until its backoff is due, while the other partitions keep flowing.
-- A partition's offset is stored only after its job succeeded or was dead-lettered, in
-  partition order; stored offsets are committed in the background, on revoke and on close.
-- On revoke, the job in hand for a revoked partition is finished (bounded by
-  SHUTDOWN_TIMEOUT_S) and its offset committed before the partition is given up, so a
-  graceful rebalance processes nothing twice.
-- On shutdown, what is finished is committed while this member is still in the group,
-  waiting out a rebalance that is under way (see `_commit_before_leaving`), then the
-  consumer is closed.
-- A librdkafka client left with no broker to talk to is replaced (see `_replace_client`).
+The decisions are made elsewhere, without Kafka: consumer_service.scheduler says which fetched
+jobs start (CONSUMER_CONCURRENCY slots, ORDERING units), when a partition must pause
+(MAX_IN_FLIGHT, a retry) and which offsets are safe to store (the watermark: the lowest
+unfinished offset); jobpipe.executor runs the handler calls (threads, or one event loop for an
+`async def` handler) and hands the outcomes back through one queue; consumer_service.runner is
+what a slot does with its run of jobs. This loop only carries those decisions out:
+
+- poll: take the fetched messages (never more than the room left), or wait for outcomes
+  when every slot is busy, whichever can move things on;
+- report each outcome to the scheduler as it comes back: logged (`job.processed`,
+  `job.retry`), a retry scheduled with the retry policy's backoff (nothing sleeps; only the
+  job's unit waits), a final failure or a message that is not a job published to the DLQ
+  (the job stays unfinished until the broker acknowledged the dead letter);
+- start what the scheduler says; store the moved watermarks (committed in the background,
+  on revoke and before leaving); pause/resume what it says.
+
+A slow handler never costs the group membership: the loop keeps polling while handlers run.
+A run is short: one job when jobs take long, as many as fit in about RUN_BUDGET_S of handler
+time when they are quick, so a job's outcome is stored within milliseconds of its end.
+
+Rebalances: a revoke waits (bounded by SHUTDOWN_TIMEOUT_S) for the jobs in flight on the
+revoked partitions, stores and commits, then forgets them, so a graceful rebalance processes
+nothing twice; what did not finish in time is handed back (logged, uncommitted). A lost
+partition is forgotten at once, its jobs in flight handed back. On shutdown the jobs in hand
+are finished within the budget, what is finished is committed while this member is still in
+the group (see `_commit_before_leaving`), then the consumer is closed. A librdkafka client
+left with no broker to talk to is replaced (see `_replace_client`).
 """
 
 from __future__ import annotations
@@ -30,9 +35,7 @@ import json
 import socket
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
-from concurrent import futures
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -40,19 +43,23 @@ from typing import TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer_service.dead_letters import DeadLetterPublisher
-from consumer_service.handler_thread import HandlerThread
+from consumer_service.offsets import TP
+from consumer_service.runner import TaskRunner
+from consumer_service.scheduler import Scheduler, Task
 from consumer_service.settings import ConsumerSettings
 from jobpipe import metrics
+from jobpipe.executor import Completion, Executor
 from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_processed, log_retry
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import consumer_config
 from jobpipe.logs import event
 
-TP = tuple[str, int]
 T = TypeVar("T")
-BATCH = 500  # most messages handed to the handler thread at once
-KEEPALIVE_S = 0.5  # a handler running longer than this gets the partitions paused
+FETCH = 500  # most messages taken from librdkafka at once
 POLL_S = 0.2  # longest a single poll blocks, so stop and due retries are noticed quickly
+BUSY_POLL_S = 0.002  # the poll's wait while handler calls run and a slot is free for more
+RUN_BUDGET_S = 0.002  # about how much handler time one run holds (see `_run_length`)
+MAX_RUN = 256  # most jobs in one run
 # Commit refusals that only mean "the group is rebalancing": the same offsets can be committed
 # once the rebalance is over (librdkafka keeps the assignment through them while rebalancing).
 REBALANCING = (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION)
@@ -85,44 +92,13 @@ def _within(call: Callable[[], T], until: float, name: str) -> list[T] | None:
     return returned
 
 
-def tp_of(message: Message) -> TP:
-    return (message.topic() or "", message.partition() or 0)
+@dataclass(frozen=True)
+class DeadLetter:
+    """Why a job is being dead-lettered (kept on its task while the publish is in flight)."""
 
-
-@dataclass
-class Waiting:
-    """A message whose next attempt (or dead-letter publish) is due at `due`."""
-
-    message: Message
-    attempt: int
-    due: float
-    dead_letter_reason: str | None = None
-
-
-@dataclass
-class Batch:
-    """Messages the handler thread works through in order, one attempt each.
-
-    The handler thread fills `jobs` and `results` (an Attempt, or the InvalidJob a message
-    that is not a job raised) and sets `running` to the index in hand; the poll thread sets
-    `cut` to stop it after that job, and settles the batch once.
-    """
-
-    messages: list[Message]
-    attempt: int = 1  # which attempt this is (a due retry is a batch of one)
-    jobs: list[Job | None] = field(init=False)
-    results: list[Attempt | InvalidJob | None] = field(init=False)
-    running: int = -1
-    cut: bool = False
-    settled: bool = False
-    future: futures.Future[None] = field(default_factory=futures.Future)
-
-    def __post_init__(self) -> None:
-        self.jobs = [None] * len(self.messages)
-        self.results = [None] * len(self.messages)
-
-    def touches(self, partitions: set[TP]) -> bool:
-        return any(tp_of(message) in partitions for message in self.messages)
+    reason: str
+    attempts: int
+    job: Job | None
 
 
 @dataclass
@@ -157,13 +133,14 @@ class ConsumerWorker:
         self._stranded_since: float | None = None
         self._consumer = self._new_client()
         self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq")
-        self._runner = HandlerThread(f"handler-{self.number}")
+        self._concurrency = self.settings.consumer_concurrency
+        self._scheduler = Scheduler(self.settings.ordering, self._concurrency, self.settings.max_in_flight)
+        self._executor = Executor.for_function(TaskRunner(self.handler, self.stop).function,
+                                               self._concurrency, f"handler-{self.number}")
         self._assigned: set[TP] = set()
-        self._pending: deque[Message] = deque()  # fetched, not yet started, in arrival order
-        self._waiting: dict[TP, Waiting] = {}  # partition -> its job waiting for a retry
-        self._blocked: set[TP] = set()  # partitions paused for a retry
-        self._in_flight: Batch | None = None
-        self._in_callback = False
+        self._dead_letters_out = 0  # published, not answered yet
+        self._answers: list[tuple[Task, KafkaError | None]] = []  # dead-letter acknowledgements
+        self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
         self._stop_deadline: float | None = None
         self.heartbeat = time.monotonic()
 
@@ -206,7 +183,7 @@ class ConsumerWorker:
               f"{self.name}: the Kafka client has had no broker to talk to for "
               f"{STRANDED_AFTER_S:g} s; replacing it", level="WARNING", consumer=self.name)
         stranded = self._consumer
-        self._forget(set(self._assigned))
+        self._forget(set(self._assigned), "the Kafka client was replaced")
         self._generation += 1
         self._stranded_since = None
         self._consumer = self._new_client()
@@ -224,243 +201,275 @@ class ConsumerWorker:
                 if self._stranded_since is not None and \
                         self.heartbeat - self._stranded_since >= STRANDED_AFTER_S:
                     self._replace_client()
-                self._step()
+                self._turn()
+            self._finish_in_flight()
             self._commit_before_leaving()
         finally:
             self._close()
 
-    def _step(self) -> None:
-        due = self._take_due()
-        if due is not None and due.dead_letter_reason is not None:
-            self._dead_letter(due.message, due.dead_letter_reason, due.attempt, None)
-        elif due is not None:
-            self._run(Batch([due.message], attempt=due.attempt))
-        elif messages := self._take_pending() or self._fetch():
-            self._run(Batch(messages))
+    def _turn(self) -> None:
+        """One turn: wait for messages or outcomes, report, start, store, pause/resume."""
+        scheduler = self._scheduler
+        wait = self._wait_s()
+        done: list[Completion] = []
+        if scheduler.in_flight and (scheduler.runs >= self._concurrency or not scheduler.room):
+            done = self._executor.collect(wait)  # nothing could start anyway: wait for an outcome
+            messages = self._consumer.consume(self._fetch_size(), 0)
+        else:
+            if scheduler.in_flight:
+                wait = min(wait, BUSY_POLL_S)
+            messages = self._consumer.consume(self._fetch_size(), wait)
+            if scheduler.in_flight:
+                done = self._executor.collect(0)
+        if messages:
+            self._take(messages)
+        if done:
+            self._report(done)
+        if self._dead_letters_out:
+            self._dlq.poll(0)
+        if self._answers:
+            self._report_dead_letters()
+        self._start(time.monotonic())
+        self._store()
+        self._apply_flow()
 
-    def _fetch(self) -> list[Message]:
-        """Wait (briefly) for one message, then take what else is already fetched."""
-        first = self._consumer.poll(self._poll_timeout())
-        if first is None:
-            return []
-        fetched = [first, *self._consumer.consume(BATCH - 1, 0)]
-        ready = []
-        for message in fetched:
+    def _wait_s(self) -> float:
+        wait = POLL_S
+        if self._dead_letters_out:
+            wait = BUSY_POLL_S
+        due = self._scheduler.next_due()
+        if due is not None:
+            wait = max(0.0, min(wait, due - time.monotonic()))
+        return wait
+
+    def _fetch_size(self) -> int:
+        return max(1, min(FETCH, self._scheduler.room))
+
+    def _take(self, messages: list[Message]) -> None:
+        """Every message consume() returned goes to the scheduler: one left out would be
+        committed past."""
+        fetched = self._scheduler.fetched
+        for message in messages:
             error = message.error()
             if error is not None:
                 self._on_message_error(error)
-            elif tp_of(message) in self._blocked:  # its partition waits for a retry: keep for later
-                self._pending.append(message)
-            else:
-                ready.append(message)
-        return ready
-
-    def _take_due(self) -> Waiting | None:
-        now = time.monotonic()
-        for tp, waiting in self._waiting.items():
-            if waiting.due <= now:
-                del self._waiting[tp]
-                return waiting
-        return None
-
-    def _take_pending(self) -> list[Message]:
-        """Fetched messages not started yet whose partition is free to go, in order."""
-        if not self._pending:
-            return []
-        ready: list[Message] = []
-        kept: deque[Message] = deque()
-        for message in self._pending:
-            free = len(ready) < BATCH and tp_of(message) not in self._blocked
-            (ready if free else kept).append(message)
-        self._pending = kept
-        return ready
-
-    def _poll_timeout(self) -> float:
-        if not self._waiting:
-            return POLL_S
-        soonest = min(waiting.due for waiting in self._waiting.values())
-        return max(0.0, min(POLL_S, soonest - time.monotonic()))
+                continue
+            fetched((message.topic(), message.partition()), message.offset(),  # type: ignore[arg-type]
+                    message.key(), message)
 
     def _on_message_error(self, error: KafkaError) -> None:
         if error.fatal():
             raise KafkaException(error)
         event("kafka.error", f"{self.name}: {error.str()}", level="WARNING", code=error.name())
 
-    # ---- a batch of messages -----------------------------------------------------------
+    def _run_length(self) -> int:
+        """As many jobs per run as take about RUN_BUDGET_S of handler time (one when jobs take
+        longer than that): quick jobs share a thread hand-off, slow ones keep every slot busy."""
+        return max(1, min(MAX_RUN, int(RUN_BUDGET_S / max(self._job_s, 1e-7))))
 
-    def _run(self, batch: Batch) -> None:
-        batch.future = self._runner.submit(partial(self._handle, batch))
-        self._in_flight = batch
-
-        def tick() -> None:
-            if self.stop.is_set():
-                batch.cut = True
-            futures.wait([batch.future], timeout=0.05)
-
-        try:
-            finished = self._wait_alive(batch.future.done, tick)
-        finally:
-            self._in_flight = None
-        if not batch.settled:  # else settled inside a rebalance callback already
-            self._settle(batch, set(), finished, "still running at shutdown")
-
-    def _handle(self, batch: Batch) -> None:
-        """On the handler thread: one attempt per message, in order, until cut."""
-        failed: set[TP] = set()
-        for index, message in enumerate(batch.messages):
-            if batch.cut:
-                return
-            tp = tp_of(message)
-            if tp in failed:  # its partition had a failure in this batch: not started
-                continue
-            batch.running = index
-            try:
-                job = Job.from_bytes(message.value())
-            except InvalidJob as error:
-                batch.results[index] = error
-                failed.add(tp)
-                continue
-            batch.jobs[index] = job
-            attempt = self.handler.attempt(job, batch.attempt)
-            batch.results[index] = attempt
-            if attempt.error is not None:
-                failed.add(tp)
-        batch.running = len(batch.messages)
-
-    def _settle(self, batch: Batch, revoking: set[TP], finished: bool, why_running: str) -> None:
-        """Act on each result in order; `revoking`: partitions being given up right now.
-
-        Not started: back to the queue (in front), unless its partition is going or the
-        worker is stopping (then it is simply not committed). Started on a partition no
-        longer ours (lost): handed back. The job in hand when time ran out: handed back.
-        """
-        batch.settled = batch.cut = True
-        leftovers: list[Message] = []
-        for index, message in enumerate(batch.messages):
-            tp = tp_of(message)
-            result = batch.results[index]
-            if result is None:
-                if not finished and index == batch.running:
-                    self._hand_back(message, batch.jobs[index], why_running)
-                elif tp in self._assigned and tp not in revoking and not self.stop.is_set():
-                    leftovers.append(message)
-            elif tp not in self._assigned:
-                self._hand_back(message, batch.jobs[index], "partition lost (session timed out)")
-            elif isinstance(result, InvalidJob):
-                self._dead_letter(message, str(result), 0, None, revoking=tp in revoking)
-            else:
-                self._after_attempt(message, result, revoking=tp in revoking)
-        self._pending.extendleft(reversed(leftovers))
-
-    def _after_attempt(self, message: Message, result: Attempt, revoking: bool) -> None:
-        origin = {"partition": message.partition(), "offset": message.offset()}
-        step = self.handler.next_step(result)
-        if step is Next.DONE:
-            log_processed(result, self.name, **origin)
-            self.counts.processed += 1
-            self._finish(message, revoking)
-        elif step is Next.RETRY and not revoking:
-            delay = self.handler.policy.delay_s(result.number)
-            log_retry(result, delay, self.name, **origin)
-            self.counts.retried += 1
-            self._retry_later(Waiting(message, result.number + 1, time.monotonic() + delay))
-        elif step is Next.RETRY:
-            self._hand_back(message, result.job, f"attempt {result.number} failed during a rebalance")
-        else:
-            self._dead_letter(message, result.error_text, result.number, result.job, revoking=revoking)
-
-    def _dead_letter(self, message: Message, reason: str, attempts: int, job: Job | None,
-                     revoking: bool = False) -> None:
-        delivery = self._dlq.publish(message, reason, attempts, self.name)
-        delivered = self._wait_alive(delivery.done, lambda: self._dlq.poll(0.05))
-        origin = {"partition": message.partition(), "offset": message.offset()}
-        key = job.key if job else (message.key() or b"").decode(errors="replace") or None
-        if delivered and delivery.error is None:
-            log_dead_lettered(key, job.id if job else None, reason=reason, attempts=attempts,
-                              consumer=self.name, destination=self._dlq.topic, **origin)
-            self.counts.dead_lettered += 1
-            self._finish(message, revoking)
+    def _start(self, now: float) -> None:
+        scheduler = self._scheduler
+        if scheduler.runs >= self._concurrency:
             return
-        if not delivered and self.stop.is_set():
-            return  # not committed: the next owner of the partition dead-letters it again
-        delay = self.handler.policy.delay_s(max(1, attempts))
-        event("job.dead_letter_failed",
-              f"{self.name} could not publish {key} to {self._dlq.topic} "
-              f"({delivery.error or 'no answer'}); trying again in {delay * 1000:.0f} ms",
-              level="ERROR", key=key, error=delivery.error, **origin)
-        if not self._in_callback:
-            self._retry_later(Waiting(message, attempts, time.monotonic() + delay, reason))
+        submit = self._executor.submit
+        for run in scheduler.start_runs(now, self._run_length()):
+            tasks = run.tasks
+            if any(task.note is not None for task in tasks):
+                tasks = self._publish_due_dead_letters(tasks)
+            if tasks:
+                submit(tasks, tasks)
 
-    def _finish(self, message: Message, revoking: bool) -> None:
-        """The job is done with: store its offset and let its partition flow again."""
-        self._consumer.store_offsets(message=message)
-        tp = tp_of(message)
-        if tp in self._blocked and not revoking:
-            self._blocked.discard(tp)
-            self._consumer.resume([TopicPartition(*tp)])
-
-    def _retry_later(self, waiting: Waiting) -> None:
-        tp = tp_of(waiting.message)
-        if tp not in self._blocked:
-            self._blocked.add(tp)
-            self._consumer.pause([TopicPartition(*tp)])
-        self._waiting[tp] = waiting
-
-    def _hand_back(self, message: Message, job: Job | None, why: str) -> None:
-        self.counts.handed_back += 1
-        key = job.key if job else (message.key() or b"").decode(errors="replace")
-        event("job.handed_back",
-              f"{self.name} handed back {key} from partition {message.partition()} "
-              f"offset {message.offset()} uncommitted: {why}",
-              level="WARNING", id=job.id if job else None, key=key, partition=message.partition(),
-              offset=message.offset(), reason=why, consumer=self.name)
-
-    # ---- staying in the group while waiting ----------------------------------------------
-
-    def _wait_alive(self, done: Callable[[], bool], tick: Callable[[], object]) -> bool:
-        """Run `tick` until `done()`, polling the consumer so the group keeps this member.
-
-        Returns False if shutdown's budget ran out first. Inside a rebalance callback the
-        consumer cannot be polled; the wait is then bounded by SHUTDOWN_TIMEOUT_S instead.
-        """
-        started = time.monotonic()
-        paused: list[TopicPartition] = []
+    def _store(self) -> None:
+        moved = self._scheduler.offsets()
+        if not moved:
+            return
         try:
-            while not done():
-                now = time.monotonic()
-                self.heartbeat = now
-                if self._out_of_time(now, started):
-                    return False
-                tick()
-                if self._in_callback or done() or now - started < KEEPALIVE_S:
-                    continue
-                if not paused:
-                    paused = [tp for tp in self._consumer.assignment()
-                              if (tp.topic, tp.partition) not in self._blocked]
-                    self._consumer.pause(paused)
-                message = self._consumer.poll(0)
-                if message is not None and message.error() is None:
-                    self._pending.append(message)
-            return True
-        finally:
-            still_ours = [tp for tp in paused if (tp.topic, tp.partition) in self._assigned]
-            if still_ours:
-                self._consumer.resume(still_ours)
+            self._consumer.store_offsets(
+                offsets=[TopicPartition(tp[0], tp[1], offset) for tp, offset in moved])
+        except KafkaException as error:  # a partition the client no longer has: its next owner redoes it
+            event("commit.failed", f"{self.name} could not store offsets: {error.args[0].str()}",
+                  level="WARNING", error=error.args[0].str(), consumer=self.name)
 
-    def _out_of_time(self, now: float, started: float) -> bool:
-        if self._in_callback:
-            return now - started > self.settings.shutdown_timeout_s
-        if not self.stop.is_set():
-            return False
-        if self._stop_deadline is None:  # leave a fifth of the budget for commit and close
-            self._stop_deadline = self.settings.work_deadline(now)
-        return now >= self._stop_deadline
+    def _apply_flow(self) -> None:
+        pause, resume = self._scheduler.flow()
+        if pause:
+            self._consumer.pause([TopicPartition(*tp) for tp in pause])
+        if resume:
+            self._consumer.resume([TopicPartition(*tp) for tp in resume])
+
+    # ---- outcomes -------------------------------------------------------------------------
+
+    def _report(self, completions: list[Completion]) -> None:
+        """Tell the scheduler what each run did, job by job, as it came back."""
+        for completion in completions:
+            if completion.error is not None:
+                raise completion.error  # the runner itself failed: a bug, not a job's failure
+            tasks: list[Task] = completion.token
+            results: list[Attempt | InvalidJob | None] = completion.value
+            not_started: list[Task] = []
+            for task, result in zip(tasks, results, strict=True):
+                if result is None:
+                    not_started.append(task)
+                elif isinstance(result, Attempt):
+                    self._after_attempt(task, result)
+                else:
+                    self._dead_letter(task, DeadLetter(str(result), 0, None))
+            started = len(tasks) - len(not_started)
+            if started:
+                self._job_s += (completion.duration_s / started - self._job_s) * 0.3
+            for task in reversed(not_started):  # back in their places, in order
+                self._scheduler.unstarted(task)
+
+    def _after_attempt(self, task: Task, attempt: Attempt) -> None:
+        scheduler = self._scheduler
+        if attempt.error is None:
+            if scheduler.succeeded(task):
+                self.counts.processed += 1
+                log_processed(attempt, self.name, partition=task.tp[1], offset=task.offset)
+            else:
+                self._hand_back(task, attempt.job, "processed after its partition was lost")
+            return
+        if self.handler.next_step(attempt) is Next.DEAD_LETTER:
+            self._dead_letter(task, DeadLetter(attempt.error_text, attempt.number, attempt.job))
+            return
+        delay = self.handler.policy.delay_s(attempt.number)
+        if scheduler.failed(task, time.monotonic() + delay):
+            self.counts.retried += 1
+            log_retry(attempt, delay, self.name, partition=task.tp[1], offset=task.offset)
+        else:
+            self._hand_back(task, attempt.job,
+                            f"attempt {attempt.number} failed while its partition was given up")
+
+    # ---- dead letters ---------------------------------------------------------------------
+
+    def _dead_letter(self, task: Task, why: DeadLetter) -> None:
+        """Publish to the DLQ; the job stays unfinished (holding its unit and the watermark)
+        until the broker acknowledged it."""
+        if not self._scheduler.dead_lettering(task):
+            self._hand_back(task, why.job, "its partition was lost before it was dead-lettered")
+            return
+        task.note = why
+        self._publish(task)
+
+    def _publish(self, task: Task) -> None:
+        why: DeadLetter = task.note
+        try:
+            self._dlq.publish(task.payload, why.reason, why.attempts, self.name,
+                              partial(self._on_dead_letter_answer, task))
+        except (BufferError, KafkaException) as error:
+            self._dead_letter_failed(task, str(error))
+            return
+        self._dead_letters_out += 1
+
+    def _on_dead_letter_answer(self, task: Task, error: KafkaError | None, _message: Message) -> None:
+        """librdkafka's delivery report (served by `self._dlq.poll`): only noted here."""
+        self._answers.append((task, error))
+
+    def _report_dead_letters(self) -> None:
+        answers, self._answers = self._answers, []
+        for task, error in answers:
+            self._dead_letters_out -= 1
+            if error is not None:
+                self._dead_letter_failed(task, error.str())
+                continue
+            why: DeadLetter = task.note
+            key, job_id = self._identify(task, why.job)
+            if self._scheduler.dead_lettered(task):
+                self.counts.dead_lettered += 1
+                log_dead_lettered(key, job_id, reason=why.reason, attempts=why.attempts,
+                                  consumer=self.name, destination=self._dlq.topic,
+                                  partition=task.tp[1], offset=task.offset)
+            else:
+                self._hand_back(task, why.job, "its partition was lost while it was dead-lettered")
+
+    def _dead_letter_failed(self, task: Task, error: str) -> None:
+        why: DeadLetter = task.note
+        key, job_id = self._identify(task, why.job)
+        delay = self.handler.policy.delay_s(max(1, why.attempts))
+        again = self._scheduler.failed(task, time.monotonic() + delay)
+        what = f"trying again in {delay * 1000:.0f} ms" if again else "handed back uncommitted"
+        event("job.dead_letter_failed",
+              f"{self.name} could not publish {key} to {self._dlq.topic} ({error}); {what}",
+              level="ERROR", id=job_id, key=key, error=error, partition=task.tp[1],
+              offset=task.offset, consumer=self.name)
+        if not again:
+            self._hand_back(task, why.job, "its dead letter was not acknowledged before its partition went")
+
+    def _publish_due_dead_letters(self, tasks: list[Task]) -> list[Task]:
+        """A run's tasks whose dead-letter publish failed before are published again (not run);
+        the run's later tasks of their units wait behind them. Returns what is left to run."""
+        left: list[Task] = []
+        publishing: list[Task] = []
+        for task in tasks:
+            if task.note is not None:
+                publishing.append(task)
+                if self._scheduler.dead_lettering(task):
+                    self._publish(task)
+            elif any(earlier.same_unit(task) for earlier in publishing):
+                self._scheduler.unstarted(task)
+            else:
+                left.append(task)
+        return left
+
+    # ---- handing back --------------------------------------------------------------------
+
+    def _identify(self, task: Task, job: Job | None) -> tuple[str | None, str | None]:
+        """(key, id) for log lines: the job's, or the raw key of a message that is not a job."""
+        if job is not None:
+            return job.key, job.id
+        return (task.key or b"").decode(errors="replace") or None, None
+
+    def _hand_back(self, task: Task, job: Job | None, why: str) -> None:
+        """A job that was started here and will not be committed: its next owner redoes it."""
+        self.counts.handed_back += 1
+        key, job_id = self._identify(task, job)
+        event("job.handed_back",
+              f"{self.name} handed back {key} from partition {task.tp[1]} offset {task.offset} "
+              f"uncommitted: {why}", level="WARNING", id=job_id, key=key, partition=task.tp[1],
+              offset=task.offset, reason=why, consumer=self.name)
+
+    def _hand_back_all(self, tasks: Iterable[Task], why: str) -> None:
+        for task in tasks:
+            job = task.note.job if isinstance(task.note, DeadLetter) else None
+            self._hand_back(task, job, why)
+
+    # ---- waiting for jobs in flight -------------------------------------------------------
+
+    def _wait_for(self, done: Callable[[], bool], until: float) -> bool:
+        """Report outcomes and dead-letter answers until `done()` or `until` (monotonic)."""
+        while not done():
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            self.heartbeat = time.monotonic()
+            if self._scheduler.in_flight:
+                completions = self._executor.collect(min(0.05, left))
+                if completions:
+                    self._report(completions)
+            if self._dead_letters_out:
+                self._dlq.poll(0 if self._scheduler.in_flight else min(0.05, left))
+            if self._answers:
+                self._report_dead_letters()
+        return True
+
+    def _finish_in_flight(self) -> None:
+        """On shutdown: the runs stop after the job in hand; wait for those (and for dead
+        letters being published) within the budget, store what finished, hand back the rest."""
+        self._stop_deadline = self.settings.work_deadline(time.monotonic())
+        scheduler = self._scheduler
+        self._wait_for(lambda: not scheduler.in_flight_on(None), self._stop_deadline)
+        self._store()
+        still = scheduler.in_flight_on(None)
+        if still:
+            self._hand_back_all(still, "still running at shutdown")
 
     # ---- rebalances ---------------------------------------------------------------------
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        metrics.partitions_assigned(len({(tp.topic, tp.partition) for tp in partitions} - self._assigned))
-        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        metrics.partitions_assigned(len(tps - self._assigned))
+        self._assigned |= tps
+        self._hand_back_all(self._scheduler.assign(sorted(tps)), "partition assigned afresh")
         self.joined.set()
         event("partitions.assigned",
               f"{self.name} assigned partitions {sorted(p for _, p in self._assigned)}",
@@ -468,19 +477,15 @@ class ConsumerWorker:
               owned=sorted(p for _, p in self._assigned))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Finish the jobs in flight on the revoked partitions (bounded), commit, forget."""
         revoked = {(tp.topic, tp.partition) for tp in partitions}
-        self._in_callback = True
-        try:
-            batch = self._in_flight
-            if batch is not None and not batch.settled and batch.touches(revoked):
-                batch.cut = True  # finish the job in hand, start no other
-                futures.wait([batch.future], timeout=self.settings.shutdown_timeout_s)
-                self._settle(batch, revoked, batch.future.done(),
-                             "partition revoked while the job was running")
-            self._forget(revoked)
-            self._commit()
-        finally:
-            self._in_callback = False
+        scheduler = self._scheduler
+        scheduler.revoke(revoked)
+        until = self._stop_deadline or time.monotonic() + self.settings.shutdown_timeout_s
+        self._wait_for(lambda: not scheduler.in_flight_on(revoked), until)
+        self._store()
+        self._commit()
+        self._forget(revoked, "partition revoked while the job was running")
         event("partitions.revoked",
               f"{self.name} gave up partitions {sorted(p for _, p in revoked)}",
               consumer=self.name, partitions=sorted(p for _, p in revoked),
@@ -488,20 +493,14 @@ class ConsumerWorker:
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
-        batch = self._in_flight
-        if batch is not None and batch.touches(lost):
-            batch.cut = True  # what it did on them is handed back when it is settled
-        self._forget(lost)
+        self._forget(lost, "partition lost (session timed out)")
         event("partitions.revoked",
               f"{self.name} lost partitions {sorted(p for _, p in lost)} without committing",
               level="WARNING", consumer=self.name, partitions=sorted(p for _, p in lost), lost=True,
               owned=sorted(p for _, p in self._assigned))
 
-    def _forget(self, partitions: set[TP]) -> None:
-        for tp in partitions:
-            self._waiting.pop(tp, None)
-            self._blocked.discard(tp)
-        self._pending = deque(m for m in self._pending if tp_of(m) not in partitions)
+    def _forget(self, partitions: set[TP], why: str) -> None:
+        self._hand_back_all(self._scheduler.drop(partitions), why)
         metrics.partitions_forgotten(partitions, len(partitions & self._assigned))  # drops their lag
         self._assigned -= partitions
 
@@ -591,7 +590,7 @@ class ConsumerWorker:
         overran SHUTDOWN_TIMEOUT_S. So it runs on a daemon thread and is waited for only while
         the shutdown budget lasts; what it had not committed is redone by the next owner.
         """
-        self._runner.close()
+        self._executor.close(0.0)  # what still runs is on daemon threads: it cannot hold the exit
         timeout = self.settings.shutdown_timeout_s
         now = time.monotonic()
         until = (max(self._stop_deadline, now) + timeout * 0.05 if self._stop_deadline is not None
