@@ -75,3 +75,28 @@ async def async_record(job: Job) -> None:
     await asyncio.sleep(0.001)
     with open(os.environ["TEST_RECORD_FILE"], "a") as record:
         record.write(f"{job.id}\n")
+
+
+def gated(job: Job) -> None:
+    """Jobs with seq below TEST_GATE_SEQ take TEST_HANDLER_SLEEP_MS ms; the others also wait
+    (at most 30 s) until the file TEST_RELEASE_FILE exists: a stream a test can interrupt
+    mid-way however fast or slow the machine is. With TEST_RECORD_FILE set, appends
+    `start <seq>` and `end <seq>` lines there (how many ran at once, and in which order)."""
+    _record("start", job)
+    time.sleep(_SLEEP_S)
+    if job.seq >= int(os.environ.get("TEST_GATE_SEQ", "0")):
+        release = os.environ["TEST_RELEASE_FILE"]
+        deadline = time.monotonic() + 30
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    _record("end", job)
+
+
+def _record(what: str, job: Job) -> None:
+    if "TEST_RECORD_FILE" in os.environ:
+        _record_file().write(f"{what} {job.key} {job.seq}\n")
+
+
+@functools.cache
+def _record_file() -> TextIO:
+    return open(os.environ["TEST_RECORD_FILE"], "a", buffering=1)

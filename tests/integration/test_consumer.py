@@ -120,20 +120,25 @@ def test_a_job_waiting_for_its_retry_does_not_stall_other_partitions(pipeline: P
     assert Counter(order) == Counter({e: 1 for e in order})
 
 
-def test_sigterm_mid_stream_exits_0_and_the_next_consumer_takes_only_the_rest(pipeline: Pipeline) -> None:
+def test_sigterm_mid_stream_exits_0_and_the_next_consumer_takes_only_the_rest(
+        pipeline: Pipeline, tmp_path: Path) -> None:
     pipeline.ensure_topics()
     jobs = [job(i) for i in range(200)]
-    pipeline.send(jobs)
-    first = pipeline.start("consumer", handler="tests.handlers:slow", shutdown_timeout_s=5)
+    pipeline.send(jobs, partition=0)
+    release = tmp_path / "release"  # jobs from seq 20 on wait for it: the stream is mid-way
+    first = pipeline.start("consumer", handler="tests.handlers:gated", shutdown_timeout_s=5,
+                           test_gate_seq=20, test_release_file=release)
     first.wait_for("job.processed", 20, timeout=60)
     first.signal(signal.SIGTERM)
     signalled = time.monotonic()
+    first.wait_for("service.stopping", timeout=10)
+    release.touch()  # the job in hand finishes; nothing more starts
     assert first.wait(10) == 0, first.tail()
     assert time.monotonic() - signalled < 5, "within SHUTDOWN_TIMEOUT_S"
     done_first = {e["id"] for e in processed(first)}
     assert 20 <= len(done_first) < 200
 
-    second = pipeline.start("consumer")
+    second = pipeline.start("consumer", handler="tests.handlers:gated", test_release_file=release)
     wait_until(lambda: len(processed(second)) >= 200 - len(done_first), 60, "the rest to be processed")
     assert second.stop() == 0
     done_second = [e["id"] for e in processed(second)]

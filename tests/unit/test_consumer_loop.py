@@ -1,0 +1,419 @@
+"""The consumer's Kafka loop (consumer_service.worker) driven turn by turn against a scripted
+stand-in for librdkafka: the paths that need a rebalance, a dead-letter publish or a pause to
+land at one exact moment, which a real broker cannot be made to hit on demand. Each defect
+found in the old worker (issue 11) has its regression test here; the same behaviours on a real
+broker are in tests/integration/test_consumer*.py.
+
+The stand-in keeps each partition's log, the position, the paused set, the stored and the
+committed offsets, and refuses (as librdkafka does, with _STATE) to store an offset for a
+partition it does not have. The dead-letter producer answers in `poll`, and can be told to
+fail or to hold its answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from consumer_service import dead_letters, worker
+from consumer_service.settings import ConsumerSettings
+from jobpipe.handling import JobHandler
+from jobpipe.job import Job
+from jobpipe.logs import configure_logging
+
+TOPIC = "jobs"
+
+
+class FakeConsumer:
+    """What the worker needs of confluent_kafka.Consumer, over in-memory partition logs."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.logs: dict[int, list[Message]] = {}
+        self.position: dict[int, int] = {}
+        self.assigned: set[int] = set()
+        self.paused: set[int] = set()
+        self.stored: dict[int, int] = {}
+        self.committed: dict[int, int] = {}
+        self.refused_stores: list[tuple[int, int]] = []
+        self.pause_log: list[tuple[str, int]] = []
+
+    def subscribe(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        out: list[Message] = []
+        for partition in sorted(self.assigned - self.paused):
+            log = self.logs.get(partition, [])
+            while self.position[partition] < len(log) and len(out) < num_messages:
+                out.append(log[self.position[partition]])
+                self.position[partition] += 1
+        return out
+
+    def store_offsets(self, offsets: list[TopicPartition]) -> None:
+        for tp in offsets:
+            if tp.partition not in self.assigned:
+                self.refused_stores.append((tp.partition, tp.offset))
+                raise KafkaException(KafkaError(KafkaError._STATE))
+            self.stored[tp.partition] = tp.offset
+
+    def commit(self, asynchronous: bool = True) -> None:
+        for partition in self.assigned:
+            if partition in self.stored:
+                self.committed[partition] = self.stored[partition]
+
+    def pause(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self.paused.add(tp.partition)
+            self.pause_log.append(("pause", tp.partition))
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self.paused.discard(tp.partition)
+            self.pause_log.append(("resume", tp.partition))
+
+    def close(self) -> None:
+        return None
+
+
+class FakeProducer:
+    """The dead-letter producer: answers in `poll`; `failures` answers fail first; `hold`
+    keeps every answer back."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.pending: list[tuple[Callable[..., None], Message]] = []
+        self.published: list[Message] = []
+        self.failures = 0
+        self.hold = False
+
+    def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
+                headers: Any = None, on_delivery: Callable[..., None] | None = None) -> None:
+        assert on_delivery is not None
+        self.pending.append((on_delivery, Message(topic=topic, key=key, value=value, headers=headers)))
+
+    def poll(self, timeout: float = 0) -> int:
+        if self.hold or not self.pending:
+            time.sleep(min(timeout, 0.01))
+            return 0
+        answered, self.pending = self.pending, []
+        for report, message in answered:
+            if self.failures:
+                self.failures -= 1
+                report(KafkaError(KafkaError._MSG_TIMED_OUT), message)
+            else:
+                self.published.append(message)
+                report(None, message)
+        return len(answered)
+
+    def flush(self, timeout: float = 0) -> int:
+        return len(self.pending)
+
+
+class Harness:
+    """One ConsumerWorker over the stand-ins; the test calls the steps librdkafka would."""
+
+    def __init__(self, member: worker.ConsumerWorker, log: io.StringIO) -> None:
+        self.member = member
+        self.kafka: FakeConsumer = member._consumer  # type: ignore[assignment]
+        self.dlq: FakeProducer = member._dlq._producer  # type: ignore[attr-defined]
+        self._log = log
+
+    def add(self, partition: int, *values: bytes | Job) -> None:
+        log = self.kafka.logs.setdefault(partition, [])
+        for value in values:
+            raw = value.to_bytes() if isinstance(value, Job) else value
+            key = value.key.encode() if isinstance(value, Job) else None
+            log.append(Message(topic=TOPIC, partition=partition, offset=len(log), key=key, value=raw))
+
+    def assign(self, *partitions: int) -> None:
+        for partition in partitions:
+            self.kafka.assigned.add(partition)
+            self.kafka.position[partition] = self.kafka.committed.get(partition, 0)
+        self.member._on_assign(None, [TopicPartition(TOPIC, p) for p in partitions])  # type: ignore[arg-type]
+
+    def revoke(self, *partitions: int) -> None:
+        self.member._on_revoke(None, [TopicPartition(TOPIC, p) for p in partitions])  # type: ignore[arg-type]
+        self.kafka.assigned -= set(partitions)
+        self.kafka.paused -= set(partitions)
+
+    def turn_until(self, done: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, "the loop did not get there in time"
+            self.member._turn()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self._log.getvalue().splitlines()]
+        return [line for line in lines if line["event"] == name]
+
+    def processed(self) -> list[dict[str, Any]]:
+        return self.events("job.processed")
+
+    def settled(self, partition: int) -> bool:
+        """Everything in the partition's log is committed."""
+        self.member._store()
+        self.kafka.commit()
+        return self.kafka.committed.get(partition) == len(self.kafka.logs.get(partition, []))
+
+
+@pytest.fixture
+def make(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Harness]]:
+    monkeypatch.setattr(worker, "Consumer", FakeConsumer)
+    monkeypatch.setattr(dead_letters, "Producer", FakeProducer)
+    made: list[worker.ConsumerWorker] = []
+
+    def build(function: Callable[[Job], Any], **settings: Any) -> Harness:
+        out = io.StringIO()
+        configure_logging("consumer", "INFO", "json", out)
+        values: dict[str, Any] = {"kafka_bootstrap_servers": "127.0.0.1:1", "jobs_topic": TOPIC,
+                                  "retry_backoff_initial_ms": 1, "retry_backoff_max_ms": 2, **settings}
+        config = ConsumerSettings(**values)
+        handler = JobHandler(function, config.retry_policy(config.max_attempts))
+        member = worker.ConsumerWorker(1, config, handler, threading.Event(), threading.Event())
+        made.append(member)
+        return Harness(member, out)
+
+    yield build
+    for member in made:
+        member.stop.set()
+        member._executor.close(1.0)
+    configure_logging("tests", "INFO", "text")
+
+
+def job(seq: int, key: str | None = None, **payload: Any) -> Job:
+    made = Job.new(3, seq, payload=payload or {"ok": True})
+    return made if key is None else Job(made.id, key, made.producer, made.seq, made.created_at, made.payload)
+
+
+def fails_when_told(job: Job) -> None:
+    if isinstance(job.payload, dict) and job.payload.get("fail"):
+        raise RuntimeError(f"{job.key} was told to fail")
+
+
+# ---- the regressions of issue 11 -----------------------------------------------------------
+
+
+def test_a_dead_letter_that_fails_during_another_partitions_revoke_is_retried_and_holds_its_offset(
+        make: Callable[..., Harness]) -> None:
+    """Old worker: while a revoke callback settled a batch, a failed dead-letter publish for a
+    partition NOT being revoked was neither stored nor retried (yet logged "trying again"),
+    and that partition's later jobs committed past it: the job was lost."""
+    release = threading.Event()
+
+    def handler(job: Job) -> None:
+        if job.key == "slow":
+            release.wait(10)
+        fails_when_told(job)
+
+    h = make(handler, max_attempts=1, ordering="partition", consumer_concurrency=2)
+    h.add(0, job(0, key="slow"))
+    doomed = job(1, fail=True)
+    h.add(1, doomed, job(2))
+    h.dlq.hold = True
+    h.dlq.failures = 1
+    h.assign(0, 1)
+    h.turn_until(lambda: len(h.dlq.pending) == 1)
+    h.dlq.hold = False  # the revoke waits for partition 0's job, and gets the (failed) answer meanwhile
+    threading.Timer(0.3, release.set).start()
+
+    h.revoke(0)
+
+    failed = h.events("job.dead_letter_failed")
+    assert len(failed) == 1 and "trying again" in failed[0]["message"]
+    assert h.kafka.committed.get(1, 0) == 0, "nothing of partition 1 committed past the dead letter"
+    h.turn_until(lambda: h.settled(1))
+    assert [Job.from_bytes(m.value()).id for m in h.dlq.published] == [doomed.id]
+    assert [e["id"] for e in h.events("job.dead_lettered")] == [doomed.id]
+
+
+def test_a_partition_revoked_while_its_dead_letter_is_unanswered_is_not_stored_afterwards(
+        make: Callable[..., Harness]) -> None:
+    """Old worker: a revoke served while it waited for a dead-letter acknowledgement removed the
+    partition, then it stored an offset for it: librdkafka refused (_STATE) and the service
+    exited 1."""
+    h = make(fails_when_told, max_attempts=1, shutdown_timeout_s=0.3)
+    h.add(0, job(0, fail=True), job(1))
+    h.dlq.hold = True
+    h.assign(0)
+    h.turn_until(lambda: len(h.dlq.pending) == 1)
+
+    h.revoke(0)  # the answer does not come within the revoke's budget
+    handed_back = [e["reason"] for e in h.events("job.handed_back")]
+    assert handed_back == ["partition revoked while the job was running"]
+    h.dlq.hold = False
+    h.turn_until(lambda: not h.dlq.pending)
+    h.member._turn()
+
+    assert h.kafka.refused_stores == []
+    assert h.events("commit.failed") == []
+    assert h.kafka.committed.get(0, 0) == 0, "the next owner dead-letters it again"
+
+
+def test_a_partition_paused_for_a_retry_stays_paused_while_a_slow_job_runs(
+        make: Callable[..., Harness]) -> None:
+    """Old worker: after KEEPALIVE_S of a slow job it paused everything, and resumed all of it
+    afterwards, including a partition paused for a retry: its later jobs ran before the retry."""
+    release = threading.Event()
+
+    def handler(job: Job) -> None:
+        if job.key == "slow":
+            release.wait(10)
+        fails_when_told(job)
+
+    h = make(handler, ordering="partition", max_attempts=3,
+             retry_backoff_initial_ms=1500, retry_backoff_max_ms=1500, consumer_concurrency=2)
+    h.add(0, job(0, key="a", fail=True), job(1, key="b"))
+    h.add(1, job(2, key="slow"))
+    h.assign(0, 1)
+    h.turn_until(lambda: bool(h.events("job.retry")) and 0 in h.kafka.paused)
+    until = time.monotonic() + 0.8  # longer than the old KEEPALIVE_S
+    while time.monotonic() < until:
+        h.member._turn()
+        assert 0 in h.kafka.paused, "the partition waiting for its retry stays paused"
+    release.set()
+    h.turn_until(lambda: len(h.events("job.retry")) == 2)  # fails again: still in order
+    assert [e["key"] for e in h.processed() if e["partition"] == 0] == []
+
+
+def test_a_dead_letter_published_on_a_second_try_is_logged_with_the_jobs_id(
+        make: Callable[..., Harness]) -> None:
+    """Old worker: a dead letter retried through `_step` logged job.dead_lettered without `id`."""
+    h = make(fails_when_told, max_attempts=2)
+    doomed = job(0, fail=True)
+    h.add(0, doomed)
+    h.dlq.failures = 1
+    h.assign(0)
+    h.turn_until(lambda: h.settled(0))
+    assert [(e["id"], e["key"], e["attempts"]) for e in h.events("job.dead_lettered")] == \
+        [(doomed.id, doomed.key, 2)]
+    assert len(h.events("job.dead_letter_failed")) == 1
+
+
+# ---- what the engine promises -----------------------------------------------------------------
+
+
+def test_concurrent_jobs_keep_each_keys_order_and_all_are_committed(make: Callable[..., Harness]) -> None:
+    started: list[tuple[str, int]] = []
+    running = [0, 0]  # now, most at once
+    lock = threading.Lock()
+
+    def handler(job: Job) -> None:
+        with lock:
+            started.append((job.key, job.seq))
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        time.sleep(0.002)
+        with lock:
+            running[0] -= 1
+
+    h = make(handler, consumer_concurrency=8)
+    for partition in range(2):
+        h.add(partition, *[job(partition * 1000 + n, key=f"k{n % 5}") for n in range(60)])
+    h.assign(0, 1)
+    h.turn_until(lambda: h.settled(0) and h.settled(1))
+    assert len(h.processed()) == 120
+    assert 1 < running[1] <= 8
+    for key in {k for k, _ in started}:
+        for partition in range(2):
+            seqs = [s for k, s in started if k == key and s // 1000 == partition]
+            assert seqs == sorted(seqs), f"{key} on partition {partition} ran out of order"
+
+
+def test_the_stored_offset_waits_for_the_slowest_unfinished_job(make: Callable[..., Harness]) -> None:
+    release = threading.Event()
+
+    def handler(job: Job) -> None:
+        if job.key == "slow":
+            release.wait(10)
+
+    h = make(handler, consumer_concurrency=4)
+    h.add(0, job(0, key="slow"), *[job(n, key=f"k{n}") for n in range(1, 10)])
+    h.assign(0)
+    h.turn_until(lambda: len(h.processed()) == 9)
+    h.member._store()
+    assert h.kafka.stored.get(0, 0) == 0, "offset 0 is unfinished: nothing above it is committed"
+    release.set()
+    h.turn_until(lambda: h.settled(0))
+
+
+def test_an_async_handler_runs_many_jobs_at_once_on_one_loop(make: Callable[..., Harness]) -> None:
+    running = [0, 0]
+    loops: set[int] = set()
+
+    async def handler(job: Job) -> None:
+        loops.add(id(asyncio.get_running_loop()))
+        running[0] += 1
+        running[1] = max(running[1], running[0])
+        await asyncio.sleep(0.01)
+        running[0] -= 1
+
+    h = make(handler, consumer_concurrency=32, ordering="none")
+    h.add(0, *[job(n) for n in range(200)])
+    h.assign(0)
+    h.turn_until(lambda: h.settled(0))
+    assert len(h.processed()) == 200
+    assert running[1] > 8 and len(loops) == 1
+
+
+def test_a_full_member_pauses_fetching_and_holds_no_more_than_max_in_flight(
+        make: Callable[..., Harness]) -> None:
+    release = threading.Event()
+    h = make(lambda job: release.wait(10), consumer_concurrency=2, max_in_flight=10)
+    h.add(0, *[job(n, key=f"k{n}") for n in range(50)])
+    h.assign(0)
+    h.turn_until(lambda: 0 in h.kafka.paused)
+    for _ in range(5):
+        h.member._turn()
+    assert h.member._scheduler.held == 10 and h.kafka.position[0] == 10
+    release.set()
+    h.turn_until(lambda: h.settled(0))
+    assert len(h.processed()) == 50
+
+
+def test_a_stop_finishes_the_job_in_hand_starts_nothing_more_and_stores_what_finished(
+        make: Callable[..., Harness]) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    def handler(job: Job) -> None:
+        if job.seq == 3:
+            entered.set()
+            release.wait(10)
+
+    h = make(handler, ordering="partition", shutdown_timeout_s=5)
+    h.add(0, *[job(n) for n in range(100)])
+    h.assign(0)
+    h.turn_until(entered.is_set)
+    h.member.stop.set()
+    threading.Timer(0.2, release.set).start()
+    h.member._finish_in_flight()
+    assert [e["offset"] for e in h.processed()] == [0, 1, 2, 3]
+    assert h.kafka.stored[0] == 4
+
+
+def test_a_job_still_running_when_the_budget_ends_is_handed_back(make: Callable[..., Harness]) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    def handler(job: Job) -> None:
+        entered.set()
+        release.wait(10)
+
+    h = make(handler, shutdown_timeout_s=0.5)
+    h.add(0, job(0))
+    h.assign(0)
+    h.turn_until(entered.is_set)
+    h.member.stop.set()
+    h.member._finish_in_flight()
+    release.set()
+    assert [e["reason"] for e in h.events("job.handed_back")] == ["still running at shutdown"]
+    assert h.kafka.stored.get(0, 0) == 0
