@@ -100,3 +100,8 @@ def _record(what: str, job: Job) -> None:
 @functools.cache
 def _record_file() -> TextIO:
     return open(os.environ["TEST_RECORD_FILE"], "a", buffering=1)
+
+
+async def async_sleep(job: Job) -> None:
+    """An `async def` handler that waits 5 ms (I/O-bound work), for the benchmarks."""
+    await asyncio.sleep(0.005)

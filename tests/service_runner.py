@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from local_kafka import die_with_parent  # re-exported: every child of a test run dies with it
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
 Event = dict[str, Any]
@@ -59,7 +61,8 @@ class ServiceProcess:
         self.started = time.monotonic()
         with os.fdopen(out_fd, "wb") as out, os.fdopen(err_fd, "wb") as err:
             self.process = subprocess.Popen([str(BIN / command), *args], env=service_env(**settings),
-                                            stdout=out, stderr=err, cwd=REPO)
+                                            stdout=out, stderr=err, cwd=REPO,
+                                            preexec_fn=die_with_parent(os.getpid()))  # noqa: PLW1509
 
     @property
     def stdout_path(self) -> Path:

@@ -241,8 +241,9 @@ if sys.platform.startswith("linux"):
         _prctl = None
 
 
-def _make_preexec(parent_pid: int) -> Callable[[], None]:
-    """Runs in the forked child before exec: die with SIGKILL when the parent goes away."""
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn: the forked child (before exec) asks for SIGKILL when the thread that
+    started it goes away, so nothing a test run starts outlives it, even when it is killed."""
 
     def preexec() -> None:
         if _prctl is not None:
@@ -275,7 +276,7 @@ def _spawn(
         start_new_session=True,
         # The whole point: PR_SET_PDEATHSIG must be set in the child. The hook only calls an
         # already-resolved libc function and os.getppid/os.kill (no imports, no locks).
-        preexec_fn=_make_preexec(os.getpid()),  # noqa: PLW1509
+        preexec_fn=die_with_parent(os.getpid()),  # noqa: PLW1509
         close_fds=True,
     )
 

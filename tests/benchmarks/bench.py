@@ -70,7 +70,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from tabulate import tabulate
 
-from tests.service_runner import BIN, REPO, free_port, service_env, wait_until
+from tests.service_runner import BIN, REPO, die_with_parent, free_port, service_env, wait_until
 
 PROFILE_ENV = "BENCH_PROFILE"
 REPORT_PATH = REPO / "benchmark-report.json"
@@ -86,7 +86,9 @@ NOOP = "tests.handlers:noop"
 TARGETS = {"producer_vs_kcat": (">=", 0.3), "producer_vs_go": (">=", 0.65),
            "consumer_vs_kcat": (">=", 0.9), "consumer_vs_go": (">=", 0.8),
            "inmemory_vs_queue": (">=", 0.9), "e2e_p99_ms": ("<=", 5.0),
-           "e2e_p99_ms_default": ("<=", 13.7), "scaling_1_to_3": (">=", 2.5)}
+           "e2e_p99_ms_default": ("<=", 13.7), "scaling_1_to_3": (">=", 2.5),
+           # issue 11: CONSUMER_CONCURRENCY
+           "concurrency_speedup": (">=", 20.0), "async_jobs_per_s": (">=", 20_000.0)}
 # Same producer settings for every tool (the service's own are in jobpipe.kafka_clients).
 PRODUCER_PROPS = {"acks": "all", "enable.idempotence": "true", "linger.ms": "5"}
 
@@ -103,13 +105,14 @@ class Profile:
     latency_s: float
     inmemory_jobs: int
     scaling_jobs: int  # per run, 5 ms each
+    async_jobs: int  # the async handler's run (the 32-slot run takes 10 x scaling_jobs)
 
 
 PROFILES = {
     "short": Profile("short", jobs=20_000, latency_rate=1000, latency_s=5, inmemory_jobs=20_000,
-                     scaling_jobs=600),
+                     scaling_jobs=600, async_jobs=20_000),
     "full": Profile("full", jobs=1_000_000, latency_rate=1000, latency_s=30, inmemory_jobs=200_000,
-                    scaling_jobs=3000),
+                    scaling_jobs=3000, async_jobs=200_000),
 }
 
 
@@ -232,7 +235,8 @@ class Tracked:
         if stdout is None:
             self._out_file = tempfile.TemporaryFile()  # noqa: SIM115 (idem)
             stdout = self._out_file
-        self.process = subprocess.Popen(cmd, env=env, stdin=stdin, stdout=stdout, stderr=self._err, cwd=REPO)
+        self.process = subprocess.Popen(cmd, env=env, stdin=stdin, stdout=stdout, stderr=self._err, cwd=REPO,
+                                        preexec_fn=die_with_parent(os.getpid()))  # noqa: PLW1509
         self.started = time.monotonic()
         self.peak_mb: float | None = None
         self.returncode: int | None = None
@@ -728,6 +732,50 @@ def scaling(kafka: Kafka, report: Report) -> None:
         report.rows.append(Row("scaling", f"{count} consumer process(es), 5 ms handler", jobs, seconds, 0,
                                max(c.peak_mb or 0 for c in consumers), "first to last processed"))
     report.keys["scaling_1_to_3"] = rates[3] / rates[1]
+
+
+@dataclass(frozen=True)
+class ConcurrencyRun:
+    label: str
+    settings: dict[str, object]
+    jobs: int
+
+
+def concurrency(kafka: Kafka, report: Report) -> None:
+    """One consumer process on 6 partitions of jobs with distinct keys, a handler that waits
+    5 ms: jobs/s at CONSUMER_CONCURRENCY 1, at 32 (ORDERING=key) and with an `async def`
+    handler at 256. The jobs are produced first, so only the consumer is measured."""
+    profile = report.profile
+    paced = {"handler": "tests.handlers:paced", "test_handler_sleep_ms": 5}
+    runs = (ConcurrencyRun("1 slot, 5 ms handler", paced | {"consumer_concurrency": 1}, profile.scaling_jobs),
+            ConcurrencyRun("32 slots, ORDERING=key, 5 ms handler",
+                           paced | {"consumer_concurrency": 32, "ordering": "key"},
+                           profile.scaling_jobs * 10),
+            ConcurrencyRun("async def, 256 slots, asyncio.sleep(0.005)",
+                           {"handler": "tests.handlers:async_sleep", "consumer_concurrency": 256,
+                            "max_in_flight": 4096}, profile.async_jobs))
+    topic = kafka.topic(report, "concurrency")
+    total = max(run.jobs for run in runs)
+    producer = Service("producer", kafka_bootstrap_servers=kafka.bootstrap, jobs_topic=topic,
+                       producer_workers=2, messages_per_worker=total // 2)
+    with running(producer):
+        if producer.wait(600) != 0:
+            raise BenchmarkError(f"producer exited {producer.returncode}:\n{producer.tail()}")
+    rates: list[float] = []
+    for run in runs:
+        consumer = Service("consumer", kafka_bootstrap_servers=kafka.bootstrap, jobs_topic=topic,
+                           dlq_topic=f"{topic}.dlq", consumer_group=f"bench-conc-{uuid.uuid4().hex[:8]}",
+                           **run.settings)
+        with running(consumer):
+            seconds = time_counter([consumer], "jobs_processed_total", run.jobs,
+                                   timeout=run.jobs * 0.006 + 60)
+            if consumer.stop() != 0:
+                raise BenchmarkError(f"consumer exited {consumer.returncode}:\n{consumer.tail()}")
+        rates.append(run.jobs / seconds)
+        report.rows.append(Row("concurrency", f"1 consumer process, {run.label}", run.jobs, seconds, 0,
+                               consumer.peak_mb, "first to last processed"))
+    report.keys["concurrency_speedup"] = rates[1] / rates[0]
+    report.keys["async_jobs_per_s"] = rates[2]
 
 
 def _assignment_settled(kafka: Kafka, group: str, members: int) -> bool:

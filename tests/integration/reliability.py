@@ -261,6 +261,7 @@ class Run:
         self.problems: list[str] = []
         self.started = time.monotonic()
         self.row: dict[str, Any] | None = None
+        self.consumer_settings: dict[str, object] = {}  # every consumer's, e.g. its concurrency
 
     # -- services
 
@@ -285,7 +286,7 @@ class Run:
             set_min_insync(self.bootstrap, [self.topic, self.dlq], min_insync)
 
     def consumer(self, **extra: object) -> ServiceProcess:
-        return self.start("consumer", **({"handler": PACED} | extra))
+        return self.start("consumer", **({"handler": PACED} | self.consumer_settings | extra))
 
     def producer(self, jobs: int | None = None, workers: int = 2, **extra: object) -> ServiceProcess:
         """The producer service sending `jobs` (default: the profile's) at the profile's rate;

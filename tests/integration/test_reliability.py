@@ -57,6 +57,9 @@ def new_run(profile: Profile, request: pytest.FixtureRequest) -> Iterator[Callab
         run.kill_everything()
 
 
+CONCURRENT = {"consumer_concurrency": 32}  # the concurrent variants (issue 11)
+
+
 def check(run: Run, row: dict[str, Any], graceful: bool, leaders_move: bool = False) -> None:
     assert not run.problems, "\n".join(run.problems)
     assert row["lost"] == 0, f"acknowledged jobs lost: {row}"
@@ -72,6 +75,13 @@ def test_consumer_sigkill(new_run: Callable[[str], Run], kafka_bootstrap: str) -
     check(run, reliability.consumer_sigkill(run), graceful=False)
 
 
+def test_consumer_sigkill_concurrent(new_run: Callable[[str], Run], kafka_bootstrap: str) -> None:
+    """The same at CONSUMER_CONCURRENCY=32: jobs finish out of order, the watermark is committed."""
+    run = new_run(kafka_bootstrap)
+    run.consumer_settings = CONCURRENT
+    check(run, reliability.consumer_sigkill(run), graceful=False)
+
+
 def test_sigterm_during_rebalance(new_run: Callable[[str], Run], kafka_bootstrap: str) -> None:
     run = new_run(kafka_bootstrap)
     check(run, reliability.sigterm_during_rebalance(run), graceful=True)
@@ -84,6 +94,13 @@ def test_leader_kill(new_run: Callable[[str], Run], kafka_cluster3: LocalKafkaCl
 
 def test_rolling_restart(new_run: Callable[[str], Run], kafka_cluster3: LocalKafkaCluster) -> None:
     run = new_run(kafka_cluster3.bootstrap_servers)
+    check(run, reliability.rolling_restart(run, kafka_cluster3), graceful=True, leaders_move=True)
+
+
+def test_rolling_restart_concurrent(new_run: Callable[[str], Run],
+                                    kafka_cluster3: LocalKafkaCluster) -> None:
+    run = new_run(kafka_cluster3.bootstrap_servers)
+    run.consumer_settings = CONCURRENT
     check(run, reliability.rolling_restart(run, kafka_cluster3), graceful=True, leaders_move=True)
 
 

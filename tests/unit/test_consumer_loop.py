@@ -58,6 +58,10 @@ class FakeConsumer:
                 self.position[partition] += 1
         return out
 
+    def poll(self, timeout: float = -1) -> Message | None:
+        taken = self.consume(1)
+        return taken[0] if taken else None
+
     def store_offsets(self, offsets: list[TopicPartition]) -> None:
         for tp in offsets:
             if tp.partition not in self.assigned:
@@ -417,3 +421,25 @@ def test_a_job_still_running_when_the_budget_ends_is_handed_back(make: Callable[
     release.set()
     assert [e["reason"] for e in h.events("job.handed_back")] == ["still running at shutdown"]
     assert h.kafka.stored.get(0, 0) == 0
+
+
+def test_a_failed_job_holds_back_the_rest_of_its_key_even_within_one_run(
+        make: Callable[..., Harness]) -> None:
+    """Quick jobs go to a slot in runs; a job that fails in a run must stop its key's later
+    jobs of that run (each message brings its own key object: keys compare by value)."""
+    calls: list[tuple[str, int]] = []
+    failed: set[int] = set()
+
+    def handler(job: Job) -> None:
+        calls.append((job.key, job.seq))
+        if job.seq == 0 and job.seq not in failed:
+            failed.add(job.seq)
+            raise RuntimeError("first attempt fails")
+
+    h = make(handler, ordering="key")
+    h.member._job_s = 1e-6  # quick jobs: long runs from the start
+    h.add(0, job(0, key="a"), job(1, key="a"), job(2, key="b"), job(3, key="a"))
+    h.assign(0)
+    h.turn_until(lambda: h.settled(0))
+    assert [seq for key, seq in calls if key == "a"] == [0, 0, 1, 3]
+    assert [(e["key"], e["offset"]) for e in h.processed()][-3:] == [("a", 0), ("a", 1), ("a", 3)]

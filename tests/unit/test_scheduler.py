@@ -504,7 +504,8 @@ class ConsumerModel(RuleBasedStateMachine):
         log = self.log[tp]
         while count and self.position[tp] < len(log):
             offset = self.position[tp]
-            task = self.s.fetched(tp, offset, log[offset], None)
+            key = log[offset]  # a new bytes object, as each Kafka message brings its own
+            task = self.s.fetched(tp, offset, None if key is None else bytes(bytearray(key)), None)
             self.position[tp] += 1
             if task is not None:
                 count -= 1

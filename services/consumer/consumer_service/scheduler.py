@@ -102,7 +102,7 @@ class Task:
 
     def same_unit(self, other: Task) -> bool:
         """True if `other` must not start before this task finished (its ordering unit)."""
-        return self._unit is not _FREE and self._unit is other._unit and self._part is other._part
+        return self._unit is not _FREE and self._part is other._part and self._unit == other._unit
 
     @property
     def cancelled(self) -> bool:
@@ -173,7 +173,10 @@ class Scheduler:
     (e.g. time.monotonic()), passed in.
     """
 
-    def __init__(self, ordering: Ordering | str, concurrency: int, max_in_flight: int) -> None:
+    def __init__(self, ordering: Ordering | str, concurrency: int, max_in_flight: int,
+                 full_pause_s: float = 0.0) -> None:
+        """`full_pause_s`: how long the member stays full before `flow` pauses every partition
+        (the loop takes nothing meanwhile; see `flow`)."""
         self.ordering = Ordering(ordering)
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -182,6 +185,7 @@ class Scheduler:
                              f"the concurrency ({concurrency})")
         self.concurrency = concurrency
         self.max_in_flight = max_in_flight
+        self.full_pause_s = full_pause_s
         self._resume_at = _resume_level(max_in_flight)
         self._retry_pause_at: int | None = {
             Ordering.KEY: max(1, max_in_flight // 2), Ordering.PARTITION: 1, Ordering.NONE: None,
@@ -196,7 +200,9 @@ class Scheduler:
         self._in_flight = 0  # tasks handed out (in runs) and not reported back
         self._slots = 0  # runs handed out and not fully reported back (at most `concurrency`)
         self._held = 0  # fetched, unfinished and in memory, over all partitions
-        self._full = False  # held reached max_in_flight: every partition paused
+        self._full = False  # held reached max_in_flight (until it is down to _resume_at)
+        self._full_since: float | None = None  # when `flow` first saw the member full
+        self._full_paused = False  # full for full_pause_s: every partition paused
         self._flow_dirty: set[_Partition] = set()
 
     # ---- membership ---------------------------------------------------------------------
@@ -490,8 +496,21 @@ class Scheduler:
         """tp's watermark now (None: nothing fetched from it, or not assigned)."""
         return self._tracker.committable(tp)
 
-    def flow(self) -> tuple[list[TP], list[TP]]:
-        """(to pause, to resume): partitions whose fetching must change since last asked."""
+    def flow(self, now: float = 0.0) -> tuple[list[TP], list[TP]]:
+        """(to pause, to resume): partitions whose fetching must change since last asked.
+
+        A member full for `full_pause_s` pauses every partition until a quarter of its budget
+        is free. Until then the loop simply takes no message (`room` is 0): pausing makes
+        librdkafka drop what it had fetched ahead and fetch it again on resume, which a full
+        member that empties in a millisecond should not pay; but a member that stays full must
+        still poll (rebalances, max.poll.interval.ms) without being handed messages.
+        """
+        if self._full and not self._full_paused:
+            if self._full_since is None:
+                self._full_since = now
+            if now - self._full_since >= self.full_pause_s:
+                self._full_paused = True
+                self._flow_dirty.update(part for part in self._parts.values() if not part.closed)
         if not self._flow_dirty:
             return [], []
         pause: list[TP] = []
@@ -505,6 +524,18 @@ class Scheduler:
                 (pause if want else resume).append(part.tp)
         self._flow_dirty.clear()
         return sorted(pause), sorted(resume)
+
+    def pause_due(self) -> float | None:
+        """When `flow` will pause a full member (None: not full, or paused already)."""
+        if not self._full or self._full_paused or self._full_since is None:
+            return None
+        return self._full_since + self.full_pause_s
+
+    @property
+    def fetch_paused(self) -> bool:
+        """Every partition is paused because the member is full: a fetch only serves
+        librdkafka's callbacks, it hands over no message."""
+        return self._full_paused
 
     def next_due(self) -> float | None:
         """When the earliest retry is due (None: no retry waiting): the loop's longest sleep."""
@@ -617,10 +648,13 @@ class Scheduler:
 
     def _set_full(self, full: bool) -> None:
         self._full = full
-        self._flow_dirty.update(part for part in self._parts.values() if not part.closed)
+        self._full_since = None
+        if not full and self._full_paused:
+            self._full_paused = False
+            self._flow_dirty.update(part for part in self._parts.values() if not part.closed)
 
     def _wants_pause(self, part: _Partition) -> bool:
-        if self._full:
+        if self._full_paused:
             return True
         limit = self._retry_pause_at
         if limit is None or not part.retrying:

@@ -52,7 +52,7 @@ from jobpipe.executor import Completion, Executor
 from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_processed, log_retry
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import consumer_config
-from jobpipe.logs import event
+from jobpipe.logs import enabled, event
 
 T = TypeVar("T")
 FETCH = 500  # most messages taken from librdkafka at once
@@ -60,6 +60,7 @@ POLL_S = 0.2  # longest a single poll blocks, so stop and due retries are notice
 BUSY_POLL_S = 0.002  # the poll's wait while handler calls run and a slot is free for more
 RUN_BUDGET_S = 0.002  # about how much handler time one run holds (see `_run_length`)
 MAX_RUN = 256  # most jobs in one run
+FULL_PAUSE_S = 0.5  # a member full of jobs (MAX_IN_FLIGHT) this long pauses its partitions
 # Commit refusals that only mean "the group is rebalancing": the same offsets can be committed
 # once the rebalance is over (librdkafka keeps the assignment through them while rebalancing).
 REBALANCING = (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION)
@@ -134,7 +135,8 @@ class ConsumerWorker:
         self._consumer = self._new_client()
         self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq")
         self._concurrency = self.settings.consumer_concurrency
-        self._scheduler = Scheduler(self.settings.ordering, self._concurrency, self.settings.max_in_flight)
+        self._scheduler = Scheduler(self.settings.ordering, self._concurrency, self.settings.max_in_flight,
+                                    full_pause_s=FULL_PAUSE_S)
         self._executor = Executor.for_function(TaskRunner(self.handler, self.stop).function,
                                                self._concurrency, f"handler-{self.number}")
         self._assigned: set[TP] = set()
@@ -212,13 +214,18 @@ class ConsumerWorker:
         scheduler = self._scheduler
         wait = self._wait_s()
         done: list[Completion] = []
-        if scheduler.in_flight and (scheduler.runs >= self._concurrency or not scheduler.room):
+        messages: list[Message] = []
+        may_fetch = scheduler.room > 0 or scheduler.fetch_paused  # paused: a fetch takes nothing
+        if scheduler.in_flight and not (may_fetch and scheduler.runs < self._concurrency):
             done = self._executor.collect(wait)  # nothing could start anyway: wait for an outcome
-            messages = self._consumer.consume(self._fetch_size(), 0)
+            if may_fetch:
+                messages = self._fetch(0)
+        elif not may_fetch:  # full of jobs waiting for retries or dead letters: wait for those
+            self.stop.wait(wait)
         else:
             if scheduler.in_flight:
                 wait = min(wait, BUSY_POLL_S)
-            messages = self._consumer.consume(self._fetch_size(), wait)
+            messages = self._fetch(wait)
             if scheduler.in_flight:
                 done = self._executor.collect(0)
         if messages:
@@ -237,25 +244,37 @@ class ConsumerWorker:
         wait = POLL_S
         if self._dead_letters_out:
             wait = BUSY_POLL_S
-        due = self._scheduler.next_due()
-        if due is not None:
-            wait = max(0.0, min(wait, due - time.monotonic()))
+        for due in (self._scheduler.next_due(), self._scheduler.pause_due()):
+            if due is not None:
+                wait = max(0.0, min(wait, due - time.monotonic()))
         return wait
 
-    def _fetch_size(self) -> int:
-        return max(1, min(FETCH, self._scheduler.room))
+    def _fetch(self, wait: float) -> list[Message]:
+        """What librdkafka has fetched, up to the room left; waits up to `wait` for the first
+        message only (consume() with a timeout would wait for a full batch)."""
+        size = max(1, min(FETCH, self._scheduler.room))
+        if wait <= 0:
+            return self._consumer.consume(size, 0)
+        first = self._consumer.poll(wait)
+        if first is None:
+            return []
+        return [first, *self._consumer.consume(size - 1, 0)] if size > 1 else [first]
 
     def _take(self, messages: list[Message]) -> None:
         """Every message consume() returned goes to the scheduler: one left out would be
         committed past."""
         fetched = self._scheduler.fetched
+        partition: int | None = -1
+        tp: TP = ("", -1)
         for message in messages:
             error = message.error()
             if error is not None:
                 self._on_message_error(error)
                 continue
-            fetched((message.topic(), message.partition()), message.offset(),  # type: ignore[arg-type]
-                    message.key(), message)
+            if message.partition() != partition:  # messages come in runs of one partition
+                partition = message.partition()
+                tp = (message.topic() or "", partition or 0)
+            fetched(tp, message.offset(), message.key(), message)  # type: ignore[arg-type]
 
     def _on_message_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -291,7 +310,7 @@ class ConsumerWorker:
                   level="WARNING", error=error.args[0].str(), consumer=self.name)
 
     def _apply_flow(self) -> None:
-        pause, resume = self._scheduler.flow()
+        pause, resume = self._scheduler.flow(time.monotonic())
         if pause:
             self._consumer.pause([TopicPartition(*tp) for tp in pause])
         if resume:
@@ -301,39 +320,42 @@ class ConsumerWorker:
 
     def _report(self, completions: list[Completion]) -> None:
         """Tell the scheduler what each run did, job by job, as it came back."""
+        succeeded = self._scheduler.succeeded
+        logged = enabled("INFO")  # per-job work here is the consumer's hot path
         for completion in completions:
             if completion.error is not None:
                 raise completion.error  # the runner itself failed: a bug, not a job's failure
             tasks: list[Task] = completion.token
             results: list[Attempt | InvalidJob | None] = completion.value
             not_started: list[Task] = []
+            processed = 0
             for task, result in zip(tasks, results, strict=True):
                 if result is None:
                     not_started.append(task)
                 elif isinstance(result, Attempt):
-                    self._after_attempt(task, result)
+                    if result.error is not None:
+                        self._after_failure(task, result)
+                    elif succeeded(task):
+                        processed += 1
+                        if logged:
+                            log_processed(result, self.name, partition=task.tp[1], offset=task.offset)
+                    else:
+                        self._hand_back(task, result.job, "processed after its partition was lost")
                 else:
                     self._dead_letter(task, DeadLetter(str(result), 0, None))
+            self.counts.processed += processed
             started = len(tasks) - len(not_started)
             if started:
                 self._job_s += (completion.duration_s / started - self._job_s) * 0.3
             for task in reversed(not_started):  # back in their places, in order
                 self._scheduler.unstarted(task)
 
-    def _after_attempt(self, task: Task, attempt: Attempt) -> None:
-        scheduler = self._scheduler
-        if attempt.error is None:
-            if scheduler.succeeded(task):
-                self.counts.processed += 1
-                log_processed(attempt, self.name, partition=task.tp[1], offset=task.offset)
-            else:
-                self._hand_back(task, attempt.job, "processed after its partition was lost")
-            return
+    def _after_failure(self, task: Task, attempt: Attempt) -> None:
         if self.handler.next_step(attempt) is Next.DEAD_LETTER:
             self._dead_letter(task, DeadLetter(attempt.error_text, attempt.number, attempt.job))
             return
         delay = self.handler.policy.delay_s(attempt.number)
-        if scheduler.failed(task, time.monotonic() + delay):
+        if self._scheduler.failed(task, time.monotonic() + delay):
             self.counts.retried += 1
             log_retry(attempt, delay, self.name, partition=task.tp[1], offset=task.offset)
         else:
