@@ -59,7 +59,8 @@ def test_every_numeric_setting_is_covered() -> None:
     variables = {v for _, v, _ in NUMERIC_CASES}
     assert {"PRODUCER_WORKERS", "MESSAGES_PER_WORKER", "PRODUCE_RATE", "CONSUMER_WORKERS", "MAX_ATTEMPTS",
             "JOBS_PARTITIONS", "REPLICATION_FACTOR", "QUEUE_CAPACITY", "METRICS_PORT",
-            "KAFKA_WAIT_TIMEOUT_S", "SHUTDOWN_TIMEOUT_S", "RETRY_BACKOFF_INITIAL_MS"} <= variables
+            "KAFKA_WAIT_TIMEOUT_S", "SHUTDOWN_TIMEOUT_S", "RETRY_BACKOFF_INITIAL_MS",
+            "CONSUMER_CONCURRENCY", "MAX_IN_FLIGHT"} <= variables
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -77,6 +78,21 @@ def test_console_script_refuses_bad_setting_with_exit_2_and_one_line(
     assert len(lines) == 1 and complaint in lines[0], run.stderr
     assert "Traceback" not in run.stderr + run.output
     assert run.output == "", "nothing started, nothing sent"
+
+
+@pytest.mark.parametrize(("settings", "complaint"), [
+    ({"CONSUMER_CONCURRENCY": "0"}, "CONSUMER_CONCURRENCY='0'"),
+    ({"ORDERING": "random"}, "ORDERING='random'"),
+    ({"CONSUMER_CONCURRENCY": "64", "MAX_IN_FLIGHT": "32"},
+     "MAX_IN_FLIGHT (32) must not be below CONSUMER_CONCURRENCY (64)"),
+])
+def test_consumer_refuses_a_bad_concurrency_setting_with_exit_2_and_one_line(
+        settings: dict[str, str], complaint: str) -> None:
+    run = run_to_end("consumer", timeout=30, kafka_bootstrap_servers="127.0.0.1:1", **settings)
+    assert run.process.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and complaint in lines[0], run.stderr
+    assert run.output == "", "nothing started"
 
 
 @pytest.mark.parametrize("service", ["consumer", "inmemory"])

@@ -95,6 +95,10 @@ class PartitionOffsets:
         self._replaying = True
         return True
 
+    def lowest_released(self) -> int | None:
+        """The lowest offset released and not fetched again yet (where a rewind seeks to)."""
+        return min((offset for offset, held in self._unfinished.items() if not held), default=None)
+
     def committable(self) -> int | None:
         """The offset to store/commit: the lowest unfinished one, else the highest fetched + 1."""
         if self._order:

@@ -298,7 +298,8 @@ class Scheduler:
 
     def rewind(self, tp: TP) -> int | None:
         """Drop tp's jobs that have not started (not retries: they keep their attempt count)
-        and return the lowest offset dropped, to seek back to; None if nothing was dropped.
+        and return the offset to seek back to: the lowest one dropped and not fetched again
+        yet (by this rewind or an earlier one); None if nothing was dropped.
 
         The dropped offsets stay unfinished (the watermark cannot pass them) until they are
         fetched again; re-fetched offsets that are still in hand or finished are ignored.
@@ -336,7 +337,7 @@ class Scheduler:
         if part.retrying:
             self._flow_dirty.add(part)
         self._check_room()
-        return min(task.offset for task in dropped)
+        return part.offsets.lowest_released()  # also one released by an earlier rewind
 
     # ---- running ------------------------------------------------------------------------
 
@@ -359,7 +360,8 @@ class Scheduler:
         runs: list[Run] = []
         handed = 0
         while free and ready:
-            size = min(length, -(-len(ready) // free))  # stale entries count: never below 1
+            waiting = self._held - self._in_flight - handed  # roughly: the jobs not handed out yet
+            size = max(1, min(length, -(-waiting // free)))  # spread over the free slots
             tasks: list[Task] = []
             while ready and len(tasks) < size:
                 task = ready.popleft()
