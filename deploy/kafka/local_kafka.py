@@ -469,6 +469,7 @@ class _Node:
     proc: subprocess.Popen[bytes] | None = None
     log_handle: IO[bytes] | None = None
     paused: bool = False
+    listener_ports: dict[str, int] = field(default_factory=dict)  # the extra listeners' ports
 
     @property
     def node_id(self) -> int:
@@ -542,6 +543,7 @@ class LocalKafkaCluster:
         ports: Sequence[int] | None = None,
         advertised_host: str = "127.0.0.1",
         start_timeout: float = DEFAULT_START_TIMEOUT,
+        extra_listeners: Mapping[str, str] | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
@@ -550,6 +552,11 @@ class LocalKafkaCluster:
         self.node_count = nodes
         self.heap = heap
         self.extra_properties: dict[str, object] = dict(extra_properties or {})
+        # name -> security protocol of listeners beside PLAINTEXT (e.g. {"SECURE": "SASL_SSL"}):
+        # each node gets a free port for each; configure them with `listener.name.<name>.*`
+        # in extra_properties. PLAINTEXT stays the inter-broker listener.
+        self.extra_listeners: dict[str, str] = {
+            name.upper(): protocol for name, protocol in (extra_listeners or {}).items()}
         self.advertised_host = advertised_host
         self.start_timeout = start_timeout
         self._requested_ports = list(ports) if ports is not None else None
@@ -600,6 +607,10 @@ class LocalKafkaCluster:
     @property
     def pids(self) -> list[int | None]:
         return [n.proc.pid if n.proc is not None else None for n in self._nodes]
+
+    def listener_bootstrap(self, name: str) -> str:
+        """``"127.0.0.1:port,..."`` of extra listener ``name`` on all nodes."""
+        return ",".join(f"{self.advertised_host}:{n.listener_ports[name.upper()]}" for n in self._nodes)
 
     def node_bootstrap(self, i: int) -> str:
         return f"{self.advertised_host}:{self._node(i).port}"
@@ -768,20 +779,30 @@ class LocalKafkaCluster:
             _Node(i, broker_ports[i], controller_ports[i], self._workdir / f"node-{i}")
             for i in range(self.node_count)
         ]
+        extra_ports = iter(_free_ports(self.node_count * len(self.extra_listeners)))
+        for node in self._nodes:
+            node.listener_ports = {name: next(extra_ports) for name in self.extra_listeners}
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self._nodes)
         rf = min(3, self.node_count)
         for node in self._nodes:
             node.log_dir.mkdir(parents=True, exist_ok=True)
             node.data_dir.mkdir(parents=True, exist_ok=True)
+            extra = node.listener_ports
             props: dict[str, object] = {
                 "process.roles": "broker,controller",
                 "node.id": node.node_id,
                 "controller.quorum.voters": voters,
-                "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-                "advertised.listeners": f"PLAINTEXT://{self.advertised_host}:{node.port}",
+                "listeners": ",".join([f"PLAINTEXT://127.0.0.1:{node.port}",
+                                       f"CONTROLLER://127.0.0.1:{node.controller_port}",
+                                       *(f"{name}://127.0.0.1:{port}" for name, port in extra.items())]),
+                "advertised.listeners": ",".join([
+                    f"PLAINTEXT://{self.advertised_host}:{node.port}",
+                    *(f"{name}://{self.advertised_host}:{port}" for name, port in extra.items())]),
                 "inter.broker.listener.name": "PLAINTEXT",
                 "controller.listener.names": "CONTROLLER",
-                "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "listener.security.protocol.map": ",".join([
+                    "CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT",
+                    *(f"{name}:{protocol}" for name, protocol in self.extra_listeners.items())]),
                 "log.dirs": node.data_dir,
                 "num.partitions": 1,
                 "offsets.topic.replication.factor": rf,

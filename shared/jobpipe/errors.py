@@ -1,7 +1,8 @@
 """The errors a service can stop with, and the one table that maps them to exit codes.
 
 Exit codes are part of the contract (README, SPEC): 0 done, 1 anything else,
-2 configuration error, 3 Kafka not reachable within KAFKA_WAIT_TIMEOUT_S.
+2 configuration error, 3 Kafka not reachable within KAFKA_WAIT_TIMEOUT_S, or reachable but
+refusing this service (authentication, TLS handshake, authorization): it cannot be used.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ class KafkaUnreachable(ServiceError):
     """The broker did not answer within KAFKA_WAIT_TIMEOUT_S."""
 
     exit_code = ExitCode.KAFKA_UNREACHABLE
+
+
+class KafkaRefused(KafkaUnreachable):
+    """The broker answered and refused this service: its credentials (authentication), its
+    TLS handshake (an untrusted certificate), or an operation the principal's ACLs do not
+    allow. Waiting does not help, so this ends the wait at once; the message says which."""
 
 
 class StopRequested(ServiceError):

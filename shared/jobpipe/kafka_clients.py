@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, stop_when_event_set
 
-from jobpipe.errors import KafkaUnreachable, StopRequested
+from jobpipe.errors import KafkaRefused, KafkaUnreachable, StopRequested
 from jobpipe.logs import event, kafka_client_logger
 from jobpipe.settings import CLIENT_ROLES, ClientRole, KafkaSettings
 
@@ -200,6 +200,18 @@ def probe_property(name: str, value: str) -> PropertyProbe:
     return PropertyProbe(frozenset(roles))
 
 
+def refused(error: KafkaError) -> str | None:
+    """The one-line reason when `error` says the broker refuses this client for good (wrong
+    credentials, a certificate that cannot be verified); None for anything worth retrying."""
+    text = " ".join(error.str().split())
+    if error.code() == KafkaError._AUTHENTICATION:
+        return f"authentication failed (check KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD): {text}"
+    if error.code() == KafkaError._SSL:
+        return (f"TLS handshake failed (check KAFKA_SSL_CA_LOCATION and the client certificate): "
+                f"{text}")
+    return None
+
+
 def wait_for_broker(settings: KafkaSettings, stop: threading.Event | None = None) -> int:
     """Block until the cluster answers a metadata request; return its broker count.
 
@@ -214,8 +226,10 @@ def wait_for_broker(settings: KafkaSettings, stop: threading.Event | None = None
     timeout = settings.kafka_wait_timeout_s
     deadline = time.monotonic() + timeout
     per_request = min(5.0, max(0.2, settings.shutdown_timeout_s / 2))
-    # Quiet: until the broker answers, every failed connection would be a log line.
-    quiet = admin_config(settings, "broker-wait") | {"log_level": 0, "error_cb": lambda _e: None}
+    # Quiet: until the broker answers, every failed connection would be a log line. What
+    # librdkafka reports meanwhile is kept: a refusal (credentials, TLS) ends the wait at once.
+    reported: list[KafkaError] = []
+    quiet = admin_config(settings, "broker-wait") | {"log_level": 0, "error_cb": reported.append}
     admin = AdminClient(quiet)
     event("kafka.waiting", f"waiting up to {timeout:g} s for Kafka at {settings.kafka_bootstrap_servers}",
           bootstrap_servers=settings.kafka_bootstrap_servers, timeout_s=timeout)
@@ -230,7 +244,14 @@ def wait_for_broker(settings: KafkaSettings, stop: threading.Event | None = None
         for attempt in retrying:
             with attempt:
                 remaining = max(0.2, min(per_request, deadline - time.monotonic()))
-                metadata = admin.list_topics(timeout=remaining)
+                try:
+                    metadata = admin.list_topics(timeout=remaining)
+                finally:
+                    admin.poll(0)  # serves error_cb
+                    refusal = next(filter(None, map(refused, reported)), None)
+                    if refusal is not None:
+                        raise KafkaRefused(f"Kafka at {settings.kafka_bootstrap_servers} refused "
+                                           f"the connection: {refusal}")
     except KafkaException as error:
         if stopping.is_set():
             event("kafka.wait_stopped", "stopped while waiting for Kafka")

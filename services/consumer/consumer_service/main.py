@@ -11,6 +11,7 @@ import time
 
 from consumer_service.settings import ConsumerSettings
 from consumer_service.worker import ConsumerWorker, Counts
+from jobpipe.access import Need, check_access
 from jobpipe.errors import ExitCode
 from jobpipe.handlers import load_handler
 from jobpipe.handling import JobHandler
@@ -25,6 +26,9 @@ def consume(settings: ConsumerSettings, stop: threading.Event, probes: Probes) -
     handler = JobHandler(load_handler(settings.handler), settings.retry_policy(settings.max_attempts),
                          end_to_end=True)
     wait_for_broker(settings, stop)
+    check_access(settings, [Need("READ", "topic", settings.jobs_topic, "JOBS_TOPIC"),
+                            Need("READ", "group", settings.consumer_group, "CONSUMER_GROUP"),
+                            Need("WRITE", "topic", settings.dlq_topic, "DLQ_TOPIC")])
     workers = [ConsumerWorker(number, settings, handler, stop, probes.ready,
                               metrics_on=bool(settings.metrics_port))
                for number in range(1, settings.consumer_workers + 1)]

@@ -26,6 +26,7 @@ import time
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from jobpipe import metrics
+from jobpipe.access import Need, check_access
 from jobpipe.errors import ExitCode
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import producer_config, wait_for_broker
@@ -196,6 +197,7 @@ def _job_in(message: Message) -> Job | None:
 
 def produce(settings: ProducerSettings, stop: threading.Event, probes: Probes) -> Outcome:
     wait_for_broker(settings, stop)
+    check_access(settings, [Need("WRITE", "topic", settings.jobs_topic, "JOBS_TOPIC")])
     probes.ready.set()
     return JobProducer(settings, stop).run()
 

@@ -1,0 +1,156 @@
+"""The services against a broker that asks who they are (issue 12): SASL_SSL with SCRAM-SHA-512
+and mutual TLS, ACLs enforced. The seed scenario runs over each; a wrong password, an untrusted
+broker certificate and a missing ACL each end a service with exit 3 and one line that says
+which; no secret reaches a log line or /metrics."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AclOperation, ResourceType
+
+from jobpipe.access import Need
+from tests.integration import secure_cluster
+from tests.integration.secure_cluster import KEY_PASSWORD, MTLS_PRINCIPAL, Security
+from tests.service_runner import ServiceProcess, free_port
+
+PASSWORDS = {"ops": "ops-Secret-1", "producer": "producer-Secret-2", "consumer": "consumer-Secret-3"}
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Security]:
+    cluster, files = secure_cluster.start(tmp_path_factory.mktemp("secure"))
+    try:
+        security = Security(cluster, files)
+        for user, password in PASSWORDS.items():
+            security.add_user(user, password)
+        security.allow_admin("User:ops")
+        yield security
+    finally:
+        cluster.stop()
+
+
+class Names:
+    def __init__(self) -> None:
+        self.topic = f"secure-{uuid.uuid4().hex[:8]}"
+        self.dlq = f"{self.topic}.dlq"
+        self.group = f"group-{self.topic}"
+
+    def settings(self, **extra: object) -> dict[str, object]:
+        return {"jobs_topic": self.topic, "dlq_topic": self.dlq, "consumer_group": self.group,
+                "kafka_wait_timeout_s": 30, "shutdown_timeout_s": 10} | extra
+
+
+def sasl(secure: Security, user: str, ca: Path | None = None) -> dict[str, object]:
+    return secure.sasl_settings(user, PASSWORDS[user], ca)
+
+
+def ensure_topics(secure: Security, names: Names) -> None:
+    ops = sasl(secure, "ops")
+    secure.wait_until_effective(ops, [])
+    admin = ServiceProcess("topic-admin", "ensure", **names.settings(**ops))
+    assert admin.wait(120) == 0, admin.tail()
+
+
+def refusal(service: ServiceProcess) -> str:
+    """The one line a service that was refused ends with (exit 3), within seconds."""
+    assert service.wait(60) == 3, service.tail()
+    failed = service.events("service.failed")
+    assert len(failed) == 1, service.tail()
+    assert "Traceback" not in service.stderr + service.output, service.stderr
+    return str(failed[0]["message"])
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        for secret in (*PASSWORDS.values(), KEY_PASSWORD, secure_cluster.STORE_PASSWORD):
+            assert secret not in text
+
+
+def test_the_seed_scenario_runs_over_sasl_ssl_with_the_least_acls(secure: Security) -> None:
+    names = Names()
+    ensure_topics(secure, names)
+    secure.allow_producer("User:producer", names.topic)
+    secure.allow_consumer("User:consumer", names.topic, names.group, names.dlq)
+    consumer_settings = sasl(secure, "consumer")
+    secure.wait_until_effective(consumer_settings, [Need("READ", "topic", names.topic, "JOBS_TOPIC"),
+                                                    Need("WRITE", "topic", names.dlq, "DLQ_TOPIC")])
+    port = free_port()
+    consumer = ServiceProcess("consumer", **names.settings(**consumer_settings, metrics_port=port))
+    producer = ServiceProcess("producer", **names.settings(**sasl(secure, "producer"), producer_workers=2,
+                                                           messages_per_worker=10))
+    assert producer.wait(60) == 0, producer.tail()
+    consumer.wait_for("job.processed", 20, timeout=60)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        metrics = answer.read().decode()
+    assert consumer.stop() == 0, consumer.tail()
+
+    produced = {e["id"] for e in producer.events("job.produced")}
+    assert len(produced) == 20 and {e["id"] for e in consumer.events("job.processed")} == produced
+    assert_no_secret(producer.output, producer.stderr, consumer.output, consumer.stderr, metrics)
+
+
+def test_mutual_tls_with_an_encrypted_client_key(secure: Security) -> None:
+    names = Names()
+    ensure_topics(secure, names)
+    secure.allow_producer(MTLS_PRINCIPAL, names.topic)
+    secure.allow_consumer(MTLS_PRINCIPAL, names.topic, names.group, names.dlq)
+    mtls = secure.mtls_settings()
+    consumer = ServiceProcess("consumer", **names.settings(**mtls))
+    producer = ServiceProcess("producer", **names.settings(**mtls, producer_workers=1,
+                                                           messages_per_worker=10))
+    assert producer.wait(60) == 0, producer.tail()
+    consumer.wait_for("job.processed", 10, timeout=60)
+    assert consumer.stop() == 0, consumer.tail()
+    assert_no_secret(producer.output, consumer.output, producer.stderr, consumer.stderr)
+
+
+def test_a_wrong_password_ends_the_wait_at_once_with_authentication_failed(secure: Security) -> None:
+    names = Names()
+    started = time.monotonic()
+    wrong = sasl(secure, "consumer") | {"kafka_sasl_password": "not-the-password", "kafka_wait_timeout_s": 60}
+    message = refusal(ServiceProcess("consumer", **names.settings(**wrong)))
+    assert "authentication failed" in message, message
+    assert time.monotonic() - started < 30, "refused at once, not after KAFKA_WAIT_TIMEOUT_S"
+    assert "not-the-password" not in message
+
+
+def test_an_untrusted_broker_certificate_is_a_tls_handshake_failure(secure: Security) -> None:
+    names = Names()
+    untrusted = sasl(secure, "producer", ca=secure.files.other_ca) | {"kafka_wait_timeout_s": 60}
+    message = refusal(ServiceProcess("producer", **names.settings(**untrusted)))
+    assert "TLS handshake failed" in message, message
+
+
+@pytest.mark.parametrize(("service", "withheld", "named"), [
+    ("consumer", "topic", "READ topic '{topic}' (JOBS_TOPIC)"),
+    ("consumer", "group", "READ group '{group}' (CONSUMER_GROUP)"),
+    ("consumer", "dlq", "WRITE topic '{dlq}' (DLQ_TOPIC)"),
+    ("producer", "topic", "WRITE topic '{topic}' (JOBS_TOPIC)"),
+])
+def test_a_missing_acl_is_refused_at_start_naming_the_resource(
+        secure: Security, service: str, withheld: str, named: str) -> None:
+    names = Names()
+    ensure_topics(secure, names)
+    user = f"{service}-{uuid.uuid4().hex[:6]}"
+    secure.add_user(user, "limited-Secret-9")
+    principal = f"User:{user}"
+    if service == "producer":
+        secure.allow(principal, AclOperation.DESCRIBE, ResourceType.TOPIC, names.topic)  # but not WRITE
+    else:
+        grants = {"topic": (AclOperation.READ, ResourceType.TOPIC, names.topic),
+                  "group": (AclOperation.READ, ResourceType.GROUP, names.group),
+                  "dlq": (AclOperation.WRITE, ResourceType.TOPIC, names.dlq)}
+        for what, (operation, kind, name) in grants.items():
+            if what != withheld:
+                secure.allow(principal, operation, kind, name)
+    settings = secure.sasl_settings(user, "limited-Secret-9")
+    secure.wait_until_effective(settings, [])  # authenticates
+    message = refusal(ServiceProcess(service, **names.settings(**settings)))
+    assert named.format(topic=names.topic, group=names.group, dlq=names.dlq) in message, message
+    assert principal in message
