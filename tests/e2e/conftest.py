@@ -44,6 +44,7 @@ from tests.e2e.engine import (
 from tests.service_runner import free_port, wait_until
 
 OVERRIDE_3_BROKERS = REPO / "deploy" / "compose.3-brokers.yml"
+OVERRIDE_SECURE = REPO / "deploy" / "compose.secure.yml"
 LOG_DIR = REPO / "build" / "e2e-logs"
 Event = dict[str, Any]
 ENGINE = pytest.StashKey[Engine]()
