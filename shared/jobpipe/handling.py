@@ -70,7 +70,11 @@ class JobHandler:
             elapsed = perf_counter() - started
             stats.record(elapsed, ok=False)
             return Attempt(job, number, elapsed * 1000, error)
-        return self._succeeded(job, number, stats, perf_counter() - started)
+        elapsed = perf_counter() - started  # the success path inline: it is the in-memory hot path
+        stats.record(elapsed, ok=True)
+        if self._end_to_end:
+            stats.record_end_to_end(time() - job.created_at.timestamp())  # 0.4 us (timeit)
+        return Attempt(job, number, elapsed * 1000)
 
     async def attempt_async(self, job: Job, number: int) -> Attempt:
         """`attempt` for an `async def` handler, awaited on the caller's event loop."""
@@ -85,9 +89,10 @@ class JobHandler:
         return self._succeeded(job, number, stats, perf_counter() - started)
 
     def _succeeded(self, job: Job, number: int, stats: metrics.HandlerStats, elapsed: float) -> Attempt:
+        """The success path of `attempt_async` (`attempt` has it inline)."""
         stats.record(elapsed, ok=True)
         if self._end_to_end:
-            stats.record_end_to_end(time() - job.created_at.timestamp())  # 0.4 us (timeit)
+            stats.record_end_to_end(time() - job.created_at.timestamp())
         return Attempt(job, number, elapsed * 1000)
 
     def next_step(self, attempt: Attempt) -> Next:
