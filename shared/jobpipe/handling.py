@@ -34,7 +34,7 @@ class Attempt(msgspec.Struct, gc=False):
     job: Job
     number: int
     duration_ms: float
-    error: Exception | None = None
+    error: BaseException | None = None
 
     @property
     def error_text(self) -> str:
@@ -66,7 +66,9 @@ class JobHandler:
             result = self._call(job)
             if result is not None and isawaitable(result):  # a coroutine from a plain function
                 raise not_awaited(self._function, result)
-        except Exception as error:  # the handler contract: raising anything fails the attempt
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # the handler contract: raising anything fails the attempt
             elapsed = perf_counter() - started
             stats.record(elapsed, ok=False)
             return Attempt(job, number, elapsed * 1000, error)
@@ -82,7 +84,9 @@ class JobHandler:
         started = perf_counter()
         try:
             await self._function(job)  # type: ignore[misc]
-        except Exception as error:  # the handler contract, as in `attempt`
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # the handler contract, as in `attempt` (a CancelledError too)
             elapsed = perf_counter() - started
             stats.record(elapsed, ok=False)
             return Attempt(job, number, elapsed * 1000, error)

@@ -443,3 +443,70 @@ def test_a_failed_job_holds_back_the_rest_of_its_key_even_within_one_run(
     h.turn_until(lambda: h.settled(0))
     assert [seq for key, seq in calls if key == "a"] == [0, 0, 1, 3]
     assert [(e["key"], e["offset"]) for e in h.processed()][-3:] == [("a", 0), ("a", 1), ("a", 3)]
+
+
+def test_a_revoke_served_while_outcomes_wait_to_be_reported_commits_them(
+        make: Callable[..., Harness]) -> None:
+    """Found in review: with every slot busy the loop collected outcomes, then polled; a revoke
+    served by that poll waited for jobs whose outcomes sat in the loop's hands, ran out of
+    budget and handed finished jobs back uncommitted (done twice by the next owner)."""
+    h = make(lambda job: time.sleep(0.01), ordering="partition", shutdown_timeout_s=5)
+    h.add(0, *[job(n) for n in range(20)])
+    h.assign(0)
+    real_consume = h.kafka.consume
+    armed = threading.Event()
+
+    def consume(num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        if armed.is_set():
+            armed.clear()
+            h.revoke(0)  # what librdkafka does inside consume(): the revoke callback
+            return []
+        return real_consume(num_messages, timeout)
+
+    h.kafka.consume = consume  # type: ignore[method-assign]
+    h.turn_until(lambda: h.member._scheduler.runs == 1)
+    armed.set()  # the revoke arrives while the only slot is busy
+    h.turn_until(lambda: not armed.is_set() and 0 not in h.kafka.assigned)
+    h.member._turn()
+    assert h.events("job.handed_back") == []
+    done = [e["offset"] for e in h.processed()]
+    assert done == list(range(len(done))) and h.kafka.committed.get(0) == len(done)
+
+
+def test_a_due_retry_does_not_make_the_loop_spin_while_every_slot_is_busy(
+        make: Callable[..., Harness]) -> None:
+    """Found in review: a retry due while no slot was free made every turn wait 0 s."""
+    release = threading.Event()
+
+    def handler(job: Job) -> None:
+        if job.key == "slow":
+            release.wait(10)
+        fails_when_told(job)
+
+    h = make(handler, ordering="key", max_attempts=5)
+    h.add(0, job(0, key="a", fail=True), job(1, key="slow"))
+    h.assign(0)
+    h.turn_until(lambda: bool(h.events("job.retry")) and h.member._scheduler.runs == 1)
+    h.turn_until(lambda: (h.member._scheduler.next_due() or 0) <= time.monotonic())
+    try:
+        assert h.member._wait_s() == worker.POLL_S, "an outcome is what the loop waits for"
+    finally:
+        release.set()
+    h.turn_until(lambda: h.settled(0))
+
+
+def test_an_async_handler_whose_await_is_cancelled_fails_its_attempt_not_the_consumer(
+        make: Callable[..., Harness]) -> None:
+    tries: list[int] = []
+
+    async def handler(job: Job) -> None:
+        tries.append(job.seq)
+        if len(tries) == 1:
+            raise asyncio.CancelledError  # e.g. it awaited a future something else cancelled
+
+    h = make(handler)
+    h.add(0, job(0))
+    h.assign(0)
+    h.turn_until(lambda: h.settled(0))
+    assert [e["attempt"] for e in h.processed()] == [2]
+    assert "CancelledError" in h.events("job.retry")[0]["error"]

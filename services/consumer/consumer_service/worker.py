@@ -48,6 +48,8 @@ from consumer_service.runner import TaskRunner
 from consumer_service.scheduler import Scheduler, Task
 from consumer_service.settings import ConsumerSettings
 from jobpipe import metrics
+from jobpipe.access import principal
+from jobpipe.errors import KafkaRefused
 from jobpipe.executor import Completion, Executor
 from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_processed, log_retry
 from jobpipe.job import InvalidJob, Job
@@ -218,6 +220,9 @@ class ConsumerWorker:
         may_fetch = scheduler.room > 0 or scheduler.fetch_paused  # paused: a fetch takes nothing
         if scheduler.in_flight and not (may_fetch and scheduler.runs < self._concurrency):
             done = self._executor.collect(wait)  # nothing could start anyway: wait for an outcome
+            if done:  # before polling: a revoke served by the poll must see these outcomes
+                self._report(done)
+                done = []
             if may_fetch:
                 messages = self._fetch(0)
         elif not may_fetch:  # full of jobs waiting for retries or dead letters: wait for those
@@ -244,7 +249,10 @@ class ConsumerWorker:
         wait = POLL_S
         if self._dead_letters_out:
             wait = BUSY_POLL_S
-        for due in (self._scheduler.next_due(), self._scheduler.pause_due()):
+        # A retry that is due cannot start while every slot is busy: then an outcome is what
+        # the loop waits for (waiting for the retry's time would spin once it has passed).
+        retry = self._scheduler.next_due() if self._scheduler.runs < self._concurrency else None
+        for due in (retry, self._scheduler.pause_due()):
             if due is not None:
                 wait = max(0.0, min(wait, due - time.monotonic()))
         return wait
@@ -279,6 +287,9 @@ class ConsumerWorker:
     def _on_message_error(self, error: KafkaError) -> None:
         if error.fatal():
             raise KafkaException(error)
+        if error.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED):
+            raise KafkaRefused(f"Kafka does not authorize this consumer ({principal(self.settings)}): "
+                               f"{' '.join(error.str().split())}; grant it with an ACL")
         event("kafka.error", f"{self.name}: {error.str()}", level="WARNING", code=error.name())
 
     def _run_length(self) -> int:
@@ -458,9 +469,15 @@ class ConsumerWorker:
     # ---- waiting for jobs in flight -------------------------------------------------------
 
     def _wait_for(self, done: Callable[[], bool], until: float) -> bool:
-        """Report outcomes and dead-letter answers until `done()` or `until` (monotonic)."""
+        """Report outcomes and dead-letter answers until `done()` or `until` (monotonic), and
+        no longer than the shutdown budget once a stop was asked for."""
         while not done():
-            left = until - time.monotonic()
+            now = time.monotonic()
+            if self.stop.is_set():
+                if self._stop_deadline is None:
+                    self._stop_deadline = self.settings.work_deadline(now)
+                until = min(until, self._stop_deadline)
+            left = until - now
             if left <= 0:
                 return False
             self.heartbeat = time.monotonic()
@@ -477,7 +494,8 @@ class ConsumerWorker:
     def _finish_in_flight(self) -> None:
         """On shutdown: the runs stop after the job in hand; wait for those (and for dead
         letters being published) within the budget, store what finished, hand back the rest."""
-        self._stop_deadline = self.settings.work_deadline(time.monotonic())
+        if self._stop_deadline is None:  # else a revoke under way when the stop came set it
+            self._stop_deadline = self.settings.work_deadline(time.monotonic())
         scheduler = self._scheduler
         self._wait_for(lambda: not scheduler.in_flight_on(None), self._stop_deadline)
         self._store()
@@ -503,7 +521,7 @@ class ConsumerWorker:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         scheduler = self._scheduler
         scheduler.revoke(revoked)
-        until = self._stop_deadline or time.monotonic() + self.settings.shutdown_timeout_s
+        until = time.monotonic() + self.settings.shutdown_timeout_s
         self._wait_for(lambda: not scheduler.in_flight_on(revoked), until)
         self._store()
         self._commit()
