@@ -16,7 +16,7 @@ outcome), the `InvalidJob` a message that is not a job raised, or None for a tas
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from consumer_service.scheduler import Task
@@ -39,31 +39,32 @@ class TaskRunner:
         return self.run_async if self._handler.is_async else self.run
 
     def run(self, tasks: list[Task]) -> list[Result]:
-        results: list[Result] = [None] * len(tasks)
-        failed: list[Task] = []
+        steps = self._steps(tasks)
         attempt = self._handler.attempt
-        stopping = self._stop.is_set
-        decode = Job.from_bytes
-        for index, task in enumerate(tasks):
-            if stopping():
-                break
-            if task.cancelled or (failed and _behind(task, failed)):
-                continue
-            try:
-                job = decode(task.payload.value())
-            except InvalidJob as error:
-                results[index] = error
-                failed.append(task)
-                continue
-            outcome = results[index] = attempt(job, task.attempt)
-            if outcome.error is not None:
-                failed.append(task)
-        return results
+        try:
+            call = next(steps)
+            while True:
+                call = steps.send(attempt(*call))
+        except StopIteration as done:
+            results: list[Result] = done.value
+            return results
 
     async def run_async(self, tasks: list[Task]) -> list[Result]:
+        steps = self._steps(tasks)
+        attempt = self._handler.attempt_async
+        try:
+            call = next(steps)
+            while True:
+                call = steps.send(await attempt(*call))
+        except StopIteration as done:
+            results: list[Result] = done.value
+            return results
+
+    def _steps(self, tasks: list[Task]) -> Generator[tuple[Job, int], Attempt, list[Result]]:
+        """The run's rules, once for both kinds of handler: yields (job, attempt number) for
+        each handler call to make, is sent its Attempt, returns the results."""
         results: list[Result] = [None] * len(tasks)
         failed: list[Task] = []
-        attempt = self._handler.attempt_async
         stopping = self._stop.is_set
         decode = Job.from_bytes
         for index, task in enumerate(tasks):
@@ -77,7 +78,7 @@ class TaskRunner:
                 results[index] = error
                 failed.append(task)
                 continue
-            outcome = results[index] = await attempt(job, task.attempt)
+            outcome = results[index] = yield job, task.attempt
             if outcome.error is not None:
                 failed.append(task)
         return results

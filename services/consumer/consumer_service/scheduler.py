@@ -393,14 +393,9 @@ class Scheduler:
 
         False if it is handed back instead: its partition is being revoked or is gone.
         """
-        if task._state != RUNNING:
-            raise ValueError(f"{task!r} is not running")
-        self._reported(task)
-        part = task._part
-        if part.gone:
-            task._state = DROPPED
+        part = self._back_from_running(task)
+        if part is None:
             return False
-        part.busy.discard(task)
         if part.closed:
             self._hand_back(task, part)
             return False
@@ -416,14 +411,9 @@ class Scheduler:
 
         False if its partition was dropped meanwhile (the job is handed back).
         """
-        if task._state != RUNNING:
-            raise ValueError(f"{task!r} is not running")
-        self._reported(task)
-        part = task._part
-        if part.gone:
-            task._state = DROPPED
+        part = self._back_from_running(task)
+        if part is None:
             return False
-        part.busy.discard(task)
         self._finish(task, part)
         return True
 
@@ -590,6 +580,19 @@ class Scheduler:
         return sorted(tp for tp, part in self._parts.items() if part.paused and not part.closed)
 
     # ---- inside ---------------------------------------------------------------------------
+
+    def _back_from_running(self, task: Task) -> _Partition | None:
+        """A running task reported back (succeeded, or not started): its slot is counted back;
+        its partition, or None if that was dropped meanwhile (the task is handed back)."""
+        if task._state != RUNNING:
+            raise ValueError(f"{task!r} is not running")
+        self._reported(task)
+        part = task._part
+        if part.gone:
+            task._state = DROPPED
+            return None
+        part.busy.discard(task)
+        return part
 
     def _reported(self, task: Task) -> None:
         """A running task's outcome (or `unstarted`) came back: its run's slot may be free."""
