@@ -215,28 +215,23 @@ class ConsumerWorker:
         """One turn: wait for messages or outcomes, report, start, store, pause/resume."""
         scheduler = self._scheduler
         wait = self._wait_s()
-        done: list[Completion] = []
         messages: list[Message] = []
         may_fetch = scheduler.room > 0 or scheduler.fetch_paused  # paused: a fetch takes nothing
+        # Outcomes are reported as soon as they are collected, before any poll: a revoke served
+        # by a poll waits for the revoked partitions' jobs, and must find their outcomes.
         if scheduler.in_flight and not (may_fetch and scheduler.runs < self._concurrency):
-            done = self._executor.collect(wait)  # nothing could start anyway: wait for an outcome
-            if done:  # before polling: a revoke served by the poll must see these outcomes
-                self._report(done)
-                done = []
+            self._report(self._executor.collect(wait))  # nothing could start: wait for an outcome
             if may_fetch:
                 messages = self._fetch(0)
         elif not may_fetch:  # full of jobs waiting for retries or dead letters: wait for those
             self.stop.wait(wait)
+        elif scheduler.in_flight:
+            self._report(self._executor.collect(0))
+            messages = self._fetch(min(wait, BUSY_POLL_S))
         else:
-            if scheduler.in_flight:
-                wait = min(wait, BUSY_POLL_S)
             messages = self._fetch(wait)
-            if scheduler.in_flight:
-                done = self._executor.collect(0)
         if messages:
             self._take(messages)
-        if done:
-            self._report(done)
         if self._dead_letters_out:
             self._dlq.poll(0)
         if self._answers:
