@@ -271,6 +271,9 @@ class Recorder:
             def list_topics(self, timeout: float) -> Any:
                 return type("Metadata", (), {"brokers": {1: object()}})()
 
+            def poll(self, timeout: float) -> int:
+                return 0
+
             def __len__(self) -> int:
                 return 0
 
