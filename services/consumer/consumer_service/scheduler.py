@@ -423,17 +423,11 @@ class Scheduler:
 
         False if the job is handed back instead: its partition is being revoked or is gone.
         """
-        state = task._state
-        if state == RUNNING:
-            self._reported(task)
+        if task._state == RUNNING:
             task.attempt += 1
-        elif state != SETTLING:
-            raise ValueError(f"{task!r} is neither running nor settling")
-        part = task._part
-        if part.gone:
-            task._state = DROPPED
+        part = self._back(task)
+        if part is None:
             return False
-        part.busy.discard(task)
         if part.closed:
             self._hand_back(task, part)
             return False
@@ -464,16 +458,9 @@ class Scheduler:
     def dead_lettered(self, task: Task) -> bool:
         """The job is in the dead-letter topic: finished (from settling, or straight from
         running when the dead letter needs no wait). False if its partition was dropped."""
-        state = task._state
-        if state == RUNNING:
-            self._reported(task)
-        elif state != SETTLING:
-            raise ValueError(f"{task!r} is neither running nor settling")
-        part = task._part
-        if part.gone:
-            task._state = DROPPED
+        part = self._back(task)
+        if part is None:
             return False
-        part.busy.discard(task)
         self._finish(task, part)
         return True
 
@@ -582,11 +569,20 @@ class Scheduler:
     # ---- inside ---------------------------------------------------------------------------
 
     def _back_from_running(self, task: Task) -> _Partition | None:
-        """A running task reported back (succeeded, or not started): its slot is counted back;
-        its partition, or None if that was dropped meanwhile (the task is handed back)."""
+        """`_back` for an outcome only a running task can have (succeeded, not started)."""
         if task._state != RUNNING:
             raise ValueError(f"{task!r} is not running")
-        self._reported(task)
+        return self._back(task)
+
+    def _back(self, task: Task) -> _Partition | None:
+        """A running or settling task reported back: a running one's slot is counted back; it is
+        no longer in flight. Its partition, or None if that was dropped meanwhile (the task is
+        handed back)."""
+        state = task._state
+        if state == RUNNING:
+            self._reported(task)
+        elif state != SETTLING:
+            raise ValueError(f"{task!r} is neither running nor settling")
         part = task._part
         if part.gone:
             task._state = DROPPED
