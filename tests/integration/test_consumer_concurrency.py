@@ -60,14 +60,22 @@ def test_an_async_handler_at_concurrency_64_processes_every_job(pipeline: Pipeli
     assert sorted(record.read_text().split()) == sorted(j.id for j in jobs)
 
 
-def test_sigkill_mid_stream_at_concurrency_32_loses_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
+def gated_stream(pipeline: Pipeline, release: Path) -> tuple[list[Job], dict[str, object]]:
+    """1,200 jobs of distinct keys, and consumer settings (concurrency 32) under which the jobs
+    from seq 400 on wait for the file `release`: a kill or a stop lands mid-stream, however
+    fast the machine is. The first 400 are sent first, so every partition starts with them."""
     pipeline.ensure_topics()
     jobs = [keyed(seq, f"k{seq}") for seq in range(1200)]
     pipeline.send(jobs[:400])
     pipeline.send(jobs[400:])
-    release = tmp_path / "release"  # jobs from seq 400 on wait for it: the kill lands mid-stream
     settings = {"handler": GATED, "consumer_concurrency": 32, "test_handler_sleep_ms": 2,
-                "test_gate_seq": 400, "test_release_file": release}
+                "test_gate_seq": 400, "test_release_file": release, "shutdown_timeout_s": 10}
+    return jobs, settings
+
+
+def test_sigkill_mid_stream_at_concurrency_32_loses_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    jobs, settings = gated_stream(pipeline, release)
     first = pipeline.start("consumer", **settings)
     first.wait_for("job.processed", 100, timeout=90)
     first.kill()
@@ -83,13 +91,8 @@ def test_sigkill_mid_stream_at_concurrency_32_loses_nothing(pipeline: Pipeline, 
 
 
 def test_sigterm_at_concurrency_32_processes_nothing_twice(pipeline: Pipeline, tmp_path: Path) -> None:
-    pipeline.ensure_topics()
-    jobs = [keyed(seq, f"k{seq}") for seq in range(1200)]
-    pipeline.send(jobs[:400])
-    pipeline.send(jobs[400:])
-    release = tmp_path / "release"  # jobs from seq 400 on wait for it: the stop lands mid-stream
-    settings = {"handler": GATED, "consumer_concurrency": 32, "test_handler_sleep_ms": 2,
-                "test_gate_seq": 400, "test_release_file": release, "shutdown_timeout_s": 10}
+    release = tmp_path / "release"
+    jobs, settings = gated_stream(pipeline, release)
     first = pipeline.start("consumer", **settings)
     first.wait_for("job.processed", 100, timeout=90)
     first.signal(signal.SIGTERM)
