@@ -21,8 +21,11 @@ class Refused(RuntimeError):
 
 def scripted(job: Job) -> None:
     """payload {"fail_times": n}: fail the first n attempts; {"fail": "always"}: never succeed;
-    {"sleep_s": s}: take s seconds."""
+    {"sleep_s": s}: take s seconds; {"crash": true}: end the process at once (exit 70), as a
+    handler that kills its consumer would."""
     payload = job.payload if isinstance(job.payload, dict) else {}
+    if payload.get("crash"):
+        os._exit(70)
     _calls[job.id] += 1
     time.sleep(float(payload.get("sleep_s", 0)))
     if payload.get("fail") == "always":

@@ -810,6 +810,9 @@ class LocalKafkaCluster:
                 "transaction.state.log.min.isr": 1,
                 "share.coordinator.state.topic.replication.factor": rf,
                 "share.coordinator.state.topic.min.isr": 1,
+                # Lets a test give a share group a record lock of a second or two (default
+                # minimum 15 s), so a crashed member's records come back within a test's wait.
+                "group.share.min.record.lock.duration.ms": 1000,
                 "min.insync.replicas": 1,
                 "group.initial.rebalance.delay.ms": 0,
                 "auto.create.topics.enable": False,

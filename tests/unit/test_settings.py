@@ -85,6 +85,9 @@ def test_console_script_refuses_bad_setting_with_exit_2_and_one_line(
     ({"ORDERING": "random"}, "ORDERING='random'"),
     ({"CONSUMER_CONCURRENCY": "64", "MAX_IN_FLIGHT": "32"},
      "MAX_IN_FLIGHT (32) must not be below CONSUMER_CONCURRENCY (64)"),
+    ({"CONSUMER_MODE": "queue"}, "CONSUMER_MODE='queue'"),
+    ({"CONSUMER_MODE": "share", "STATIC_MEMBERSHIP": "true"},
+     "CONSUMER_MODE=share does not go with STATIC_MEMBERSHIP=true"),
 ])
 def test_consumer_refuses_a_bad_concurrency_setting_with_exit_2_and_one_line(
         settings: dict[str, str], complaint: str) -> None:

@@ -10,6 +10,7 @@ import threading
 import time
 
 from consumer_service.settings import ConsumerSettings
+from consumer_service.share_worker import ShareWorker
 from consumer_service.worker import ConsumerWorker, Counts
 from jobpipe.access import Need, check_access
 from jobpipe.errors import ExitCode
@@ -29,12 +30,14 @@ def consume(settings: ConsumerSettings, stop: threading.Event, probes: Probes) -
     check_access(settings, [Need("READ", "topic", settings.jobs_topic, "JOBS_TOPIC"),
                             Need("READ", "group", settings.consumer_group, "CONSUMER_GROUP"),
                             Need("WRITE", "topic", settings.dlq_topic, "DLQ_TOPIC")])
-    workers = [ConsumerWorker(number, settings, handler, stop, probes.ready,
-                              metrics_on=bool(settings.metrics_port))
-               for number in range(1, settings.consumer_workers + 1)]
+    metrics_on = bool(settings.metrics_port)
+    workers: list[ConsumerWorker | ShareWorker] = [
+        ShareWorker(number, settings, handler, stop, probes.ready) if settings.consumer_mode == "share"
+        else ConsumerWorker(number, settings, handler, stop, probes.ready, metrics_on=metrics_on)
+        for number in range(1, settings.consumer_workers + 1)]
     failures: list[BaseException] = []
 
-    def run(worker: ConsumerWorker) -> None:
+    def run(worker: ConsumerWorker | ShareWorker) -> None:
         try:
             worker.run()
         except BaseException as error:

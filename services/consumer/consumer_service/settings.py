@@ -11,6 +11,10 @@ from jobpipe.settings import HandlerSettings, KafkaSettings
 
 class ConsumerSettings(KafkaSettings, HandlerSettings):
     consumer_group: str = Field("worker-group", min_length=1, description="Consumer group id.")
+    consumer_mode: Literal["group", "share"] = Field(
+        "group", description="`group`: a consumer group (partitions spread over members, order kept); "
+                             "`share`: a share group (KIP-932: every member reads every partition, "
+                             "jobs acknowledged one by one, no order).")
     consumer_workers: int = Field(
         1, ge=1, le=64, description="Group members in this process, one thread each.")
     consumer_concurrency: int = Field(
@@ -29,10 +33,17 @@ class ConsumerSettings(KafkaSettings, HandlerSettings):
         False, description="Set group.instance.id from the host name, so a restarted replica "
                            "gets its partitions back without a group-wide rebalance.")
 
-    @field_validator("ordering", mode="before")
+    @field_validator("ordering", "consumer_mode", mode="before")
     @classmethod
-    def _lower_ordering(cls, value: object) -> object:
+    def _lower_choices(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _share_mode_alone(self) -> ConsumerSettings:
+        if self.consumer_mode == "share" and self.static_membership:
+            raise ValueError("CONSUMER_MODE=share does not go with STATIC_MEMBERSHIP=true: a share "
+                             "group has no partition assignment to keep")
+        return self
 
     @model_validator(mode="after")
     def _room_for_the_concurrency(self) -> ConsumerSettings:

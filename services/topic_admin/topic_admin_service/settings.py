@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from jobpipe.settings import KafkaSettings
@@ -16,3 +18,6 @@ class TopicAdminSettings(KafkaSettings):
                            description="Dead-letter topic, created beside JOBS_TOPIC.")
     consumer_group: str = Field("worker-group", min_length=1,
                                 description="Group whose committed offsets and lag `describe` shows.")
+    consumer_mode: Literal["group", "share"] = Field(
+        "group", description="`share`: `ensure` also sets the share group's "
+                             "share.auto.offset.reset=earliest, so it reads what was produced before it.")

@@ -10,7 +10,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic, OffsetSpec
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    OffsetSpec,
+    ResourceType,
+)
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
 from jobpipe.logs import event
@@ -61,7 +70,24 @@ class TopicAdmin:
                 note = "" if have == wanted else f" (more than JOBS_PARTITIONS={wanted}; never shrunk)"
                 event("topic.unchanged", f"{name} has {have} partitions{note}",
                       topic=name, partitions=have)
+        if self._settings.consumer_mode == "share":
+            actions[f"group {self._settings.consumer_group}"] = self._share_group_reads_from_start()
         return actions
+
+    def _share_group_reads_from_start(self) -> str:
+        """A share group starts at the latest offset by default: jobs produced before its first
+        member joined would never be delivered. Set `share.auto.offset.reset=earliest` (a group
+        config, KIP-932) once, before the consumers join."""
+        group = self._settings.consumer_group
+        entry = ConfigEntry("share.auto.offset.reset", "earliest",
+                            incremental_operation=AlterConfigOpType.SET)
+        resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[entry])
+        for future in self._admin.incremental_alter_configs([resource],
+                                                            request_timeout=REQUEST_TIMEOUT_S).values():
+            future.result()
+        event("share_group.configured", f"share group {group} reads from the earliest offset",
+              group=group, config={"share.auto.offset.reset": "earliest"})
+        return "configured"
 
     def _create(self, names: list[str]) -> dict[str, str]:
         rf = self._settings.replication_factor

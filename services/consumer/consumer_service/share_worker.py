@@ -1,0 +1,302 @@
+"""One member of a share group (CONSUMER_MODE=share, KIP-932): a job queue on Kafka.
+
+Why it exists: in a consumer group each partition has one member, so replicas past the
+partition count sit idle. In a share group every member reads every partition; the broker
+hands each record to one member under a time-limited lock (`group.share.record.lock.duration.ms`,
+30 s by default) and counts its deliveries. The member acknowledges each record: ACCEPT (done),
+RELEASE (give it back for redelivery, possibly elsewhere) or REJECT (never used here: a job
+that cannot be done goes to the DLQ first, then is accepted).
+
+How, per poll (librdkafka's explicit acknowledgement refuses a new poll while a record of the
+last one is unacknowledged, so a poll's records are settled before the next):
+- each record runs on the executor (CONSUMER_CONCURRENCY at once, no order between them);
+- success: ACCEPT;
+- a failed attempt: retried by this member with the retry policy's backoff while the lock
+  lasts (two thirds of the group's `share.record.lock.duration.ms`); a retry that would
+  outlive it: RELEASE, and the broker redelivers it (its delivery count rises);
+- MAX_ATTEMPTS attempts here, or its last delivery (past MAX_ATTEMPTS deliveries, or the
+  broker's `share.delivery.count.limit`: a handler that kills the process brings its job back
+  each time), or a message that is not a job: published to DLQ_TOPIC with
+  the usual headers, and ACCEPTed only once the broker acknowledged the dead letter (else
+  RELEASEd);
+- a stop: nothing more starts, what is running finishes within the shutdown budget, the rest
+  is RELEASEd; then the acknowledgements are committed and the member leaves.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import itertools
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import AcknowledgeType, KafkaError, KafkaException, Message, ShareConsumer
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+from consumer_service.dead_letters import DeadLetterPublisher
+from consumer_service.settings import ConsumerSettings
+from consumer_service.worker import Counts
+from jobpipe.executor import Executor
+from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_processed, log_retry
+from jobpipe.job import InvalidJob, Job
+from jobpipe.kafka_clients import admin_config, connection_config, extra_config
+from jobpipe.logs import event
+
+POLL_S = 0.5
+DEFAULT_LOCK_S = 30.0  # the broker's group.share.record.lock.duration.ms by default
+DEFAULT_DELIVERY_LIMIT = 5  # the broker's group.share.delivery.count.limit by default
+LOCK_SHARE = 2 / 3  # of a record's lock, the time this member gives itself (the rest: slack)
+ACK_POLL_S = 0.05  # how often the wait for outcomes also serves the dead-letter producer
+
+
+@dataclass(frozen=True)
+class GroupLimits:
+    """What the broker enforces on this share group's records."""
+
+    lock_s: float = DEFAULT_LOCK_S  # share.record.lock.duration.ms
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT  # share.delivery.count.limit: then it gives up
+
+
+def group_limits(settings: ConsumerSettings) -> GroupLimits:
+    """The share group's record lock and delivery limit (its group configs, else the broker's
+    defaults), read once at start."""
+    admin = AdminClient(admin_config(settings, "share-limits"))
+    resource = ConfigResource(ResourceType.GROUP, settings.consumer_group)
+    try:
+        configs = admin.describe_configs([resource], request_timeout=15)[resource].result()
+    except KafkaException:
+        return GroupLimits()
+    finally:
+        del admin
+        gc.collect()
+
+    def value(name: str, default: float) -> float:
+        entry = configs.get(name)
+        return float(entry.value) if entry is not None and entry.value else default
+
+    return GroupLimits(value("share.record.lock.duration.ms", DEFAULT_LOCK_S * 1000) / 1000,
+                       int(value("share.delivery.count.limit", DEFAULT_DELIVERY_LIMIT)))
+
+
+def share_config(settings: ConsumerSettings, client_id: str) -> dict[str, Any]:
+    return connection_config(settings, client_id) | {
+        "group.id": settings.consumer_group,
+        "share.acknowledgement.mode": "explicit",
+        # A poll's records are locked to this member until acknowledged: take only what the
+        # handler slots can start at once, so the other members get the rest.
+        "max.poll.records": settings.consumer_concurrency,
+    } | extra_config(settings, "consumer")
+
+
+@dataclass
+class Record:
+    """A record of the poll in hand: what was tried, and what it is waiting for."""
+
+    message: Message
+    job: Job | None = None
+    attempts: int = 0  # handler calls made by this member
+    running: bool = False
+    publishing: bool = False
+    settled: bool = False
+    reason: str = ""  # why it is being dead-lettered
+
+
+@dataclass
+class ShareWorker:
+    number: int
+    settings: ConsumerSettings
+    handler: JobHandler
+    stop: threading.Event
+    joined: threading.Event
+    counts: Counts = field(default_factory=Counts)
+
+    def __post_init__(self) -> None:
+        host = socket.gethostname()
+        self.name = f"consumer {self.number}@{host}"
+        client_id = f"consumer-{self.number}-{host}"
+        self._consumer = ShareConsumer(share_config(self.settings, client_id))
+        self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq")
+        function = self._attempt_async if self.handler.is_async else self._attempt
+        self._executor = Executor.for_function(function, self.settings.consumer_concurrency,
+                                               f"handler-{self.number}")
+        self._answers: list[tuple[Record, KafkaError | None]] = []
+        self._seq = itertools.count()
+        limits = group_limits(self.settings)
+        self._lock_budget_s = limits.lock_s * LOCK_SHARE
+        # The delivery on which a job is dead-lettered without running: past MAX_ATTEMPTS
+        # deliveries, and at the latest on the broker's last one (after it, the broker drops the
+        # record without a word: a handler that kills the process would lose its job).
+        self._last_delivery = min(limits.delivery_limit, self.settings.max_attempts + 1)
+        self.heartbeat = time.monotonic()
+
+    def _attempt(self, call: tuple[Job, int]) -> Attempt:
+        return self.handler.attempt(*call)
+
+    async def _attempt_async(self, call: tuple[Job, int]) -> Attempt:
+        return await self.handler.attempt_async(*call)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._consumer.subscribe([self.settings.jobs_topic])
+        event("share.joined", f"{self.name} joined share group {self.settings.consumer_group}",
+              consumer=self.name, group=self.settings.consumer_group)
+        self.joined.set()
+        try:
+            while not self.stop.is_set():
+                self.heartbeat = time.monotonic()
+                records = self._consumer.poll(POLL_S)
+                if records:
+                    self._settle_poll(list(records))
+                    self._consumer.commit_async()
+        finally:
+            self._close()
+
+    def _settle_poll(self, messages: list[Message]) -> None:
+        """Work through one poll's records until each is acknowledged."""
+        now = time.monotonic()
+        lock_ends = now + self._lock_budget_s
+        stop_by: float | None = None
+        records = self._admit(messages)
+        ready = [record for record in records if not record.publishing]
+        retries: list[tuple[float, int, Record]] = []
+        running = 0
+        while not all(record.settled for record in records):
+            self.heartbeat = now = time.monotonic()
+            if self.stop.is_set():
+                stop_by = stop_by or self.settings.work_deadline(now)
+                for record in ready + [r for _, _, r in retries]:
+                    self._release(record, "stopping")
+                ready, retries = [], []
+                if now >= stop_by:  # what still runs is handed back by the lock's expiry
+                    break
+            while retries and retries[0][0] <= now:
+                ready.append(heapq.heappop(retries)[2])
+            while ready and running < self.settings.consumer_concurrency:
+                record = ready.pop(0)
+                record.attempts += 1
+                record.running = True
+                running += 1
+                assert record.job is not None
+                self._executor.submit(record, (record.job, record.attempts))
+            wait = ACK_POLL_S if self._answers or any(r.publishing for r in records) else POLL_S
+            if retries:
+                wait = max(0.0, min(wait, retries[0][0] - now))
+            for done in self._executor.collect(wait if running else 0):
+                running -= 1
+                record = done.token
+                record.running = False
+                if done.error is not None:
+                    raise done.error
+                self._after_attempt(record, done.value, lock_ends, retries)
+            self._dlq.poll(0 if running else min(wait, ACK_POLL_S))
+            for record, error in self._take_answers():
+                self._after_publish(record, error)
+
+    def _admit(self, messages: list[Message]) -> list[Record]:
+        """The poll's records; those that are not jobs, or that came back too often, go to the
+        DLQ at once (`publishing`)."""
+        records: list[Record] = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
+                event("kafka.error", f"{self.name}: {error.str()}", level="WARNING", code=error.name())
+                continue
+            record = Record(message)
+            records.append(record)
+            try:
+                record.job = Job.from_bytes(message.value())
+            except InvalidJob as invalid:
+                self._dead_letter(record, str(invalid))
+                continue
+            deliveries = message.delivery_count() or 1
+            if deliveries >= self._last_delivery:
+                self._dead_letter(record, f"delivered {deliveries} times and never finished (a handler "
+                                          "that ends the process?)")
+        return records
+
+    def _after_attempt(self, record: Record, attempt: Attempt, lock_ends: float,
+                       retries: list[tuple[float, int, Record]]) -> None:
+        origin = {"partition": record.message.partition(), "offset": record.message.offset()}
+        if attempt.error is None:
+            self._acknowledge(record, AcknowledgeType.ACCEPT)
+            self.counts.processed += 1
+            log_processed(attempt, self.name, **origin)
+            return
+        if self.handler.next_step(attempt) is Next.DEAD_LETTER:
+            self._dead_letter(record, attempt.error_text)
+            return
+        delay = self.handler.policy.delay_s(attempt.number)
+        retry_at = time.monotonic() + delay
+        if retry_at >= lock_ends or self.stop.is_set():
+            self._release(record, f"attempt {attempt.number} failed and its lock ends before the retry")
+            return
+        self.counts.retried += 1
+        log_retry(attempt, delay, self.name, **origin)
+        heapq.heappush(retries, (retry_at, next(self._seq), record))
+
+    # ---- dead letters and acknowledgements ------------------------------------------------------
+
+    def _dead_letter(self, record: Record, reason: str) -> None:
+        record.reason = reason
+        record.publishing = True
+        try:
+            self._dlq.publish(record.message, reason, record.attempts, self.name,
+                              lambda error, _message: self._answers.append((record, error)))
+        except (BufferError, KafkaException) as error:
+            self._after_publish(record, KafkaError(KafkaError._QUEUE_FULL, str(error)))
+
+    def _take_answers(self) -> list[tuple[Record, KafkaError | None]]:
+        answers, self._answers = self._answers, []
+        return answers
+
+    def _after_publish(self, record: Record, error: KafkaError | None) -> None:
+        record.publishing = False
+        job = record.job
+        key = job.key if job else (record.message.key() or b"").decode(errors="replace") or None
+        origin = {"partition": record.message.partition(), "offset": record.message.offset()}
+        if error is not None:
+            event("job.dead_letter_failed",
+                  f"{self.name} could not publish {key} to {self._dlq.topic} ({error.str()}); released",
+                  level="ERROR", id=job.id if job else None, key=key, error=error.str(), **origin)
+            self._release(record, "its dead letter was not acknowledged")
+            return
+        self._acknowledge(record, AcknowledgeType.ACCEPT)
+        self.counts.dead_lettered += 1
+        log_dead_lettered(key, job.id if job else None, reason=record.reason, attempts=record.attempts,
+                          consumer=self.name, destination=self._dlq.topic, **origin)
+
+    def _release(self, record: Record, why: str) -> None:
+        if record.settled or record.running or record.publishing:
+            return
+        self._acknowledge(record, AcknowledgeType.RELEASE)
+        self.counts.handed_back += 1
+        job = record.job
+        event("job.released", f"{self.name} released {job.key if job else '<not a job>'} from partition "
+              f"{record.message.partition()} offset {record.message.offset()}: {why}",
+              level="WARNING", id=job.id if job else None, key=job.key if job else None,
+              partition=record.message.partition(), offset=record.message.offset(), reason=why,
+              deliveries=record.message.delivery_count(), consumer=self.name)
+
+    def _acknowledge(self, record: Record, kind: AcknowledgeType) -> None:
+        self._consumer.acknowledge(record.message, kind)
+        record.settled = True
+
+    def _close(self) -> None:
+        self._executor.close(0.0)
+        try:
+            self._consumer.commit_sync()
+        except KafkaException as error:
+            event("commit.failed", f"{self.name} could not commit its acknowledgements: {error}",
+                  level="WARNING", consumer=self.name)
+        self._consumer.close()
+        left = self._dlq.close(max(0.5, self.settings.shutdown_timeout_s * 0.1))
+        if left:
+            event("dead_letters.unflushed", f"{self.name}: {left} dead letter(s) unacknowledged",
+                  level="WARNING", unflushed=left)

@@ -1,0 +1,115 @@
+"""CONSUMER_MODE=share on a real broker (issue 15, KIP-932): more consumers than partitions all
+do work; every job is processed, none twice on the graceful path; failures go to the DLQ."""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import partial
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+from jobpipe.job import Job
+from tests.integration.conftest import Pipeline, processed
+from tests.service_runner import ServiceProcess, wait_until
+
+SCRIPTED = "tests.handlers:scripted"
+
+
+def job(seq: int, **payload: object) -> Job:
+    return Job.new(5, seq, payload=payload or {"sleep_s": 0.02})
+
+
+def send_one_per_batch(pipeline: Pipeline, jobs: list[Job]) -> None:
+    """A share group hands out (and locks) whole record batches: jobs sent at a steady pace
+    come one per batch, as here; a burst of one batch goes to one member."""
+    producer = Producer({"bootstrap.servers": pipeline.bootstrap, "linger.ms": 0, "acks": "all"})
+    for one in jobs:
+        producer.produce(pipeline.topic, key=one.key, value=one.to_bytes())
+        producer.flush(10)
+    assert len(producer) == 0
+
+
+def ensure_share(pipeline: Pipeline, partitions: int, lock_ms: int | None = None) -> None:
+    admin = pipeline.run("topic-admin", "ensure", jobs_partitions=partitions, consumer_mode="share")
+    assert admin.process.returncode == 0, admin.tail()
+    assert admin.events("share_group.configured"), admin.tail()
+    if lock_ms is not None:  # a crashed member's records come back when their lock ends
+        client = AdminClient({"bootstrap.servers": pipeline.bootstrap})
+        entry = ConfigEntry("share.record.lock.duration.ms", str(lock_ms),
+                            incremental_operation=AlterConfigOpType.SET)
+        resource = ConfigResource(ResourceType.GROUP, pipeline.group, incremental_configs=[entry])
+        for future in client.incremental_alter_configs([resource]).values():
+            future.result()
+
+
+def test_six_share_consumers_on_two_partitions_all_do_work_and_process_each_job_once(
+        pipeline: Pipeline) -> None:
+    ensure_share(pipeline, partitions=2)
+    jobs = [job(seq) for seq in range(300)]
+    send_one_per_batch(pipeline, jobs)
+    consumers = [pipeline.start("consumer", handler=SCRIPTED, consumer_mode="share") for _ in range(6)]
+    wait_until(lambda: len(processed(*consumers)) >= len(jobs), 120, "every job processed")
+    for consumer in consumers:
+        assert consumer.stop() == 0, consumer.tail()
+    counts = Counter(e["id"] for e in processed(*consumers))
+    assert counts == Counter({j.id: 1 for j in jobs}), "each job exactly once"
+    assert all(processed(consumer) for consumer in consumers), \
+        [len(processed(consumer)) for consumer in consumers]
+
+
+def test_share_mode_dead_letters_poison_and_exhausted_jobs_with_headers(pipeline: Pipeline) -> None:
+    ensure_share(pipeline, partitions=2)
+    doomed = job(1, fail="always")
+    good = [job(10 + i) for i in range(5)]
+    pipeline.send([doomed, b"this is not json", *good])
+    consumer = pipeline.start("consumer", handler=SCRIPTED, consumer_mode="share", max_attempts=3,
+                              retry_backoff_initial_ms=50, retry_backoff_max_ms=200)
+    consumer.wait_for("job.dead_lettered", 2, timeout=60)
+    consumer.wait_for("job.processed", 5, timeout=60)
+    assert consumer.stop() == 0, consumer.tail()
+    letters = pipeline.read(pipeline.dlq, 2)
+    headers = {m.value(): {k: v.decode() for k, v in (m.headers() or [])} for m in letters}
+    assert headers[doomed.to_bytes()]["dlq.attempts"] == "3"
+    assert headers[b"this is not json"]["dlq.error"].startswith("not a job")
+    assert {e["id"] for e in processed(consumer)} == {j.id for j in good}
+
+
+def test_a_member_killed_mid_stream_loses_nothing(pipeline: Pipeline) -> None:
+    ensure_share(pipeline, partitions=2, lock_ms=2000)
+    jobs = [job(seq) for seq in range(200)]
+    send_one_per_batch(pipeline, jobs)
+    victim = pipeline.start("consumer", handler=SCRIPTED, consumer_mode="share", consumer_concurrency=4)
+    others = [pipeline.start("consumer", handler=SCRIPTED, consumer_mode="share") for _ in range(2)]
+    victim.wait_for("job.processed", 10, timeout=60)
+    victim.kill()
+    done_victim = {e["id"] for e in processed(victim)}
+    wait_until(lambda: done_victim | {e["id"] for e in processed(*others)} >= {j.id for j in jobs},
+               120, "every job processed by a survivor or before the kill")
+    for consumer in others:
+        assert consumer.stop() == 0, consumer.tail()
+
+
+def ended_or_dead_lettered(consumer: ServiceProcess) -> bool:
+    return consumer.process.poll() is not None or bool(consumer.events("job.dead_lettered"))
+
+
+def test_a_job_whose_handler_kills_the_process_is_dead_lettered_not_redelivered_for_ever(
+        pipeline: Pipeline) -> None:
+    ensure_share(pipeline, partitions=1, lock_ms=1000)
+    crasher = job(1, crash=True)
+    send_one_per_batch(pipeline, [crasher])
+    exits = []
+    for _ in range(6):  # a supervisor restarting the consumer after each crash
+        consumer = pipeline.start("consumer", handler=SCRIPTED, consumer_mode="share", max_attempts=2)
+        wait_until(partial(ended_or_dead_lettered, consumer), 60, "a crash or the dead letter")
+        if consumer.events("job.dead_lettered"):
+            assert consumer.stop() == 0, consumer.tail()
+            break
+        exits.append(consumer.process.returncode)
+    else:
+        raise AssertionError(f"never dead-lettered; exits {exits}")
+    assert exits and all(code == 70 for code in exits), exits
+    letter = pipeline.read(pipeline.dlq, 1)[0]
+    headers = {k: v.decode() for k, v in (letter.headers() or [])}
+    assert letter.value() == crasher.to_bytes() and "delivered" in headers["dlq.error"]
