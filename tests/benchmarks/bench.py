@@ -66,10 +66,11 @@ from functools import cached_property, partial
 from pathlib import Path
 from typing import IO, Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from tabulate import tabulate
 
+from jobpipe.job import Job
 from tests.service_runner import BIN, REPO, die_with_parent, free_port, service_env, wait_until
 
 PROFILE_ENV = "BENCH_PROFILE"
@@ -88,7 +89,9 @@ TARGETS = {"producer_vs_kcat": (">=", 0.3), "producer_vs_go": (">=", 0.65),
            "inmemory_vs_queue": (">=", 0.9), "e2e_p99_ms": ("<=", 5.0),
            "e2e_p99_ms_default": ("<=", 13.7), "scaling_1_to_3": (">=", 2.5),
            # issue 11: CONSUMER_CONCURRENCY
-           "concurrency_speedup": (">=", 20.0), "async_jobs_per_s": (">=", 20_000.0)}
+           "concurrency_speedup": (">=", 20.0), "async_jobs_per_s": (">=", 20_000.0),
+           # issue 15: CONSUMER_MODE=share
+           "share_scaling_1_to_4": (">=", 3.5)}
 # Same producer settings for every tool (the service's own are in jobpipe.kafka_clients).
 PRODUCER_PROPS = {"acks": "all", "enable.idempotence": "true", "linger.ms": "5"}
 
@@ -355,11 +358,11 @@ class Kafka:
         """The Go peer, built once per run (the first time a comparison needs it)."""
         return build_go_peer()
 
-    def topic(self, report: Report, purpose: str) -> str:
+    def topic(self, report: Report, purpose: str, partitions: int = PARTITIONS, **settings: object) -> str:
         """A new topic of PARTITIONS partitions, made by `topic-admin ensure` (its RSS is noted)."""
         name = f"bench-{purpose}-{uuid.uuid4().hex[:8]}"
         admin = Service("topic-admin", "ensure", kafka_bootstrap_servers=self.bootstrap, jobs_topic=name,
-                        dlq_topic=f"{name}.dlq", jobs_partitions=PARTITIONS, metrics_port=0)
+                        dlq_topic=f"{name}.dlq", jobs_partitions=partitions, metrics_port=0, **settings)
         if admin.wait(120) != 0:
             raise BenchmarkError(f"topic-admin ensure {name} failed:\n{admin.tail()}")
         report.note_rss("topic-admin", admin.peak_mb)
@@ -776,6 +779,36 @@ def concurrency(kafka: Kafka, report: Report) -> None:
                                consumer.peak_mb, "first to last processed"))
     report.keys["concurrency_speedup"] = rates[1] / rates[0]
     report.keys["async_jobs_per_s"] = rates[2]
+
+
+def share_scaling(kafka: Kafka, report: Report) -> None:
+    """One partition, a handler that waits 5 ms, 1 then 4 consumer processes in share mode:
+    jobs/s of 4 over 1 (a consumer group gets 1.0 here: one partition, one member). The jobs
+    are produced first, one per record batch: a share group hands out whole batches, and jobs
+    produced at a steady pace come one per batch."""
+    jobs = report.profile.scaling_jobs
+    rates: dict[int, float] = {}
+    for count in (1, 4):
+        group = f"bench-share-{uuid.uuid4().hex[:8]}"
+        topic = kafka.topic(report, f"share{count}", partitions=1, consumer_mode="share",
+                            consumer_group=group)
+        producer = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 0})
+        for seq in range(jobs):
+            producer.produce(topic, key=f"p1-m{seq}", value=Job.new(1, seq).to_bytes())
+            producer.flush(10)
+        consumers = [Service("consumer", kafka_bootstrap_servers=kafka.bootstrap, jobs_topic=topic,
+                             dlq_topic=f"{topic}.dlq", consumer_group=group, consumer_mode="share",
+                             handler="tests.handlers:paced", test_handler_sleep_ms=5) for _ in range(count)]
+        with running(*consumers):
+            seconds = time_counter(consumers, "jobs_processed_total", jobs, timeout=jobs * 0.01 + 60)
+            for consumer in consumers:
+                if consumer.stop() != 0:
+                    raise BenchmarkError(f"consumer exited {consumer.returncode}:\n{consumer.tail()}")
+        rates[count] = jobs / seconds
+        report.rows.append(Row("share", f"{count} consumer process(es), share mode, 1 partition, "
+                               "5 ms handler", jobs, seconds, 0, max(c.peak_mb or 0 for c in consumers),
+                               "first to last processed"))
+    report.keys["share_scaling_1_to_4"] = rates[4] / rates[1]
 
 
 def _assignment_settled(kafka: Kafka, group: str, members: int) -> bool:

@@ -87,6 +87,11 @@ def test_concurrency(kafka: Kafka, report: Report) -> None:
     assert report.keys["async_jobs_per_s"] > 0
 
 
+def test_share_scaling_1_to_4(kafka: Kafka, report: Report) -> None:
+    bench.share_scaling(kafka, report)
+    assert report.keys["share_scaling_1_to_4"] > 0
+
+
 def test_every_service_has_a_peak_rss(report: Report) -> None:
     assert set(report.peak_rss_mb) >= {"producer", "consumer", "inmemory", "topic-admin"}, report.peak_rss_mb
     assert all(0 < megabytes < 4096 for megabytes in report.peak_rss_mb.values()), report.peak_rss_mb

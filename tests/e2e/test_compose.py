@@ -3,7 +3,8 @@
 (a) `up` with defaults reproduces the seed; (b) `--scale consumer=3` gives each replica one
 partition; (c) a replica stopped mid-stream hands its partitions over and no job is lost;
 (d) `stop`/`down` end every container with SIGTERM inside its grace period; (e) with the
-3-broker override, a broker stopped mid-stream loses no job.
+3-broker override, a broker stopped mid-stream loses no job; (f) in share mode, six replicas on
+three partitions all do work.
 """
 
 from __future__ import annotations
@@ -284,3 +285,17 @@ def test_up_in_the_foreground_shows_the_pipeline_not_the_broker(make_stack: Any)
 
     stack.compose("stop", timeout=GRACE_S + KAFKA_GRACE_S + 60)
     assert up.wait(60) == 0
+
+
+def test_share_mode_scales_consumers_past_the_partition_count(make_stack: Any) -> None:
+    """(f) `CONSUMER_MODE=share docker compose up --scale consumer=6` on the 3-partition topic:
+    all six replicas process jobs, and every job is processed."""
+    workers, per_worker = 2, 150  # 10 s of jobs at 15/s per worker: a steady pace, one per batch
+    stack = make_stack(CONSUMER_MODE="share", MESSAGES_PER_WORKER=per_worker, PRODUCE_RATE=15,
+                       PRODUCER_LINGER_MS=0)
+    stack.up("--scale", "consumer=6")
+    assert len(stack.containers("consumer")) == 6
+    wait_processed(stack, keys(workers, per_worker), timeout=120)
+    done = stack.processed_keys()
+    working = {container for container, found in done.items() if found}
+    assert len(working) == 6, {container: len(found) for container, found in done.items()}

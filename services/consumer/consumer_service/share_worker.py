@@ -47,6 +47,7 @@ from jobpipe.kafka_clients import admin_config, connection_config, extra_config
 from jobpipe.logs import event
 
 POLL_S = 0.5
+POLL_RECORDS_MIN = 8  # most records a poll takes is at least this (see share_config)
 DEFAULT_LOCK_S = 30.0  # the broker's group.share.record.lock.duration.ms by default
 DEFAULT_DELIVERY_LIMIT = 5  # the broker's group.share.delivery.count.limit by default
 LOCK_SHARE = 2 / 3  # of a record's lock, the time this member gives itself (the rest: slack)
@@ -86,9 +87,10 @@ def share_config(settings: ConsumerSettings, client_id: str) -> dict[str, Any]:
     return connection_config(settings, client_id) | {
         "group.id": settings.consumer_group,
         "share.acknowledgement.mode": "explicit",
-        # A poll's records are locked to this member until acknowledged: take only what the
-        # handler slots can start at once, so the other members get the rest.
-        "max.poll.records": settings.consumer_concurrency,
+        # A poll's records are locked to this member until acknowledged: take a few rounds of
+        # what the handler slots can run (a poll per record cost 4 ms here), not a whole batch
+        # of the log, so the other members get the rest.
+        "max.poll.records": max(POLL_RECORDS_MIN, 2 * settings.consumer_concurrency),
     } | extra_config(settings, "consumer")
 
 
@@ -193,7 +195,8 @@ class ShareWorker:
                 if done.error is not None:
                     raise done.error
                 self._after_attempt(record, done.value, lock_ends, retries)
-            self._dlq.poll(0 if running else min(wait, ACK_POLL_S))
+            publishing = any(record.publishing for record in records)
+            self._dlq.poll(min(wait, ACK_POLL_S) if publishing and not running else 0)
             for record, error in self._take_answers():
                 self._after_publish(record, error)
 
