@@ -39,6 +39,15 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from consumer_service.dead_letters import DeadLetterPublisher
 from consumer_service.settings import ConsumerSettings
+from consumer_service.share_decisions import (
+    DEFAULT_DELIVERY_LIMIT,
+    DEFAULT_LOCK_S,
+    GroupLimits,
+    Verdict,
+    after_attempt,
+    after_dead_letter,
+    on_delivery,
+)
 from consumer_service.worker import Counts
 from jobpipe.executor import Executor
 from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_processed, log_retry
@@ -48,18 +57,7 @@ from jobpipe.logs import event
 
 POLL_S = 0.5
 POLL_RECORDS_MIN = 8  # most records a poll takes is at least this (see share_config)
-DEFAULT_LOCK_S = 30.0  # the broker's group.share.record.lock.duration.ms by default
-DEFAULT_DELIVERY_LIMIT = 5  # the broker's group.share.delivery.count.limit by default
-LOCK_SHARE = 2 / 3  # of a record's lock, the time this member gives itself (the rest: slack)
 ACK_POLL_S = 0.05  # how often the wait for outcomes also serves the dead-letter producer
-
-
-@dataclass(frozen=True)
-class GroupLimits:
-    """What the broker enforces on this share group's records."""
-
-    lock_s: float = DEFAULT_LOCK_S  # share.record.lock.duration.ms
-    delivery_limit: int = DEFAULT_DELIVERY_LIMIT  # share.delivery.count.limit: then it gives up
 
 
 def group_limits(settings: ConsumerSettings) -> GroupLimits:
@@ -69,7 +67,9 @@ def group_limits(settings: ConsumerSettings) -> GroupLimits:
     resource = ConfigResource(ResourceType.GROUP, settings.consumer_group)
     try:
         configs = admin.describe_configs([resource], request_timeout=15)[resource].result()
-    except KafkaException:
+    except KafkaException as error:
+        event("share.limits_unknown", f"could not read share group {settings.consumer_group}'s "
+              f"configs ({error}); assuming the broker's defaults", level="WARNING")
         return GroupLimits()
     finally:
         del admin
@@ -127,12 +127,13 @@ class ShareWorker:
                                                f"handler-{self.number}")
         self._answers: list[tuple[Record, KafkaError | None]] = []
         self._seq = itertools.count()
-        limits = group_limits(self.settings)
-        self._lock_budget_s = limits.lock_s * LOCK_SHARE
-        # The delivery on which a job is dead-lettered without running: past MAX_ATTEMPTS
-        # deliveries, and at the latest on the broker's last one (after it, the broker drops the
-        # record without a word: a handler that kills the process would lose its job).
-        self._last_delivery = min(limits.delivery_limit, self.settings.max_attempts + 1)
+        self._limits = group_limits(self.settings)
+        self._last_delivery = self._limits.last_delivery(self.settings.max_attempts)
+        event("share.limits", f"{self.name}: share group {self.settings.consumer_group} locks a record "
+              f"for {self._limits.lock_s:g} s and gives up after {self._limits.delivery_limit} "
+              f"deliveries; a job is dead-lettered on delivery {self._last_delivery}",
+              consumer=self.name, lock_s=self._limits.lock_s,
+              delivery_limit=self._limits.delivery_limit, last_delivery=self._last_delivery)
         self.heartbeat = time.monotonic()
 
     def _attempt(self, call: tuple[Job, int]) -> Attempt:
@@ -161,7 +162,7 @@ class ShareWorker:
     def _settle_poll(self, messages: list[Message]) -> None:
         """Work through one poll's records until each is acknowledged."""
         now = time.monotonic()
-        lock_ends = now + self._lock_budget_s
+        lock_ends = self._limits.lock_ends(now)
         stop_by: float | None = None
         records = self._admit(messages)
         ready = [record for record in records if not record.publishing]
@@ -215,29 +216,32 @@ class ShareWorker:
             records.append(record)
             try:
                 record.job = Job.from_bytes(message.value())
-            except InvalidJob as invalid:
-                self._dead_letter(record, str(invalid))
-                continue
-            deliveries = message.delivery_count() or 1
-            if deliveries >= self._last_delivery:
-                self._dead_letter(record, f"delivered {deliveries} times and never finished (a handler "
-                                          "that ends the process?)")
+                invalid = ""
+            except InvalidJob as error:
+                invalid = str(error)
+            verdict, why = on_delivery(record.job is not None, message.delivery_count() or 1,
+                                       self._last_delivery)
+            if verdict is Verdict.DEAD_LETTER:
+                self._dead_letter(record, invalid or why)
         return records
 
     def _after_attempt(self, record: Record, attempt: Attempt, lock_ends: float,
                        retries: list[tuple[float, int, Record]]) -> None:
         origin = {"partition": record.message.partition(), "offset": record.message.offset()}
-        if attempt.error is None:
+        failed = attempt.error is not None
+        delay = self.handler.policy.delay_s(attempt.number) if failed else 0.0
+        retry_at = time.monotonic() + delay
+        verdict = after_attempt(not failed, self.handler.next_step(attempt) is Next.DEAD_LETTER,
+                                retry_at, lock_ends, self.stop.is_set())
+        if verdict is Verdict.ACCEPT:
             self._acknowledge(record, AcknowledgeType.ACCEPT)
             self.counts.processed += 1
             log_processed(attempt, self.name, **origin)
             return
-        if self.handler.next_step(attempt) is Next.DEAD_LETTER:
+        if verdict is Verdict.DEAD_LETTER:
             self._dead_letter(record, attempt.error_text)
             return
-        delay = self.handler.policy.delay_s(attempt.number)
-        retry_at = time.monotonic() + delay
-        if retry_at >= lock_ends or self.stop.is_set():
+        if verdict is Verdict.RELEASE:
             self._release(record, f"attempt {attempt.number} failed and its lock ends before the retry")
             return
         self.counts.retried += 1
@@ -264,7 +268,8 @@ class ShareWorker:
         job = record.job
         key = job.key if job else (record.message.key() or b"").decode(errors="replace") or None
         origin = {"partition": record.message.partition(), "offset": record.message.offset()}
-        if error is not None:
+        if after_dead_letter(error is None) is Verdict.RELEASE:
+            assert error is not None
             event("job.dead_letter_failed",
                   f"{self.name} could not publish {key} to {self._dlq.topic} ({error.str()}); released",
                   level="ERROR", id=job.id if job else None, key=key, error=error.str(), **origin)

@@ -1,0 +1,70 @@
+"""What a share-group member does with a record (CONSUMER_MODE=share): the decisions alone.
+
+Why it exists: the broker gives up on a record silently after `share.delivery.count.limit`
+deliveries, and takes it back when its lock ends. Which record runs, is retried here, is handed
+back, or is dead-lettered must therefore be decided with both limits in mind, so that no job is
+ever dropped by the broker without a dead letter. These functions take their inputs (and the
+time) as arguments; `share_worker.py` only carries the verdicts out on librdkafka.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+DEFAULT_LOCK_S = 30.0  # the broker's group.share.record.lock.duration.ms by default
+DEFAULT_DELIVERY_LIMIT = 5  # the broker's group.share.delivery.count.limit by default
+LOCK_SHARE = 2 / 3  # of a record's lock, the time a member gives itself (the rest: slack)
+
+
+class Verdict(Enum):
+    RUN = "run"  # call the handler (now, or at a retry's time)
+    ACCEPT = "accept"  # done: acknowledge ACCEPT
+    RELEASE = "release"  # hand back: the broker redelivers it, possibly to another member
+    DEAD_LETTER = "dead_letter"  # publish to DLQ_TOPIC, then ACCEPT (RELEASE if that fails)
+
+
+@dataclass(frozen=True)
+class GroupLimits:
+    """What the broker enforces on this share group's records."""
+
+    lock_s: float = DEFAULT_LOCK_S  # share.record.lock.duration.ms
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT  # share.delivery.count.limit: then it gives up
+
+    def last_delivery(self, max_attempts: int) -> int:
+        """The delivery on which a job is dead-lettered without running: past MAX_ATTEMPTS
+        deliveries, and at the latest on the broker's last one (after it the broker drops the
+        record: a handler that kills the process would lose its job)."""
+        return max(1, min(self.delivery_limit, max_attempts + 1))
+
+    def lock_ends(self, received_at: float) -> float:
+        """When this member stops retrying a record it received at `received_at`."""
+        return received_at + self.lock_s * LOCK_SHARE
+
+
+def on_delivery(is_job: bool, deliveries: int, last_delivery: int) -> tuple[Verdict, str]:
+    """A record just polled: run it, or dead-letter it at once (and why)."""
+    if not is_job:
+        return Verdict.DEAD_LETTER, ""
+    if deliveries >= last_delivery:
+        return Verdict.DEAD_LETTER, (f"delivered {deliveries} times and never finished "
+                                     "(a handler that ends the process?)")
+    return Verdict.RUN, ""
+
+
+def after_attempt(succeeded: bool, gives_up: bool, retry_at: float, lock_ends: float,
+                  stopping: bool) -> Verdict:
+    """An attempt ended: accept it, dead-letter it (the retry policy gives up), retry it here
+    (RUN at `retry_at`) while the lock lasts, else release it."""
+    if succeeded:
+        return Verdict.ACCEPT
+    if gives_up:
+        return Verdict.DEAD_LETTER
+    if stopping or retry_at >= lock_ends:
+        return Verdict.RELEASE
+    return Verdict.RUN
+
+
+def after_dead_letter(published: bool) -> Verdict:
+    """A dead letter was answered: accept the record only once the DLQ holds it."""
+    return Verdict.ACCEPT if published else Verdict.RELEASE
