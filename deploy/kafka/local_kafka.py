@@ -526,7 +526,8 @@ class LocalKafkaCluster:
     Node *index* ``i`` (0-based) is broker id ``i + 1``. Use as a context manager, or call
     :meth:`start` / :meth:`stop`. Ports are free ports picked at start unless ``ports`` (broker
     ports, one per node) is given; controller ports are always picked. ``extra_properties``
-    override/extend every node's server.properties. ``workdir=None`` means a temporary
+    override/extend every node's server.properties; ``features`` sets feature levels at format
+    time. ``workdir=None`` means a temporary
     directory removed by :meth:`stop` (kept when env ``KAFKA_KEEP_DATA`` is set); a given
     ``workdir`` is never removed (it is reused as is on a later start).
 
@@ -544,6 +545,7 @@ class LocalKafkaCluster:
         advertised_host: str = "127.0.0.1",
         start_timeout: float = DEFAULT_START_TIMEOUT,
         extra_listeners: Mapping[str, str] | None = None,
+        features: Mapping[str, int] | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
@@ -557,6 +559,9 @@ class LocalKafkaCluster:
         # in extra_properties. PLAINTEXT stays the inter-broker listener.
         self.extra_listeners: dict[str, str] = {
             name.upper(): protocol for name, protocol in (extra_listeners or {}).items()}
+        # feature -> level set when the storage is formatted (e.g. {"share.version": 0}: a cluster
+        # without share groups, like one upgraded from Kafka 3.x); the release's defaults otherwise.
+        self.features: dict[str, int] = dict(features or {})
         self.advertised_host = advertised_host
         self.start_timeout = start_timeout
         self._requested_ports = list(ports) if ports is not None else None
@@ -845,6 +850,8 @@ class LocalKafkaCluster:
                 cmd = self._java_cmd(
                     node, "kafka.tools.StorageTool",
                     "format", "-t", self.cluster_id, "-c", str(node.config), "--ignore-formatted",
+                    *(arg for name, level in self.features.items()
+                      for arg in ("--feature", f"{name}={level}")),
                 )  # fmt: skip
                 procs.append((node, _spawn(cmd, cwd=node.directory, stdout=out), out))
             deadline = time.monotonic() + self.start_timeout

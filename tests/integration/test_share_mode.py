@@ -8,6 +8,7 @@ from functools import partial
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+from local_kafka import LocalKafkaCluster
 
 from jobpipe.job import Job
 from tests.integration.conftest import Pipeline, processed
@@ -113,3 +114,17 @@ def test_a_job_whose_handler_kills_the_process_is_dead_lettered_not_redelivered_
     letter = pipeline.read(pipeline.dlq, 1)[0]
     headers = {k: v.decode() for k, v in (letter.headers() or [])}
     assert letter.value() == crasher.to_bytes() and "delivered" in headers["dlq.error"]
+
+
+def test_a_cluster_without_share_groups_is_refused_saying_how_to_enable_them() -> None:
+    """A cluster formatted with share groups off (as one upgraded from Kafka 3.x): `ensure` and
+    the consumer each exit 3 with one line naming the feature to turn on, no traceback."""
+    with LocalKafkaCluster(features={"share.version": 0}) as cluster:
+        settings = {"kafka_bootstrap_servers": cluster.bootstrap_servers, "jobs_topic": "jobs",
+                    "dlq_topic": "jobs.dlq", "consumer_mode": "share", "kafka_wait_timeout_s": 30}
+        for service in (ServiceProcess("topic-admin", "ensure", **settings),
+                        ServiceProcess("consumer", **settings)):
+            assert service.wait(60) == 3, service.tail()
+            failed = service.events("service.failed")
+            assert len(failed) == 1 and "Traceback" not in service.output + service.stderr, service.tail()
+            assert "--feature share.version=1" in failed[0]["message"], failed[0]["message"]

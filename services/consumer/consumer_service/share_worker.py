@@ -54,6 +54,7 @@ from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_p
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import admin_config, connection_config, extra_config
 from jobpipe.logs import event
+from jobpipe.share_groups import is_refusal, refusal
 
 POLL_S = 0.5
 POLL_RECORDS_MIN = 8  # most records a poll takes is at least this (see share_config)
@@ -156,6 +157,10 @@ class ShareWorker:
                 if records:
                     self._settle_poll(list(records))
                     self._consumer.commit_async()
+        except KafkaException as error:
+            if is_refusal(error.args[0]):
+                raise refusal(self.settings.consumer_group) from None
+            raise
         finally:
             self._close()
 

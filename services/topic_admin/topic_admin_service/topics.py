@@ -23,6 +23,7 @@ from confluent_kafka.admin import (
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
 from jobpipe.logs import event
+from jobpipe.share_groups import check_share_groups
 from topic_admin_service.settings import TopicAdminSettings
 
 REQUEST_TIMEOUT_S = 30.0
@@ -77,8 +78,10 @@ class TopicAdmin:
     def _share_group_reads_from_start(self) -> str:
         """A share group starts at the latest offset by default: jobs produced before its first
         member joined would never be delivered. Set `share.auto.offset.reset=earliest` (a group
-        config, KIP-932) once, before the consumers join."""
+        config, KIP-932) once, before the consumers join. A cluster without share groups: exit 3,
+        saying how to enable them."""
         group = self._settings.consumer_group
+        check_share_groups(self._settings, group, "topic-admin-share-check")
         entry = ConfigEntry("share.auto.offset.reset", "earliest",
                             incremental_operation=AlterConfigOpType.SET)
         resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[entry])
