@@ -28,6 +28,7 @@ from jobpipe.kafka_clients import (
     kafka_reason,
     probe_property,
     producer_config,
+    share_consumer_config,
     throwaway_client,
 )
 from jobpipe.settings import MASK, ClientRole, KafkaSettings, is_secret_property
@@ -118,6 +119,9 @@ def role_config(settings: KafkaSettings, role: ClientRole) -> Config:
         return producer_config(settings, "config-check")
     if role == "consumer":
         group = str(getattr(settings, "consumer_group", "jobpipe-config-check"))
+        if getattr(settings, "consumer_mode", "group") == "share":
+            return share_consumer_config(settings, "config-check", group,
+                                         int(getattr(settings, "consumer_concurrency", 1)))
         return consumer_config(settings, "config-check", group)
     return admin_config(settings, "config-check")
 

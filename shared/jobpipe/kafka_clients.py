@@ -16,7 +16,7 @@ import time
 from functools import lru_cache
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, ShareConsumer
 from confluent_kafka.admin import AdminClient
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, stop_when_event_set
 
@@ -104,6 +104,21 @@ def consumer_config(settings: KafkaSettings, client_id: str, group: str,
     return config | extra_config(settings, "consumer")
 
 
+SHARE_POLL_RECORDS_MIN = 8  # most records a share consumer's poll takes is at least this
+
+
+def share_consumer_config(settings: KafkaSettings, client_id: str, group: str, concurrency: int) -> Config:
+    """A share-group member (CONSUMER_MODE=share) that acknowledges each record itself."""
+    return connection_config(settings, client_id) | {
+        "group.id": group,
+        "share.acknowledgement.mode": "explicit",
+        # A poll's records are locked to this member until acknowledged: take a few rounds of
+        # what the handler slots can run (a poll per record cost 4 ms here), not a whole batch
+        # of the log, so the other members get the rest.
+        "max.poll.records": max(SHARE_POLL_RECORDS_MIN, 2 * concurrency),
+    } | extra_config(settings, "consumer")
+
+
 def admin_config(settings: KafkaSettings, client_id: str) -> Config:
     """An admin client."""
     return connection_config(settings, client_id) | extra_config(settings, "admin")
@@ -147,8 +162,9 @@ def throwaway_client(kind: ClientRole, config: Config) -> list[str]:
     quiet["logger"] = captured
     if quiet.get(OIDC_ENDPOINT):
         quiet[OIDC_ENDPOINT] = "jobpipe-config-check:nowhere"
-    if kind == "consumer":
-        consumer = Consumer({"group.id": "jobpipe-config-check"} | quiet)
+    if kind == "consumer":  # a share-group member's configuration is checked by a ShareConsumer
+        member = ShareConsumer if "share.acknowledgement.mode" in quiet else Consumer
+        consumer = member({"group.id": "jobpipe-config-check"} | quiet)
         consumer.close()  # serves its log queue
         del consumer
     else:

@@ -287,15 +287,33 @@ def test_up_in_the_foreground_shows_the_pipeline_not_the_broker(make_stack: Any)
     assert up.wait(60) == 0
 
 
+def share_members(stack: Stack) -> dict[str, str]:
+    """Member id -> assignment of the share group, as Kafka's own tool in the kafka container
+    shows it (the command README gives for members, since librdkafka cannot describe them)."""
+    out = stack.compose("exec", "-T", "kafka", "/opt/kafka/bin/kafka-share-groups.sh",
+                        "--bootstrap-server", "kafka:19092", "--describe", "--group", "worker-group",
+                        "--members", timeout=120, check=False).stdout
+    rows = [line.split() for line in out.splitlines() if line.startswith("worker-group ")]
+    return {row[1]: row[5] if len(row) > 5 else "" for row in rows}  # no ASSIGNMENT yet: ""
+
+
 def test_share_mode_scales_consumers_past_the_partition_count(make_stack: Any) -> None:
     """(f) `CONSUMER_MODE=share docker compose up --scale consumer=6` on the 3-partition topic:
-    all six replicas process jobs, and every job is processed."""
-    workers, per_worker = 2, 150  # 10 s of jobs at 15/s per worker: a steady pace, one per batch
+    all six replicas become members and process jobs, and every job is processed. The jobs are
+    sent once all six are members (at a steady pace, one per batch: a share group hands out whole
+    batches), so a replica that starts late is not mistaken for one that gets no work."""
+    workers, per_worker = 2, 150  # 10 s of jobs at 15/s per worker
     stack = make_stack(CONSUMER_MODE="share", MESSAGES_PER_WORKER=per_worker, PRODUCE_RATE=15,
                        PRODUCER_LINGER_MS=0)
-    stack.up("--scale", "consumer=6")
+    stack.up("--scale", "consumer=6", "--scale", "producer=0")
     assert len(stack.containers("consumer")) == 6
-    wait_processed(stack, keys(workers, per_worker), timeout=120)
+    def six_members_with_partitions() -> dict[str, str] | None:
+        found = share_members(stack)
+        return found if len(found) == 6 and all(a.startswith("jobs:") for a in found.values()) else None
+
+    wait_until(six_members_with_partitions, 180, "six members of worker-group with partitions", poll=2.0)
+    stack.compose("up", "-d", "--no-build", "--pull", "never", "--no-deps", "producer", timeout=120)
+    wait_processed(stack, keys(workers, per_worker), timeout=180)
     done = stack.processed_keys()
     working = {container for container, found in done.items() if found}
     assert len(working) == 6, {container: len(found) for container, found in done.items()}

@@ -66,6 +66,9 @@ PACED = "tests.handlers:paced"
 # Consumers that are killed (or whose broker freezes) use the broker's minimum session timeout,
 # so the group notices a dead member in 6 s instead of the default 45 s.
 SHORT_SESSION = "session.timeout.ms=6000,heartbeat.interval.ms=1000"
+# Share mode (issue 15): a killed member's records come back when their lock ends; 5 s (the
+# test broker allows locks from 1 s) instead of the default 30 s keeps a scenario short.
+SHARE_LOCK_MS = 5000
 
 
 @dataclass(frozen=True)
@@ -276,17 +279,31 @@ class Run:
         self.ledger.watch(service)
         return service
 
+    @property
+    def share(self) -> bool:
+        """The consumers are share-group members (CONSUMER_MODE=share)."""
+        return self.consumer_settings.get("consumer_mode") == "share"
+
     def ensure_topics(self, partitions: int = 6, replication: int = 1,
                       min_insync: int | None = None) -> None:
         admin = self.start("topic-admin", "ensure", jobs_partitions=partitions,
-                           replication_factor=replication)
+                           replication_factor=replication,
+                           consumer_mode="share" if self.share else "group")
         code = admin.wait(120)
         assert code == 0, f"topic-admin ensure exited {code}:\n{admin.tail()}"
         if min_insync is not None:
             set_min_insync(self.bootstrap, [self.topic, self.dlq], min_insync)
+        if self.share:
+            set_group_config(self.bootstrap, self.group, "share.record.lock.duration.ms", SHARE_LOCK_MS)
 
     def consumer(self, **extra: object) -> ServiceProcess:
         return self.start("consumer", **({"handler": PACED} | self.consumer_settings | extra))
+
+    def killable_consumer(self) -> ServiceProcess:
+        """A consumer whose death the group notices within seconds. A share group's session
+        timeout is the broker's (a consumer may not set it): its records come back when their
+        lock ends instead."""
+        return self.consumer() if self.share else self.consumer(kafka_extra_config=SHORT_SESSION)
 
     def producer(self, jobs: int | None = None, workers: int = 2, **extra: object) -> ServiceProcess:
         """The producer service sending `jobs` (default: the profile's) at the profile's rate;
@@ -338,7 +355,12 @@ class Run:
         wait_until(enough, timeout, f"{count} acknowledged jobs in {self.scenario}", poll=0.2)
 
     def wait_assigned(self, service: ServiceProcess, timeout: float = 60.0) -> None:
-        """Until `service` owns at least one partition."""
+        """Until `service` owns at least one partition (a share-group member: until it joined;
+        librdkafka reports no assignment to a share consumer)."""
+        if self.share:
+            wait_until(lambda: bool(self.ledger.events("share.joined", [service])), timeout,
+                       f"{service.name} to join the share group in {self.scenario}", poll=0.2)
+            return
         wait_until(lambda: any(e.get("owned") for e in self.ledger.events("partitions.assigned", [service])),
                    timeout, f"{service.name} to be assigned partitions in {self.scenario}", poll=0.2)
 
@@ -395,6 +417,15 @@ class Run:
 
 
 # ---- Kafka helpers ---------------------------------------------------------------------------
+
+
+def set_group_config(bootstrap: str, group: str, name: str, value: object) -> None:
+    """Set one group config (KIP-848/KIP-932 group configs, e.g. a share group's record lock)."""
+    entry = ConfigEntry(name, str(value), incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource("group", group, incremental_configs=[entry])
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
 
 
 def set_min_insync(bootstrap: str, topics: list[str], value: int) -> None:
@@ -516,7 +547,7 @@ def consumer_sigkill(run: Run) -> dict[str, Any]:
     """
     profile = run.profile
     run.ensure_topics()
-    for consumer in [run.consumer(kafka_extra_config=SHORT_SESSION) for _ in range(2)]:
+    for consumer in [run.killable_consumer() for _ in range(2)]:
         run.wait_assigned(consumer)
     producer = run.producer(jobs=0)
     for _ in range(profile.faults):
@@ -524,7 +555,7 @@ def consumer_sigkill(run: Run) -> dict[str, Any]:
         run.wait_processed(run.processed_count([victim]) + 5, services=[victim], timeout=60)
         _pause(profile.fault_every_s)
         run.kill(victim)
-        replacement = run.consumer(kafka_extra_config=SHORT_SESSION)
+        replacement = run.killable_consumer()
         run.wait_assigned(replacement, timeout=60)
     _pause(profile.fault_every_s)
     run.terminate(producer)

@@ -209,6 +209,6 @@ def test_every_script_of_the_kafka_stand_in_image_runs_a_class_of_the_pinned_jar
         found = re.search(r"kafka-run-class\.sh ([\w.]+)", script.read_text())
         if found and script.name != "kafka-run-class.sh":
             named[script.name] = found.group(1)
-    assert {"kafka-configs.sh", "kafka-acls.sh", "kafka-topics.sh"} <= set(named)
+    assert {"kafka-configs.sh", "kafka-acls.sh", "kafka-topics.sh", "kafka-share-groups.sh"} <= set(named)
     missing = {name: cls for name, cls in named.items() if cls.replace(".", "/") + ".class" not in classes}
     assert not missing, f"scripts naming classes the pinned Kafka does not have: {missing}"

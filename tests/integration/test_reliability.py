@@ -58,6 +58,7 @@ def new_run(profile: Profile, request: pytest.FixtureRequest) -> Iterator[Callab
 
 
 CONCURRENT = {"consumer_concurrency": 32}  # the concurrent variants (issue 11)
+SHARE = {"consumer_mode": "share", "consumer_concurrency": 4}  # the share-group variants (issue 15)
 
 
 def check(run: Run, row: dict[str, Any], graceful: bool, leaders_move: bool = False) -> None:
@@ -79,6 +80,14 @@ def test_consumer_sigkill_concurrent(new_run: Callable[[str], Run], kafka_bootst
     """The same at CONSUMER_CONCURRENCY=32: jobs finish out of order, the watermark is committed."""
     run = new_run(kafka_bootstrap)
     run.consumer_settings = CONCURRENT
+    check(run, reliability.consumer_sigkill(run), graceful=False)
+
+
+def test_consumer_sigkill_share(new_run: Callable[[str], Run], kafka_bootstrap: str) -> None:
+    """The same with share-group members: a killed member's records come back when their lock
+    ends (5 s here) and the others process them."""
+    run = new_run(kafka_bootstrap)
+    run.consumer_settings = SHARE
     check(run, reliability.consumer_sigkill(run), graceful=False)
 
 
@@ -131,6 +140,14 @@ def test_slow_handler(new_run: Callable[[str], Run], kafka_bootstrap: str) -> No
 
 def test_scale_1_3_1(new_run: Callable[[str], Run], kafka_bootstrap: str) -> None:
     run = new_run(kafka_bootstrap)
+    check(run, reliability.scale_1_3_1(run), graceful=True)
+
+
+def test_scale_1_3_1_share(new_run: Callable[[str], Run], kafka_bootstrap: str) -> None:
+    """The same with share-group members: a member stopped with SIGTERM finishes or releases
+    what it holds, so nothing is processed twice."""
+    run = new_run(kafka_bootstrap)
+    run.consumer_settings = SHARE
     check(run, reliability.scale_1_3_1(run), graceful=True)
 
 

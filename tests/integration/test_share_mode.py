@@ -3,15 +3,16 @@ do work; every job is processed, none twice on the graceful path; failures go to
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from functools import partial
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from local_kafka import LocalKafkaCluster
 
 from jobpipe.job import Job
 from tests.integration.conftest import Pipeline, processed
+from tests.integration.reliability import set_group_config
 from tests.service_runner import ServiceProcess, wait_until
 
 SCRIPTED = "tests.handlers:scripted"
@@ -36,12 +37,7 @@ def ensure_share(pipeline: Pipeline, partitions: int, lock_ms: int | None = None
     assert admin.process.returncode == 0, admin.tail()
     assert admin.events("share_group.configured"), admin.tail()
     if lock_ms is not None:  # a crashed member's records come back when their lock ends
-        client = AdminClient({"bootstrap.servers": pipeline.bootstrap})
-        entry = ConfigEntry("share.record.lock.duration.ms", str(lock_ms),
-                            incremental_operation=AlterConfigOpType.SET)
-        resource = ConfigResource(ResourceType.GROUP, pipeline.group, incremental_configs=[entry])
-        for future in client.incremental_alter_configs([resource]).values():
-            future.result()
+        set_group_config(pipeline.bootstrap, pipeline.group, "share.record.lock.duration.ms", lock_ms)
 
 
 def test_six_share_consumers_on_two_partitions_all_do_work_and_process_each_job_once(
@@ -74,6 +70,12 @@ def test_share_mode_dead_letters_poison_and_exhausted_jobs_with_headers(pipeline
     assert headers[doomed.to_bytes()]["dlq.attempts"] == "3"
     assert headers[b"this is not json"]["dlq.error"].startswith("not a job")
     assert {e["id"] for e in processed(consumer)} == {j.id for j in good}
+    describe = pipeline.run("topic-admin", "describe", "--json", consumer_mode="share")
+    assert describe.process.returncode == 0, describe.tail()
+    described = json.loads(describe.output)
+    assert described["mode"] == "share", "a share group has no committed offsets: no lag is made up"
+    assert described["share_configs"]["share.auto.offset.reset"] == "earliest"
+    assert all(p["lag"] is None for t in described["topics"] for p in t["partitions"])
 
 
 def test_a_member_killed_mid_stream_loses_nothing(pipeline: Pipeline) -> None:

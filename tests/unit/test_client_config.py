@@ -448,3 +448,13 @@ def test_a_secret_value_cut_at_an_unescaped_comma_shows_no_part_of_it(
     assert "half" not in message and "Sec0nd" not in message and "first" not in message, message
     assert message.startswith("KAFKA_EXTRA_CONFIG: the property after sasl.password is refused"), message
     assert "\\," in message
+
+
+def test_a_share_group_member_is_checked_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CONSUMER_MODE=share: a consumer-group property the share consumer refuses (the session
+    timeout is the share group's, set on the broker) is a configuration error, not a crash."""
+    check_client_configs(settings_of(ConsumerSettings, monkeypatch, consumer_mode="group",
+                                     kafka_consumer_extra_config="session.timeout.ms=6000"))
+    message = refusal(ConsumerSettings, monkeypatch, consumer_mode="share",
+                      kafka_consumer_extra_config="session.timeout.ms=6000")
+    assert message.startswith("KAFKA_CONSUMER_EXTRA_CONFIG: session.timeout.ms: "), message

@@ -32,7 +32,6 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from confluent_kafka import AcknowledgeType, KafkaError, KafkaException, Message, ShareConsumer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
@@ -52,12 +51,11 @@ from consumer_service.worker import Counts
 from jobpipe.executor import Executor
 from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_processed, log_retry
 from jobpipe.job import InvalidJob, Job
-from jobpipe.kafka_clients import admin_config, connection_config, extra_config
+from jobpipe.kafka_clients import admin_config, share_consumer_config
 from jobpipe.logs import event
 from jobpipe.share_groups import is_refusal, refusal
 
 POLL_S = 0.5
-POLL_RECORDS_MIN = 8  # most records a poll takes is at least this (see share_config)
 ACK_POLL_S = 0.05  # how often the wait for outcomes also serves the dead-letter producer
 
 
@@ -82,17 +80,6 @@ def group_limits(settings: ConsumerSettings) -> GroupLimits:
 
     return GroupLimits(value("share.record.lock.duration.ms", DEFAULT_LOCK_S * 1000) / 1000,
                        int(value("share.delivery.count.limit", DEFAULT_DELIVERY_LIMIT)))
-
-
-def share_config(settings: ConsumerSettings, client_id: str) -> dict[str, Any]:
-    return connection_config(settings, client_id) | {
-        "group.id": settings.consumer_group,
-        "share.acknowledgement.mode": "explicit",
-        # A poll's records are locked to this member until acknowledged: take a few rounds of
-        # what the handler slots can run (a poll per record cost 4 ms here), not a whole batch
-        # of the log, so the other members get the rest.
-        "max.poll.records": max(POLL_RECORDS_MIN, 2 * settings.consumer_concurrency),
-    } | extra_config(settings, "consumer")
 
 
 @dataclass
@@ -121,7 +108,8 @@ class ShareWorker:
         host = socket.gethostname()
         self.name = f"consumer {self.number}@{host}"
         client_id = f"consumer-{self.number}-{host}"
-        self._consumer = ShareConsumer(share_config(self.settings, client_id))
+        self._consumer = ShareConsumer(share_consumer_config(
+            self.settings, client_id, self.settings.consumer_group, self.settings.consumer_concurrency))
         self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq")
         function = self._attempt_async if self.handler.is_async else self._attempt
         self._executor = Executor.for_function(function, self.settings.consumer_concurrency,

@@ -49,6 +49,13 @@ COMMANDS = ("ensure", "wait", "reset", "describe", "redrive", "offsets")
 TopicBody = Body[TopicAdminSettings]
 
 
+# librdkafka (2.16) has no share-group admin call yet; the broker's own tool answers.
+SHARE_DESCRIBE_HINT = (
+    "members and records not yet delivered: the broker's own tool shows them, e.g. in compose\n"
+    "  docker compose exec kafka /opt/kafka/bin/kafka-share-groups.sh --bootstrap-server kafka:19092 "
+    "--describe --group {group} --members   (without --members: start offset and lag per partition)")
+
+
 def render_table(description: Description) -> str:
     rows = [[topic.name, p.partition, p.leader, ",".join(map(str, p.replicas)), ",".join(map(str, p.isr)),
              p.start_offset, p.end_offset, "-" if p.committed is None else p.committed,
@@ -56,8 +63,13 @@ def render_table(description: Description) -> str:
             for topic in description.topics for p in topic.partitions]
     text = [tabulate(rows, headers=["topic", "partition", "leader", "replicas", "isr", "start", "end",
                                     "committed", "lag"], tablefmt="simple")]
-    text.append(f"\ngroup {description.group}: total lag {description.total_lag}, "
-                f"{len(description.members)} member(s)")
+    if description.mode == "share":
+        configs = ", ".join(f"{name}={value}" for name, value in description.share_configs.items())
+        text.append(f"\nshare group {description.group}: {configs or 'the broker defaults'}")
+        text.append(SHARE_DESCRIBE_HINT.format(group=description.group))
+    else:
+        text.append(f"\ngroup {description.group}: total lag {description.total_lag}, "
+                    f"{len(description.members)} member(s)")
     if description.members:
         text.append(tabulate([[m["client_id"], m["host"], ",".join(map(str, m["partitions"])) or "-"]
                               for m in description.members],

@@ -27,6 +27,9 @@ from jobpipe.share_groups import check_share_groups
 from topic_admin_service.settings import TopicAdminSettings
 
 REQUEST_TIMEOUT_S = 30.0
+# A share group's configs that say how its records are delivered (KIP-932).
+SHARE_CONFIGS = ("share.auto.offset.reset", "share.record.lock.duration.ms", "share.delivery.count.limit",
+                 "share.isolation.level", "share.session.timeout.ms")
 
 
 def _kafka_code(error: BaseException) -> int | None:
@@ -138,8 +141,13 @@ class TopicAdmin:
     def describe(self) -> Description:
         metadata = self._admin.list_topics(timeout=REQUEST_TIMEOUT_S)
         group = self._settings.consumer_group
-        committed = self._committed(group)
-        description = Description(group=group, members=self._members(group))
+        share = self._settings.consumer_mode == "share"
+        # A share group has no committed offsets and no consumer-group members to list (and
+        # librdkafka has no share-group admin call): show its configs, never a made-up lag.
+        committed = {} if share else self._committed(group)
+        description = Description(group=group, members=[] if share else self._members(group),
+                                  mode=self._settings.consumer_mode,
+                                  share_configs=self._share_configs(group) if share else {})
         for name in self.topics:
             if name not in metadata.topics or metadata.topics[name].error is not None:
                 description.missing.append(name)
@@ -153,13 +161,20 @@ class TopicAdmin:
                 p = partitions[tp.partition]
                 start, end = starts[tp.partition], ends[tp.partition]
                 done = committed.get((name, tp.partition))
-                is_jobs = name == self._settings.jobs_topic
+                is_jobs = name == self._settings.jobs_topic and not share
                 lag = end - (done if done is not None else start) if is_jobs else None
                 rows.append(PartitionInfo(partition=tp.partition, leader=p.leader, replicas=list(p.replicas),
                                           isr=list(p.isrs), start_offset=start, end_offset=end,
                                           committed=done, lag=lag))
             description.topics.append(TopicInfo(name=name, partitions=rows))
         return description
+
+    def _share_configs(self, group: str) -> dict[str, str]:
+        resource = ConfigResource(ResourceType.GROUP, group)
+        future = self._admin.describe_configs([resource], request_timeout=REQUEST_TIMEOUT_S)[resource]
+        configs = future.result()
+        return {name: entry.value for name, entry in sorted(configs.items())
+                if name in SHARE_CONFIGS and entry.value is not None}
 
     def _offsets(self, tps: list[TopicPartition], spec: OffsetSpec) -> dict[int, int]:
         futures = self._admin.list_offsets({tp: spec for tp in tps}, request_timeout=REQUEST_TIMEOUT_S)
@@ -210,6 +225,8 @@ class Description:
     members: list[dict[str, Any]]
     topics: list[TopicInfo] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    mode: str = "group"  # CONSUMER_MODE
+    share_configs: dict[str, str] = field(default_factory=dict)  # mode share: the group's configs
 
     @property
     def total_lag(self) -> int:
