@@ -32,6 +32,14 @@ def send_one_per_batch(pipeline: Pipeline, jobs: list[Job]) -> None:
     assert len(producer) == 0
 
 
+def send_in_one_batch(pipeline: Pipeline, jobs: list[Job]) -> None:
+    producer = Producer({"bootstrap.servers": pipeline.bootstrap, "linger.ms": 1000, "acks": "all"})
+    for one in jobs:
+        producer.produce(pipeline.topic, key=one.key, value=one.to_bytes())
+    producer.flush(30)
+    assert len(producer) == 0
+
+
 def ensure_share(pipeline: Pipeline, partitions: int, lock_ms: int | None = None) -> None:
     admin = pipeline.run("topic-admin", "ensure", jobs_partitions=partitions, consumer_mode="share")
     assert admin.process.returncode == 0, admin.tail()
@@ -91,6 +99,28 @@ def test_a_member_killed_mid_stream_loses_nothing(pipeline: Pipeline) -> None:
                120, "every job processed by a survivor or before the kill")
     for consumer in others:
         assert consumer.stop() == 0, consumer.tail()
+
+
+def test_a_poll_bigger_than_its_lock_allows_does_no_job_twice_and_loses_none(pipeline: Pipeline) -> None:
+    """300 jobs of 20 ms in one record batch, a 2 s lock: a member gets them all in one poll and
+    can start only a fraction within its share of the lock. It releases the rest unstarted
+    (share.poll_too_big), rather than running them after the broker gave them to the other
+    member; each job ends processed once or, released too often, dead-lettered."""
+    ensure_share(pipeline, partitions=1, lock_ms=2000)
+    jobs = [job(seq) for seq in range(300)]
+    send_in_one_batch(pipeline, jobs)
+    consumers = [pipeline.start("consumer", handler=SCRIPTED, consumer_mode="share") for _ in range(2)]
+
+    def settled() -> int:
+        return len(processed(*consumers)) + sum(len(c.events("job.dead_lettered")) for c in consumers)
+    wait_until(lambda: settled() >= len(jobs), 120, "every job processed or dead-lettered")
+    for consumer in consumers:
+        assert consumer.stop() == 0, consumer.tail()
+    counts = Counter(e["id"] for e in processed(*consumers))
+    assert max(counts.values()) == 1, "no job processed twice"
+    letters = {Job.from_bytes(m.value()).id for m in pipeline.read(pipeline.dlq, len(jobs) - len(counts))}
+    assert set(counts) | letters == {j.id for j in jobs} and not set(counts) & letters
+    assert any(c.events("share.poll_too_big") for c in consumers)
 
 
 def ended_or_dead_lettered(consumer: ServiceProcess) -> bool:

@@ -14,6 +14,7 @@ from consumer_service.share_decisions import (
     Verdict,
     after_attempt,
     after_dead_letter,
+    before_start,
     on_delivery,
 )
 from jobpipe.retry import RetryPolicy
@@ -109,3 +110,10 @@ def test_the_lock_a_member_gives_itself_leaves_slack_before_the_brokers() -> Non
     assert GroupLimits(lock_s=30).lock_ends(100.0) == 120.0
     assert GroupLimits(delivery_limit=5).last_delivery(max_attempts=10) == 5
     assert GroupLimits(delivery_limit=5).last_delivery(max_attempts=2) == 3
+
+
+@given(now=st.floats(0, 100), stopping=st.booleans())
+def test_a_job_starts_only_inside_its_share_of_the_lock(now: float, stopping: bool) -> None:
+    lock_ends = GroupLimits(lock_s=30).lock_ends(0.0)
+    verdict = before_start(now, lock_ends, stopping)
+    assert verdict is (Verdict.RUN if now < lock_ends and not stopping else Verdict.RELEASE)

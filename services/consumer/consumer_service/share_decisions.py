@@ -47,9 +47,17 @@ def on_delivery(is_job: bool, deliveries: int, last_delivery: int) -> tuple[Verd
     if not is_job:
         return Verdict.DEAD_LETTER, ""
     if deliveries >= last_delivery:
-        return Verdict.DEAD_LETTER, (f"delivered {deliveries} times and never finished "
-                                     "(a handler that ends the process?)")
+        return Verdict.DEAD_LETTER, (f"delivered {deliveries} times and never finished (a handler "
+                                     "that ends the process, or released unstarted each time?)")
     return Verdict.RUN, ""
+
+
+def before_start(now: float, lock_ends: float, stopping: bool) -> Verdict:
+    """A record waits for a handler slot: start it while this member's share of the lock lasts,
+    else release it. A poll can hold more than that (the broker hands out whole record batches):
+    run past the lock, a job would be done twice (the broker gives it to another member when the
+    lock ends) and its acknowledgement refused, so it would come back again and again."""
+    return Verdict.RELEASE if stopping or now >= lock_ends else Verdict.RUN
 
 
 def after_attempt(succeeded: bool, gives_up: bool, retry_at: float, lock_ends: float,

@@ -31,6 +31,7 @@ import itertools
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from confluent_kafka import AcknowledgeType, KafkaError, KafkaException, Message, ShareConsumer
@@ -45,6 +46,7 @@ from consumer_service.share_decisions import (
     Verdict,
     after_attempt,
     after_dead_letter,
+    before_start,
     on_delivery,
 )
 from consumer_service.worker import Counts
@@ -158,22 +160,25 @@ class ShareWorker:
         lock_ends = self._limits.lock_ends(now)
         stop_by: float | None = None
         records = self._admit(messages)
-        ready = [record for record in records if not record.publishing]
+        ready = deque(record for record in records if not record.publishing)
         retries: list[tuple[float, int, Record]] = []
         running = 0
         while not all(record.settled for record in records):
             self.heartbeat = now = time.monotonic()
             if self.stop.is_set():
                 stop_by = stop_by or self.settings.work_deadline(now)
-                for record in ready + [r for _, _, r in retries]:
+                for record in [*ready, *(r for _, _, r in retries)]:
                     self._release(record, "stopping")
-                ready, retries = [], []
+                ready, retries = deque(), []
                 if now >= stop_by:  # what still runs is handed back by the lock's expiry
                     break
             while retries and retries[0][0] <= now:
-                ready.append(heapq.heappop(retries)[2])
+                ready.appendleft(heapq.heappop(retries)[2])
+            if ready and before_start(now, lock_ends, self.stop.is_set()) is Verdict.RELEASE:
+                self._release_unstarted(ready, len(records))
+                ready.clear()
             while ready and running < self.settings.consumer_concurrency:
-                record = ready.pop(0)
+                record = ready.popleft()
                 record.attempts += 1
                 record.running = True
                 running += 1
@@ -193,6 +198,15 @@ class ShareWorker:
             self._dlq.poll(min(wait, ACK_POLL_S) if publishing and not running else 0)
             for record, error in self._take_answers():
                 self._after_publish(record, error)
+
+    def _release_unstarted(self, ready: deque[Record], polled: int) -> None:
+        """The lock budget ran out with jobs of this poll not started: hand them back at once."""
+        event("share.poll_too_big", f"{self.name} released {len(ready)} of the {polled} jobs of one poll, "
+              "not started within its share of their lock (the broker hands out whole record batches: "
+              "produce smaller ones, see README: Share groups)", level="WARNING", consumer=self.name,
+              released=len(ready), polled=polled, lock_s=self._limits.lock_s)
+        for record in ready:
+            self._release(record, "not started within its lock", log=False)
 
     def _admit(self, messages: list[Message]) -> list[Record]:
         """The poll's records; those that are not jobs, or that came back too often, go to the
@@ -273,11 +287,13 @@ class ShareWorker:
         log_dead_lettered(key, job.id if job else None, reason=record.reason, attempts=record.attempts,
                           consumer=self.name, destination=self._dlq.topic, **origin)
 
-    def _release(self, record: Record, why: str) -> None:
+    def _release(self, record: Record, why: str, log: bool = True) -> None:
         if record.settled or record.running or record.publishing:
             return
         self._acknowledge(record, AcknowledgeType.RELEASE)
         self.counts.handed_back += 1
+        if not log:
+            return
         job = record.job
         event("job.released", f"{self.name} released {job.key if job else '<not a job>'} from partition "
               f"{record.message.partition()} offset {record.message.offset()}: {why}",
