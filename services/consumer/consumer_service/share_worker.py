@@ -117,6 +117,8 @@ class ShareWorker:
         self._executor = Executor.for_function(function, self.settings.consumer_concurrency,
                                                f"handler-{self.number}")
         self._answers: list[tuple[Record, KafkaError | None]] = []
+        self._unsettled = 0  # records of the poll in hand not yet acknowledged
+        self._publishing = 0  # of those, dead letters the DLQ has not answered yet
         self._seq = itertools.count()
         self._limits = group_limits(self.settings)
         self._last_delivery = self._limits.last_delivery(self.settings.max_attempts)
@@ -163,7 +165,7 @@ class ShareWorker:
         ready = deque(record for record in records if not record.publishing)
         retries: list[tuple[float, int, Record]] = []
         running = 0
-        while not all(record.settled for record in records):
+        while self._unsettled:
             self.heartbeat = now = time.monotonic()
             if self.stop.is_set():
                 stop_by = stop_by or self.settings.work_deadline(now)
@@ -184,7 +186,7 @@ class ShareWorker:
                 running += 1
                 assert record.job is not None
                 self._executor.submit(record, (record.job, record.attempts))
-            wait = ACK_POLL_S if self._answers or any(r.publishing for r in records) else POLL_S
+            wait = ACK_POLL_S if self._answers or self._publishing else POLL_S
             if retries:
                 wait = max(0.0, min(wait, retries[0][0] - now))
             for done in self._executor.collect(wait if running else 0):
@@ -194,8 +196,7 @@ class ShareWorker:
                 if done.error is not None:
                     raise done.error
                 self._after_attempt(record, done.value, lock_ends, retries)
-            publishing = any(record.publishing for record in records)
-            self._dlq.poll(min(wait, ACK_POLL_S) if publishing and not running else 0)
+            self._dlq.poll(min(wait, ACK_POLL_S) if self._publishing and not running else 0)
             for record, error in self._take_answers():
                 self._after_publish(record, error)
 
@@ -212,6 +213,7 @@ class ShareWorker:
         """The poll's records; those that are not jobs, or that came back too often, go to the
         DLQ at once (`publishing`)."""
         records: list[Record] = []
+        self._unsettled = self._publishing = 0
         for message in messages:
             error = message.error()
             if error is not None:
@@ -221,6 +223,7 @@ class ShareWorker:
                 continue
             record = Record(message)
             records.append(record)
+            self._unsettled += 1
             try:
                 record.job = Job.from_bytes(message.value())
                 invalid = ""
@@ -260,6 +263,7 @@ class ShareWorker:
     def _dead_letter(self, record: Record, reason: str) -> None:
         record.reason = reason
         record.publishing = True
+        self._publishing += 1
         try:
             self._dlq.publish(record.message, reason, record.attempts, self.name,
                               lambda error, _message: self._answers.append((record, error)))
@@ -272,6 +276,7 @@ class ShareWorker:
 
     def _after_publish(self, record: Record, error: KafkaError | None) -> None:
         record.publishing = False
+        self._publishing -= 1
         job = record.job
         key = job.key if job else (record.message.key() or b"").decode(errors="replace") or None
         origin = {"partition": record.message.partition(), "offset": record.message.offset()}
@@ -304,6 +309,7 @@ class ShareWorker:
     def _acknowledge(self, record: Record, kind: AcknowledgeType) -> None:
         self._consumer.acknowledge(record.message, kind)
         record.settled = True
+        self._unsettled -= 1
 
     def _close(self) -> None:
         self._executor.close(0.0)
