@@ -317,3 +317,6 @@ def test_share_mode_scales_consumers_past_the_partition_count(make_stack: Any) -
     done = stack.processed_keys()
     working = {container for container, found in done.items() if found}
     assert len(working) == 6, {container: len(found) for container, found in done.items()}
+    described = stack.describe()  # topic-admin gets CONSUMER_MODE from compose too
+    assert described["mode"] == "share", described
+    assert described["share_configs"]["share.auto.offset.reset"] == "earliest", described

@@ -139,7 +139,8 @@ class ShareWorker:
 
     def run(self) -> None:
         self._consumer.subscribe([self.settings.jobs_topic])
-        event("share.joined", f"{self.name} joined share group {self.settings.consumer_group}",
+        event("share.joined", f"{self.name} subscribed to {self.settings.jobs_topic} in share group "
+              f"{self.settings.consumer_group}",
               consumer=self.name, group=self.settings.consumer_group)
         self.joined.set()
         try:
