@@ -27,28 +27,34 @@ outcomes = st.lists(st.tuples(st.sampled_from(["ok", "fail", "crash"]),
 
 def deliver_until_settled(limits: GroupLimits, policy: RetryPolicy,
                           script: list[Outcome]) -> tuple[str, int, list[int]]:
-    """Play one record through the broker's deliveries. Returns how it ended ("accepted",
-    "dead_lettered" or "dropped" by the broker), the delivery it ended on, and the handler calls
-    made on each delivery."""
+    """Play one record through the broker's deliveries, as the member decides: start only by
+    `start_by` (expecting an attempt to last as long as the one before), retry while that
+    allows, else release. Returns how it ended ("accepted", "dead_lettered" or "dropped" by the
+    broker), the delivery it ended on, and the handler calls made on each delivery."""
     attempts = iter(script)
-    last = limits.last_delivery(policy.max_attempts)
     calls: list[int] = []
+    expected = 0.0
     for delivery in range(1, limits.delivery_limit + 1):
-        verdict, why = on_delivery(True, delivery, last)
+        verdict, why = on_delivery(True, delivery, limits.last_delivery)
         if verdict is Verdict.DEAD_LETTER:
             assert why and str(delivery) in why
             return "dead_lettered", delivery, calls
         calls.append(0)
         now = 0.0
-        lock_ends = limits.lock_ends(now)
+        if before_start(now, limits.start_by(0.0, expected), stopping=False) is Verdict.RELEASE:
+            continue  # released unstarted: the next delivery
         while True:
             kind, took = next(attempts, ("ok", 0.0))
             calls[-1] += 1
             if kind == "crash":  # the process dies: the lock ends and the broker redelivers
                 break
             now += took
+            expected = took
+            if limits.expired(0.0, now):  # ended after its lock: the ACCEPT is refused, it comes back
+                break
             retry_at = now + policy.delay_s(calls[-1])
-            verdict = after_attempt(kind == "ok", policy.gives_up_after(calls[-1]), retry_at, lock_ends,
+            start_by = limits.start_by(0.0, expected)
+            verdict = after_attempt(kind == "ok", policy.gives_up_after(calls[-1]), retry_at, start_by,
                                     stopping=False)
             if verdict is Verdict.ACCEPT:
                 return "accepted", delivery, calls
@@ -56,7 +62,8 @@ def deliver_until_settled(limits: GroupLimits, policy: RetryPolicy,
                 return "dead_lettered", delivery, calls
             if verdict is Verdict.RELEASE:
                 break
-            assert verdict is Verdict.RUN and retry_at < lock_ends
+            assert verdict is Verdict.RUN and retry_at < start_by <= limits.lock_ends(0.0)
+            assert retry_at + expected < limits.lock_s, "a retry of the usual length ends inside the lock"
             now = retry_at
     return "dropped", limits.delivery_limit, calls
 
@@ -71,12 +78,12 @@ def test_no_job_is_left_for_the_broker_to_drop(delivery_limit: int, lock_s: floa
     assert ending != "dropped"
     assert delivery <= delivery_limit
     assert all(n <= max_attempts for n in calls), "never more than MAX_ATTEMPTS calls per delivery"
-    assert len(calls) <= max_attempts, "never more than MAX_ATTEMPTS deliveries run the handler"
+    assert len(calls) < delivery_limit, "the broker's last delivery never runs the handler"
 
 
 @given(script=outcomes)
-def test_a_job_that_only_succeeds_is_accepted_on_its_first_delivery(script: list[Outcome]) -> None:
-    ok = [("ok", took) for _, took in script] or [("ok", 0.0)]
+def test_a_job_that_succeeds_inside_its_lock_is_accepted_on_its_first_delivery(script: list[Outcome]) -> None:
+    ok = [("ok", took * 0.7) for _, took in script] or [("ok", 0.0)]  # under 28 s: the lock is 30 s
     assert deliver_until_settled(GroupLimits(), RetryPolicy(), ok)[:2] == ("accepted", 1)
 
 
@@ -84,18 +91,18 @@ def test_a_handler_that_kills_the_process_every_time_ends_dead_lettered() -> Non
     crashes = [("crash", 0.0)] * 20
     ending, delivery, calls = deliver_until_settled(GroupLimits(delivery_limit=5),
                                                     RetryPolicy(max_attempts=2), crashes)
-    assert (ending, delivery, calls) == ("dead_lettered", 3, [1, 1])
+    assert (ending, delivery, calls) == ("dead_lettered", 5, [1, 1, 1, 1])
 
 
 @given(gives_up=st.booleans(), now=st.floats(0, 100), delay=st.floats(0, 100), stopping=st.booleans())
 def test_a_failed_attempt_is_retried_here_only_inside_the_lock_and_never_while_stopping(
         gives_up: bool, now: float, delay: float, stopping: bool) -> None:
-    lock_ends = GroupLimits(lock_s=30).lock_ends(0.0)
-    verdict = after_attempt(False, gives_up, now + delay, lock_ends, stopping)
+    start_by = GroupLimits(lock_s=30).start_by(0.0, expected_s=1.0)
+    verdict = after_attempt(False, gives_up, now + delay, start_by, stopping)
     if gives_up:
         assert verdict is Verdict.DEAD_LETTER
     elif verdict is Verdict.RUN:
-        assert now + delay < lock_ends and not stopping
+        assert now + delay < start_by and not stopping
     else:
         assert verdict is Verdict.RELEASE
 
@@ -106,14 +113,23 @@ def test_a_record_that_is_not_a_job_is_dead_lettered_and_accepted_only_once_the_
     assert after_dead_letter(published=False) is Verdict.RELEASE
 
 
-def test_the_lock_a_member_gives_itself_leaves_slack_before_the_brokers() -> None:
-    assert GroupLimits(lock_s=30).lock_ends(100.0) == 120.0
-    assert GroupLimits(delivery_limit=5).last_delivery(max_attempts=10) == 5
-    assert GroupLimits(delivery_limit=5).last_delivery(max_attempts=2) == 3
+@given(lock_s=st.floats(1, 60), expected_s=st.floats(0, 100), polled_at=st.floats(0, 1000))
+def test_a_job_starts_early_enough_to_end_inside_its_lock(lock_s: float, expected_s: float,
+                                                         polled_at: float) -> None:
+    limits = GroupLimits(lock_s=lock_s)
+    start_by = limits.start_by(polled_at, expected_s)
+    assert start_by <= limits.lock_ends(polled_at) < polled_at + lock_s
+    assert start_by + expected_s <= polled_at + lock_s + 1e-6
+    assert not limits.expired(polled_at, start_by) or start_by < polled_at
 
 
 @given(now=st.floats(0, 100), stopping=st.booleans())
-def test_a_job_starts_only_inside_its_share_of_the_lock(now: float, stopping: bool) -> None:
-    lock_ends = GroupLimits(lock_s=30).lock_ends(0.0)
-    verdict = before_start(now, lock_ends, stopping)
-    assert verdict is (Verdict.RUN if now < lock_ends and not stopping else Verdict.RELEASE)
+def test_a_job_starts_only_before_its_start_by(now: float, stopping: bool) -> None:
+    verdict = before_start(now, 20.0, stopping)
+    assert verdict is (Verdict.RUN if now < 20.0 and not stopping else Verdict.RELEASE)
+
+
+def test_the_last_delivery_is_the_brokers_and_the_lock_leaves_slack() -> None:
+    assert GroupLimits(lock_s=30).lock_ends(100.0) == 120.0
+    assert GroupLimits(delivery_limit=5).last_delivery == 5
+    assert GroupLimits(lock_s=30).start_by(0.0, expected_s=25.0) == 5.0

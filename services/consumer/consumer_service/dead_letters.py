@@ -38,9 +38,14 @@ def dead_letter_headers(message: Message, reason: str, attempts: int,
 
 
 class DeadLetterPublisher:
-    def __init__(self, settings: ConsumerSettings, client_id: str) -> None:
+    def __init__(self, settings: ConsumerSettings, client_id: str, timeout_s: float | None = None) -> None:
+        """`timeout_s`: how long librdkafka tries to deliver a dead letter before it reports
+        failure (its message.timeout.ms; librdkafka's default when None)."""
         self.topic = settings.dlq_topic
-        self._producer = Producer(producer_config(settings, client_id))
+        config = producer_config(settings, client_id)
+        if timeout_s is not None:
+            config["message.timeout.ms"] = int(timeout_s * 1000)
+        self._producer = Producer(config)
 
     def publish(self, message: Message, reason: str, attempts: int, consumer: str,
                 report: DeliveryReport) -> None:

@@ -31,15 +31,27 @@ class GroupLimits:
     lock_s: float = DEFAULT_LOCK_S  # share.record.lock.duration.ms
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT  # share.delivery.count.limit: then it gives up
 
-    def last_delivery(self, max_attempts: int) -> int:
-        """The delivery on which a job is dead-lettered without running: past MAX_ATTEMPTS
-        deliveries, and at the latest on the broker's last one (after it the broker drops the
-        record: a handler that kills the process would lose its job)."""
-        return max(1, min(self.delivery_limit, max_attempts + 1))
+    @property
+    def last_delivery(self) -> int:
+        """The delivery on which a job is dead-lettered without running: the broker's last one
+        (after it the broker drops the record without a word, so a handler that kills the
+        process must not get it again). Every delivery counts, a release too: MAX_ATTEMPTS
+        bounds the attempts of one delivery, this bounds the deliveries."""
+        return self.delivery_limit
 
-    def lock_ends(self, received_at: float) -> float:
-        """When this member stops retrying a record it received at `received_at`."""
-        return received_at + self.lock_s * LOCK_SHARE
+    def lock_ends(self, polled_at: float) -> float:
+        """When this member stops starting the records of a poll it asked for at `polled_at`."""
+        return polled_at + self.lock_s * LOCK_SHARE
+
+    def start_by(self, polled_at: float, expected_s: float) -> float:
+        """The latest time a record of that poll may start (or be retried): inside this member's
+        share of the lock, and early enough that an attempt of the usual length (`expected_s`)
+        ends before the broker takes the record back."""
+        return min(self.lock_ends(polled_at), polled_at + self.lock_s - expected_s)
+
+    def expired(self, polled_at: float, now: float) -> bool:
+        """The broker's lock on a record of that poll has ended: it may be another member's."""
+        return now >= polled_at + self.lock_s
 
 
 def on_delivery(is_job: bool, deliveries: int, last_delivery: int) -> tuple[Verdict, str]:
@@ -52,15 +64,15 @@ def on_delivery(is_job: bool, deliveries: int, last_delivery: int) -> tuple[Verd
     return Verdict.RUN, ""
 
 
-def before_start(now: float, lock_ends: float, stopping: bool) -> Verdict:
+def before_start(now: float, start_by: float, stopping: bool) -> Verdict:
     """A record waits for a handler slot: start it while this member's share of the lock lasts,
     else release it. A poll can hold more than that (the broker hands out whole record batches):
     run past the lock, a job would be done twice (the broker gives it to another member when the
     lock ends) and its acknowledgement refused, so it would come back again and again."""
-    return Verdict.RELEASE if stopping or now >= lock_ends else Verdict.RUN
+    return Verdict.RELEASE if stopping or now >= start_by else Verdict.RUN
 
 
-def after_attempt(succeeded: bool, gives_up: bool, retry_at: float, lock_ends: float,
+def after_attempt(succeeded: bool, gives_up: bool, retry_at: float, start_by: float,
                   stopping: bool) -> Verdict:
     """An attempt ended: accept it, dead-letter it (the retry policy gives up), retry it here
     (RUN at `retry_at`) while the lock lasts, else release it."""
@@ -68,7 +80,7 @@ def after_attempt(succeeded: bool, gives_up: bool, retry_at: float, lock_ends: f
         return Verdict.ACCEPT
     if gives_up:
         return Verdict.DEAD_LETTER
-    if stopping or retry_at >= lock_ends:
+    if stopping or retry_at >= start_by:
         return Verdict.RELEASE
     return Verdict.RUN
 

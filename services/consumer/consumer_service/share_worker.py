@@ -2,25 +2,28 @@
 
 Why it exists: in a consumer group each partition has one member, so replicas past the
 partition count sit idle. In a share group every member reads every partition; the broker
-hands each record to one member under a time-limited lock (`group.share.record.lock.duration.ms`,
+hands each record to one member under a time-limited lock (`share.record.lock.duration.ms`,
 30 s by default) and counts its deliveries. The member acknowledges each record: ACCEPT (done),
 RELEASE (give it back for redelivery, possibly elsewhere) or REJECT (never used here: a job
 that cannot be done goes to the DLQ first, then is accepted).
 
 How, per poll (librdkafka's explicit acknowledgement refuses a new poll while a record of the
-last one is unacknowledged, so a poll's records are settled before the next):
-- each record runs on the executor (CONSUMER_CONCURRENCY at once, no order between them);
+last one is unacknowledged, so a poll's records are settled before the next). What to do with
+each record is decided by share_decisions; this module carries it out:
+- each record runs on the executor (CONSUMER_CONCURRENCY at once, no order between them), if
+  it can start early enough to end inside its lock; the others are released unstarted (the
+  broker hands out whole record batches, so a poll can hold more than a lock's worth);
 - success: ACCEPT;
 - a failed attempt: retried by this member with the retry policy's backoff while the lock
-  lasts (two thirds of the group's `share.record.lock.duration.ms`); a retry that would
-  outlive it: RELEASE, and the broker redelivers it (its delivery count rises);
-- MAX_ATTEMPTS attempts here, or its last delivery (past MAX_ATTEMPTS deliveries, or the
-  broker's `share.delivery.count.limit`: a handler that kills the process brings its job back
-  each time), or a message that is not a job: published to DLQ_TOPIC with
-  the usual headers, and ACCEPTed only once the broker acknowledged the dead letter (else
-  RELEASEd);
+  allows; else RELEASE, and the broker redelivers it (its delivery count rises);
+- MAX_ATTEMPTS attempts on one delivery, or its last delivery (the broker's
+  `share.delivery.count.limit`: a handler that kills the process brings its job back each
+  time), or a message that is not a job: published to DLQ_TOPIC with the usual headers, and
+  ACCEPTed only once the broker acknowledged the dead letter (else RELEASEd);
+- acknowledgements are sent while the poll is worked through (commit_async, every 0.1 s at
+  most), not only with the next poll, so a fast job's ACCEPT does not wait for a slow one;
 - a stop: nothing more starts, what is running finishes within the shutdown budget, the rest
-  is RELEASEd; then the acknowledgements are committed and the member leaves.
+  is RELEASEd; dead letters are flushed, the acknowledgements committed, the member leaves.
 """
 
 from __future__ import annotations
@@ -34,7 +37,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from confluent_kafka import AcknowledgeType, KafkaError, KafkaException, Message, ShareConsumer
+from confluent_kafka import (
+    AcknowledgeType,
+    IllegalStateException,
+    KafkaError,
+    KafkaException,
+    Message,
+    ShareConsumer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from consumer_service.dead_letters import DeadLetterPublisher
@@ -59,6 +70,8 @@ from jobpipe.share_groups import is_refusal, refusal
 
 POLL_S = 0.5
 ACK_POLL_S = 0.05  # how often the wait for outcomes also serves the dead-letter producer
+ACK_SEND_S = 0.1  # acknowledgements made during a poll are sent at least this often
+DURATION_WEIGHT = 0.2  # of the newest attempt in the moving average of attempt durations
 
 
 def group_limits(settings: ConsumerSettings) -> GroupLimits:
@@ -90,11 +103,15 @@ class Record:
 
     message: Message
     job: Job | None = None
-    attempts: int = 0  # handler calls made by this member
+    attempts: int = 0  # handler calls made on this delivery
     running: bool = False
     publishing: bool = False
     settled: bool = False
     reason: str = ""  # why it is being dead-lettered
+
+    @property
+    def deliveries(self) -> int:
+        return self.message.delivery_count() or 1
 
 
 @dataclass
@@ -110,23 +127,30 @@ class ShareWorker:
         host = socket.gethostname()
         self.name = f"consumer {self.number}@{host}"
         client_id = f"consumer-{self.number}-{host}"
+        self._limits = group_limits(self.settings)
         self._consumer = ShareConsumer(share_consumer_config(
             self.settings, client_id, self.settings.consumer_group, self.settings.consumer_concurrency))
-        self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq")
+        self._consumer.set_acknowledgement_commit_callback(self._on_acknowledged)
+        # A dead letter's fate must be known while its record is still locked to this member.
+        self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq",
+                                        timeout_s=max(1.0, self._limits.lock_s / 3))
         function = self._attempt_async if self.handler.is_async else self._attempt
         self._executor = Executor.for_function(function, self.settings.consumer_concurrency,
                                                f"handler-{self.number}")
         self._answers: list[tuple[Record, KafkaError | None]] = []
+        self._refused: list[tuple[int, str]] = []  # acknowledgements the broker refused
         self._unsettled = 0  # records of the poll in hand not yet acknowledged
         self._publishing = 0  # of those, dead letters the DLQ has not answered yet
+        self._to_send = 0  # acknowledgements made since the last commit_async
+        self._sent_at = 0.0  # when they were last sent
+        self._job_s = 0.0  # moving average of an attempt's duration
         self._seq = itertools.count()
-        self._limits = group_limits(self.settings)
-        self._last_delivery = self._limits.last_delivery(self.settings.max_attempts)
+        self._retries: list[tuple[float, int, Record]] = []  # (due, seq, record) of the poll in hand
         event("share.limits", f"{self.name}: share group {self.settings.consumer_group} locks a record "
               f"for {self._limits.lock_s:g} s and gives up after {self._limits.delivery_limit} "
-              f"deliveries; a job is dead-lettered on delivery {self._last_delivery}",
+              f"deliveries; a job is dead-lettered on delivery {self._limits.last_delivery}",
               consumer=self.name, lock_s=self._limits.lock_s,
-              delivery_limit=self._limits.delivery_limit, last_delivery=self._last_delivery)
+              delivery_limit=self._limits.delivery_limit, last_delivery=self._limits.last_delivery)
         self.heartbeat = time.monotonic()
 
     def _attempt(self, call: tuple[Job, int]) -> Attempt:
@@ -135,21 +159,26 @@ class ShareWorker:
     async def _attempt_async(self, call: tuple[Job, int]) -> Attempt:
         return await self.handler.attempt_async(*call)
 
+    def _on_acknowledged(self, offsets: dict[TopicPartition, set[int]],
+                         error: KafkaException | None) -> None:
+        """librdkafka's answer to an acknowledgement commit (on this thread): note refusals."""
+        if error is not None:
+            self._refused.append((sum(len(found) for found in offsets.values()), str(error)))
+
     # ---- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
         self._consumer.subscribe([self.settings.jobs_topic])
         event("share.joined", f"{self.name} subscribed to {self.settings.jobs_topic} in share group "
-              f"{self.settings.consumer_group}",
-              consumer=self.name, group=self.settings.consumer_group)
+              f"{self.settings.consumer_group}", consumer=self.name, group=self.settings.consumer_group)
         self.joined.set()
         try:
             while not self.stop.is_set():
-                self.heartbeat = time.monotonic()
+                self.heartbeat = polled_at = time.monotonic()
                 records = self._consumer.poll(POLL_S)
+                self._report_refusals()
                 if records:
-                    self._settle_poll(list(records))
-                    self._consumer.commit_async()
+                    self._settle_poll(list(records), polled_at)
         except KafkaException as error:
             if is_refusal(error.args[0]):
                 raise refusal(self.settings.consumer_group) from None
@@ -157,27 +186,28 @@ class ShareWorker:
         finally:
             self._close()
 
-    def _settle_poll(self, messages: list[Message]) -> None:
-        """Work through one poll's records until each is acknowledged."""
-        now = time.monotonic()
-        lock_ends = self._limits.lock_ends(now)
+    def _settle_poll(self, messages: list[Message], polled_at: float) -> None:
+        """Work through one poll's records until each is acknowledged (or the stop's deadline)."""
         stop_by: float | None = None
         records = self._admit(messages)
-        ready = deque(record for record in records if not record.publishing)
+        ready = deque(record for record in records if not record.settled and not record.publishing)
         retries: list[tuple[float, int, Record]] = []
+        self._retries = retries
         running = 0
         while self._unsettled:
             self.heartbeat = now = time.monotonic()
+            start_by = self._limits.start_by(polled_at, self._job_s)
             if self.stop.is_set():
                 stop_by = stop_by or self.settings.work_deadline(now)
                 for record in [*ready, *(r for _, _, r in retries)]:
                     self._release(record, "stopping")
-                ready, retries = deque(), []
-                if now >= stop_by:  # what still runs is handed back by the lock's expiry
+                ready = deque()
+                retries.clear()
+                if now >= stop_by:  # what still runs is released when the member leaves
                     break
             while retries and retries[0][0] <= now:
                 ready.appendleft(heapq.heappop(retries)[2])
-            if ready and before_start(now, lock_ends, self.stop.is_set()) is Verdict.RELEASE:
+            if ready and before_start(now, start_by, self.stop.is_set()) is Verdict.RELEASE:
                 self._release_unstarted(ready, len(records))
                 ready.clear()
             while ready and running < self.settings.consumer_concurrency:
@@ -190,28 +220,24 @@ class ShareWorker:
             wait = ACK_POLL_S if self._answers or self._publishing else POLL_S
             if retries:
                 wait = max(0.0, min(wait, retries[0][0] - now))
-            for done in self._executor.collect(wait if running else 0):
-                running -= 1
-                record = done.token
-                record.running = False
-                if done.error is not None:
-                    raise done.error
-                self._after_attempt(record, done.value, lock_ends, retries)
+            if running:
+                for done in self._executor.collect(wait):
+                    running -= 1
+                    record = done.token
+                    record.running = False
+                    if done.error is not None:
+                        raise done.error
+                    self._after_attempt(record, done.value, polled_at)
+            elif not self._publishing and not self._answers:
+                self.stop.wait(wait)  # only retries are waiting: until the next one is due
             self._dlq.poll(min(wait, ACK_POLL_S) if self._publishing and not running else 0)
             for record, error in self._take_answers():
                 self._after_publish(record, error)
-
-    def _release_unstarted(self, ready: deque[Record], polled: int) -> None:
-        """The lock budget ran out with jobs of this poll not started: hand them back at once."""
-        event("share.poll_too_big", f"{self.name} released {len(ready)} of the {polled} jobs of one poll, "
-              "not started within its share of their lock (the broker hands out whole record batches: "
-              "produce smaller ones, see README: Share groups)", level="WARNING", consumer=self.name,
-              released=len(ready), polled=polled, lock_s=self._limits.lock_s)
-        for record in ready:
-            self._release(record, "not started within its lock", log=False)
+            if self._unsettled and now - self._sent_at >= ACK_SEND_S:
+                self._send_acknowledgements(now)  # the next poll carries the rest
 
     def _admit(self, messages: list[Message]) -> list[Record]:
-        """The poll's records; those that are not jobs, or that came back too often, go to the
+        """The poll's records; those that are not jobs, or on their last delivery, go to the
         DLQ at once (`publishing`)."""
         records: list[Record] = []
         self._unsettled = self._publishing = 0
@@ -230,34 +256,38 @@ class ShareWorker:
                 invalid = ""
             except InvalidJob as error:
                 invalid = str(error)
-            verdict, why = on_delivery(record.job is not None, message.delivery_count() or 1,
-                                       self._last_delivery)
+            verdict, why = on_delivery(record.job is not None, record.deliveries, self._limits.last_delivery)
             if verdict is Verdict.DEAD_LETTER:
                 self._dead_letter(record, invalid or why)
         return records
 
-    def _after_attempt(self, record: Record, attempt: Attempt, lock_ends: float,
-                       retries: list[tuple[float, int, Record]]) -> None:
+    def _after_attempt(self, record: Record, attempt: Attempt, polled_at: float) -> None:
         origin = {"partition": record.message.partition(), "offset": record.message.offset()}
+        self._job_s += DURATION_WEIGHT * (attempt.duration_ms / 1000 - self._job_s)
+        now = time.monotonic()
+        if self._limits.expired(polled_at, now):
+            event("share.lock_overrun", f"{self.name}: {attempt.job.key} ended after its lock "
+                  f"({self._limits.lock_s:g} s): the broker may have given it to another member "
+                  "(raise the group's share.record.lock.duration.ms above the handler's time)",
+                  level="WARNING", id=attempt.job.id, key=attempt.job.key, consumer=self.name,
+                  lock_s=self._limits.lock_s, duration_ms=round(attempt.duration_ms, 1), **origin)
         failed = attempt.error is not None
         delay = self.handler.policy.delay_s(attempt.number) if failed else 0.0
-        retry_at = time.monotonic() + delay
         verdict = after_attempt(not failed, self.handler.next_step(attempt) is Next.DEAD_LETTER,
-                                retry_at, lock_ends, self.stop.is_set())
+                                now + delay, self._limits.start_by(polled_at, self._job_s),
+                                self.stop.is_set())
         if verdict is Verdict.ACCEPT:
             self._acknowledge(record, AcknowledgeType.ACCEPT)
             self.counts.processed += 1
             log_processed(attempt, self.name, **origin)
-            return
-        if verdict is Verdict.DEAD_LETTER:
+        elif verdict is Verdict.DEAD_LETTER:
             self._dead_letter(record, attempt.error_text)
-            return
-        if verdict is Verdict.RELEASE:
+        elif verdict is Verdict.RELEASE:
             self._release(record, f"attempt {attempt.number} failed and its lock ends before the retry")
-            return
-        self.counts.retried += 1
-        log_retry(attempt, delay, self.name, **origin)
-        heapq.heappush(retries, (retry_at, next(self._seq), record))
+        else:
+            self.counts.retried += 1
+            log_retry(attempt, delay, self.name, **origin)
+            heapq.heappush(self._retries, (now + delay, next(self._seq), record))
 
     # ---- dead letters and acknowledgements ------------------------------------------------------
 
@@ -283,15 +313,28 @@ class ShareWorker:
         origin = {"partition": record.message.partition(), "offset": record.message.offset()}
         if after_dead_letter(error is None) is Verdict.RELEASE:
             assert error is not None
+            last = record.deliveries >= self._limits.delivery_limit
+            fate = ("released on its last delivery: the broker drops it" if last
+                    else "released for another delivery")
             event("job.dead_letter_failed",
-                  f"{self.name} could not publish {key} to {self._dlq.topic} ({error.str()}); released",
-                  level="ERROR", id=job.id if job else None, key=key, error=error.str(), **origin)
+                  f"{self.name} could not publish {key} to {self._dlq.topic} ({error.str()}); {fate}",
+                  level="ERROR", id=job.id if job else None, key=key, error=error.str(),
+                  deliveries=record.deliveries, lost=last, **origin)
             self._release(record, "its dead letter was not acknowledged")
             return
         self._acknowledge(record, AcknowledgeType.ACCEPT)
         self.counts.dead_lettered += 1
         log_dead_lettered(key, job.id if job else None, reason=record.reason, attempts=record.attempts,
                           consumer=self.name, destination=self._dlq.topic, **origin)
+
+    def _release_unstarted(self, ready: deque[Record], polled: int) -> None:
+        """Jobs of this poll that can no longer start inside their lock: hand them back at once."""
+        event("share.poll_too_big", f"{self.name} released {len(ready)} of the {polled} jobs of one poll, "
+              "not started within its share of their lock (the broker hands out whole record batches: "
+              "produce smaller ones, see README: Share groups)", level="WARNING", consumer=self.name,
+              released=len(ready), polled=polled, lock_s=self._limits.lock_s)
+        for record in ready:
+            self._release(record, "not started within its lock", log=False)
 
     def _release(self, record: Record, why: str, log: bool = True) -> None:
         if record.settled or record.running or record.publishing:
@@ -305,22 +348,54 @@ class ShareWorker:
               f"{record.message.partition()} offset {record.message.offset()}: {why}",
               level="WARNING", id=job.id if job else None, key=job.key if job else None,
               partition=record.message.partition(), offset=record.message.offset(), reason=why,
-              deliveries=record.message.delivery_count(), consumer=self.name)
+              deliveries=record.deliveries, consumer=self.name)
 
     def _acknowledge(self, record: Record, kind: AcknowledgeType) -> None:
-        self._consumer.acknowledge(record.message, kind)
+        if record.settled:
+            return
         record.settled = True
         self._unsettled -= 1
+        try:
+            self._consumer.acknowledge(record.message, kind)
+        except IllegalStateException as error:  # no longer in flight: the broker has it back
+            event("ack.refused", f"{self.name}: could not acknowledge partition {record.message.partition()} "
+                  f"offset {record.message.offset()} ({error})", level="WARNING", consumer=self.name)
+            return
+        self._to_send += 1
+
+    def _send_acknowledgements(self, now: float) -> None:
+        self._sent_at = now
+        if self._to_send:
+            self._to_send = 0
+            self._consumer.commit_async()
+            self._report_refusals()
+
+    def _report_refusals(self) -> None:
+        for count, error in self._refused:
+            event("ack.refused", f"{self.name}: the broker refused {count} acknowledgement(s): {error} "
+                  "(their lock had ended; the broker delivers them again)", level="WARNING",
+                  consumer=self.name, refused=count, error=error)
+        self._refused.clear()
 
     def _close(self) -> None:
+        """Flush the dead letters, acknowledge what they settle, commit, leave: within what is
+        left of SHUTDOWN_TIMEOUT_S."""
+        deadline = time.monotonic() + max(1.0, self.settings.shutdown_timeout_s * 0.2)
         self._executor.close(0.0)
-        try:
-            self._consumer.commit_sync()
-        except KafkaException as error:
-            event("commit.failed", f"{self.name} could not commit its acknowledgements: {error}",
-                  level="WARNING", consumer=self.name)
-        self._consumer.close()
-        left = self._dlq.close(max(0.5, self.settings.shutdown_timeout_s * 0.1))
+        left = self._dlq.close(max(0.1, (deadline - time.monotonic()) / 2))
+        for record, error in self._take_answers():
+            self._after_publish(record, error)
         if left:
             event("dead_letters.unflushed", f"{self.name}: {left} dead letter(s) unacknowledged",
                   level="WARNING", unflushed=left)
+        try:
+            results = self._consumer.commit_sync(max(0.1, deadline - time.monotonic()))
+            failed = {f"{tp.topic}[{tp.partition}]": str(error) for tp, error in results.items() if error}
+            if failed:
+                event("commit.failed", f"{self.name}: acknowledgements refused for {failed}",
+                      level="WARNING", consumer=self.name, partitions=failed)
+        except KafkaException as error:
+            event("commit.failed", f"{self.name} could not commit its acknowledgements: {error}",
+                  level="WARNING", consumer=self.name)
+        self._report_refusals()
+        self._consumer.close()  # leaves the group: the broker takes back what was not acknowledged

@@ -1,0 +1,235 @@
+"""The share-group member's loop (consumer_service.share_worker) against a scripted stand-in for
+librdkafka's ShareConsumer and the dead-letter producer: one poll's records worked through to
+their acknowledgements, on the paths a real broker will not hit on demand (a dead letter that
+cannot be queued, a poll bigger than its lock, a job that outlives its lock). The same member on
+a real broker is in tests/integration/test_share_mode.py.
+
+The stand-in refuses to acknowledge a record twice (librdkafka: IllegalStateException, "no
+longer in flight") and keeps every call in order, so a test can see when acknowledgements are
+sent (commit_async) relative to the jobs that made them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import AcknowledgeType, IllegalStateException, KafkaError, Message
+
+from consumer_service import dead_letters, share_worker
+from consumer_service.settings import ConsumerSettings
+from consumer_service.share_decisions import GroupLimits
+from jobpipe.handling import JobHandler
+from jobpipe.job import Job
+from jobpipe.logs import configure_logging
+
+TOPIC = "jobs"
+
+
+class FakeShareConsumer:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.calls: list[tuple[str, int | None]] = []  # ("ACCEPT"/"RELEASE", offset), ("commit", None)
+        self.acked: set[int] = set()
+
+    def set_acknowledgement_commit_callback(self, callback: Any) -> None:
+        self.callback = callback
+
+    def acknowledge(self, message: Message, kind: AcknowledgeType) -> None:
+        offset = message.offset()
+        assert offset is not None
+        if offset in self.acked:
+            raise IllegalStateException("the message is no longer in flight")
+        self.acked.add(offset)
+        self.calls.append((kind.name, offset))
+
+    def commit_async(self) -> None:
+        self.calls.append(("commit", None))
+
+    def commit_sync(self, timeout: float = 60) -> dict[Any, Any]:
+        self.calls.append(("commit", None))
+        return {}
+
+    def close(self) -> None:
+        pass
+
+    def kinds(self) -> Counter[str]:
+        return Counter(kind for kind, offset in self.calls if offset is not None)
+
+
+class FakeProducer:
+    """The dead-letter producer: `refuse` makes produce raise (its queue is full); `failures`
+    answers fail first."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.pending: list[tuple[Callable[..., None], Message]] = []
+        self.published: list[Message] = []
+        self.refuse = False
+        self.failures = 0
+        self.polls = 0
+
+    def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
+                headers: Any = None, on_delivery: Callable[..., None] | None = None) -> None:
+        if self.refuse:
+            raise BufferError("Local: Queue full")
+        assert on_delivery is not None
+        self.pending.append((on_delivery, Message(topic=topic, key=key, value=value, headers=headers)))
+
+    def poll(self, timeout: float = 0) -> int:
+        self.polls += 1
+        answered, self.pending = self.pending, []
+        for report, message in answered:
+            if self.failures:
+                self.failures -= 1
+                report(KafkaError(KafkaError._MSG_TIMED_OUT), message)
+            else:
+                self.published.append(message)
+                report(None, message)
+        if not answered and timeout:
+            time.sleep(min(timeout, 0.01))
+        return len(answered)
+
+    def flush(self, timeout: float = 0) -> int:
+        self.poll(0)
+        return 0
+
+
+class Member:
+    def __init__(self, worker: share_worker.ShareWorker, log: io.StringIO) -> None:
+        self.worker = worker
+        self.kafka: FakeShareConsumer = worker._consumer  # type: ignore[assignment]
+        self.dlq: FakeProducer = worker._dlq._producer  # type: ignore[attr-defined]
+        self._log = log
+
+    def settle(self, *messages: Message) -> None:
+        self.worker._settle_poll(list(messages), time.monotonic())
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self._log.getvalue().splitlines()]
+        return [line for line in lines if line["event"] == name]
+
+
+@pytest.fixture
+def make(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Member]]:
+    monkeypatch.setattr(share_worker, "ShareConsumer", FakeShareConsumer)
+    monkeypatch.setattr(dead_letters, "Producer", FakeProducer)
+    made: list[share_worker.ShareWorker] = []
+
+    def build(function: Callable[[Job], Any], limits: GroupLimits | None = None, **settings: Any) -> Member:
+        monkeypatch.setattr(share_worker, "group_limits", lambda _settings: limits or GroupLimits())
+        out = io.StringIO()
+        configure_logging("consumer", "INFO", "json", out)
+        values: dict[str, Any] = {"kafka_bootstrap_servers": "127.0.0.1:1", "jobs_topic": TOPIC,
+                                  "consumer_mode": "share", "retry_backoff_initial_ms": 1,
+                                  "retry_backoff_max_ms": 2, **settings}
+        config = ConsumerSettings(**values)
+        handler = JobHandler(function, config.retry_policy(config.max_attempts))
+        worker = share_worker.ShareWorker(1, config, handler, threading.Event(), threading.Event())
+        made.append(worker)
+        return Member(worker, out)
+
+    yield build
+    for worker in made:
+        worker.stop.set()
+        worker._executor.close(1.0)
+    configure_logging("tests", "INFO", "text")
+
+
+def record(offset: int, value: bytes | Job, deliveries: int = 1) -> Message:
+    raw = value.to_bytes() if isinstance(value, Job) else value
+    return Message(topic=TOPIC, partition=0, offset=offset, value=raw, delivery_count=deliveries)
+
+
+def job(seq: int, **payload: Any) -> Job:
+    return Job.new(3, seq, payload=payload)
+
+
+def test_a_dead_letter_that_cannot_be_queued_releases_its_record_and_the_poll_goes_on(
+        make: Callable[..., Member]) -> None:
+    """Its record is released (never run, never acknowledged twice); the rest of the poll is
+    worked through as usual."""
+    member = make(lambda _job: None)
+    member.dlq.refuse = True
+    member.settle(record(0, b"not a job"), record(1, job(1)), record(2, job(2), deliveries=5))
+    assert member.kafka.kinds() == Counter({"RELEASE": 2, "ACCEPT": 1})
+    assert ("ACCEPT", 1) in member.kafka.calls
+    failed = member.events("job.dead_letter_failed")
+    assert [e["lost"] for e in failed] == [False, True], "the last delivery's failure says it is lost"
+    assert not member.events("job.processed")[1:], "only the job that was not dead-lettered ran"
+
+
+def test_waiting_for_a_retry_does_not_spin(make: Callable[..., Member]) -> None:
+    calls = []
+
+    def fails_once(_job: Job) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("once")
+    member = make(fails_once, retry_backoff_initial_ms=400, retry_backoff_max_ms=400)
+    member.settle(record(0, job(0)))
+    assert member.kafka.kinds() == Counter({"ACCEPT": 1}) and len(calls) == 2
+    assert member.dlq.polls < 100, f"{member.dlq.polls} turns while waiting 0.2-0.4 s for one retry"
+
+
+def test_acknowledgements_are_sent_as_they_are_made_not_when_the_poll_ends(
+        make: Callable[..., Member]) -> None:
+    """A fast job's ACCEPT reaches the broker while a slow job of the same poll still runs."""
+    slow_started = threading.Event()
+    release = threading.Event()
+
+    def handler(one: Job) -> None:
+        if one.seq == 1:
+            slow_started.set()
+            assert release.wait(10)
+    member = make(handler, consumer_concurrency=2)
+
+    def fast_one_sent() -> bool:
+        calls = list(member.kafka.calls)
+        return ("ACCEPT", 0) in calls and ("commit", None) in calls[calls.index(("ACCEPT", 0)) + 1:]
+
+    def free_the_slow_job_once_the_fast_one_is_sent() -> None:
+        deadline = time.monotonic() + 10
+        while not fast_one_sent() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+    watcher = threading.Thread(target=free_the_slow_job_once_the_fast_one_is_sent, daemon=True)
+    watcher.start()
+    member.settle(record(0, job(0)), record(1, job(1)))
+    watcher.join(10)
+    calls = member.kafka.calls
+    assert calls.index(("ACCEPT", 0)) < calls.index(("commit", None)) < calls.index(("ACCEPT", 1))
+
+
+def test_jobs_that_cannot_start_inside_their_lock_are_released_unstarted(
+        make: Callable[..., Member]) -> None:
+    """A poll of 30 jobs of 0.1 s with a 1.5 s lock (1 s to start them): the ones not started by
+    then go back at once; each record is acknowledged once, the ones that ran accepted."""
+    member = make(lambda _job: time.sleep(0.1), limits=GroupLimits(lock_s=1.5))
+    member.settle(*(record(n, job(n)) for n in range(30)))
+    kinds = member.kafka.kinds()
+    assert sum(kinds.values()) == 30 and kinds["RELEASE"] > 0
+    assert kinds["ACCEPT"] == len(member.events("job.processed")) > 0
+    assert member.events("share.poll_too_big")[0]["released"] == kinds["RELEASE"]
+
+
+def test_a_job_that_ends_after_its_lock_is_reported(make: Callable[..., Member]) -> None:
+    member = make(lambda _job: time.sleep(0.3), limits=GroupLimits(lock_s=0.2))
+    member.settle(record(0, job(0)))
+    overrun = member.events("share.lock_overrun")
+    assert len(overrun) == 1 and "share.record.lock.duration.ms" in overrun[0]["message"]
+
+
+def test_a_stop_releases_what_has_not_started_and_lets_the_running_job_finish(
+        make: Callable[..., Member]) -> None:
+    started = threading.Event()
+    member = make(lambda _job: (started.set(), time.sleep(0.2)), shutdown_timeout_s=10)
+    threading.Thread(target=lambda: started.wait(10) and member.worker.stop.set(), daemon=True).start()
+    member.settle(*(record(n, job(n)) for n in range(5)))
+    assert member.kafka.kinds() == Counter({"ACCEPT": 1, "RELEASE": 4})
