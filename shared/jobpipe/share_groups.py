@@ -19,7 +19,7 @@ from jobpipe.kafka_clients import connection_config
 from jobpipe.settings import KafkaSettings
 
 PROBE_TOPIC = "__jobpipe.share-check"  # never created: the probe must not acquire any record
-PROBE_S = 3.0  # the refusal comes with the first heartbeat: about 1 s after start here, on 2 cores
+PROBE_S = 5.0  # the refusal comes with the first heartbeat: about 1 s after start here, on 2 cores
 
 
 def refusal(group: str) -> KafkaRefused:
