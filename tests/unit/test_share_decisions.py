@@ -119,7 +119,8 @@ def test_a_job_starts_early_enough_to_end_inside_its_lock(lock_s: float, expecte
     limits = GroupLimits(lock_s=lock_s)
     start_by = limits.start_by(polled_at, expected_s)
     assert start_by <= limits.lock_ends(polled_at) < polled_at + lock_s
-    assert start_by + expected_s <= polled_at + lock_s + 1e-6
+    assert start_by + min(expected_s, lock_s * 2 / 3) <= polled_at + lock_s + 1e-6
+    assert start_by >= polled_at + lock_s / 3 - 1e-6, "a poll's first job can always start"
     assert not limits.expired(polled_at, start_by) or start_by < polled_at
 
 
@@ -132,4 +133,5 @@ def test_a_job_starts_only_before_its_start_by(now: float, stopping: bool) -> No
 def test_the_last_delivery_is_the_brokers_and_the_lock_leaves_slack() -> None:
     assert GroupLimits(lock_s=30).lock_ends(100.0) == 120.0
     assert GroupLimits(delivery_limit=5).last_delivery == 5
-    assert GroupLimits(lock_s=30).start_by(0.0, expected_s=25.0) == 5.0
+    assert GroupLimits(lock_s=30).start_by(0.0, expected_s=5.0) == 20.0
+    assert GroupLimits(lock_s=30).start_by(0.0, expected_s=25.0) == 10.0  # at least a third

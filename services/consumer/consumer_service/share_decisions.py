@@ -46,8 +46,11 @@ class GroupLimits:
     def start_by(self, polled_at: float, expected_s: float) -> float:
         """The latest time a record of that poll may start (or be retried): inside this member's
         share of the lock, and early enough that an attempt of the usual length (`expected_s`)
-        ends before the broker takes the record back."""
-        return min(self.lock_ends(polled_at), polled_at + self.lock_s - expected_s)
+        ends before the broker takes the record back. Never earlier than a third of the lock
+        after the poll: an average pushed up by one very long job must not stop the member from
+        starting anything again (nothing would run to bring the average down)."""
+        expected = min(expected_s, self.lock_s * LOCK_SHARE)
+        return min(self.lock_ends(polled_at), polled_at + self.lock_s - expected)
 
     def expired(self, polled_at: float, now: float) -> bool:
         """The broker's lock on a record of that poll has ended: it may be another member's."""

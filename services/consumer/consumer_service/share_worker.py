@@ -71,6 +71,7 @@ from jobpipe.share_groups import is_refusal, refusal
 POLL_S = 0.5
 ACK_POLL_S = 0.05  # how often the wait for outcomes also serves the dead-letter producer
 ACK_SEND_S = 0.1  # acknowledgements made during a poll are sent at least this often
+CLOSE_MARGIN_S = 0.5  # of SHUTDOWN_TIMEOUT_S, kept for leaving the group and exiting
 DURATION_WEIGHT = 0.2  # of the newest attempt in the moving average of attempt durations
 
 
@@ -146,6 +147,8 @@ class ShareWorker:
         self._job_s = 0.0  # moving average of an attempt's duration
         self._seq = itertools.count()
         self._retries: list[tuple[float, int, Record]] = []  # (due, seq, record) of the poll in hand
+        self._records: list[Record] = []  # the poll in hand
+        self._stopped_at: float | None = None
         event("share.limits", f"{self.name}: share group {self.settings.consumer_group} locks a record "
               f"for {self._limits.lock_s:g} s and gives up after {self._limits.delivery_limit} "
               f"deliveries; a job is dead-lettered on delivery {self._limits.last_delivery}",
@@ -186,10 +189,17 @@ class ShareWorker:
         finally:
             self._close()
 
+    def _stopping_since(self, now: float) -> float:
+        """When this member saw the stop (the first call after it): SHUTDOWN_TIMEOUT_S counts
+        from there, less the poll's wait by which it may have seen it late."""
+        if self._stopped_at is None:
+            self._stopped_at = now - POLL_S
+        return self._stopped_at
+
     def _settle_poll(self, messages: list[Message], polled_at: float) -> None:
         """Work through one poll's records until each is acknowledged (or the stop's deadline)."""
         stop_by: float | None = None
-        records = self._admit(messages)
+        records = self._records = self._admit(messages)
         ready = deque(record for record in records if not record.settled and not record.publishing)
         retries: list[tuple[float, int, Record]] = []
         self._retries = retries
@@ -198,12 +208,13 @@ class ShareWorker:
             self.heartbeat = now = time.monotonic()
             start_by = self._limits.start_by(polled_at, self._job_s)
             if self.stop.is_set():
-                stop_by = stop_by or self.settings.work_deadline(now)
+                stop_by = stop_by or self.settings.work_deadline(self._stopping_since(now))
                 for record in [*ready, *(r for _, _, r in retries)]:
                     self._release(record, "stopping")
                 ready = deque()
                 retries.clear()
-                if now >= stop_by:  # what still runs is released when the member leaves
+                if now >= stop_by:
+                    self._abandon_running(records)
                     break
             while retries and retries[0][0] <= now:
                 ready.appendleft(heapq.heappop(retries)[2])
@@ -220,6 +231,8 @@ class ShareWorker:
             wait = ACK_POLL_S if self._answers or self._publishing else POLL_S
             if retries:
                 wait = max(0.0, min(wait, retries[0][0] - now))
+            if stop_by is not None:
+                wait = max(0.0, min(wait, stop_by - now))
             if running:
                 for done in self._executor.collect(wait):
                     running -= 1
@@ -377,17 +390,30 @@ class ShareWorker:
                   consumer=self.name, refused=count, error=error)
         self._refused.clear()
 
+    def _abandon_running(self, records: list[Record]) -> None:
+        """The shutdown deadline came with handlers still running: their records go back to the
+        broker when the member leaves, and the jobs run again elsewhere."""
+        for record in records:
+            if record.running and record.job is not None:
+                event("job.released", f"{self.name} left {record.job.key} running at the shutdown "
+                      "deadline: the broker delivers it again", level="WARNING", id=record.job.id,
+                      key=record.job.key, partition=record.message.partition(),
+                      offset=record.message.offset(), reason="still running at the shutdown deadline",
+                      deliveries=record.deliveries, consumer=self.name)
+
     def _close(self) -> None:
         """Flush the dead letters, acknowledge what they settle, commit, leave: within what is
-        left of SHUTDOWN_TIMEOUT_S."""
-        deadline = time.monotonic() + max(1.0, self.settings.shutdown_timeout_s * 0.2)
+        left of SHUTDOWN_TIMEOUT_S (librdkafka's close itself is not bounded)."""
+        now = time.monotonic()
+        deadline = self._stopping_since(now) + self.settings.shutdown_timeout_s - CLOSE_MARGIN_S
         self._executor.close(0.0)
-        left = self._dlq.close(max(0.1, (deadline - time.monotonic()) / 2))
+        self._dlq.close(max(0.1, (deadline - time.monotonic()) / 2))
         for record, error in self._take_answers():
             self._after_publish(record, error)
-        if left:
-            event("dead_letters.unflushed", f"{self.name}: {left} dead letter(s) unacknowledged",
-                  level="WARNING", unflushed=left)
+        for record in self._records:
+            if record.publishing:  # never answered: the member leaves with it unacknowledged
+                self._after_publish(record, KafkaError(KafkaError._MSG_TIMED_OUT,
+                                                       "not acknowledged by the shutdown deadline"))
         try:
             results = self._consumer.commit_sync(max(0.1, deadline - time.monotonic()))
             failed = {f"{tp.topic}[{tp.partition}]": str(error) for tp, error in results.items() if error}
