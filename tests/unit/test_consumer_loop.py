@@ -28,6 +28,7 @@ from consumer_service.settings import ConsumerSettings
 from jobpipe.handling import JobHandler
 from jobpipe.job import Job
 from jobpipe.logs import configure_logging
+from tests.unit.dead_letter_stand_in import FakeProducer
 
 TOPIC = "jobs"
 
@@ -86,40 +87,6 @@ class FakeConsumer:
 
     def close(self) -> None:
         return None
-
-
-class FakeProducer:
-    """The dead-letter producer: answers in `poll`; `failures` answers fail first; `hold`
-    keeps every answer back."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-        self.pending: list[tuple[Callable[..., None], Message]] = []
-        self.published: list[Message] = []
-        self.failures = 0
-        self.hold = False
-
-    def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
-                headers: Any = None, on_delivery: Callable[..., None] | None = None) -> None:
-        assert on_delivery is not None
-        self.pending.append((on_delivery, Message(topic=topic, key=key, value=value, headers=headers)))
-
-    def poll(self, timeout: float = 0) -> int:
-        if self.hold or not self.pending:
-            time.sleep(min(timeout, 0.01))
-            return 0
-        answered, self.pending = self.pending, []
-        for report, message in answered:
-            if self.failures:
-                self.failures -= 1
-                report(KafkaError(KafkaError._MSG_TIMED_OUT), message)
-            else:
-                self.published.append(message)
-                report(None, message)
-        return len(answered)
-
-    def flush(self, timeout: float = 0) -> int:
-        return len(self.pending)
 
 
 class Harness:

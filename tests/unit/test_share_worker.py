@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import AcknowledgeType, IllegalStateException, KafkaError, Message
+from confluent_kafka import AcknowledgeType, IllegalStateException, Message
 
 from consumer_service import dead_letters, share_worker
 from consumer_service.settings import ConsumerSettings
@@ -28,6 +28,7 @@ from consumer_service.share_decisions import GroupLimits
 from jobpipe.handling import JobHandler
 from jobpipe.job import Job
 from jobpipe.logs import configure_logging
+from tests.unit.dead_letter_stand_in import FakeProducer
 
 TOPIC = "jobs"
 
@@ -61,48 +62,6 @@ class FakeShareConsumer:
 
     def kinds(self) -> Counter[str]:
         return Counter(kind for kind, offset in self.calls if offset is not None)
-
-
-class FakeProducer:
-    """The dead-letter producer: `refuse` makes produce raise (its queue is full); `failures`
-    answers fail first."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-        self.pending: list[tuple[Callable[..., None], Message]] = []
-        self.published: list[Message] = []
-        self.refuse = False
-        self.hold = False  # answers nothing (a DLQ broker that does not answer)
-        self.failures = 0
-        self.polls = 0
-
-    def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
-                headers: Any = None, on_delivery: Callable[..., None] | None = None) -> None:
-        if self.refuse:
-            raise BufferError("Local: Queue full")
-        assert on_delivery is not None
-        self.pending.append((on_delivery, Message(topic=topic, key=key, value=value, headers=headers)))
-
-    def poll(self, timeout: float = 0) -> int:
-        self.polls += 1
-        if self.hold:
-            time.sleep(min(timeout, 0.01))
-            return 0
-        answered, self.pending = self.pending, []
-        for report, message in answered:
-            if self.failures:
-                self.failures -= 1
-                report(KafkaError(KafkaError._MSG_TIMED_OUT), message)
-            else:
-                self.published.append(message)
-                report(None, message)
-        if not answered and timeout:
-            time.sleep(min(timeout, 0.01))
-        return len(answered)
-
-    def flush(self, timeout: float = 0) -> int:
-        self.poll(0)
-        return len(self.pending)
 
 
 class Member:
