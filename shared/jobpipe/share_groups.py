@@ -1,5 +1,5 @@
-"""Whether the cluster serves share groups (KIP-932, CONSUMER_MODE=share), and what to tell the
-user when it does not.
+"""Whether the cluster serves share groups (KIP-932, CONSUMER_MODE=share), what to tell the
+user when it does not, and how a share group is configured (its group configs).
 
 Why it exists: share groups are a cluster feature (`share.version`). Kafka 4.2 and later turn it
 on for a new cluster, but a cluster formatted by an older release (or with the feature set to 0)
@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 from confluent_kafka import KafkaError, KafkaException, ShareConsumer
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from jobpipe.errors import KafkaRefused
 from jobpipe.kafka_clients import connection_config
@@ -20,6 +21,20 @@ from jobpipe.settings import KafkaSettings
 
 PROBE_TOPIC = "__jobpipe.share-check"  # never created: the probe must not acquire any record
 PROBE_S = 5.0  # the refusal comes with the first heartbeat: about 1 s after start here, on 2 cores
+
+
+# A share group's configs that say how its records are delivered.
+SHARE_CONFIGS = ("share.auto.offset.reset", "share.record.lock.duration.ms", "share.delivery.count.limit",
+                 "share.isolation.level", "share.session.timeout.ms")
+
+
+def share_configs(admin: AdminClient, group: str, timeout_s: float) -> dict[str, str]:
+    """The group's SHARE_CONFIGS that have a value (its own, else the broker's defaults).
+    Raises KafkaException when the broker does not answer or refuses (DESCRIBE_CONFIGS)."""
+    resource = ConfigResource(ResourceType.GROUP, group)
+    configs = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result()
+    return {name: entry.value for name, entry in sorted(configs.items())
+            if name in SHARE_CONFIGS and entry.value is not None}
 
 
 def refusal(group: str) -> KafkaRefused:

@@ -46,7 +46,7 @@ from confluent_kafka import (
     ShareConsumer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+from confluent_kafka.admin import AdminClient
 
 from consumer_service.dead_letters import DeadLetterPublisher
 from consumer_service.settings import ConsumerSettings
@@ -66,7 +66,7 @@ from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_p
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import admin_config, share_consumer_config
 from jobpipe.logs import event
-from jobpipe.share_groups import is_refusal, refusal
+from jobpipe.share_groups import is_refusal, refusal, share_configs
 
 POLL_S = 0.5
 ACK_POLL_S = 0.05  # how often the wait for outcomes also serves the dead-letter producer
@@ -79,9 +79,8 @@ def group_limits(settings: ConsumerSettings) -> GroupLimits:
     """The share group's record lock and delivery limit (its group configs, else the broker's
     defaults), read once at start."""
     admin = AdminClient(admin_config(settings, "share-limits"))
-    resource = ConfigResource(ResourceType.GROUP, settings.consumer_group)
     try:
-        configs = admin.describe_configs([resource], request_timeout=15)[resource].result()
+        configs = share_configs(admin, settings.consumer_group, 15)
     except KafkaException as error:
         event("share.limits_unknown", f"could not read share group {settings.consumer_group}'s "
               f"configs ({error}); assuming the broker's defaults", level="WARNING")
@@ -89,13 +88,9 @@ def group_limits(settings: ConsumerSettings) -> GroupLimits:
     finally:
         del admin
         gc.collect()
-
-    def value(name: str, default: float) -> float:
-        entry = configs.get(name)
-        return float(entry.value) if entry is not None and entry.value else default
-
-    return GroupLimits(value("share.record.lock.duration.ms", DEFAULT_LOCK_S * 1000) / 1000,
-                       int(value("share.delivery.count.limit", DEFAULT_DELIVERY_LIMIT)))
+    lock_ms = configs.get("share.record.lock.duration.ms") or DEFAULT_LOCK_S * 1000
+    return GroupLimits(float(lock_ms) / 1000,
+                       int(configs.get("share.delivery.count.limit") or DEFAULT_DELIVERY_LIMIT))
 
 
 @dataclass

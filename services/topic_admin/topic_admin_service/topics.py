@@ -23,13 +23,10 @@ from confluent_kafka.admin import (
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
 from jobpipe.logs import event
-from jobpipe.share_groups import check_share_groups
+from jobpipe.share_groups import check_share_groups, share_configs
 from topic_admin_service.settings import TopicAdminSettings
 
 REQUEST_TIMEOUT_S = 30.0
-# A share group's configs that say how its records are delivered (KIP-932).
-SHARE_CONFIGS = ("share.auto.offset.reset", "share.record.lock.duration.ms", "share.delivery.count.limit",
-                 "share.isolation.level", "share.session.timeout.ms")
 
 
 def _kafka_code(error: BaseException) -> int | None:
@@ -147,7 +144,8 @@ class TopicAdmin:
         committed = {} if share else self._committed(group)
         description = Description(group=group, members=[] if share else self._members(group),
                                   mode=self._settings.consumer_mode,
-                                  share_configs=self._share_configs(group) if share else {})
+                                  share_configs=share_configs(self._admin, group, REQUEST_TIMEOUT_S)
+                                  if share else {})
         for name in self.topics:
             if name not in metadata.topics or metadata.topics[name].error is not None:
                 description.missing.append(name)
@@ -168,13 +166,6 @@ class TopicAdmin:
                                           committed=done, lag=lag))
             description.topics.append(TopicInfo(name=name, partitions=rows))
         return description
-
-    def _share_configs(self, group: str) -> dict[str, str]:
-        resource = ConfigResource(ResourceType.GROUP, group)
-        future = self._admin.describe_configs([resource], request_timeout=REQUEST_TIMEOUT_S)[resource]
-        configs = future.result()
-        return {name: entry.value for name, entry in sorted(configs.items())
-                if name in SHARE_CONFIGS and entry.value is not None}
 
     def _offsets(self, tps: list[TopicPartition], spec: OffsetSpec) -> dict[int, int]:
         futures = self._admin.list_offsets({tp: spec for tp in tps}, request_timeout=REQUEST_TIMEOUT_S)
