@@ -1,14 +1,49 @@
-"""A stand-in for the consumer's dead-letter producer (confluent_kafka.Producer), shared by the
-loop tests of both consumer modes: it answers deliveries in `poll` (and `flush`), as librdkafka
-does, and can be told to hold its answers, to fail some, or to refuse to queue at all."""
+"""What the loop tests of both consumer modes (test_consumer_loop, test_share_worker) build a
+member from: a stand-in for the dead-letter producer (confluent_kafka.Producer), which answers
+deliveries in `poll` (and `flush`) as librdkafka does and can be told to hold its answers, to
+fail some, or to refuse to queue at all; settings and a handler with fast retries; and the
+member's log, captured as JSON events."""
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
+
+from consumer_service.settings import ConsumerSettings
+from jobpipe.handling import JobHandler
+from jobpipe.job import Job
+from jobpipe.logs import configure_logging
+
+TOPIC = "jobs"
+
+
+def member_parts(function: Callable[[Job], Any], **settings: Any) -> tuple[ConsumerSettings, JobHandler]:
+    """A member's settings (no broker; retries after 1-2 ms unless told) and its handler."""
+    values: dict[str, Any] = {"kafka_bootstrap_servers": "127.0.0.1:1", "jobs_topic": TOPIC,
+                              "retry_backoff_initial_ms": 1, "retry_backoff_max_ms": 2, **settings}
+    config = ConsumerSettings(**values)
+    return config, JobHandler(function, config.retry_policy(config.max_attempts))
+
+
+class JsonLog:
+    """The services' log, as JSON lines in a buffer, from creation until `restore`."""
+
+    def __init__(self) -> None:
+        self._buffer = io.StringIO()
+        configure_logging("consumer", "INFO", "json", self._buffer)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self._buffer.getvalue().splitlines()]
+        return [line for line in lines if line["event"] == name]
+
+    @staticmethod
+    def restore() -> None:
+        configure_logging("tests", "INFO", "text")
 
 
 class FakeProducer:

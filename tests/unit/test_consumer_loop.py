@@ -13,8 +13,6 @@ fail or to hold its answers.
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,13 +22,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from consumer_service import dead_letters, worker
-from consumer_service.settings import ConsumerSettings
-from jobpipe.handling import JobHandler
 from jobpipe.job import Job
-from jobpipe.logs import configure_logging
-from tests.unit.dead_letter_stand_in import FakeProducer
-
-TOPIC = "jobs"
+from tests.unit.consumer_stand_ins import TOPIC, FakeProducer, JsonLog, member_parts
 
 
 class FakeConsumer:
@@ -92,7 +85,7 @@ class FakeConsumer:
 class Harness:
     """One ConsumerWorker over the stand-ins; the test calls the steps librdkafka would."""
 
-    def __init__(self, member: worker.ConsumerWorker, log: io.StringIO) -> None:
+    def __init__(self, member: worker.ConsumerWorker, log: JsonLog) -> None:
         self.member = member
         self.kafka: FakeConsumer = member._consumer  # type: ignore[assignment]
         self.dlq: FakeProducer = member._dlq._producer  # type: ignore[attr-defined]
@@ -123,8 +116,7 @@ class Harness:
             self.member._turn()
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in self._log.getvalue().splitlines()]
-        return [line for line in lines if line["event"] == name]
+        return self._log.events(name)
 
     def processed(self) -> list[dict[str, Any]]:
         return self.events("job.processed")
@@ -143,21 +135,17 @@ def make(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Harness]]:
     made: list[worker.ConsumerWorker] = []
 
     def build(function: Callable[[Job], Any], **settings: Any) -> Harness:
-        out = io.StringIO()
-        configure_logging("consumer", "INFO", "json", out)
-        values: dict[str, Any] = {"kafka_bootstrap_servers": "127.0.0.1:1", "jobs_topic": TOPIC,
-                                  "retry_backoff_initial_ms": 1, "retry_backoff_max_ms": 2, **settings}
-        config = ConsumerSettings(**values)
-        handler = JobHandler(function, config.retry_policy(config.max_attempts))
+        log = JsonLog()
+        config, handler = member_parts(function, **settings)
         member = worker.ConsumerWorker(1, config, handler, threading.Event(), threading.Event())
         made.append(member)
-        return Harness(member, out)
+        return Harness(member, log)
 
     yield build
     for member in made:
         member.stop.set()
         member._executor.close(1.0)
-    configure_logging("tests", "INFO", "text")
+    JsonLog.restore()
 
 
 def job(seq: int, key: str | None = None, **payload: Any) -> Job:

@@ -11,8 +11,6 @@ sent (commit_async) relative to the jobs that made them.
 
 from __future__ import annotations
 
-import io
-import json
 import threading
 import time
 from collections import Counter
@@ -23,14 +21,9 @@ import pytest
 from confluent_kafka import AcknowledgeType, IllegalStateException, Message
 
 from consumer_service import dead_letters, share_worker
-from consumer_service.settings import ConsumerSettings
 from consumer_service.share_decisions import GroupLimits
-from jobpipe.handling import JobHandler
 from jobpipe.job import Job
-from jobpipe.logs import configure_logging
-from tests.unit.dead_letter_stand_in import FakeProducer
-
-TOPIC = "jobs"
+from tests.unit.consumer_stand_ins import TOPIC, FakeProducer, JsonLog, member_parts
 
 
 class FakeShareConsumer:
@@ -65,7 +58,7 @@ class FakeShareConsumer:
 
 
 class Member:
-    def __init__(self, worker: share_worker.ShareWorker, log: io.StringIO) -> None:
+    def __init__(self, worker: share_worker.ShareWorker, log: JsonLog) -> None:
         self.worker = worker
         self.kafka: FakeShareConsumer = worker._consumer  # type: ignore[assignment]
         self.dlq: FakeProducer = worker._dlq._producer  # type: ignore[attr-defined]
@@ -75,8 +68,7 @@ class Member:
         self.worker._settle_poll(list(messages), time.monotonic())
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in self._log.getvalue().splitlines()]
-        return [line for line in lines if line["event"] == name]
+        return self._log.events(name)
 
 
 @pytest.fixture
@@ -87,22 +79,17 @@ def make(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Member]]:
 
     def build(function: Callable[[Job], Any], limits: GroupLimits | None = None, **settings: Any) -> Member:
         monkeypatch.setattr(share_worker, "group_limits", lambda _settings: limits or GroupLimits())
-        out = io.StringIO()
-        configure_logging("consumer", "INFO", "json", out)
-        values: dict[str, Any] = {"kafka_bootstrap_servers": "127.0.0.1:1", "jobs_topic": TOPIC,
-                                  "consumer_mode": "share", "retry_backoff_initial_ms": 1,
-                                  "retry_backoff_max_ms": 2, **settings}
-        config = ConsumerSettings(**values)
-        handler = JobHandler(function, config.retry_policy(config.max_attempts))
+        log = JsonLog()
+        config, handler = member_parts(function, **({"consumer_mode": "share"} | settings))
         worker = share_worker.ShareWorker(1, config, handler, threading.Event(), threading.Event())
         made.append(worker)
-        return Member(worker, out)
+        return Member(worker, log)
 
     yield build
     for worker in made:
         worker.stop.set()
         worker._executor.close(1.0)
-    configure_logging("tests", "INFO", "text")
+    JsonLog.restore()
 
 
 def record(offset: int, value: bytes | Job, deliveries: int = 1) -> Message:
