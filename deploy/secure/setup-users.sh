@@ -1,9 +1,10 @@
 #!/bin/sh
 # compose.secure.yml's one-shot `kafka-users` (in the Kafka image, in the broker's network
-# namespace): a SCRAM-SHA-512 user per service and the least ACLs each needs (README, Secure
-# clusters). It talks to the broker's LOCAL listener, plaintext on 127.0.0.1 inside the broker's
-# container only, whose principal (User:ANONYMOUS) is the broker's super user. Passwords come
-# from the environment and are never printed. Running it again only re-sets the same.
+# namespace): a SCRAM-SHA-512 user per service and the least ACLs each needs
+# (docs/security.md). It talks to the broker's LOCAL listener, plaintext on 127.0.0.1 inside
+# the broker's container only, whose principal (User:ANONYMOUS) is the broker's super user.
+# Passwords come from the environment and are never printed. Running it again only re-sets the
+# same.
 set -eu
 bootstrap=127.0.0.1:19092
 jobs="${JOBS_TOPIC:-jobs}"

@@ -72,7 +72,7 @@ def check_access(settings: KafkaSettings, needs: list[Need]) -> None:
         raise KafkaRefused(
             f"Kafka does not authorize {principal(settings)} to "
             f"{'; '.join(need.describe() for need in missing)}: grant it with an ACL "
-            "(see README, Secure clusters)")
+            "(see docs/security.md)")
 
 
 def _missing(admin: AdminClient, needs: list[Need]) -> list[Need]:

@@ -35,7 +35,7 @@ from jobpipe.settings import MASK, ClientRole, KafkaSettings, is_secret_property
 
 SHARED_VARIABLE = "KAFKA_EXTRA_CONFIG"
 
-# The properties that make delivery at-least-once (README: Configuration), per role: the values
+# The properties that make delivery at-least-once (docs/configuration.md), per role: the values
 # that keep it, and what another value would do. Overriding them is refused, not warned about:
 # a warning scrolls by in `service.started` while the loss it announces is silent and for good.
 GUARANTEES: dict[str, tuple[ClientRole, frozenset[str], str]] = {

@@ -1,6 +1,6 @@
 """The errors a service can stop with, and the one table that maps them to exit codes.
 
-Exit codes are part of the contract (README, SPEC): 0 done, 1 anything else,
+Exit codes are part of the contract (docs/configuration.md, SPEC): 0 done, 1 anything else,
 2 configuration error, 3 Kafka not reachable within KAFKA_WAIT_TIMEOUT_S, or reachable but
 refusing this service (authentication, TLS handshake, authorization): it cannot be used.
 """
@@ -44,7 +44,7 @@ class KafkaRefused(KafkaUnreachable):
 class StopRequested(ServiceError):
     """SIGTERM/SIGINT arrived before the service got going (while it waited for the broker).
 
-    A clean stop, so exit 0: the README promises every service stops within
+    A clean stop, so exit 0: docs/reliability.md promises every service stops within
     SHUTDOWN_TIMEOUT_S, and a wait for a broker that is down must not hold that up.
     """
 

@@ -83,7 +83,7 @@ GO_PRODUCER = "seed's design in Go (segmentio/kafka-go, 2 writers)"
 GO_CONSUMER = "seed's design in Go (segmentio/kafka-go, 2 readers)"
 NOOP = "tests.handlers:noop"
 # Issue 10's targets. e2e_p99_ms is taken with PRODUCER_LINGER_MS=0; e2e_p99_ms_default (the
-# default linger) must be no worse than before issue 10: 13.7 ms in README's run of 2026-11-28.
+# default linger) must be no worse than before issue 10: 13.7 ms in docs/performance.md's run of 2026-11-28.
 TARGETS = {"producer_vs_kcat": (">=", 0.3), "producer_vs_go": (">=", 0.65),
            "consumer_vs_kcat": (">=", 0.9), "consumer_vs_go": (">=", 0.8),
            "inmemory_vs_queue": (">=", 0.9), "e2e_p99_ms": ("<=", 5.0),

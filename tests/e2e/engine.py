@@ -1108,7 +1108,7 @@ def remove_legacy(kind: str, pinned: Sequence[str] = ()) -> list[str]:
 
 def remove_all() -> None:
     """Undo what the tests set up: stop their podman service, empty their storage, delete the cache
-    folder (the apt packages stay; README says how to remove them)."""
+    folder (the apt packages stay; docs/testing.md says how to remove them)."""
     paths = podman_paths()
     stop_detached_service()
     if paths.storage_conf.exists() and shutil.which("podman"):

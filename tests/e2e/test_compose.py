@@ -289,7 +289,7 @@ def test_up_in_the_foreground_shows_the_pipeline_not_the_broker(make_stack: Any)
 
 def share_members(stack: Stack) -> dict[str, str]:
     """Member id -> assignment of the share group, as Kafka's own tool in the kafka container
-    shows it (the command README gives for members, since librdkafka cannot describe them)."""
+    shows it (the command docs/share-groups.md gives for members, since librdkafka cannot describe them)."""
     out = stack.compose("exec", "-T", "kafka", "/opt/kafka/bin/kafka-share-groups.sh",
                         "--bootstrap-server", "kafka:19092", "--describe", "--group", "worker-group",
                         "--members", timeout=120, check=False).stdout

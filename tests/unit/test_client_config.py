@@ -246,7 +246,7 @@ def test_a_property_applies_to_the_roles_librdkafka_uses_it_for() -> None:
 @pytest.mark.parametrize("role", ["producer", "consumer", "admin"])
 def test_no_client_gets_a_property_librdkafka_would_ignore(monkeypatch: pytest.MonkeyPatch,
                                                           role: str) -> None:
-    """The README's own example (consumer properties) must not earn the consumer's dead-letter
+    """docs/configuration.md's own example (consumer properties) must not earn the consumer's dead-letter
     producer a "will be ignored" warning, nor the producer's properties the consumer."""
     settings = settings_of(ConsumerSettings, monkeypatch,
                            kafka_extra_config="auto.commit.interval.ms=1000,max.poll.interval.ms=600000,"

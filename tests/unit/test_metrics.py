@@ -23,7 +23,8 @@ from jobpipe.handling import JobHandler
 from jobpipe.job import Job
 from jobpipe.retry import RetryPolicy
 
-# Every metric the services define (README "Reading the output" lists them with these types).
+# Every metric the services define (docs/operations.md, "Health endpoints and metrics", lists
+# them with these types).
 DOCUMENTED = {
     "jobs_produced": "counter", "jobs_produce_failed": "counter", "jobs_processed": "counter",
     "jobs_failed": "counter", "jobs_retried": "counter", "jobs_dead_lettered": "counter",

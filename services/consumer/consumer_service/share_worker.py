@@ -339,7 +339,7 @@ class ShareWorker:
         """Jobs of this poll that can no longer start inside their lock: hand them back at once."""
         event("share.poll_too_big", f"{self.name} released {len(ready)} of the {polled} jobs of one poll, "
               "not started within its share of their lock (the broker hands out whole record batches: "
-              "produce smaller ones, see README: Share groups)", level="WARNING", consumer=self.name,
+              "produce smaller ones, see docs/share-groups.md)", level="WARNING", consumer=self.name,
               released=len(ready), polled=polled, lock_s=self._limits.lock_s)
         for record in ready:
             self._release(record, "not started within its lock", log=False)

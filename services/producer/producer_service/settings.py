@@ -29,4 +29,4 @@ class ProducerSettings(KafkaSettings):
     producer_linger_ms: float = Field(
         5.0, ge=0, le=900_000,
         description="librdkafka linger.ms: how long a batch waits to fill before it is sent. "
-                    "5 suits throughput; 0 gives the lowest latency (README: Performance).")
+                    "5 suits throughput; 0 gives the lowest latency (docs/performance.md).")

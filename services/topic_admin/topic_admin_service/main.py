@@ -115,7 +115,7 @@ IGNORED_JSON = click.option("--json", "json_output", is_flag=True, hidden=True)
 def cli(ctx: click.Context, json_output: bool) -> TopicBody | None:
     """Manage the job pipeline's Kafka topics, dead letters and consumer group offsets.
 
-    Configuration comes from environment variables (see README); flags choose what to do.
+    Configuration comes from environment variables (see docs/configuration.md); flags choose what to do.
     With no command, `ensure` runs. Results go to stdout, logs to stderr.
     """
     ctx.obj = {"json": json_output}
