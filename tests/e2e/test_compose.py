@@ -9,6 +9,7 @@ three partitions all do work.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import Counter
@@ -97,6 +98,28 @@ def test_compose_files_are_valid() -> None:
         "kafka", "kafka-2", "kafka-3"]
     text = COMPOSE_FILE.read_text()
     assert f"image: ${{KAFKA_IMAGE:-apache/kafka:{_kafka_version()}}}" in text, "the pinned Kafka"
+
+
+def test_long_running_services_restart_on_failure_and_share_one_extra_config_scheme() -> None:
+    """A consumer (or the lag exporter) that exits non-zero, e.g. 3 after KAFKA_WAIT_TIMEOUT_S, is
+    started again; one-shot services are not. Every Kafka service takes the same four
+    *EXTRA_CONFIG variables from the environment, under the services' own names."""
+    compose = ensure_compose()
+    env = {"PATH": "/usr/bin:/bin", "KAFKA_EXTRA_CONFIG": "socket.keepalive.enable=true",
+           "KAFKA_CONSUMER_EXTRA_CONFIG": "fetch.wait.max.ms=50"}
+    shown = run([compose, "--project-directory", str(COMPOSE_FILE.parent), "-f", str(COMPOSE_FILE),
+                 "--profile", "monitoring", "config", "--format", "json"], timeout=60, env=env,
+                split_stderr=True)
+    services = json.loads(shown.stdout)["services"]
+    restart = {name: service.get("restart", "no") for name, service in services.items()}
+    assert restart["consumer"] == restart["lag-exporter"] == "on-failure", restart
+    assert restart["topic-admin"] == restart["producer"] == restart["inmemory"] == "no", restart
+    for name in ("topic-admin", "consumer", "producer", "lag-exporter"):
+        environment = services[name]["environment"]
+        assert environment["KAFKA_EXTRA_CONFIG"] == "socket.keepalive.enable=true", name
+        assert environment["KAFKA_CONSUMER_EXTRA_CONFIG"] == "fetch.wait.max.ms=50", name
+    text = COMPOSE_FILE.read_text()
+    assert "CONSUMER_KAFKA_EXTRA_CONFIG" not in text and "PRODUCER_KAFKA_EXTRA_CONFIG" not in text
 
 
 def test_up_with_defaults_reproduces_the_seed(make_stack: Any, engine: Engine) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 import urllib.request
+from collections.abc import Callable
 
+from local_kafka import LocalKafkaCluster
 from prometheus_client import REGISTRY
 
 from consumer_service.lag_exporter import LagReader
@@ -97,3 +99,39 @@ def test_each_partitions_lag_is_reported_by_its_owner_only(pipeline: Pipeline) -
                               poll=0.5)
     assert owned_count(get(urls[0])) == len(mine) and owned_count(get(urls[1])) == len(theirs)
     assert first.stop() == 0
+
+
+def test_lag_exporter_stops_exporting_lag_while_the_broker_is_away(
+        make_kafka_cluster: Callable[..., LocalKafkaCluster], topic_name: str) -> None:
+    """A broker that stops answering: the last lag and member count are no longer served as if
+    current (a dashboard showed them live); the time of the last answer is."""
+    cluster = make_kafka_cluster(nodes=1)
+    pipeline = Pipeline(cluster.bootstrap_servers, topic_name, f"{topic_name}.dlq", f"group-{topic_name}")
+    try:
+        pipeline.ensure_topics(3)
+        pipeline.send([Job.new(1, seq) for seq in range(6)])
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/metrics"
+        exporter = pipeline.start("python", "-m", "consumer_service.lag_exporter", metrics_port=port)
+
+        def exported() -> bool:
+            body = get(url)
+            return "consumer_group_lag{" in body and "consumer_group_members{" in body
+        wait_until(lambda: exported() or exporter.process.poll() is not None, 60, "the group's lag exported")
+        assert exporter.process.poll() is None, exporter.tail()
+        lag = re.findall(r'^consumer_group_lag\{[^}]*\} ([0-9.e+]+)$', get(url), re.MULTILINE)
+        assert sum(float(v) for v in lag) == 6
+
+        failures = len(exporter.events("lag.read_failed"))  # a broker just started may refuse a read
+        cluster.stop()
+        exporter.wait_for("lag.read_failed", count=failures + 1, timeout=60)
+
+        def stale_gone() -> str | None:
+            body = get(url)
+            current = "consumer_group_lag{" in body or "consumer_group_members{" in body
+            return None if current else body
+        body = wait_until(stale_gone, 30, "the last lag and member count no longer exported")
+        assert "consumer_group_lag_updated_timestamp_seconds{" in body
+    finally:
+        for service in pipeline.started:
+            service.kill()

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from jobpipe.group_offsets import PartitionState
 from topic_admin_service.main import parse
-from topic_admin_service.offset_plan import Move, PartitionState, Target, TargetKind, plan, totals
+from topic_admin_service.offset_plan import Move, Target, TargetKind, plan, totals
 from topic_admin_service.redrive import (
     NO_ERROR,
     DeadLetter,

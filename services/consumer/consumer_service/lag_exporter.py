@@ -6,10 +6,14 @@ and that is exactly when lag matters. This process is not a member of the group:
 INTERVAL_S it reads the group's committed offsets and the partitions' end offsets from the
 broker (as `topic-admin describe` does) and serves
 
-- `consumer_group_lag{group,topic,partition}`: end offset minus committed offset (minus the
-  earliest offset where the group has committed nothing yet);
+- `consumer_group_lag{group,topic,partition}`: the jobs between where the group's next
+  consumer starts (its committed offset, or the earliest one where it has committed nothing)
+  and the partition's end (jobpipe.group_offsets, as `topic-admin describe` shows it);
 - `consumer_group_members{group}`: members of the group;
 - `consumer_group_lag_updated_timestamp_seconds{group}`: when the broker last answered.
+
+While the broker does not answer, the first two are not exported (their last values would look
+current on a dashboard); the timestamp stays, and JobpipeLagUnknown fires on its age.
 
 Run with the consumer image: `python -m consumer_service.lag_exporter` (same settings as the
 consumer: KAFKA_*, JOBS_TOPIC, CONSUMER_GROUP, METRICS_PORT).
@@ -17,17 +21,18 @@ consumer: KAFKA_*, JOBS_TOPIC, CONSUMER_GROUP, METRICS_PORT).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 
-from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaException
 from prometheus_client import Gauge
 
 from consumer_service.settings import ConsumerSettings
 from jobpipe.errors import ExitCode
-from jobpipe.kafka_clients import admin_config, connection_config, extra_config, wait_for_broker
+from jobpipe.group_offsets import GroupReader, NoSuchTopic
+from jobpipe.kafka_clients import wait_for_broker
 from jobpipe.logs import event
 from jobpipe.service import Outcome, Probes, run_service
 
@@ -43,43 +48,43 @@ UPDATED = Gauge("consumer_group_lag_updated_timestamp_seconds",
 
 
 class LagReader:
+    """Reads the group's lag and members into the gauges above (jobpipe.group_offsets: the lag
+    `topic-admin describe` shows)."""
+
     def __init__(self, settings: ConsumerSettings) -> None:
         self.group, self.topic = settings.consumer_group, settings.jobs_topic
-        client_id = f"lag-exporter-{socket.gethostname()}"
-        # Not a member: it never subscribes, so reading the group's offsets changes nothing.
-        self._consumer = Consumer(connection_config(settings, client_id) | extra_config(settings, "consumer")
-                                  | {"group.id": self.group, "enable.auto.commit": False})
-        self._admin = AdminClient(admin_config(settings, client_id))
+        # Not a member: it never joins, so reading the group's offsets changes nothing.
+        self._reader = GroupReader(settings, self.group, f"lag-exporter-{socket.gethostname()}",
+                                   REQUEST_TIMEOUT_S)
         self._partitions: set[int] = set()
 
     def read(self) -> None:
-        metadata = self._consumer.list_topics(self.topic, timeout=REQUEST_TIMEOUT_S)
-        topic = metadata.topics.get(self.topic)
-        partitions = sorted(topic.partitions) if topic is not None and topic.error is None else []
-        committed = self._consumer.committed([TopicPartition(self.topic, p) for p in partitions],
-                                             timeout=REQUEST_TIMEOUT_S)
-        for tp in committed:
-            low, high = self._consumer.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S, cached=False)
-            done = tp.offset if tp.offset >= 0 else low
-            GROUP_LAG.labels(self.group, self.topic, str(tp.partition)).set(max(0, high - done))
+        try:
+            partitions = self._reader.partitions(self.topic)
+        except NoSuchTopic:
+            partitions = []
+        states = self._reader.states(self.topic, partitions)
+        found = self._reader.describe(self.topic)
+        for state in states:
+            GROUP_LAG.labels(self.group, self.topic, str(state.partition)).set(state.lag)
         for gone in self._partitions - set(partitions):
             GROUP_LAG.remove(self.group, self.topic, str(gone))
         self._partitions = set(partitions)
-        described = self._admin.describe_consumer_groups([self.group], request_timeout=REQUEST_TIMEOUT_S)
-        try:
-            group = described[self.group].result(timeout=REQUEST_TIMEOUT_S * 2)
-        except KafkaException as error:  # no consumer has joined yet: a group of no members
-            if error.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
-                raise
-            members = 0
-        else:
-            empty = group.state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
-            members = 0 if empty else len(group.members)
-        GROUP_MEMBERS.labels(self.group).set(members)
+        GROUP_MEMBERS.labels(self.group).set(len(found.members))
         UPDATED.labels(self.group).set(time.time())
 
+    def forget(self) -> None:
+        """The broker does not answer: the last lag and member count are not current any more,
+        so they are not served as if they were (their series go until the next answer;
+        `consumer_group_lag_updated_timestamp_seconds` stays and says when that was)."""
+        for partition in self._partitions:
+            GROUP_LAG.remove(self.group, self.topic, str(partition))
+        self._partitions = set()
+        with contextlib.suppress(KeyError):
+            GROUP_MEMBERS.remove(self.group)
+
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()
 
 
 def export(settings: ConsumerSettings, stop: threading.Event, probes: Probes) -> Outcome:
@@ -98,11 +103,12 @@ def export(settings: ConsumerSettings, stop: threading.Event, probes: Probes) ->
                     event("lag.read", f"reading {reader.group}'s lag again")
                 failing = False
             except (KafkaException, KeyError, TimeoutError) as error:  # broker away: try again
-                if not failing:
-                    event("lag.read_failed", f"could not read {reader.group}'s lag: {error}",
-                          level="WARNING", error=str(error))
-                failing = True
+                reader.forget()
                 probes.ready.clear()
+                if not failing:
+                    event("lag.read_failed", f"could not read {reader.group}'s lag: {error}; not "
+                          "exporting it until the broker answers", level="WARNING", error=str(error))
+                failing = True
             stop.wait(INTERVAL_S)
     finally:
         reader.close()

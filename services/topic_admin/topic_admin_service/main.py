@@ -31,6 +31,7 @@ from rich.live import Live
 from tabulate import tabulate
 
 from jobpipe.errors import ExitCode
+from jobpipe.group_offsets import GroupReader
 from jobpipe.kafka_clients import admin_config, wait_for_broker
 from jobpipe.logs import event
 from jobpipe.service import Body, Outcome, Probes, run_service
@@ -41,7 +42,7 @@ from topic_admin_service.offsets import OffsetAdmin, active_members_refusal
 from topic_admin_service.redrive import Selection, Verdict
 from topic_admin_service.redriver import Redriver
 from topic_admin_service.settings import TopicAdminSettings
-from topic_admin_service.topics import Description, TopicAdmin
+from topic_admin_service.topics import REQUEST_TIMEOUT_S, Description, TopicAdmin
 from topic_admin_service.watch import HISTORY, Sample, sample_of, watch_rows
 from topic_admin_service.when import BadTime, parse_when
 
@@ -67,13 +68,15 @@ def render_table(description: Description) -> str:
         configs = ", ".join(f"{name}={value}" for name, value in description.share_configs.items())
         text.append(f"\nshare group {description.group}: {configs or 'the broker defaults'}")
         text.append(SHARE_DESCRIBE_HINT.format(group=description.group))
-    else:
+    elif description.group_exists:
         text.append(f"\ngroup {description.group}: total lag {description.total_lag}, "
-                    f"{len(description.members)} member(s)")
+                    f"{len(description.members)} member(s) ({description.group_state})")
+    else:
+        text.append(f"\ngroup {description.group}: no such group (no members, no committed offsets)")
     if description.members:
-        text.append(tabulate([[m["client_id"], m["host"], ",".join(map(str, m["partitions"])) or "-"]
-                              for m in description.members],
-                             headers=["member", "host", "partitions"], tablefmt="simple"))
+        text.append(tabulate([[m["client_id"], m["host"], ",".join(map(str, m["partitions"])) or "-",
+                               m["member_id"]] for m in description.members],
+                             headers=["member", "host", "partitions", "member id"], tablefmt="simple"))
     if description.missing:
         text.append(f"missing topics: {', '.join(description.missing)} (run `topic-admin ensure`)")
     return "\n".join(text)
@@ -162,26 +165,74 @@ def topics_body(command: str) -> TopicBody:
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C, with jobs/s and lag trend per partition.")
 @click.option("--interval", type=click.FloatRange(min=0.2, max=3600), default=2.0, show_default=True,
               metavar="SECONDS", help="--watch: seconds between refreshes.")
+@click.option("--group", metavar="NAME", help="Consumer group  [default: CONSUMER_GROUP]")
+@click.option("--topic", metavar="NAME", help="Jobs topic  [default: JOBS_TOPIC]")
 @click.pass_context
-def describe(ctx: click.Context, json_output: bool, watch: bool, interval: float) -> TopicBody:
-    """Topics, partitions, leaders, offsets, the group's committed offsets, lag and members."""
+def describe(ctx: click.Context, *, json_output: bool, watch: bool, interval: float, group: str | None,
+             topic: str | None) -> TopicBody:
+    """Topics, partitions, leaders, offsets, the group's committed offsets, lag and members.
+
+    A group that does not exist (no members, no committed offsets: a typo?) is shown, then
+    refused (exit 2); --watch shows it and goes on (the group may be about to start).
+    """
     as_json = json_output or bool(ctx.obj and ctx.obj.get("json"))
 
     def body(settings: TopicAdminSettings, stop: threading.Event, _probes: Probes) -> Outcome:
+        chosen = {name: value for name, value in (("consumer_group", group), ("jobs_topic", topic)) if value}
+        settings = settings.model_copy(update=chosen)
         wait_for_broker(settings, stop)
-        admin = TopicAdmin(_admin(settings), settings)
         if watch:
+            # Each answer waits at most a few seconds: a broker that died shows within one refresh.
+            timeout_s = min(REQUEST_TIMEOUT_S, max(3.0, interval))
+            admin = TopicAdmin(_admin(settings), settings, timeout_s=timeout_s)
             return watch_loop(admin, stop, interval, as_json)
-        description = admin.describe()
+        description = TopicAdmin(_admin(settings), settings).describe()
         print(json.dumps(description.as_dict(), indent=2) if as_json else render_table(description))
+        if not description.group_exists:
+            raise Refused(f"{'--group' if group else 'CONSUMER_GROUP'}={description.group!r}: no such group "
+                          "(no members, no committed offsets): its lag counts every job in the topic")
         return Outcome(ExitCode.OK, {"total_lag": description.total_lag})
 
     return body
 
 
+def describe_or_stop(admin: TopicAdmin, stop: threading.Event) -> Description | None:
+    """`admin.describe()`, or None as soon as a stop is asked for (the describe is left to end
+    on its daemon thread): Ctrl-C never waits for a broker's answer."""
+    answered = threading.Event()
+    result: list[Description | BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(admin.describe())
+        except BaseException as error:  # handed to the waiting thread
+            result.append(error)
+        finally:
+            answered.set()
+
+    threading.Thread(target=run, name="describe", daemon=True).start()
+    while not answered.wait(0.1):
+        if stop.is_set():
+            return None
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def watch_caption(description: Description, interval: float, live: bool) -> str:
+    now = datetime.now(UTC)
+    group = (f"group {description.group}: total lag {description.total_lag}, "
+             f"{len(description.members)} member(s)" if description.group_exists
+             else f"group {description.group}: no such group yet (no members, no committed offsets)")
+    caption = f"{group}; {now:%H:%M:%S} UTC, every {interval:g} s" + (", Ctrl-C to stop" if live else "")
+    if description.missing:
+        caption += f"\nmissing topics: {', '.join(description.missing)} (run `topic-admin ensure`)"
+    return caption
+
+
 def watch_loop(admin: TopicAdmin, stop: threading.Event, interval: float, as_json: bool) -> Outcome:
-    """Describe every `interval` seconds until SIGINT/SIGTERM; a failed refresh is logged and
-    retried at the next one. Exit 0."""
+    """Describe every `interval` seconds until SIGINT/SIGTERM; a failed refresh is logged (and
+    shown on a terminal) and retried at the next one. Exit 0."""
     history: deque[Sample] = deque(maxlen=HISTORY)
     console = output.console()
     refreshes = 0
@@ -192,29 +243,28 @@ def watch_loop(admin: TopicAdmin, stop: threading.Event, interval: float, as_jso
     try:
         while not stop.is_set():
             try:
-                description = admin.describe()
+                description = describe_or_stop(admin, stop)
             except KafkaException as error:
                 event("watch.refresh_failed", f"could not refresh: {error}", level="WARNING",
                       error=str(error))
+                if live is not None:
+                    live.update(f"could not refresh at {datetime.now(UTC):%H:%M:%S} UTC: {error}; "
+                                "trying again", refresh=True)
                 stop.wait(interval)
                 continue
+            if description is None:
+                break
             history.append(sample_of(description, time.monotonic()))
             rows = watch_rows(list(history))
             refreshes += 1
-            now = datetime.now(UTC)
             if as_json:
-                _print_json({"time": now.isoformat(timespec="milliseconds"), "group": description.group,
+                _print_json({"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                             "group": description.group, "group_exists": description.group_exists,
                              "total_lag": description.total_lag, "members": len(description.members),
                              "missing": description.missing, "partitions": [r.as_dict() for r in rows]},
                             compact=True)
             else:
-                caption = (f"group {description.group}: total lag {description.total_lag}, "
-                           f"{len(description.members)} member(s); {now:%H:%M:%S} UTC, every {interval:g} s"
-                           + (", Ctrl-C to stop" if live is not None else ""))
-                if description.missing:
-                    missing = ", ".join(description.missing)
-                    caption += f"\nmissing topics: {missing} (run `topic-admin ensure`)"
-                table = output.watch_table(rows, caption)
+                table = output.watch_table(rows, watch_caption(description, interval, live is not None))
                 if live is not None:
                     live.update(table, refresh=True)
                 else:
@@ -316,7 +366,7 @@ def offsets(*, earliest: bool, latest: bool, moment: datetime | None, shift_by: 
     def body(settings: TopicAdminSettings, stop: threading.Event, _probes: Probes) -> Outcome:
         wait_for_broker(settings, stop)
         name, topic_name = group or settings.consumer_group, topic or settings.jobs_topic
-        admin = OffsetAdmin(_admin(settings))
+        admin = OffsetAdmin(_admin(settings), GroupReader(settings, name, "topic-admin", REQUEST_TIMEOUT_S))
         found = admin.read(name, topic_name, partitions)
         if not found.exists:
             raise Refused(f"CONSUMER_GROUP={name!r}: no such group (no members, no committed offsets)")

@@ -12,6 +12,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from jobpipe.group_offsets import PartitionState
+
 
 class TargetKind(StrEnum):
     EARLIEST = "to-earliest"
@@ -33,28 +35,6 @@ class Target:
         if self.kind is TargetKind.DATETIME and self.moment is not None:
             return f"--{self.kind} {self.moment.isoformat()}"
         return f"--{self.kind}"
-
-
-@dataclass(frozen=True)
-class PartitionState:
-    """One partition of the topic, and the group's committed offset on it (None: none)."""
-
-    partition: int
-    start: int  # the log start offset: the first job still in the partition
-    end: int  # the end offset: where the next job will be written
-    committed: int | None
-
-    @property
-    def position(self) -> int:
-        """Where the group's next consumer starts: the committed offset, or, when there is
-        none or it is out of range, the start (the consumers' auto.offset.reset=earliest)."""
-        if self.committed is None or not self.start <= self.committed <= self.end:
-            return self.start
-        return self.committed
-
-    @property
-    def lag(self) -> int:
-        return self.end - self.position
 
 
 @dataclass(frozen=True)

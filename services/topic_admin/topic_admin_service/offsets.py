@@ -11,18 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from confluent_kafka import (
-    ConsumerGroupState,
-    ConsumerGroupTopicPartitions,
-    KafkaError,
-    KafkaException,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
+from jobpipe.group_offsets import GroupReader, GroupState, NoSuchTopic, PartitionState
 from jobpipe.logs import event
 from topic_admin_service.errors import Refused
-from topic_admin_service.offset_plan import Move, PartitionState
+from topic_admin_service.offset_plan import Move
 from topic_admin_service.topics import REQUEST_TIMEOUT_S, _kafka_code
 from topic_admin_service.when import to_millis
 
@@ -47,37 +42,31 @@ def active_members_refusal(group: str, members: Sequence[str]) -> Refused:
 
 
 class OffsetAdmin:
-    def __init__(self, admin: AdminClient) -> None:
+    def __init__(self, admin: AdminClient, reader: GroupReader) -> None:
+        """`reader` reads the group's offsets (its group is the one `read` and `apply` name)."""
         self._admin = admin
+        self._reader = reader
 
     def read(self, group: str, topic: str, partitions: Sequence[int]) -> GroupOffsets:
         """The group's committed offsets on `topic` (all partitions, or the ones chosen)."""
-        metadata = self._admin.list_topics(timeout=REQUEST_TIMEOUT_S).topics
-        if topic not in metadata or metadata[topic].error is not None:
-            raise Refused(f"--topic {topic!r}: no such topic")
-        existing = sorted(metadata[topic].partitions)
+        try:
+            existing = self._reader.partitions(topic)
+        except NoSuchTopic:
+            raise Refused(f"--topic {topic!r}: no such topic") from None
         unknown = sorted(set(partitions) - set(existing))
         if unknown:
             raise Refused(f"--partition {','.join(map(str, unknown))}: {topic} has partitions "
                           f"{existing[0]}..{existing[-1]}")
         chosen = sorted(set(partitions)) if partitions else existing
-        tps = [TopicPartition(topic, p) for p in chosen]
-        starts = self._offsets(tps, OffsetSpec.earliest())
-        ends = self._offsets(tps, OffsetSpec.latest())
-        request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in chosen])
-        listed = self._admin.list_consumer_group_offsets([request], request_timeout=REQUEST_TIMEOUT_S)[group]
-        committed = {tp.partition: tp.offset for tp in listed.result().topic_partitions or []
-                     if tp.offset >= 0}
-        members, state = self._members(group)
-        exists = bool(committed) or bool(members) or state not in (ConsumerGroupState.DEAD, None)
-        states = [PartitionState(partition=p, start=starts[p], end=ends[p], committed=committed.get(p))
-                  for p in chosen]
-        return GroupOffsets(group=group, topic=topic, states=states, members=members, exists=exists)
+        states = self._reader.states(topic, chosen)
+        found = self._reader.describe(topic)
+        exists = found.known or any(state.committed is not None for state in states)
+        return GroupOffsets(group=group, topic=topic, states=states, members=self._names(found),
+                            exists=exists)
 
     def at_time(self, topic: str, partitions: Sequence[int], moment: datetime) -> dict[int, int]:
         """Per partition, the first offset at or after `moment` (-1: none that late)."""
-        return self._offsets([TopicPartition(topic, p) for p in partitions],
-                             OffsetSpec.for_timestamp(to_millis(moment)))
+        return self._reader.at_time(topic, partitions, to_millis(moment))
 
     def apply(self, group: str, topic: str, moves: Sequence[Move]) -> None:
         """Commit the new offsets for the group (refused by the broker if it has members)."""
@@ -88,29 +77,19 @@ class OffsetAdmin:
             result = future.result()
         except KafkaException as error:
             if _kafka_code(error) in ACTIVE_GROUP_ERRORS:
-                members, _state = self._members(group)
+                members = self._names(self._reader.describe(topic))
                 raise active_members_refusal(group, members or ["joining now"]) from None
             raise
         for tp in result.topic_partitions or []:
             if tp.error is not None:
                 if tp.error.code() in ACTIVE_GROUP_ERRORS:
-                    members, _state = self._members(group)
+                    members = self._names(self._reader.describe(topic))
                     raise active_members_refusal(group, members or ["joining now"])
                 raise KafkaException(tp.error)
         event("offsets.moved", f"moved the offsets of group {group} on {topic}: "
               + ", ".join(f"{m.partition}: {m.current} -> {m.new}" for m in moves),
               group=group, topic=topic, moves=[m.as_dict() for m in moves])
 
-    def _offsets(self, tps: list[TopicPartition], spec: OffsetSpec) -> dict[int, int]:
-        futures = self._admin.list_offsets({tp: spec for tp in tps}, request_timeout=REQUEST_TIMEOUT_S)
-        return {tp.partition: future.result().offset for tp, future in futures.items()}
-
-    def _members(self, group: str) -> tuple[list[str], ConsumerGroupState | None]:
-        future = self._admin.describe_consumer_groups([group], request_timeout=REQUEST_TIMEOUT_S)[group]
-        try:
-            found = future.result()
-        except KafkaException as error:
-            if _kafka_code(error) == KafkaError.GROUP_ID_NOT_FOUND:
-                return [], None
-            raise
-        return [f"{m.client_id}@{m.host}" for m in found.members], found.state
+    @staticmethod
+    def _names(found: GroupState) -> list[str]:
+        return [f"{m.client_id}@{m.host}" for m in found.members]

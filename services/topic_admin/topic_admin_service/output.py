@@ -13,7 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from topic_admin_service.offset_plan import Move, PartitionState, Target, totals
+from jobpipe.group_offsets import PartitionState
+from topic_admin_service.offset_plan import Move, Target, totals
 from topic_admin_service.redrive import Tally, Verdict
 from topic_admin_service.watch import WatchRow, lag_direction
 

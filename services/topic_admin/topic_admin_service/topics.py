@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -17,11 +17,11 @@ from confluent_kafka.admin import (
     ConfigResource,
     NewPartitions,
     NewTopic,
-    OffsetSpec,
     ResourceType,
 )
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
+from jobpipe.group_offsets import GroupReader
 from jobpipe.logs import event
 from jobpipe.share_groups import check_share_groups, share_configs
 from topic_admin_service.settings import TopicAdminSettings
@@ -40,9 +40,13 @@ class StillDeleting(Exception):
 
 
 class TopicAdmin:
-    def __init__(self, admin: AdminClient, settings: TopicAdminSettings) -> None:
+    def __init__(self, admin: AdminClient, settings: TopicAdminSettings,
+                 timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        """`timeout_s`: the longest `describe` waits for each answer of the broker."""
         self._admin = admin
         self._settings = settings
+        self._timeout_s = timeout_s
+        self._reader: GroupReader | None = None  # made by the first describe, kept for --watch
         self.topics = [settings.jobs_topic, settings.dlq_topic]
 
     # ---- ensure / reset ---------------------------------------------------------------------
@@ -136,60 +140,39 @@ class TopicAdmin:
     # ---- describe ---------------------------------------------------------------------------
 
     def describe(self) -> Description:
-        metadata = self._admin.list_topics(timeout=REQUEST_TIMEOUT_S)
         group = self._settings.consumer_group
         share = self._settings.consumer_mode == "share"
+        if self._reader is None:
+            self._reader = GroupReader(self._settings, group, "topic-admin", self._timeout_s)
+        reader = self._reader
         # A share group has no committed offsets and no consumer-group members to list (and
         # librdkafka has no share-group admin call): show its configs, never a made-up lag.
-        committed = {} if share else self._committed(group)
-        description = Description(group=group, members=[] if share else self._members(group),
+        found = None if share else reader.describe(self._settings.jobs_topic)
+        description = Description(group=group, members=[m.as_dict() for m in found.members] if found else [],
                                   mode=self._settings.consumer_mode,
-                                  share_configs=share_configs(self._admin, group, REQUEST_TIMEOUT_S)
+                                  share_configs=share_configs(self._admin, group, self._timeout_s)
                                   if share else {})
+        metadata = self._admin.list_topics(timeout=self._timeout_s).topics
+        committed_somewhere = False
         for name in self.topics:
-            if name not in metadata.topics or metadata.topics[name].error is not None:
+            if name not in metadata or metadata[name].error is not None:
                 description.missing.append(name)
                 continue
-            partitions = metadata.topics[name].partitions
-            tps = [TopicPartition(name, p) for p in sorted(partitions)]
-            starts = self._offsets(tps, OffsetSpec.earliest())
-            ends = self._offsets(tps, OffsetSpec.latest())
-            rows = []
-            for tp in tps:
-                p = partitions[tp.partition]
-                start, end = starts[tp.partition], ends[tp.partition]
-                done = committed.get((name, tp.partition))
-                is_jobs = name == self._settings.jobs_topic and not share
-                lag = end - (done if done is not None else start) if is_jobs else None
-                rows.append(PartitionInfo(partition=tp.partition, leader=p.leader, replicas=list(p.replicas),
-                                          isr=list(p.isrs), start_offset=start, end_offset=end,
-                                          committed=done, lag=lag))
+            partitions = metadata[name].partitions
+            is_jobs = name == self._settings.jobs_topic and not share
+            states = reader.states(name, sorted(partitions), committed=is_jobs)
+            committed_somewhere |= any(state.committed is not None for state in states)
+            rows = [PartitionInfo(partition=s.partition, leader=partitions[s.partition].leader,
+                                  replicas=list(partitions[s.partition].replicas),
+                                  isr=list(partitions[s.partition].isrs), start_offset=s.start,
+                                  end_offset=s.end, committed=s.committed,
+                                  lag=s.lag if is_jobs else None)
+                    for s in states]
             description.topics.append(TopicInfo(name=name, partitions=rows))
+        if found is not None:
+            description.group_state = found.state
+            description.group_exists = found.known or committed_somewhere
         return description
-
-    def _offsets(self, tps: list[TopicPartition], spec: OffsetSpec) -> dict[int, int]:
-        futures = self._admin.list_offsets({tp: spec for tp in tps}, request_timeout=REQUEST_TIMEOUT_S)
-        return {tp.partition: future.result().offset for tp, future in futures.items()}
-
-    def _committed(self, group: str) -> dict[tuple[str, int], int]:
-        futures = self._admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
-                                                          request_timeout=REQUEST_TIMEOUT_S)
-        result = futures[group].result()
-        return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions or []
-                if tp.offset >= 0}
-
-    def _members(self, group: str) -> list[dict[str, Any]]:
-        future = self._admin.describe_consumer_groups([group], request_timeout=REQUEST_TIMEOUT_S)[group]
-        try:
-            found = future.result()
-        except KafkaException as error:
-            if _kafka_code(error) == KafkaError.GROUP_ID_NOT_FOUND:
-                return []
-            raise
-        return [{"client_id": m.client_id, "host": m.host,
-                 "partitions": sorted(tp.partition for tp in (m.assignment.topic_partitions or [])
-                                      if tp.topic == self._settings.jobs_topic)}
-                for m in found.members]
 
 
 @dataclass
@@ -217,6 +200,8 @@ class Description:
     topics: list[TopicInfo] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     mode: str = "group"  # CONSUMER_MODE
+    group_exists: bool = True  # False: no members and no committed offsets (a typo?)
+    group_state: str = ""  # the broker's state of the group (group mode), e.g. stable, empty
     share_configs: dict[str, str] = field(default_factory=dict)  # mode share: the group's configs
 
     @property
