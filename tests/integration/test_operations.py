@@ -9,6 +9,7 @@ import signal
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -274,6 +275,40 @@ def test_offsets_dry_run_changes_nothing_execute_replays_and_shift_skips_exactly
     assert committed(pipeline) == {0: 10, 1: 7, 2: 10}
 
 
+def test_offsets_export_to_a_file_and_come_back_from_it_and_position_a_new_group(
+        pipeline: Pipeline, tmp_path: Path) -> None:
+    """kafka-consumer-groups.sh's --export / --from-file: save where a group is, move it, come
+    back; and a group that does not exist yet is positioned before its consumers first start."""
+    pipeline.ensure_topics(3)
+    for partition in range(3):
+        pipeline.send([Job.new(1, partition * 10 + seq) for seq in range(10)], partition=partition)
+
+    # A new group starts at offset 7 of each partition: its first consumer skips 0..6.
+    saved = tmp_path / "start.csv"
+    saved.write_text("".join(f"{pipeline.topic},{p},7\n" for p in range(3)))
+    created = run_json(pipeline, "offsets", "--from-file", str(saved), "--execute", "--json")
+    assert created["executed"] is True and created["skipped"] == 21
+    assert committed(pipeline) == {0: 7, 1: 7, 2: 7}
+    first = process_all(pipeline, 9)
+    assert sorted(e["offset"] for e in first) == [7, 7, 7, 8, 8, 8, 9, 9, 9]
+
+    # Save where the group is, replay everything, then come back to the saved place.
+    here = tmp_path / "here.csv"
+    current = run_json(pipeline, "offsets", "--to-current", "--export", str(here), "--json")
+    assert current["changed"] == 0
+    assert sorted(here.read_text().splitlines()) == [f"{pipeline.topic},{p},10" for p in range(3)]
+    run_json(pipeline, "offsets", "--to-earliest", "--execute", "--json")
+    assert committed(pipeline) == {0: 0, 1: 0, 2: 0}
+    back = run_json(pipeline, "offsets", "--from-file", str(here), "--execute", "--json")
+    assert back["skipped"] == 30
+    assert committed(pipeline) == {0: 10, 1: 10, 2: 10}
+
+    saved.write_text(f"{pipeline.topic},0,5\nsomething-else,1,5\n")
+    bad = pipeline.run("topic-admin", "offsets", "--from-file", str(saved), "--execute")
+    assert bad.process.returncode == 2 and "line 2: topic 'something-else'" in refusal_lines(bad)[0]
+    assert committed(pipeline) == {0: 10, 1: 10, 2: 10}
+
+
 def test_offsets_are_not_moved_while_the_group_has_a_member(pipeline: Pipeline) -> None:
     pipeline.ensure_topics(3)
     pipeline.send([Job.new(1, seq) for seq in range(6)])
@@ -303,7 +338,7 @@ def test_bad_requests_exit_2_with_one_line_and_change_nothing(pipeline: Pipeline
     assert not {pipeline.topic, pipeline.dlq, f"{pipeline.dlq}.redriven"} & existing, "nothing created"
 
     pipeline.ensure_topics(3)
-    no_group = pipeline.run("topic-admin", "offsets", "--to-earliest", "--execute")
+    no_group = pipeline.run("topic-admin", "offsets")  # showing a group that does not exist
     assert no_group.process.returncode == 2
     assert "no such group" in refusal_lines(no_group)[0]
 

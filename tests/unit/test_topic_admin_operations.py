@@ -4,6 +4,7 @@ the flags accept, and the command line's answer to bad input."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,7 +13,15 @@ from hypothesis import strategies as st
 
 from jobpipe.group_offsets import PartitionState
 from topic_admin_service.main import parse
-from topic_admin_service.offset_plan import Move, Target, TargetKind, plan, totals
+from topic_admin_service.offset_plan import (
+    Move,
+    Target,
+    TargetKind,
+    offsets_csv,
+    parse_offsets_csv,
+    plan,
+    totals,
+)
 from topic_admin_service.redrive import (
     NO_ERROR,
     DeadLetter,
@@ -247,6 +256,33 @@ def test_shift_never_leaves_the_partition(start: int, length: int, committed: in
     move = plan([state], Target(TargetKind.SHIFT, number=shift))[0]
     assert state.start <= move.new <= state.end
     assert move.skipped - move.replayed == move.new - move.current
+
+
+def test_to_current_moves_nothing_and_from_file_moves_only_the_partitions_it_names() -> None:
+    assert by_partition(plan(STATES, Target(TargetKind.CURRENT))) == {0: (50, 50), 1: (0, 0), 2: (30, 30)}
+    moves = plan(STATES, Target(TargetKind.FILE, offsets={0: 60, 2: 99}, source="saved.csv"))
+    assert by_partition(moves) == {0: (50, 60), 2: (30, 40)}  # 99 is past partition 2's end: clamped
+    assert [m.clamped for m in moves] == [False, True]
+
+
+@given(st.dictionaries(st.integers(0, 50), st.integers(0, 10**12), min_size=1))
+def test_export_then_from_file_gives_back_the_same_offsets(offsets: dict[int, int]) -> None:
+    states = [PartitionState(partition=p, start=0, end=10**12, committed=o) for p, o in offsets.items()]
+    exported = offsets_csv("jobs", plan(states, Target(TargetKind.CURRENT)))
+    assert parse_offsets_csv(exported, "jobs") == offsets
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("jobs,0,5\nother,1,5\n", "line 2: topic 'other' is not 'jobs'"),
+    ("jobs,0\n", "line 1: expected topic,partition,offset"),
+    ("jobs,0,five\n", "line 1: partition and offset must be whole numbers"),
+    ("# saved\njobs,0,5\njobs,0,6\n", "line 3: partition 0 is given twice"),
+    ("jobs,-1,5\n", "line 1: partition and offset must not be negative"),
+    ("\n# nothing\n", "no offsets in the file"),
+])
+def test_an_offsets_file_that_is_not_one_is_refused_naming_the_line(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        parse_offsets_csv(text, "jobs")
 
 
 def test_target_reads_like_its_flag() -> None:

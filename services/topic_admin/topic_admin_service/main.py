@@ -21,7 +21,9 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -37,7 +39,7 @@ from jobpipe.logs import event
 from jobpipe.service import Body, Outcome, Probes, run_service
 from topic_admin_service import output
 from topic_admin_service.errors import Refused
-from topic_admin_service.offset_plan import Target, TargetKind, plan, totals
+from topic_admin_service.offset_plan import Target, TargetKind, offsets_csv, parse_offsets_csv, plan, totals
 from topic_admin_service.offsets import OffsetAdmin, active_members_refusal
 from topic_admin_service.redrive import Selection, Verdict
 from topic_admin_service.redriver import Redriver
@@ -334,42 +336,67 @@ def redrive(*, dry_run: bool, error_contains: str | None, key_pattern: str | Non
 @cli.command(short_help="Show or move the group's committed offsets.")
 @click.option("--to-earliest", "earliest", is_flag=True, help="Replay everything still in the topic.")
 @click.option("--to-latest", "latest", is_flag=True, help="Skip everything not yet processed.")
+@click.option("--to-current", "current", is_flag=True,
+              help="Where the group is now (with --export: save it, to come back to later).")
 @click.option("--to-datetime", "moment", type=When(), help="To the first job at or after WHEN.")
 @click.option("--shift-by", type=int, metavar="N", help="Forward N jobs (skip), or back (-N: replay).")
 @click.option("--to-offset", type=click.IntRange(min=0), metavar="N", help="To offset N.")
+@click.option("--from-file", "from_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="To the offsets in FILE: topic,partition,offset lines, as --export writes them.")
+@click.option("--export", "export_to", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              metavar="FILE", help="Write the planned offsets to FILE (topic,partition,offset).")
 @click.option("--topic", metavar="NAME", help="Topic whose offsets move  [default: JOBS_TOPIC]")
 @click.option("--partition", "-p", "partitions", type=click.IntRange(min=0), multiple=True, metavar="N",
               help="Only this partition (repeat for more)  [default: all]")
 @click.option("--group", metavar="NAME", help="Consumer group  [default: CONSUMER_GROUP]")
 @click.option("--execute", is_flag=True, help="Apply the move (without it: a dry run).")
 @click.option("--json", "json_output", is_flag=True, help="Print JSON instead of a table.")
-def offsets(*, earliest: bool, latest: bool, moment: datetime | None, shift_by: int | None,
-            to_offset: int | None, topic: str | None, partitions: tuple[int, ...], group: str | None,
-            execute: bool, json_output: bool) -> TopicBody:
+def offsets(*, earliest: bool, latest: bool, current: bool, moment: datetime | None, shift_by: int | None,
+            to_offset: int | None, from_file: Path | None, export_to: Path | None, topic: str | None,
+            partitions: tuple[int, ...], group: str | None, execute: bool, json_output: bool) -> TopicBody:
     """Show a consumer group's committed offsets, or move them (a dry run unless --execute).
 
-    Moving is refused while the group has active members: stop its consumers first.
+    Moving is refused while the group has active members: stop its consumers first. A group
+    that does not exist yet can be positioned (its offsets are created) before its consumers
+    first start; showing it is refused.
     """
     targets = [target for target, given in [
         (Target(TargetKind.EARLIEST), earliest), (Target(TargetKind.LATEST), latest),
+        (Target(TargetKind.CURRENT), current),
         (Target(TargetKind.DATETIME, moment=moment), moment is not None),
         (Target(TargetKind.SHIFT, number=shift_by or 0), shift_by is not None),
-        (Target(TargetKind.OFFSET, number=to_offset or 0), to_offset is not None)] if given]
+        (Target(TargetKind.OFFSET, number=to_offset or 0), to_offset is not None),
+        (Target(TargetKind.FILE, source=str(from_file)), from_file is not None)] if given]
     if len(targets) > 1:
-        raise click.UsageError(
-            "choose one of --to-earliest, --to-latest, --to-datetime, --shift-by, --to-offset")
-    if execute and not targets:
-        raise click.UsageError("--execute needs a target: --to-earliest, --to-latest, --to-datetime, "
-                               "--shift-by or --to-offset")
+        raise click.UsageError("choose one of --to-earliest, --to-latest, --to-current, --to-datetime, "
+                               "--shift-by, --to-offset, --from-file")
+    if (execute or export_to) and not targets:
+        raise click.UsageError(f"{'--execute' if execute else '--export'} needs a target: --to-earliest, "
+                               "--to-latest, --to-current, --to-datetime, --shift-by, --to-offset or "
+                               "--from-file")
+    if from_file is not None and partitions:
+        raise click.UsageError("--from-file names its partitions: leave out --partition")
     target = targets[0] if targets else None
+    file_text = _read_text(from_file) if from_file is not None else None
 
     def body(settings: TopicAdminSettings, stop: threading.Event, _probes: Probes) -> Outcome:
-        wait_for_broker(settings, stop)
+        nonlocal target
         name, topic_name = group or settings.consumer_group, topic or settings.jobs_topic
+        if target is not None and file_text is not None:
+            try:
+                target = replace(target, offsets=parse_offsets_csv(file_text, topic_name))
+            except ValueError as error:
+                raise Refused(f"--from-file {from_file}: {error}") from None
+        wait_for_broker(settings, stop)
         admin = OffsetAdmin(_admin(settings), GroupReader(settings, name, "topic-admin", REQUEST_TIMEOUT_S))
-        found = admin.read(name, topic_name, partitions)
+        chosen = tuple(sorted(target.offsets)) if target is not None and target.offsets else partitions
+        found = admin.read(name, topic_name, chosen)
         if not found.exists:
-            raise Refused(f"CONSUMER_GROUP={name!r}: no such group (no members, no committed offsets)")
+            if target is None:
+                raise Refused(f"CONSUMER_GROUP={name!r}: no such group (no members, no committed offsets)")
+            event("offsets.new_group", f"group {name} does not exist yet: "
+                  + ("its offsets will be created" if execute else "--execute would create its offsets"),
+                  group=name, topic=topic_name)
         if target is None:
             if json_output:
                 _print_json({"group": name, "topic": topic_name, "members": found.members,
@@ -384,6 +411,10 @@ def offsets(*, earliest: bool, latest: bool, moment: datetime | None, shift_by: 
         if target.kind is TargetKind.DATETIME and target.moment is not None:
             at_time = admin.at_time(topic_name, [s.partition for s in found.states], target.moment)
         moves = plan(found.states, target, at_time)
+        if export_to is not None:
+            export_to.write_text(offsets_csv(topic_name, moves))
+            event("offsets.exported", f"wrote {len(moves)} partition(s)' offsets to {export_to}",
+                  path=str(export_to), partitions=len(moves))
         if execute:
             admin.apply(name, topic_name, moves)
         elif found.members:
@@ -398,6 +429,14 @@ def offsets(*, earliest: bool, latest: bool, moment: datetime | None, shift_by: 
         return Outcome(ExitCode.OK, summary | {"executed": int(execute)})
 
     return body
+
+
+def _read_text(path: Path) -> str:
+    """A file given on the command line, or a usage error (exit 2) saying why not."""
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise click.BadParameter(f"{path}: {error}", param_hint="'--from-file'") from None
 
 
 # ---- main -----------------------------------------------------------------------------------

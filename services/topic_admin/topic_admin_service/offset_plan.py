@@ -7,7 +7,7 @@ The Kafka side (reading offsets, applying the plan) is in `offsets.py`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -18,9 +18,11 @@ from jobpipe.group_offsets import PartitionState
 class TargetKind(StrEnum):
     EARLIEST = "to-earliest"
     LATEST = "to-latest"
+    CURRENT = "to-current"
     DATETIME = "to-datetime"
     SHIFT = "shift-by"
     OFFSET = "to-offset"
+    FILE = "from-file"
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,16 @@ class Target:
     kind: TargetKind
     number: int = 0  # --shift-by N, --to-offset N
     moment: datetime | None = None  # --to-datetime
+    offsets: Mapping[int, int] = field(default_factory=dict)  # --from-file: partition -> offset
+    source: str = ""  # --from-file: the file's name, for people
 
     def __str__(self) -> str:
         if self.kind in (TargetKind.SHIFT, TargetKind.OFFSET):
             return f"--{self.kind} {self.number}"
         if self.kind is TargetKind.DATETIME and self.moment is not None:
             return f"--{self.kind} {self.moment.isoformat()}"
+        if self.kind is TargetKind.FILE:
+            return f"--{self.kind} {self.source}"
         return f"--{self.kind}"
 
 
@@ -78,16 +84,23 @@ def _clamp(offset: int, state: PartitionState) -> tuple[int, bool]:
 
 def plan(states: Iterable[PartitionState], target: Target,
          at_time: Mapping[int, int] | None = None) -> list[Move]:
-    """The move of each partition to `target`. `at_time` (for --to-datetime) is, per
+    """The move of each partition to `target` (--from-file: of each partition the file names).
+    `at_time` (for --to-datetime) is, per
     partition, the first offset whose timestamp is at or after the moment, -1 for none
     (then the partition moves to its end: nothing that old is left to replay)."""
     moves = []
     for state in sorted(states, key=lambda s: s.partition):
         clamped = False
+        if target.kind is TargetKind.FILE and state.partition not in target.offsets:
+            continue  # a partition the file does not name keeps its offset
         if target.kind is TargetKind.EARLIEST:
             new = state.start
         elif target.kind is TargetKind.LATEST:
             new = state.end
+        elif target.kind is TargetKind.CURRENT:
+            new = state.position
+        elif target.kind is TargetKind.FILE:
+            new, clamped = _clamp(target.offsets[state.partition], state)
         elif target.kind is TargetKind.OFFSET:
             new, clamped = _clamp(target.number, state)
         elif target.kind is TargetKind.SHIFT:
@@ -104,3 +117,38 @@ def totals(moves: Iterable[Move]) -> dict[str, int]:
     listed = list(moves)
     return {"skipped": sum(m.skipped for m in listed), "replayed": sum(m.replayed for m in listed),
             "changed": sum(1 for m in listed if m.new != m.current)}
+
+
+def offsets_csv(topic: str, moves: Iterable[Move]) -> str:
+    """The moves' new offsets as `topic,partition,offset` lines (kafka-consumer-groups.sh's
+    --export format), for --from-file later."""
+    return "".join(f"{topic},{move.partition},{move.new}\n" for move in moves)
+
+
+def parse_offsets_csv(text: str, topic: str) -> dict[int, int]:
+    """`topic,partition,offset` lines (blank lines and `#` comments skipped) -> partition ->
+    offset. ValueError naming the line for anything else: another topic, a partition given
+    twice, a number that is not one."""
+    offsets: dict[int, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [part.strip() for part in line.split(",")]
+        if len(fields) != 3:
+            raise ValueError(f"line {number}: expected topic,partition,offset, got {line.strip()!r}")
+        name, partition_text, offset_text = fields
+        if name != topic:
+            raise ValueError(f"line {number}: topic {name!r} is not {topic!r} (one topic per file)")
+        try:
+            partition, offset = int(partition_text), int(offset_text)
+        except ValueError:
+            raise ValueError(f"line {number}: partition and offset must be whole numbers, "
+                             f"got {line.strip()!r}") from None
+        if partition < 0 or offset < 0:
+            raise ValueError(f"line {number}: partition and offset must not be negative")
+        if partition in offsets:
+            raise ValueError(f"line {number}: partition {partition} is given twice")
+        offsets[partition] = offset
+    if not offsets:
+        raise ValueError("no offsets in the file")
+    return offsets
