@@ -14,25 +14,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from local_kafka import die_with_parent  # re-exported: every child of a test run dies with it
 
+from tests.observing import Event, wait_until  # wait_until also re-exported: imported from here
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
-Event = dict[str, Any]
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str, poll: float = 0.1) -> Any:
-    """Return condition()'s first truthy value; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)
 
 
 def free_port() -> int:
