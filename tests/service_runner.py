@@ -40,7 +40,10 @@ def service_env(**settings: object) -> dict[str, str]:
 
 
 class ServiceProcess:
-    """One service started as its console script; stdout (JSON events) goes to a file."""
+    """One service started as its console script; stdout (JSON events) goes to a file.
+
+    Every service a test starts is stopped by something that runs whatever the test's outcome:
+    the `pipeline` fixture for the Kafka services, or `with ServiceProcess(...) as service:`."""
 
     def __init__(self, command: str, *args: str, **settings: object) -> None:
         self.name = command
@@ -51,6 +54,13 @@ class ServiceProcess:
             self.process = subprocess.Popen([str(BIN / command), *args], env=service_env(**settings),
                                             stdout=out, stderr=err, cwd=REPO,
                                             preexec_fn=die_with_parent(os.getpid()))  # noqa: PLW1509
+
+    def __enter__(self) -> ServiceProcess:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Leaving the block (an assertion failed, or the test is done) kills what still runs."""
+        self.kill()
 
     @property
     def stdout_path(self) -> Path:
