@@ -69,6 +69,9 @@ def test_consumer_comparison(produced: str, kafka: Kafka, report: Report) -> Non
     assert_peak_rss_noted(report, "consumer")
     assert report.keys["consumer_vs_kcat"] > 0
     assert report.keys["consumer_vs_go"] > 0
+    assert report.keys["consumer_vs_go_raw"] > 0
+    for key in ("consumer_vs_kcat", "consumer_vs_go"):
+        assert len(report.repeats[key]) == report.profile.repeats, report.repeats
     assert {row.tool.split()[0] for row in report.rows if row.comparison == "consumer"} == {
         "consumer", "kcat", "seed's", "kafka-consumer-perf-test"}
 
