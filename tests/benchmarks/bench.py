@@ -77,7 +77,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,6 +90,7 @@ from confluent_kafka.admin import AdminClient
 from tabulate import tabulate
 
 from jobpipe.job import Job
+from tests.observing import http_get, scrape
 from tests.service_runner import BIN, REPO, die_with_parent, free_port, service_env, wait_until
 
 PROFILE_ENV = "BENCH_PROFILE"
@@ -344,20 +344,10 @@ class Service(Tracked):
 
     def counter(self, name: str) -> float:
         """Current value of counter `name` (e.g. jobs_processed_total); 0 before it answers."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as answer:
-                text = answer.read().decode()
-        except OSError:
-            return 0.0
-        found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-        return float(found.group(1)) if found else 0.0
+        return scrape(self.port, name) or 0.0
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as answer:
-                return bool(answer.status == 200)
-        except OSError:
-            return False
+        return http_get(f"http://127.0.0.1:{self.port}/readyz", timeout=2)[0] == 200
 
 
 def time_counter(services: list[Service], name: str, target: int, timeout: float) -> float:
