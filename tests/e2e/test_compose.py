@@ -26,7 +26,7 @@ from tests.e2e.engine import (
     normalize_image,
     run,
 )
-from tests.service_runner import wait_until
+from tests.observing import owned_by_member, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -70,12 +70,13 @@ def describe_when(stack: Stack, condition: Any, timeout: float, what: str) -> di
 
 
 def owned_now(stack: Stack) -> dict[str, list[int]]:
-    """Container (`consumer-N`) -> the partitions it owns now, from its last rebalance event."""
+    """Container (`consumer-N`) -> the partitions it owns now, from its members' last rebalance
+    events."""
     owned: dict[str, list[int]] = {}
     for container, events in stack.events("consumer").items():
-        changes = [e for e in events if e.get("event") in ("partitions.assigned", "partitions.revoked")]
-        if changes:
-            owned[container] = sorted(changes[-1]["owned"])
+        members = owned_by_member(events)
+        if members:
+            owned[container] = sorted(set().union(*members.values()))
     return owned
 
 
