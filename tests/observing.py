@@ -29,6 +29,17 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, poll:
         time.sleep(poll)
 
 
+def happens_within(condition: Callable[[], object], seconds: float, poll: float = 0.1) -> bool:
+    """True as soon as condition() holds; False once `seconds` passed without it. For a window
+    in which a service may break a promise: the test then asserts on what it did, and a
+    service that keeps the promise passes however fast or slow the machine."""
+    try:
+        wait_until(condition, seconds, "the window to end", poll)
+    except AssertionError:
+        return False
+    return True
+
+
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
     """(status, body) of a GET; status 0 and "" while nothing answers (not started, stopped)."""
     try:
