@@ -492,56 +492,42 @@ def run_go_peer(kafka: Kafka, *args: str) -> tuple[dict[str, Any], Tracked]:
 
 
 def producer_comparison(kafka: Kafka, report: Report, workdir: Path) -> str:
-    """Returns the topic the service filled (read again by the consumer comparison)."""
+    """Returns the topic the service filled first (read again by the consumer comparison).
+
+    The service, kcat -P and the Go peer take turns `profile.repeats` times, each time into a
+    new topic; rows and the headline keys use the median run, the report keeps each repeat's
+    ratio."""
     jobs = report.profile.jobs
-    topic = kafka.topic(report, "produce-service")
-    # Producing until stopped keeps its /metrics up: timed to the `jobs`-th acknowledgement, then
-    # stopped (a few more jobs get out meanwhile; the references send exactly `jobs`).
-    service = Service("producer", kafka_bootstrap_servers=kafka.bootstrap, jobs_topic=topic,
-                      producer_workers=2, messages_per_worker=0)
-    with running(service):
-        seconds = time_counter([service], "jobs_produced_total", jobs, timeout=max(120.0, jobs / 2000))
-        if service.stop() != 0:
-            raise BenchmarkError(f"producer exited {service.returncode}:\n{service.tail()}")
-    if kafka.end_offsets(topic) < jobs:
-        raise BenchmarkError(f"{topic} holds {kafka.end_offsets(topic)} messages, {jobs} were acknowledged")
-    report.note_rss("producer", service.peak_mb)
-
-    # The references send the very same bytes: the service's jobs, read back from its topic.
+    service_s: list[float] = []
+    kcat_s: list[float] = []
+    go_s: list[float] = []
+    peak: dict[str, float] = {}
+    topic = ""
     keyed, values = workdir / "jobs.tsv", workdir / "values.txt"
-    dump = Tracked("kcat -C (dump)", [kafka.kcat, "-C", "-b", kafka.bootstrap, "-t", topic, "-o", "beginning",
-                                      "-c", str(jobs), "-e", "-q", "-f", "%k\t%s\n"], stdout=keyed.open("wb"))
-    if dump.wait(300) != 0:
-        raise BenchmarkError(f"kcat could not read {topic}:\n{dump.tail()}")
     value_bytes = 0
-    with keyed.open("rb") as source, values.open("wb") as target:
-        for line in source:
-            value = line.split(b"\t", 1)[1]
-            value_bytes += len(value) - 1
-            target.write(value)
-    report.rows.append(Row("producer", "producer service (2 workers)", jobs, seconds, value_bytes,
-                           service.peak_mb, "first to last acknowledgement on /metrics (read every 50 ms)"))
-
-    kcat_topic = kafka.topic(report, "produce-kcat")
-    props = [arg for key, value in PRODUCER_PROPS.items() for arg in ("-X", f"{key}={value}")]
-    kcat = Tracked("kcat -P", [kafka.kcat, "-P", "-b", kafka.bootstrap, "-t", kcat_topic, "-K", "\t", *props,
-                               "-l", str(keyed)])
-    if kcat.wait(600) != 0:
-        raise BenchmarkError(f"kcat -P failed:\n{kcat.tail()}")
-    kcat_seconds = time.monotonic() - kcat.started
-    if kafka.end_offsets(kcat_topic) != jobs:
-        raise BenchmarkError(f"kcat -P delivered {kafka.end_offsets(kcat_topic)} of {jobs}")
-    report.rows.append(Row("producer", "kcat -P (librdkafka, C)", jobs, kcat_seconds, value_bytes,
-                           kcat.peak_mb, "process start to exit (its start-up counts against it)"))
-
-    go_topic = kafka.topic(report, "produce-go")
-    result, peer = run_go_peer(kafka, "produce", "-topic", go_topic, "-file", str(keyed), "-writers", "2",
-                               "-per-write", "10000")
-    if result["messages"] != jobs or kafka.end_offsets(go_topic) != jobs:
-        raise BenchmarkError(f"gopeer produce sent {result['messages']} and delivered "
-                             f"{kafka.end_offsets(go_topic)} of {jobs}")
-    report.rows.append(Row("producer", GO_PRODUCER, jobs, result["seconds"], value_bytes, peer.peak_mb,
-                           "first line read to last acknowledgement"))
+    for repeat in range(report.profile.repeats):
+        seconds, filled, service = _service_produce(kafka, report, jobs)
+        service_s.append(seconds)
+        if repeat == 0:
+            topic = filled
+            value_bytes = _dump_jobs(kafka, topic, jobs, keyed, values)
+        seconds, kcat_peak = _kcat_produce(kafka, report, keyed, jobs)
+        kcat_s.append(seconds)
+        seconds, peer = _go_produce(kafka, report, keyed, jobs)
+        go_s.append(seconds)
+        for tool, megabytes in (("service", service.peak_mb), ("kcat", kcat_peak), ("go", peer.peak_mb)):
+            peak[tool] = max(peak.get(tool, 0.0), megabytes or 0.0)
+    runs = f"median of {report.profile.repeats}"
+    median = statistics.median
+    report.rows.append(Row("producer", "producer service (2 workers)", jobs, median(service_s), value_bytes,
+                           peak["service"], f"{runs}; first to last acknowledgement on /metrics (read "
+                           "every 50 ms); makes each job, keys, idempotence"))
+    report.rows.append(Row("producer", "kcat -P (librdkafka, C)", jobs, median(kcat_s), value_bytes,
+                           peak["kcat"], f"{runs}; process start to exit (its start-up counts against "
+                           "it); the same bytes and keys, idempotence"))
+    report.rows.append(Row("producer", GO_PRODUCER, jobs, median(go_s), value_bytes, peak["go"],
+                           f"{runs}; first line read to last acknowledgement by itself; the same bytes "
+                           "and keys, no idempotence (kafka-go has none)"))
 
     java_topic = kafka.topic(report, "produce-java")
     perf = Tracked("ProducerPerformance", kafka.java(
@@ -556,9 +542,72 @@ def producer_comparison(kafka: Kafka, report: Report, workdir: Path) -> str:
     java_rate = float(summary[-1][1])
     report.rows.append(Row("producer", "kafka-producer-perf-test (Java)", jobs, jobs / java_rate, value_bytes,
                            perf.peak_mb, "as it reports (no keys: sticky partitioner)"))
-    report.keys["producer_vs_kcat"] = (jobs / seconds) / (jobs / kcat_seconds)
-    report.keys["producer_vs_go"] = (jobs / seconds) / (jobs / result["seconds"])
+    # A rate ratio (service msgs/s over the peer's) is the peer's seconds over the service's.
+    report.keys["producer_vs_kcat"] = median(kcat_s) / median(service_s)
+    report.keys["producer_vs_go"] = median(go_s) / median(service_s)
+    report.repeats["producer_vs_kcat"] = [k / s for s, k in zip(service_s, kcat_s, strict=True)]
+    report.repeats["producer_vs_go"] = [g / s for s, g in zip(service_s, go_s, strict=True)]
     return topic
+
+
+def _service_produce(kafka: Kafka, report: Report, jobs: int) -> tuple[float, str, Service]:
+    """The producer service (2 workers) into a new topic: seconds from its first to its `jobs`-th
+    acknowledgement, the topic, and the finished process."""
+    topic = kafka.topic(report, "produce-service")
+    # Producing until stopped keeps its /metrics up: timed to the `jobs`-th acknowledgement, then
+    # stopped (a few more jobs get out meanwhile; the references send exactly `jobs`).
+    service = Service("producer", kafka_bootstrap_servers=kafka.bootstrap, jobs_topic=topic,
+                      producer_workers=2, messages_per_worker=0)
+    with running(service):
+        seconds = time_counter([service], "jobs_produced_total", jobs, timeout=max(120.0, jobs / 2000))
+        if service.stop() != 0:
+            raise BenchmarkError(f"producer exited {service.returncode}:\n{service.tail()}")
+    if kafka.end_offsets(topic) < jobs:
+        raise BenchmarkError(f"{topic} holds {kafka.end_offsets(topic)} messages, {jobs} were acknowledged")
+    report.note_rss("producer", service.peak_mb)
+    return seconds, topic, service
+
+
+def _dump_jobs(kafka: Kafka, topic: str, jobs: int, keyed: Path, values: Path) -> int:
+    """The references send the very same bytes: the service's first `jobs` jobs, read back from
+    `topic` into `keyed` (key TAB value lines) and `values` (values only). Returns the bytes of
+    the values."""
+    dump = Tracked("kcat -C (dump)", [kafka.kcat, "-C", "-b", kafka.bootstrap, "-t", topic, "-o", "beginning",
+                                      "-c", str(jobs), "-e", "-q", "-f", "%k\t%s\n"], stdout=keyed.open("wb"))
+    if dump.wait(300) != 0:
+        raise BenchmarkError(f"kcat could not read {topic}:\n{dump.tail()}")
+    value_bytes = 0
+    with keyed.open("rb") as source, values.open("wb") as target:
+        for line in source:
+            value = line.split(b"\t", 1)[1]
+            value_bytes += len(value) - 1
+            target.write(value)
+    return value_bytes
+
+
+def _kcat_produce(kafka: Kafka, report: Report, keyed: Path, jobs: int) -> tuple[float, float | None]:
+    """kcat -P sends `keyed` into a new topic: seconds from its start to its exit, peak RSS."""
+    kcat_topic = kafka.topic(report, "produce-kcat")
+    props = [arg for key, value in PRODUCER_PROPS.items() for arg in ("-X", f"{key}={value}")]
+    kcat = Tracked("kcat -P", [kafka.kcat, "-P", "-b", kafka.bootstrap, "-t", kcat_topic, "-K", "\t", *props,
+                               "-l", str(keyed)])
+    if kcat.wait(600) != 0:
+        raise BenchmarkError(f"kcat -P failed:\n{kcat.tail()}")
+    kcat_seconds = time.monotonic() - kcat.started
+    if kafka.end_offsets(kcat_topic) != jobs:
+        raise BenchmarkError(f"kcat -P delivered {kafka.end_offsets(kcat_topic)} of {jobs}")
+    return kcat_seconds, kcat.peak_mb
+
+
+def _go_produce(kafka: Kafka, report: Report, keyed: Path, jobs: int) -> tuple[float, Tracked]:
+    """The Go peer sends `keyed` into a new topic: its own seconds, and the finished process."""
+    go_topic = kafka.topic(report, "produce-go")
+    result, peer = run_go_peer(kafka, "produce", "-topic", go_topic, "-file", str(keyed), "-writers", "2",
+                               "-per-write", "10000")
+    if result["messages"] != jobs or kafka.end_offsets(go_topic) != jobs:
+        raise BenchmarkError(f"gopeer produce sent {result['messages']} and delivered "
+                             f"{kafka.end_offsets(go_topic)} of {jobs}")
+    return float(result["seconds"]), peer
 
 
 # ---- 2. consumer ---------------------------------------------------------------------------

@@ -59,6 +59,8 @@ def test_producer_comparison(produced: str, report: Report) -> None:
     assert_peak_rss_noted(report, "producer", "topic-admin")
     assert report.keys["producer_vs_kcat"] > 0
     assert report.keys["producer_vs_go"] > 0
+    for key in ("producer_vs_kcat", "producer_vs_go"):
+        assert len(report.repeats[key]) == report.profile.repeats, report.repeats
     assert {row.tool.split()[0] for row in report.rows if row.comparison == "producer"} == {
         "producer", "kcat", "seed's", "kafka-producer-perf-test"}
 
