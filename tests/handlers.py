@@ -39,6 +39,14 @@ def slow(job: Job) -> None:
     time.sleep(0.05)
 
 
+def fails_first_attempt(job: Job) -> None:
+    """Every job's first attempt fails, its second succeeds (one process: the in-memory service,
+    or one consumer that keeps the job)."""
+    _calls[job.id] += 1
+    if _calls[job.id] == 1:
+        raise Refused(f"job {job.key} fails its first attempt")
+
+
 def always_fails(job: Job) -> None:
     """Every attempt fails."""
     raise Refused(f"job {job.key} always fails")

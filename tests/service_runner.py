@@ -14,25 +14,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from local_kafka import die_with_parent  # re-exported: every child of a test run dies with it
 
+from tests.observing import Event, wait_until  # wait_until also re-exported: imported from here
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
-Event = dict[str, Any]
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str, poll: float = 0.1) -> Any:
-    """Return condition()'s first truthy value; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)
 
 
 def free_port() -> int:
@@ -52,7 +40,10 @@ def service_env(**settings: object) -> dict[str, str]:
 
 
 class ServiceProcess:
-    """One service started as its console script; stdout (JSON events) goes to a file."""
+    """One service started as its console script; stdout (JSON events) goes to a file.
+
+    Every service a test starts is stopped by something that runs whatever the test's outcome:
+    the `pipeline` fixture for the Kafka services, or `with ServiceProcess(...) as service:`."""
 
     def __init__(self, command: str, *args: str, **settings: object) -> None:
         self.name = command
@@ -63,6 +54,13 @@ class ServiceProcess:
             self.process = subprocess.Popen([str(BIN / command), *args], env=service_env(**settings),
                                             stdout=out, stderr=err, cwd=REPO,
                                             preexec_fn=die_with_parent(os.getpid()))  # noqa: PLW1509
+
+    def __enter__(self) -> ServiceProcess:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Leaving the block (an assertion failed, or the test is done) kills what still runs."""
+        self.kill()
 
     @property
     def stdout_path(self) -> Path:

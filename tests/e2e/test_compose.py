@@ -27,7 +27,7 @@ from tests.e2e.engine import (
     normalize_image,
     run,
 )
-from tests.service_runner import wait_until
+from tests.observing import owned_by_member, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -71,12 +71,13 @@ def describe_when(stack: Stack, condition: Any, timeout: float, what: str) -> di
 
 
 def owned_now(stack: Stack) -> dict[str, list[int]]:
-    """Container (`consumer-N`) -> the partitions it owns now, from its last rebalance event."""
+    """Container (`consumer-N`) -> the partitions it owns now, from its members' last rebalance
+    events."""
     owned: dict[str, list[int]] = {}
     for container, events in stack.events("consumer").items():
-        changes = [e for e in events if e.get("event") in ("partitions.assigned", "partitions.revoked")]
-        if changes:
-            owned[container] = sorted(changes[-1]["owned"])
+        members = owned_by_member(events)
+        if members:
+            owned[container] = sorted(set().union(*members.values()))
     return owned
 
 
@@ -267,9 +268,14 @@ def test_three_brokers_survive_one_broker_stopped_mid_stream(make_stack: Any) ->
     # Every partition has 3 replicas; with broker 2 down, 2 of them are in sync (min.insync 2).
     jobs = next(t for t in stack.describe()["topics"] if t["name"] == "jobs")
     assert all(len(p["replicas"]) == 3 and len(p["isr"]) == 2 for p in jobs["partitions"]), jobs
-    counts = Counter(key for found in stack.processed_keys().values() for key in found)
-    duplicates = {k: n for k, n in counts.items() if n > 1}
-    print(f"duplicates after a broker stop (at-least-once allows them): {len(duplicates)}")
+    # A broker stopped with SIGTERM is a graceful path: leaders and the group coordinator move,
+    # and every consumer keeps its partitions and commits, so no record is processed twice (as
+    # tests/integration/test_reliability.py's rolling restart asserts). A job written twice
+    # to the topic while a leader moves (librdkafka#4953, README) is two records, not a repeat.
+    records = Counter((e["partition"], e["offset"])
+                      for found in stack.events("consumer", "job.processed").values() for e in found)
+    repeated = {record: n for record, n in records.items() if n > 1}
+    assert not repeated, f"records processed twice after a graceful broker stop: {repeated}"
 
 
 PROCESSED_LINE = re.compile(r"processed (p\d+-m\d+) from partition \d+ offset \d+")

@@ -180,13 +180,12 @@ class Ledger:
         return [e for t in self.tails if wanted is None or id(t.service) in wanted
                 for e in t.events if e.get("event") == name]
 
-    def explain_duplicates(self) -> str:
-        """Who did each twice-done job first, and why its offset was not committed.
-
-        A SIGKILLed consumer commits nothing after its last auto-commit (every 1 s): its
-        duplicates should all be from its last second or so (the window shown). A consumer
-        whose partitions were lost (session timed out) could not commit what it did since.
-        """
+    def duplicate_origins(self) -> tuple[list[float], Counter[str]]:
+        """Who did each twice-done job first, and why its offset was not committed: for the
+        jobs first done by a consumer that was later SIGKILLed, how many seconds before the
+        kill (a killed consumer commits nothing after its last auto-commit, every 1 s); the
+        others counted by cause (a consumer whose partitions were lost, session timed out,
+        could not commit what it did since; else "unexplained")."""
         twice = {k[0] for k, n in self.records.items() if n > 1} | {k for k, n in self.dead.items() if n > 1}
         first: dict[str, tuple[float, EventTail]] = {}
         for tail in self.tails:
@@ -198,19 +197,25 @@ class Ledger:
                     at = datetime.fromisoformat(record["time"]).timestamp()
                     if key not in first or at < first[key][0]:
                         first[key] = (at, tail)
-        killed: list[float] = []
+        before_kill: list[float] = []
         causes: Counter[str] = Counter()
         for at, tail in first.values():
             if id(tail.service) in self._killed:
-                killed.append(self._killed[id(tail.service)] - at)
+                before_kill.append(self._killed[id(tail.service)] - at)
             elif any(e.get("event") == "partitions.revoked" and e.get("lost") for e in tail.events):
                 causes["by consumers whose partitions were lost (session timeout)"] += 1
             else:
                 causes["unexplained"] += 1
+        return before_kill, causes
+
+    def explain_duplicates(self) -> str:
+        """`duplicate_origins` for a person: a SIGKILLed consumer's duplicates should all be
+        from its last second or so (the window shown)."""
+        before_kill, causes = self.duplicate_origins()
         parts = [f"{n} first done {why}" for why, n in causes.items()]
-        if killed:
-            parts.insert(0, f"{len(killed)} first done by SIGKILLed consumers in their last "
-                            f"{max(killed):.1f} s")
+        if before_kill:
+            parts.insert(0, f"{len(before_kill)} first done by SIGKILLed consumers in their last "
+                            f"{max(before_kill):.1f} s")
         return "duplicates: " + ", ".join(parts)
 
     def outstanding(self) -> set[str]:

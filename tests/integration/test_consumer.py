@@ -6,7 +6,9 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from jobpipe.job import Job
 from tests.integration.conftest import Pipeline, processed
@@ -17,6 +19,13 @@ SCRIPTED = "tests.handlers:scripted"
 
 def job(seq: int, **payload: object) -> Job:
     return Job.new(9, seq, payload=payload or {"message": "ok"})
+
+
+def seconds_between(earlier: dict[str, Any], later: dict[str, Any]) -> float:
+    """Seconds between two log events, from their `time` fields (RFC 3339, milliseconds)."""
+    def at(e: dict[str, Any]) -> datetime:
+        return datetime.fromisoformat(str(e["time"]).replace("Z", "+00:00"))
+    return (at(later) - at(earlier)).total_seconds()
 
 
 def test_failing_attempts_are_retried_with_growing_backoff_then_succeed(pipeline: Pipeline) -> None:
@@ -126,15 +135,22 @@ def test_sigterm_mid_stream_exits_0_and_the_next_consumer_takes_only_the_rest(
     jobs = [job(i) for i in range(200)]
     pipeline.send(jobs, partition=0)
     release = tmp_path / "release"  # jobs from seq 20 on wait for it: the stream is mid-way
-    first = pipeline.start("consumer", handler="tests.handlers:gated", shutdown_timeout_s=5,
+    budget = 5.0
+    first = pipeline.start("consumer", handler="tests.handlers:gated", shutdown_timeout_s=budget,
                            test_gate_seq=20, test_release_file=release)
     first.wait_for("job.processed", 20, timeout=60)
     first.signal(signal.SIGTERM)
     signalled = time.monotonic()
     first.wait_for("service.stopping", timeout=10)
     release.touch()  # the job in hand finishes; nothing more starts
-    assert first.wait(10) == 0, first.tail()
-    assert time.monotonic() - signalled < 5, "within SHUTDOWN_TIMEOUT_S"
+    assert first.wait(budget + 10) == 0, first.tail()
+    took = time.monotonic() - signalled
+    # The promise, as the service measures it: from the signal to its last line.
+    stopping, stopped = first.events("service.stopping")[0], first.events("service.stopped")[-1]
+    assert seconds_between(stopping, stopped) <= budget, "stopped within SHUTDOWN_TIMEOUT_S"
+    # From outside: the same plus a stated margin of 3 s for delivering the signal, the
+    # interpreter's exit and this test's polling on a loaded machine.
+    assert took <= budget + 3, f"exited {took:.1f} s after SIGTERM (SHUTDOWN_TIMEOUT_S={budget:g})"
     done_first = {e["id"] for e in processed(first)}
     assert 20 <= len(done_first) < 200
 

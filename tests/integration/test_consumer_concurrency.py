@@ -8,9 +8,11 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from jobpipe.job import Job
 from tests.integration.conftest import Pipeline, processed
-from tests.service_runner import wait_until
+from tests.observing import happens_within, wait_until
 
 GATED = "tests.handlers:gated"
 
@@ -86,8 +88,57 @@ def test_sigkill_mid_stream_at_concurrency_32_loses_nothing(pipeline: Pipeline, 
     wait_until(lambda: done_first | {e["id"] for e in processed(second)} >= {j.id for j in jobs},
                120, "every job to be processed by one consumer or the other")
     assert second.stop() == 0, second.tail()
-    redone = done_first & {e["id"] for e in processed(second)}
-    assert len(redone) <= 1000, "at most MAX_IN_FLIGHT jobs finished above the watermark are redone"
+    # How many are redone is bounded by test_after_a_sigkill_the_next_owner_reruns_at_most_max_in_flight
+    # (here the gate holds the jobs from seq 400, so no count above 400 could fail).
+
+
+HELD_SEQ = 10**6  # the gated handler holds jobs from this seq on until the release file exists
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "defect in the consumer engine (issue 22's scope, not tests-hygiene's): Scheduler.held counts "
+    "only unfinished jobs, so jobs finished above a partition's oldest unfinished one are not "
+    "bounded by MAX_IN_FLIGHT; all 200 are run again after the SIGKILL"))
+def test_after_a_sigkill_the_next_owner_reruns_at_most_max_in_flight(
+        pipeline: Pipeline, tmp_path: Path) -> None:
+    """README: the committed offset is a partition's oldest unfinished job, so after a crash
+    the next owner re-runs what finished above it, at most MAX_IN_FLIGHT jobs per member.
+    One partition: a held job at offset 0, then 10 x MAX_IN_FLIGHT quick jobs; the member is
+    killed while the held job still runs. With the bound broken, it finishes every quick job
+    above the held one (within about a second), and the next owner runs them all again."""
+    max_in_flight, quick = 20, 200
+    release = tmp_path / "release"
+    record = tmp_path / "record.txt"
+    pipeline.ensure_topics(partitions=1)
+    held = keyed(HELD_SEQ, "held")
+    jobs = [held, *(keyed(seq, f"k{seq}") for seq in range(quick))]
+    pipeline.send(jobs)
+    settings = {"handler": GATED, "consumer_concurrency": 4, "ordering": "none",
+                "max_in_flight": max_in_flight, "test_handler_sleep_ms": 1, "test_gate_seq": HELD_SEQ,
+                "test_release_file": release,
+                "kafka_extra_config": "session.timeout.ms=6000"}  # the next owner's wait
+    first = pipeline.start("consumer", test_record_file=record, **settings)
+    wait_until(lambda: record.exists() and f"start held {HELD_SEQ}" in record.read_text(), 60,
+               f"the held job to start\n{first.tail()}")
+    # The member may finish at most MAX_IN_FLIGHT jobs above the held one; give it the chance to
+    # break that: until it finished every quick job (the bound broken), or for 10 s (a member
+    # that keeps the bound goes idle, however fast or slow the machine).
+    happens_within(lambda: len(processed(first)) >= quick, 10)
+    first.kill()
+    done_first = {e["id"] for e in processed(first)}
+    assert held.id not in done_first, "the held job held the committed offset throughout"
+    release.touch()
+
+    second = pipeline.start("consumer", **settings)
+    # The committed offset is the held job's, so the next owner runs every job from there.
+    second.wait_for("job.processed", len(jobs), timeout=90)
+    assert second.stop() == 0, second.tail()
+    done_second = [e["id"] for e in processed(second)]
+    assert Counter(done_second) == Counter({j.id: 1 for j in jobs}), "none lost, none twice there"
+    redone = done_first & set(done_second)
+    assert len(redone) <= max_in_flight, (
+        f"{len(redone)} jobs finished before the SIGKILL were run again; README bounds that by "
+        f"MAX_IN_FLIGHT={max_in_flight}")
 
 
 def test_sigterm_at_concurrency_32_processes_nothing_twice(pipeline: Pipeline, tmp_path: Path) -> None:

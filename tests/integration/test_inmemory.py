@@ -40,11 +40,18 @@ def test_a_full_queue_blocks_the_producers_and_every_job_still_completes() -> No
 
 
 def test_retries_then_dead_letters_use_the_same_policy_as_the_consumer() -> None:
-    run = run_to_end("inmemory", timeout=60, handler="tests.handlers:scripted",
-                     producers=1, jobs_per_producer=3, max_attempts=2, retry_backoff_initial_ms=10)
-    # the default payload is {"message": ...}: scripted succeeds at once
-    assert run.process.returncode == 0
-    assert len(run.events("job.processed")) == 3
+    recovering = run_to_end("inmemory", timeout=60, handler="tests.handlers:fails_first_attempt",
+                            producers=1, jobs_per_producer=3, max_attempts=2,
+                            retry_backoff_initial_ms=200, retry_backoff_max_ms=200)
+    assert recovering.process.returncode == 0, recovering.tail()
+    retries = recovering.events("job.retry")
+    assert [e["attempt"] for e in retries] == [1, 1, 1], "each job failed its first attempt once"
+    assert all(100 <= e["delay_ms"] <= 200 for e in retries), "equal jitter: half to all of 200 ms"
+    done = recovering.events("job.processed")
+    assert sorted(e["id"] for e in done) == sorted(e["id"] for e in retries)
+    assert all(e["attempt"] == 2 for e in done), "succeeded on the retry"
+    assert recovering.events("job.dead_lettered") == []
+
     failing = run_to_end("inmemory", timeout=60, handler="tests.handlers:always_fails",
                          producers=1, jobs_per_producer=2, max_attempts=3, retry_backoff_initial_ms=10)
     assert failing.process.returncode == 0, "every job accounted for: dead-lettered"
@@ -54,9 +61,10 @@ def test_retries_then_dead_letters_use_the_same_policy_as_the_consumer() -> None
 
 
 def test_sigterm_stops_producing_drains_the_queue_and_exits_0() -> None:
-    run = ServiceProcess("inmemory", jobs_per_producer=0, handler="tests.handlers:slow", queue_capacity=10)
-    run.wait_for("job.processed", 10, timeout=30)
-    assert run.stop(timeout=20) == 0, run.tail()
+    with ServiceProcess("inmemory", jobs_per_producer=0, handler="tests.handlers:slow",
+                        queue_capacity=10) as run:
+        run.wait_for("job.processed", 10, timeout=30)
+        assert run.stop(timeout=20) == 0, run.tail()
     stopped = run.events("service.stopped")[-1]
     assert stopped["abandoned"] == 0
     assert stopped["processed"] == stopped["produced"] == len(run.events("job.processed"))
@@ -67,13 +75,13 @@ def test_sigterm_with_a_full_queue_and_a_slow_handler_stops_within_the_budget() 
     counts from the signal, not from when the consumers' end markers fit in (jobs abandoned:
     exit 1)."""
     budget = 3.0
-    run = ServiceProcess("inmemory", producers=1, consumers=1, jobs_per_producer=0, queue_capacity=5,
-                         handler="tests.handlers:paced", test_handler_sleep_ms=20_000,
-                         shutdown_timeout_s=budget)
-    run.wait_for("job.produced", count=6, timeout=60)  # queue full, one job in the handler
-    signalled = time.monotonic()
-    exit_code = run.stop(timeout=budget + 30)
-    took = time.monotonic() - signalled
+    with ServiceProcess("inmemory", producers=1, consumers=1, jobs_per_producer=0, queue_capacity=5,
+                        handler="tests.handlers:paced", test_handler_sleep_ms=20_000,
+                        shutdown_timeout_s=budget) as run:
+        run.wait_for("job.produced", count=6, timeout=60)  # queue full, one job in the handler
+        signalled = time.monotonic()
+        exit_code = run.stop(timeout=budget + 30)
+        took = time.monotonic() - signalled
     assert took <= budget + 5, f"stopped {took:.1f} s after SIGTERM:\n{run.tail()}"
     assert exit_code == 1, run.tail()
     stopped = run.events("service.stopped")[-1]

@@ -4,8 +4,6 @@ is down); each consumer replica reports consumer_lag only for the partitions it 
 
 from __future__ import annotations
 
-import re
-import urllib.request
 from collections.abc import Callable
 
 from local_kafka import LocalKafkaCluster
@@ -15,15 +13,8 @@ from consumer_service.lag_exporter import LagReader
 from consumer_service.settings import ConsumerSettings
 from jobpipe.job import Job
 from tests.integration.conftest import Pipeline
-from tests.service_runner import free_port, wait_until
-
-
-def get(url: str) -> str:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return str(answer.read().decode())
-    except OSError:
-        return ""
+from tests.observing import http_get, metric, samples, wait_until
+from tests.service_runner import free_port
 
 
 def group_lag(pipeline: Pipeline) -> dict[int, float]:
@@ -68,13 +59,16 @@ def test_lag_exporter_reports_the_groups_lag_from_the_broker(pipeline: Pipeline)
 
 
 def lag_partitions(body: str) -> set[int]:
-    series = re.findall(r'^consumer_lag\{partition="(\d+)",topic="[^"]+"\} ', body, re.MULTILINE)
-    return {int(p) for p in series}
+    return {int(labels["partition"]) for labels, _ in samples(body, "consumer_lag")}
 
 
 def owned_count(body: str) -> float:
-    found = re.findall(r"^consumer_partitions_owned ([0-9.e+-]+)$", body, re.MULTILINE)
-    return float(found[0]) if found else -1.0
+    found = metric(body, "consumer_partitions_owned")
+    return -1.0 if found is None else found
+
+
+def text(url: str) -> str:
+    return http_get(url)[1]
 
 
 def test_each_partitions_lag_is_reported_by_its_owner_only(pipeline: Pipeline) -> None:
@@ -85,19 +79,19 @@ def test_each_partitions_lag_is_reported_by_its_owner_only(pipeline: Pipeline) -
     ports = [free_port(), free_port()]
     first = pipeline.start("consumer", metrics_port=ports[0])
     urls = [f"http://127.0.0.1:{port}/metrics" for port in ports]
-    wait_until(lambda: lag_partitions(get(urls[0])) == {0, 1, 2} and owned_count(get(urls[0])) == 3, 60,
+    wait_until(lambda: lag_partitions(text(urls[0])) == {0, 1, 2} and owned_count(text(urls[0])) == 3, 60,
                "the first replica reporting the lag of all 3 partitions")
     pipeline.start("consumer", metrics_port=ports[1])
 
     def split() -> tuple[set[int], set[int]] | None:
-        bodies = [get(url) for url in urls]
+        bodies = [text(url) for url in urls]
         mine, theirs = lag_partitions(bodies[0]), lag_partitions(bodies[1])
         owned = owned_count(bodies[0]) + owned_count(bodies[1])
         ok = mine and theirs and not mine & theirs and mine | theirs == {0, 1, 2} and owned == 3
         return (mine, theirs) if ok else None
     mine, theirs = wait_until(split, 60, "the 3 partitions' lag split between the replicas, none twice",
                               poll=0.5)
-    assert owned_count(get(urls[0])) == len(mine) and owned_count(get(urls[1])) == len(theirs)
+    assert owned_count(text(urls[0])) == len(mine) and owned_count(text(urls[1])) == len(theirs)
     assert first.stop() == 0
 
 
@@ -115,23 +109,24 @@ def test_lag_exporter_stops_exporting_lag_while_the_broker_is_away(
         exporter = pipeline.start("python", "-m", "consumer_service.lag_exporter", metrics_port=port)
 
         def exported() -> bool:
-            body = get(url)
-            return "consumer_group_lag{" in body and "consumer_group_members{" in body
+            body = text(url)
+            return metric(body, "consumer_group_lag") is not None and \
+                metric(body, "consumer_group_members") is not None
         wait_until(lambda: exported() or exporter.process.poll() is not None, 60, "the group's lag exported")
         assert exporter.process.poll() is None, exporter.tail()
-        lag = re.findall(r'^consumer_group_lag\{[^}]*\} ([0-9.e+]+)$', get(url), re.MULTILINE)
-        assert sum(float(v) for v in lag) == 6
+        assert metric(text(url), "consumer_group_lag") == 6
 
         failures = len(exporter.events("lag.read_failed"))  # a broker just started may refuse a read
         cluster.stop()
         exporter.wait_for("lag.read_failed", count=failures + 1, timeout=60)
 
         def stale_gone() -> str | None:
-            body = get(url)
-            current = "consumer_group_lag{" in body or "consumer_group_members{" in body
+            body = text(url)
+            current = metric(body, "consumer_group_lag") is not None or \
+                metric(body, "consumer_group_members") is not None
             return None if current else body
         body = wait_until(stale_gone, 30, "the last lag and member count no longer exported")
-        assert "consumer_group_lag_updated_timestamp_seconds{" in body
+        assert metric(body, "consumer_group_lag_updated_timestamp_seconds") is not None
     finally:
         for service in pipeline.started:
             service.kill()

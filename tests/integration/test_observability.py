@@ -3,27 +3,11 @@ membership keeps a restarted replica's partitions without a group-wide rebalance
 
 from __future__ import annotations
 
-import re
-import urllib.error
-import urllib.request
+from pathlib import Path
 
 from tests.integration.conftest import Pipeline
-from tests.service_runner import ServiceProcess, free_port, wait_until
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, ""
-    except OSError:
-        return 0, ""
-
-
-def metric(body: str, name: str) -> float:
-    values = re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", body, re.MULTILINE)
-    return sum(float(v) for v in values)
+from tests.observing import http_get, metric, owned_by_member, scrape, split_among, wait_until
+from tests.service_runner import ServiceProcess, free_port
 
 
 def test_consumer_serves_metrics_health_and_readiness(pipeline: Pipeline) -> None:
@@ -32,16 +16,40 @@ def test_consumer_serves_metrics_health_and_readiness(pipeline: Pipeline) -> Non
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     consumer = pipeline.start("consumer", metrics_port=port)
-    wait_until(lambda: get(f"{base}/healthz")[0] == 200, 30, "/healthz")
-    wait_until(lambda: get(f"{base}/readyz")[0] == 200, 30, "/readyz after joining the group")
+    wait_until(lambda: http_get(f"{base}/healthz")[0] == 200, 30, "/healthz")
+    wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 30, "/readyz after joining the group")
     consumer.wait_for("job.processed", 20)
-    wait_until(lambda: metric(get(f"{base}/metrics")[1], "jobs_processed_total") == 20, 10, "processed=20")
-    body = get(f"{base}/metrics")[1]
+    wait_until(lambda: scrape(port, "jobs_processed_total") == 20, 10, "processed=20")
+    body = http_get(f"{base}/metrics")[1]
     assert metric(body, "job_processing_seconds_count") == 20
     for name in ("jobs_failed_total", "jobs_retried_total", "jobs_dead_lettered_total"):
         assert f"{name} 0.0" in body
-    wait_until(lambda: "consumer_lag{" in get(f"{base}/metrics")[1], 15, "consumer_lag from statistics")
+    wait_until(lambda: "consumer_lag{" in http_get(f"{base}/metrics")[1], 15, "consumer_lag from statistics")
     assert consumer.stop() == 0
+
+
+def test_healthz_answers_503_while_a_workers_loop_is_stalled_and_200_once_it_turns_again(
+        pipeline: Pipeline, tmp_path: Path) -> None:
+    """The real consumer, run by tests/stalling_consumer.py: its loop blocks while a file
+    exists, and the stall limit is 3 s instead of 60 s (a slow handler is not a stall: it runs
+    on its own thread)."""
+    pipeline.ensure_topics()
+    port = free_port()
+    health = f"http://127.0.0.1:{port}/healthz"
+    stall = tmp_path / "stall"
+    consumer = pipeline.start("python", "-m", "tests.stalling_consumer", metrics_port=port,
+                              test_stall_s=3, test_stall_file=stall)
+    consumer.wait_for("partitions.assigned", timeout=60)
+    wait_until(lambda: http_get(health)[0] == 200, 30, "/healthz 200 while the loop turns")
+    stall.touch()
+
+    def unhealthy() -> str | None:
+        status, body = http_get(health)
+        return body if status == 503 else None
+    assert wait_until(unhealthy, 30, "/healthz 503 once the loop has not turned for 3 s") == "not ready\n"
+    stall.unlink()
+    wait_until(lambda: http_get(health)[0] == 200, 30, "/healthz 200 again once the loop turns")
+    assert consumer.stop() == 0, consumer.tail()
 
 
 def test_continuous_producer_serves_metrics(pipeline: Pipeline) -> None:
@@ -49,26 +57,16 @@ def test_continuous_producer_serves_metrics(pipeline: Pipeline) -> None:
     port = free_port()
     producer = pipeline.start("producer", metrics_port=port, messages_per_worker=0, produce_rate=50)
     producer.wait_for("job.produced", 20)
-    wait_until(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 10, "producer ready")
+    wait_until(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 10, "producer ready")
     # jobs_produced_total is brought up to date in bulk (issue 10), a moment after the lines.
-    wait_until(lambda: metric(get(f"http://127.0.0.1:{port}/metrics")[1], "jobs_produced_total") >= 20,
-               10, "jobs_produced_total to reach the 20 jobs logged")
+    wait_until(lambda: (scrape(port, "jobs_produced_total") or 0) >= 20, 10,
+               "jobs_produced_total to reach the 20 jobs logged")
     assert producer.stop() == 0
 
 
-def owned_by_member(consumer: ServiceProcess) -> dict[str, set[int]]:
-    """Each group member's partitions after the latest rebalance event it logged."""
-    changes = sorted(consumer.events("partitions.assigned") + consumer.events("partitions.revoked"),
-                     key=lambda e: e["time"])
-    return {e["consumer"]: set(e["owned"]) for e in changes}
-
-
 def settled_split(consumer: ServiceProcess, members: int) -> dict[str, set[int]] | None:
-    owned = owned_by_member(consumer)
-    split = sorted(p for partitions in owned.values() for p in partitions)
-    if len(owned) == members and all(owned.values()) and split == [0, 1, 2]:
-        return owned
-    return None
+    owned = owned_by_member(consumer.events())
+    return owned if split_among(owned, members, 3) else None
 
 
 def test_static_member_restarted_quickly_gets_its_partitions_back_without_rebalance(

@@ -211,13 +211,10 @@ def test_a_broker_restart_during_a_redrive_loses_and_doubles_nothing(
         first.wait_for("redrive.progress", 5, timeout=90)
         cluster.kill_node(0)  # SIGKILL: a crash, in the middle of a transaction
         cluster.start_node(0)
-        code = first.wait(180)
-        if code == 0:  # it rode out the restart
-            assert json.loads(first.output)["moved"] == len(jobs)
-        else:  # it gave up (one line, non-zero exit): a second run finishes the job
-            assert first.events("service.failed"), first.tail()
-            second = run_json(line, "redrive", "--json", kafka_wait_timeout_s=60)
-            assert second["moved"] + second["already_redriven"] == len(jobs)
+        # README: the run retries through a broker restart; it exits non-zero only when Kafka
+        # stays away longer than KAFKA_WAIT_TIMEOUT_S (60 s here; the restart takes seconds).
+        assert first.wait(180) == 0, f"redrive gave up on a broker restart:\n{first.tail()}"
+        assert json.loads(first.output)["moved"] == len(jobs)
         assert_each_once(line, jobs)
     finally:
         for service in line.started:

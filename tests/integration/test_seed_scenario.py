@@ -7,22 +7,18 @@ from collections import Counter
 from confluent_kafka import fnv1a, murmur2
 
 from tests.integration.conftest import Pipeline, processed
-from tests.service_runner import ServiceProcess, wait_until
+from tests.observing import owned_by_member, split_among, wait_until
+from tests.service_runner import ServiceProcess
 
 SEED_KEYS = {f"p{w}-m{s}" for w in (1, 2) for s in range(10)}
-
-
-def owned(consumer: ServiceProcess) -> set[int]:
-    changes = consumer.events("partitions.assigned") + consumer.events("partitions.revoked")
-    changes.sort(key=lambda e: e["time"])
-    return set(changes[-1]["owned"]) if changes else set()
 
 
 def wait_for_split(consumers: list[ServiceProcess], partitions: int, timeout: float = 60) -> None:
     """Until every consumer owns some partitions and together they own all, once each."""
     def split() -> bool:
-        sets = [owned(c) for c in consumers]
-        return all(sets) and sorted(p for s in sets for p in s) == list(range(partitions))
+        owned = {str(n): set().union(*owned_by_member(c.events()).values())
+                 for n, c in enumerate(consumers)}
+        return split_among(owned, len(consumers), partitions)
     wait_until(split, timeout, f"{len(consumers)} consumers to share {partitions} partitions")
 
 

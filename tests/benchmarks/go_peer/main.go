@@ -3,7 +3,7 @@
 // wants throughput would set it up.
 //
 //	gopeer produce -brokers HOST:PORT -topic T -file jobs.tsv [-writers 2] [-per-write 10000]
-//	gopeer consume -brokers HOST:PORT -topic T -group G -messages N [-readers 2]
+//	gopeer consume -brokers HOST:PORT -topic T -group G -messages N [-readers 2] [-handle]
 //
 // produce sends every "key\tvalue" line of the file (the bytes the producer service sent) with
 // one kafka.Writer (Hash balancer, acks=all) shared by -writers goroutines, each calling
@@ -14,6 +14,12 @@
 // committed every second, and once more when the readers close) until it has seen N distinct
 // messages. The readers start reading once the group is stable with each of them owning
 // partitions, so the group join is not timed; timed from the first message read to the N-th.
+// Without -handle it reads raw bytes and commits what it has read (ReadMessage): a reference.
+// With -handle it does what the consumer service does for each message: decode the JSON into
+// a job (json.Unmarshal into a struct, payload and created_at included), call a no-op
+// handler, and only then mark the offset for the next commit (FetchMessage, CommitMessages:
+// every second, as the service's auto.commit.interval.ms=1000). Run with -readers 1 it has
+// the parallelism of one service member (CONSUMER_WORKERS=1, CONSUMER_CONCURRENCY=1).
 //
 // Either prints one JSON line: messages, seconds, bytes (values) and a few client statistics.
 package main
@@ -30,6 +36,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -50,6 +57,7 @@ func main() {
 	group := flags.String("group", "", "consume: consumer group id")
 	readers := flags.Int("readers", 2, "consume: kafka.Readers in the group")
 	messages := flags.Int("messages", 0, "consume: distinct messages to read (all of the topic)")
+	handle := flags.Bool("handle", false, "consume: decode each job, run a no-op handler, then commit")
 	timeout := flags.Duration("timeout", 10*time.Minute, "give up after this long")
 	_ = flags.Parse(os.Args[2:])
 
@@ -61,7 +69,7 @@ func main() {
 	if mode == "produce" {
 		result, err = produce(ctx, addrs, *topic, *file, *writers, *perWrite)
 	} else {
-		result, err = consume(ctx, addrs, *topic, *group, *readers, *messages)
+		result, err = consume(ctx, addrs, *topic, *group, *readers, *messages, *handle)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "gopeer %s: %v\n", mode, err)
@@ -160,7 +168,42 @@ func readChunks(file string, perWrite int, chunks chan<- []kafka.Message) error 
 	return lines.Err()
 }
 
-func consume(ctx context.Context, brokers []string, topic, group string, readers, messages int) (map[string]any, error) {
+// job is the wire format (shared/jobpipe/job.py), decoded as the service decodes it.
+type job struct {
+	ID        string     `json:"id"`
+	Key       string     `json:"key"`
+	Producer  int        `json:"producer"`
+	Seq       int        `json:"seq"`
+	CreatedAt time.Time  `json:"created_at"`
+	Payload   any        `json:"payload"`
+	Type      string     `json:"type,omitempty"`
+	NotBefore *time.Time `json:"not_before,omitempty"`
+}
+
+var handled atomic.Int64 // what the no-op handler saw (keeps the decoded job in use)
+
+// noop is the benchmark's handler, like tests.handlers:noop.
+//
+//go:noinline
+func noop(j *job) error {
+	if j.ID == "" {
+		return errors.New("a job without an id")
+	}
+	handled.Add(1)
+	return nil
+}
+
+// process decodes one message into a job and runs the handler: the service's work per job.
+func process(m kafka.Message) error {
+	var j job
+	if err := json.Unmarshal(m.Value, &j); err != nil {
+		return fmt.Errorf("partition %d offset %d is not a job: %w", m.Partition, m.Offset, err)
+	}
+	return noop(&j)
+}
+
+func consume(ctx context.Context, brokers []string, topic, group string, readers, messages int,
+	handle bool) (map[string]any, error) {
 	if messages <= 0 {
 		return nil, errors.New("-messages must be the topic's message count")
 	}
@@ -198,7 +241,19 @@ func consume(ctx context.Context, brokers []string, topic, group string, readers
 		go func() {
 			defer wg.Done()
 			for {
-				m, err := r.ReadMessage(reading)
+				var m kafka.Message
+				var err error
+				if handle {
+					m, err = r.FetchMessage(reading)
+					if err == nil {
+						err = process(m)
+					}
+					if err == nil {
+						err = r.CommitMessages(reading, m) // after handling; sent every CommitInterval
+					}
+				} else {
+					m, err = r.ReadMessage(reading)
+				}
 				if err != nil {
 					if reading.Err() == nil || ctx.Err() != nil {
 						mu.Lock()
@@ -235,7 +290,7 @@ func consume(ctx context.Context, brokers []string, topic, group string, readers
 		rebalances += r.Stats().Rebalances
 	}
 	return map[string]any{"messages": distinct, "seconds": last.Sub(first).Seconds(), "bytes": valueBytes,
-		"readers": readers, "read": read, "generations": rebalances}, nil
+		"readers": readers, "read": read, "generations": rebalances, "handled": handle}, nil
 }
 
 // waitForGroup returns once the group is stable with `members` members, each owning partitions.
