@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
-from jobpipe.client import AsyncJobClient, JobClient, TopicMissing
+from jobpipe.client import AsyncJobClient, JobClient, SubmitFailed, TopicMissing
 from jobpipe.errors import KafkaUnreachable
 from jobpipe.job import InvalidJob, Job
 from tests.integration.client_handlers import records
@@ -155,3 +156,29 @@ def test_the_submit_command_exit_codes(pipeline: Pipeline) -> None:
     assert fine.returncode == 0
     [only] = pipeline.read(pipeline.topic, 1)  # the bad inputs sent nothing
     assert Job.from_bytes(only.value()).id == fine.stdout.strip()
+
+
+def test_a_job_the_broker_refuses_raises_with_the_brokers_reason(
+        pipeline: Pipeline, admin: AdminClient) -> None:
+    """A topic whose messages may have at most 1 KiB: the broker refuses bigger ones (and with
+    them the whole batch they were sent in); every job is acknowledged or raises, none is lost."""
+    for future in admin.create_topics([NewTopic(pipeline.topic, 1, 1,
+                                                config={"max.message.bytes": "1024"})]).values():
+        future.result(30)
+    too_large = "Broker: Message size too large"
+    with client(pipeline) as jobs:
+        with pytest.raises(SubmitFailed, match=f"^job .* was not acknowledged: {too_large}$"):
+            jobs.submit("x" * 4000)
+        futures = [jobs.submit_async("y" * 4000), jobs.submit_async("small")]
+        with pytest.raises(SubmitFailed) as refused:
+            jobs.submit_many(["z" * 4000, "fine"])
+        assert too_large in str(refused.value) and set(refused.value.failed.values()) == {too_large}
+        last = jobs.submit("alone")
+    outcomes = [future.exception(0) or future.result(0) for future in futures]
+    assert isinstance(outcomes[0], SubmitFailed) and outcomes[0].reason == too_large
+    acknowledged = [job_id for job_id in outcomes if isinstance(job_id, str)] + [last]
+    count = len(acknowledged) + 2 - len(refused.value.failed)  # submit_many's acknowledged ones
+    stored = {Job.from_bytes(m.value()).id: Job.from_bytes(m.value()).payload
+              for m in pipeline.read(pipeline.topic, count)}
+    assert set(acknowledged) <= set(stored) and stored[last] == "alone"
+    assert not any(len(str(payload)) == 4000 for payload in stored.values())
