@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -182,3 +183,32 @@ def test_a_job_the_broker_refuses_raises_with_the_brokers_reason(
               for m in pipeline.read(pipeline.topic, count)}
     assert set(acknowledged) <= set(stored) and stored[last] == "alone"
     assert not any(len(str(payload)) == 4000 for payload in stored.values())
+
+
+def test_one_client_is_shared_by_threads(pipeline: Pipeline) -> None:
+    """Threads submit one at a time, without waiting, and in batches through one client:
+    each gets its own jobs' ids, and every job is in the topic once."""
+    pipeline.ensure_topics()
+    per_thread = 300
+    ids: dict[int, list[str]] = {}
+    with client(pipeline) as jobs:
+        def work(number: int) -> None:
+            if number % 3 == 0:
+                ids[number] = [jobs.submit({"t": number, "n": n}) for n in range(per_thread)]
+            elif number % 3 == 1:
+                futures = [jobs.submit_async({"t": number, "n": n}) for n in range(per_thread)]
+                ids[number] = [future.result(30) for future in futures]
+            else:
+                ids[number] = jobs.submit_many([{"t": number, "n": n} for n in range(per_thread)])
+
+        threads = [threading.Thread(target=work, args=(number,)) for number in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert len(jobs) == 0, "nothing left unacknowledged"
+    assert sorted(ids) == list(range(6))
+    stored = {Job.from_bytes(m.value()).id: Job.from_bytes(m.value()).payload
+              for m in pipeline.read(pipeline.topic, 6 * per_thread)}
+    for number, mine in ids.items():
+        assert [stored[job_id] for job_id in mine] == [{"t": number, "n": n} for n in range(per_thread)]
