@@ -147,8 +147,8 @@ class JobClient:
         SubmitFailed. InvalidJob (nothing sent) is raised here."""
         job = encode_job(payload, type, key, id)
         future = JobFuture(job.id, self)
-        self.send(job, headers, future.delivered)
-        return future
+        self.send(job, headers, future)
+        return future  # (the hot path: every line here costs a job about 0.1 us)
 
     def submit_many(self, payloads: Iterable[Any], *, type: str | None = None,  # noqa: A002
                     headers: Headers = None) -> list[str]:
@@ -176,6 +176,16 @@ class JobClient:
             value = job.to_bytes()
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as error:
             raise InvalidJob(f"the payload is not JSON-serialisable: {error}") from None
+        if not headers:  # the common case, without the loop (about 0.3 us a job)
+            try:
+                self._producer.produce(self.topic, value, job.key, on_delivery=delivered)
+            except (BufferError, KafkaException):
+                pass
+            else:
+                self._unserved += 1
+                if self._unserved >= REPORT_EVERY and self._reports is None:
+                    self._serve(0)
+                return job.id
         header_map = dict(headers) if headers else None
         while True:
             try:
@@ -278,21 +288,21 @@ class JobClient:
                 time.sleep(0.001)  # someone else is polling right now
 
 
-class JobFuture:
+class JobFuture(msgspec.Struct, gc=False):
     """The outcome of one `submit_async`: `result()` is the job's id once acknowledged, or
     raises SubmitFailed. Light, as a million of them may be waiting: no lock of its own (the
-    client's one condition is notified once per batch of reports)."""
+    client's one condition is notified once per batch of reports), and not tracked by the
+    garbage collector (a Struct with gc=False; it holds no cycle): 300k futures kept in a
+    list made the collector's passes a fifth of the submitting thread's time (py-spy)."""
 
-    __slots__ = ("_client", "_done", "_error", "id")
+    id: str
+    _client: Any  # the JobClient, which serves the reports a waiter needs
+    _done: bool = False
+    _error: SubmitFailed | None = None
 
-    def __init__(self, job_id: str, client: JobClient) -> None:
-        self.id = job_id
-        self._done = False
-        self._error: SubmitFailed | None = None
-        self._client = client
-
-    def delivered(self, error: KafkaError | None, _message: Message) -> None:
-        """The job's delivery report (on the report thread)."""
+    def __call__(self, error: KafkaError | None, _message: Message) -> None:
+        """The job's delivery report (librdkafka holds the future itself as the callback: a
+        bound method per job would be an object the garbage collector tracks)."""
         if error is not None:
             self._error = SubmitFailed(self.id, error.str())
         self._done = True
@@ -313,6 +323,8 @@ class JobFuture:
     def result(self, timeout: float | None = None) -> str:
         """The job's id once acknowledged; raises SubmitFailed, or TimeoutError (the job may
         still be delivered) after `timeout` seconds."""
+        if self._done and self._error is None:
+            return self.id
         error = self.exception(timeout)
         if error is not None:
             raise error
@@ -321,7 +333,6 @@ class JobFuture:
     def __repr__(self) -> str:
         state = "pending" if not self._done else "failed" if self._error else "acknowledged"
         return f"JobFuture({self.id!r}, {state})"
-
 
 class _Batch:
     """The outcomes of `submit_many`'s jobs: counted (on the report thread), failures by id."""

@@ -9,7 +9,12 @@
 
 Each runs in a process of its own (`python -m tests.benchmarks.client_bench rate|latency ...`,
 printing one JSON line), as the producer service does, so the test process's threads do not
-share its interpreter.
+share its interpreter. Without the rest of `make bench`, on a broker that is already running:
+
+    PYTHONPATH=deploy/kafka .venv/bin/python -m tests.benchmarks.client_bench compare localhost:9092 200000 3
+
+runs the producer service and the client in turn (3 rounds of 200,000 jobs each) and then the
+latency run, printing each result.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import statistics
 import sys
 import time
+import uuid
 
 from tests.benchmarks import bench
 from tests.benchmarks.bench import BenchmarkError, Kafka, Report, Row, Tracked
@@ -96,7 +102,38 @@ def client_comparison(kafka: Kafka, report: Report) -> None:
     report.keys["client_submit_p99_ms"] = waits["p99"]
 
 
+def compare(bootstrap: str, jobs: int, rounds: int) -> None:
+    """The producer service and the client in turn on fresh 6-partition topics, then latency."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+
+    def topic(purpose: str) -> str:
+        name = f"bench-{purpose}-{uuid.uuid4().hex[:8]}"
+        for future in admin.create_topics([NewTopic(name, bench.PARTITIONS, 1)]).values():
+            future.result(30)
+        return name
+
+    limit = max(120.0, jobs / 2000)
+    for round_number in range(1, rounds + 1):
+        service = bench.Service("producer", kafka_bootstrap_servers=bootstrap, jobs_topic=topic("producer"),
+                                producer_workers=2, messages_per_worker=0)
+        with bench.running(service):
+            seconds = bench.time_counter([service], "jobs_produced_total", jobs, timeout=limit)
+            service.stop()
+        rate, process = _run("rate", bootstrap, topic("client"), str(jobs), timeout=limit)
+        client_rate, service_rate = jobs / rate["seconds"], jobs / seconds
+        print(f"round {round_number}: producer service {service_rate:,.0f}/s, client {client_rate:,.0f}/s, "
+              f"ratio {client_rate / service_rate:.2f}, client peak RSS {process.peak_mb or 0:.0f} MB",
+              flush=True)
+    waits, _ = _run("latency", bootstrap, topic("latency"), "1000", "10", timeout=120)
+    print("client submit at 1000/s, linger 0 (ms):", {key: round(value, 3) for key, value in waits.items()})
+
+
 def main(argv: list[str]) -> None:
+    if argv[0] == "compare":
+        compare(argv[1], int(argv[2]), int(argv[3]))
+        return
     kind, bootstrap, topic, *numbers = argv
     if kind == "rate":
         result = measure_rate(bootstrap, topic, int(numbers[0]))
