@@ -1,4 +1,5 @@
-"""The handler contract: HANDLER="package.module:function", a function taking a Job.
+"""The handler contract: HANDLER="package.module:function", a function taking a Job, or
+HANDLER="package.module:registry", a jobpipe.registry.JobRegistry that routes jobs by type.
 
 A handler succeeds by returning and fails by raising; the same function runs unchanged
 in the Kafka consumer and in the in-memory service. `demo_handler` is the built-in one.
@@ -31,7 +32,9 @@ def demo_handler(job: Job) -> None:
 
 
 def load_handler(spec: str) -> HandlerFn:
-    """Import `module:function`; raise ConfigError naming HANDLER if that is not possible."""
+    """Import `module:function`; raise ConfigError naming HANDLER if that is not possible.
+    An object with an `as_handler()` method (a jobpipe.registry.JobRegistry) stands for the
+    function that method returns."""
     module_name, sep, function_name = spec.partition(":")
     if not sep or not module_name or not function_name:
         raise ConfigError(f"HANDLER={spec!r}: expected 'package.module:function'")
@@ -40,6 +43,12 @@ def load_handler(spec: str) -> HandlerFn:
     except Exception as error:  # an import can fail with anything the module raises
         raise ConfigError(f"HANDLER={spec!r}: cannot import {module_name!r}: {error}") from None
     function = getattr(module, function_name, None)
+    as_handler = getattr(function, "as_handler", None)
+    if callable(as_handler):
+        try:
+            return cast(HandlerFn, as_handler())
+        except ValueError as error:
+            raise ConfigError(f"HANDLER={spec!r}: {error}") from None
     if not callable(function):
         raise ConfigError(f"HANDLER={spec!r}: {module_name!r} has no function {function_name!r}")
     return cast(HandlerFn, function)

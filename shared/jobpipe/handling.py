@@ -19,6 +19,7 @@ from jobpipe.executor import is_async_handler, not_awaited
 from jobpipe.handlers import HandlerFn, awaited
 from jobpipe.job import Job
 from jobpipe.logs import enabled, event
+from jobpipe.registry import UnknownJobType
 from jobpipe.retry import RetryPolicy
 
 
@@ -100,9 +101,13 @@ class JobHandler:
         return Attempt(job, number, elapsed * 1000)
 
     def next_step(self, attempt: Attempt) -> Next:
+        """Done, retry, or dead-letter: after MAX_ATTEMPTS, or at once for a job whose type no
+        handler takes (jobpipe.registry: retrying cannot help)."""
         if attempt.error is None:
             return Next.DONE
-        return Next.DEAD_LETTER if self.policy.gives_up_after(attempt.number) else Next.RETRY
+        if self.policy.gives_up_after(attempt.number) or isinstance(attempt.error, UnknownJobType):
+            return Next.DEAD_LETTER
+        return Next.RETRY
 
 
 def describe_origin(origin: dict[str, Any]) -> str:
@@ -116,7 +121,7 @@ def log_processed(attempt: Attempt, consumer: str, **origin: Any) -> None:
         return
     job = attempt.job
     event("job.processed",
-          f"{consumer} processed {job.key} from {describe_origin(origin)} "
+          f"{consumer} processed {job.label} from {describe_origin(origin)} "
           f"(attempt {attempt.number}, {attempt.duration_ms:.1f} ms)",
           id=job.id, key=job.key, **origin, attempt=attempt.number,
           duration_ms=round(attempt.duration_ms, 3), consumer=consumer)
@@ -126,7 +131,7 @@ def log_retry(attempt: Attempt, delay_s: float, consumer: str, **origin: Any) ->
     metrics.JOBS_RETRIED.inc()
     job = attempt.job
     event("job.retry",
-          f"{consumer} will retry {job.key} from {describe_origin(origin)} in {delay_s * 1000:.0f} ms "
+          f"{consumer} will retry {job.label} from {describe_origin(origin)} in {delay_s * 1000:.0f} ms "
           f"after attempt {attempt.number} failed: {attempt.error_text}",
           level="WARNING", id=job.id, key=job.key, **origin, attempt=attempt.number,
           delay_ms=round(delay_s * 1000, 1), error=attempt.error_text, consumer=consumer)
@@ -136,7 +141,14 @@ def log_dead_lettered(key: str | None, job_id: str | None, *, reason: str, attem
                       consumer: str, destination: str, **origin: Any) -> None:
     metrics.JOBS_DEAD_LETTERED.inc()
     event("job.dead_lettered",
-          f"{consumer} dead-lettered {key or '<no key>'} from {describe_origin(origin)} to "
+          f"{consumer} dead-lettered {_label(key, job_id)} from {describe_origin(origin)} to "
           f"{destination} after {attempts} attempt(s): {reason}",
           level="ERROR", id=job_id, key=key, **origin, attempts=attempts, error=reason,
           destination=destination, consumer=consumer)
+
+
+def _label(key: str | None, job_id: str | None) -> str:
+    """A dead letter's name in a log line: its key, else its job id (Job.label), else neither."""
+    if key:
+        return key
+    return f"job {job_id}" if job_id else "<no key>"

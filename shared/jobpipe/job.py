@@ -1,11 +1,18 @@
-"""The Job: what a producer publishes and a handler receives, in Kafka and in memory alike.
+"""The Job: what a client or producer publishes and a handler receives, in Kafka and in memory.
 
-On the wire a job is a JSON object (UTF-8) whose Kafka key is `key`; `id` is unique across
-runs, `key` is the seed's `p{producer}-m{seq}`. The codec is msgspec (a typed Struct and one
-JSON encoder/decoder): making, encoding and decoding a job each cost well under 1 us, where
-the pydantic model it replaced cost 3, 1.3 and 1.7 us (issue 10; `python -m timeit` figures
-are in that issue's closing note). Fields the contract does not name are kept: a job decoded
-with them has them in `extra`, and `to_bytes` writes them back.
+On the wire a job is a JSON object (UTF-8): `id` (unique), `created_at` (RFC 3339 with its
+zone), `payload` (any JSON; absent = null), and optionally `type` (which handler of a registry
+runs it), `key` (also the Kafka message key and the ordering unit; absent = no key) and the
+seed's `producer` and `seq`, which only the demo producer sets (its keys stay `p{n}-m{seq}`).
+Fields left unset are not written. Messages of the earlier format (id, key, producer, seq,
+created_at, payload, all set) decode unchanged. The JSON Schema of this model is checked in
+as job.schema.json (`python -m jobpipe.job_schema` writes it; a unit test compares them).
+
+The codec is msgspec (a typed Struct and one JSON encoder/decoder): making, encoding and
+decoding a job each cost well under 1 us, where the pydantic model it replaced cost 3, 1.3
+and 1.7 us (issue 10; `python -m timeit` figures are in that issue's closing note). Fields
+the contract does not name are kept: a job decoded with them has them in `extra`, and
+`to_bytes` writes them back.
 """
 
 from __future__ import annotations
@@ -33,13 +40,16 @@ Aware = Annotated[datetime, msgspec.Meta(tz=True)]  # RFC 3339 with its time zon
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
-class Job(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=True):
-    """One unit of work. Immutable; equal when the contract fields are equal."""
+class Job(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True,
+          dict=True):
+    """One unit of work. Immutable; equal when the contract fields are equal. Made with `create`
+    (an application's job) or `new` (the demo producer's); fields are keyword-only."""
 
     id: NonEmpty
-    key: NonEmpty
-    producer: Count
-    seq: Count
+    type: NonEmpty | None = None
+    key: NonEmpty | None = None
+    producer: Count | None = None
+    seq: Count | None = None
     created_at: Aware
     payload: Any = None
     # Fields of the message that the contract does not name (kept in the instance's __dict__,
@@ -48,14 +58,28 @@ class Job(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=True):
 
     @classmethod
     def new(cls, producer: int, seq: int, payload: Any = None) -> Job:
+        """The demo producer's job `seq` of worker `producer`, keyed `p{producer}-m{seq}`."""
         key = job_key(producer, seq)
-        return cls(new_id(), key, producer, seq, datetime.now(UTC),
-                   payload if payload is not None else {"message": f"job-{key}"})
+        return cls(id=new_id(), key=key, producer=producer, seq=seq, created_at=datetime.now(UTC),
+                   payload=payload if payload is not None else {"message": f"job-{key}"})
+
+    @classmethod
+    def create(cls, payload: Any = None, *, type: str | None = None,  # noqa: A002 (the wire name)
+               key: str | None = None, id: str | None = None) -> Job:  # noqa: A002
+        """An application's job: a new id unless `id` is given (an idempotent resubmit)."""
+        return cls(id=new_id() if id is None else id, type=type, key=key, created_at=datetime.now(UTC),
+                   payload=payload)
+
+    @property
+    def label(self) -> str:
+        """What log lines call the job: its key, or `job <id>` when it has none."""
+        return self.key if self.key is not None else f"job {self.id}"
 
     def to_bytes(self) -> bytes:
         if not self.extra:
             return _encode(self)
-        return _encode({**self.extra, **msgspec.structs.asdict(self)})
+        own = {name: value for name, value in msgspec.structs.asdict(self).items() if value is not None}
+        return _encode({**self.extra, **own})
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> Job:

@@ -16,7 +16,7 @@ from pathlib import Path
 import local_kafka
 import pytest
 
-from tests.benchmarks import bench
+from tests.benchmarks import bench, client_bench
 from tests.benchmarks.bench import Kafka, Report
 from tests.summary_table import SummaryTable
 
@@ -106,3 +106,9 @@ def test_concurrency(kafka: Kafka, report: Report) -> None:
 def test_share_scaling_1_to_4(kafka: Kafka, report: Report) -> None:
     bench.share_scaling(kafka, report)
     assert report.keys["share_scaling_1_to_4"] > 0
+
+
+def test_client_submit(produced: str, kafka: Kafka, report: Report) -> None:
+    client_bench.client_comparison(kafka, report)
+    assert report.keys["client_submit_per_s"] > 0 and report.keys["client_vs_producer"] > 0
+    assert 0 < report.keys["client_submit_p99_ms"] <= report.latency_ms["client submit, linger 0"]["p99.9"]

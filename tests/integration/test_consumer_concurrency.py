@@ -8,6 +8,7 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from jobpipe.job import Job
@@ -19,7 +20,7 @@ GATED = "tests.handlers:gated"
 
 def keyed(seq: int, key: str) -> Job:
     made = Job.new(7, seq, payload={"message": "ok"})
-    return Job(made.id, key, made.producer, made.seq, made.created_at, made.payload)
+    return msgspec.structs.replace(made, key=key)
 
 
 def most_at_once(record: Path) -> int:

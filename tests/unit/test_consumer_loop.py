@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
@@ -150,7 +151,7 @@ def make(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Harness]]:
 
 def job(seq: int, key: str | None = None, **payload: Any) -> Job:
     made = Job.new(3, seq, payload=payload or {"ok": True})
-    return made if key is None else Job(made.id, key, made.producer, made.seq, made.created_at, made.payload)
+    return made if key is None else msgspec.structs.replace(made, key=key)
 
 
 def fails_when_told(job: Job) -> None:

@@ -78,9 +78,9 @@ def test_end_to_end_histogram_counts_successes_from_created_at() -> None:
     handler = JobHandler(demo_handler, RetryPolicy(0.01, 0.1, 3), end_to_end=True)
     stats = metrics.handler_stats()
     before = list(stats.e2e_buckets)
-    old = Job("a" * 32, "p1-m0", 1, 0, datetime.now(UTC) - timedelta(seconds=7), {"m": 1})
-    ahead = Job("b" * 32, "p1-m1", 1, 1, datetime.now(UTC) + timedelta(seconds=30), {"m": 1})
-    bad = Job("c" * 32, "p1-m2", 1, 2, datetime.now(UTC), 42)  # the demo handler refuses it
+    old = Job(id="a" * 32, key="p1-m0", created_at=datetime.now(UTC) - timedelta(seconds=7), payload={"m": 1})
+    ahead = Job(id="b" * 32, key="p1-m1", created_at=datetime.now(UTC) + timedelta(seconds=30), payload="m")
+    bad = Job(id="c" * 32, key="p1-m2", created_at=datetime.now(UTC), payload=42)  # demo handler refuses
     assert handler.attempt(old, 1).error is None
     assert handler.attempt(ahead, 1).error is None
     assert handler.attempt(bad, 1).error is not None  # a failure is not "processed": not counted

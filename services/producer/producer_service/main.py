@@ -1,4 +1,4 @@
-"""Entry point of the `producer` console script.
+"""Entry point of the `producer` console script (`producer submit`: producer_service.submit).
 
 PRODUCER_WORKERS workers each send their own sequence of jobs, keyed `p{worker}-m{seq}`, at
 PRODUCE_RATE each, through one idempotent librdkafka producer. One thread makes and sends the
@@ -20,6 +20,7 @@ acknowledged makes it exit 1.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -32,6 +33,7 @@ from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import producer_config, wait_for_broker
 from jobpipe.logs import enabled, event
 from jobpipe.service import Outcome, Probes, run_service
+from producer_service import submit
 from producer_service.settings import ProducerSettings
 
 REPORT_EVERY = 1000  # jobs sent at full speed between serving reports and updating metrics
@@ -203,4 +205,7 @@ def produce(settings: ProducerSettings, stop: threading.Event, probes: Probes) -
 
 
 def main() -> None:
+    """`producer`: the demo jobs; `producer submit ...`: the given jobs (producer_service.submit)."""
+    if sys.argv[1:2] == ["submit"]:
+        submit.main(sys.argv[2:])
     run_service("producer", ProducerSettings, produce)

@@ -1,0 +1,1 @@
+"""Example jobpipe handlers: HANDLER=image_jobs.jobs:registry."""
