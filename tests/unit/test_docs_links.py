@@ -14,10 +14,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Docs another branch is writing right now (the client API, the job-type registry): README links
-# to them already. Only these may be missing; the lead empties this set when the branches merge.
-PENDING_DOCS = {"docs/client.md", "docs/handlers.md"}
-
 FENCE = re.compile(r"^\s*(```|~~~)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 INLINE_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -75,7 +71,7 @@ def links(text: str) -> Iterator[str]:
         yield from INLINE_LINK.findall(INLINE_CODE.sub("", line))
 
 
-def broken_links(repo: Path, pending: set[str]) -> list[str]:
+def broken_links(repo: Path) -> list[str]:
     """One line per relative link of the documents that reaches no file, or no heading."""
     problems: list[str] = []
     for document in documents(repo):
@@ -90,8 +86,7 @@ def broken_links(repo: Path, pending: set[str]) -> list[str]:
                 continue
             relative = destination.relative_to(repo).as_posix()
             if not destination.exists():
-                if relative not in pending:
-                    problems.append(f"{name}: {target} -> {relative} does not exist")
+                problems.append(f"{name}: {target} -> {relative} does not exist")
                 continue
             if not anchor:
                 continue
@@ -103,18 +98,7 @@ def broken_links(repo: Path, pending: set[str]) -> list[str]:
 
 
 def test_every_link_in_readme_and_docs_reaches_a_file_and_a_heading() -> None:
-    assert broken_links(REPO, PENDING_DOCS) == []
-
-
-def test_the_pending_docs_are_linked_and_only_they_may_be_missing() -> None:
-    """PENDING_DOCS is no blanket: each entry is a doc README links to, under docs/."""
-    linked = {
-        (REPO / target.partition("#")[0]).resolve().relative_to(REPO).as_posix()
-        for target in links((REPO / "README.md").read_text(encoding="utf-8"))
-        if not SCHEME.match(target) and not target.startswith("#")
-    }
-    assert PENDING_DOCS - linked == set(), "a pending doc README does not link to"
-    assert all(entry.startswith("docs/") and entry.endswith(".md") for entry in PENDING_DOCS)
+    assert broken_links(REPO) == []
 
 
 def test_a_missing_file_and_a_missing_heading_are_both_reported(tmp_path: Path) -> None:
@@ -127,11 +111,11 @@ def test_a_missing_file_and_a_missing_heading_are_both_reported(tmp_path: Path) 
     (tmp_path / "README.md").write_text(
         "# Title\n\n## Run it\n\n"
         "[ok](docs/guide.md#move-a-groups-offsets) [ok](docs/guide.md#make-test) [ok](#run-it)\n"
-        "[gone](docs/gone.md) [no heading](docs/guide.md#not-a-heading) [later](docs/later.md)\n"
+        "[gone](docs/gone.md) [no heading](docs/guide.md#not-a-heading)\n"
         "`[in code](docs/code.md)` [web](https://example.com/x.md)\n",
         encoding="utf-8",
     )
-    assert broken_links(tmp_path, {"docs/later.md"}) == [
+    assert broken_links(tmp_path) == [
         "README.md: docs/gone.md -> docs/gone.md does not exist",
         "README.md: docs/guide.md#not-a-heading -> no heading #not-a-heading in docs/guide.md",
     ]
