@@ -11,6 +11,7 @@ undo that, or the consumers' at-least-once settings, at start.
 from __future__ import annotations
 
 import gc
+import re
 import threading
 import time
 from functools import lru_cache
@@ -18,7 +19,6 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, ShareConsumer
 from confluent_kafka.admin import AdminClient
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, stop_when_event_set
 
 from jobpipe.errors import KafkaRefused, KafkaUnreachable, StopRequested
 from jobpipe.logs import event, kafka_client_logger
@@ -216,32 +216,44 @@ def probe_property(name: str, value: str) -> PropertyProbe:
     return PropertyProbe(frozenset(roles))
 
 
+# librdkafka reports a TLS alert from the broker (TLS 1.3: after the handshake, when the broker
+# checked the client's certificate) as a transport error, not as _SSL.
+TLS_ALERT = re.compile(r"alert (bad certificate|certificate required|unknown ca|certificate unknown|"
+                       r"handshake failure|access denied|decrypt error)|SSL alert number", re.IGNORECASE)
+ANSWER_SLICE_S = 0.25  # the broker wait looks at what librdkafka reported this often
+
+
 def refused(error: KafkaError) -> str | None:
     """The one-line reason when `error` says the broker refuses this client for good (wrong
-    credentials, a certificate that cannot be verified); None for anything worth retrying."""
+    credentials, a certificate that cannot be verified, no client certificate where one is
+    required); None for anything worth retrying."""
     text = " ".join(error.str().split())
     if error.code() == KafkaError._AUTHENTICATION:
         return f"authentication failed (check KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD): {text}"
     if error.code() == KafkaError._SSL:
         return (f"TLS handshake failed (check KAFKA_SSL_CA_LOCATION and the client certificate): "
                 f"{text}")
+    if error.code() == KafkaError._TRANSPORT and TLS_ALERT.search(text):
+        return ("TLS handshake refused by the broker: it did not accept this client's certificate "
+                "(a listener that requires one needs KAFKA_SSL_CERTIFICATE_LOCATION and "
+                f"KAFKA_SSL_KEY_LOCATION, signed by a CA the broker trusts): {text}")
     return None
 
 
 def wait_for_broker(settings: KafkaSettings, stop: threading.Event | None = None) -> int:
     """Block until the cluster answers a metadata request; return its broker count.
 
-    Raises KafkaUnreachable after KAFKA_WAIT_TIMEOUT_S, retrying with the retry policy, and
-    StopRequested as soon as `stop` is set (SIGTERM/SIGINT): a service asked to stop while
-    the broker is down stops within SHUTDOWN_TIMEOUT_S instead of waiting out
-    KAFKA_WAIT_TIMEOUT_S and exiting 3 (found by tests/integration/test_reliability.py). So
-    one metadata request waits at most half of SHUTDOWN_TIMEOUT_S, and the backoff between
-    requests wakes up on `stop`.
+    Raises KafkaRefused as soon as librdkafka reports a refusal (credentials, TLS: see
+    `refused`), KafkaUnreachable once KAFKA_WAIT_TIMEOUT_S has passed, and StopRequested as
+    soon as `stop` is set (SIGTERM/SIGINT): a service asked to stop while the broker is down
+    stops within SHUTDOWN_TIMEOUT_S instead of waiting out KAFKA_WAIT_TIMEOUT_S and exiting 3.
+    librdkafka reconnects on its own (with its reconnect backoff), so the wait is a metadata
+    request that is looked at every ANSWER_SLICE_S: each of the three ends comes within that
+    of its cause (a refusal used to wait out a 5 s request, and the timeout a retry's backoff).
     """
     stopping = stop or threading.Event()
     timeout = settings.kafka_wait_timeout_s
     deadline = time.monotonic() + timeout
-    per_request = min(5.0, max(0.2, settings.shutdown_timeout_s / 2))
     # Quiet: until the broker answers, every failed connection would be a log line. What
     # librdkafka reports meanwhile is kept: a refusal (credentials, TLS) ends the wait at once.
     reported: list[KafkaError] = []
@@ -249,38 +261,36 @@ def wait_for_broker(settings: KafkaSettings, stop: threading.Event | None = None
     admin = AdminClient(quiet)
     event("kafka.waiting", f"waiting up to {timeout:g} s for Kafka at {settings.kafka_bootstrap_servers}",
           bootstrap_servers=settings.kafka_bootstrap_servers, timeout_s=timeout)
-
-    def pause(seconds: float) -> None:  # the backoff between requests, cut short by `stop`
-        stopping.wait(seconds)
-
-    retrying = Retrying(stop=stop_after_delay(timeout) | stop_when_event_set(stopping), sleep=pause,
-                        wait=settings.retry_policy().tenacity_wait,
-                        retry=retry_if_exception_type(KafkaException), reraise=True)
+    last = "no answer"  # librdkafka's last word on why: what it reported, else the request's error
+    said: str | None = None
     try:
-        for attempt in retrying:
-            with attempt:
-                remaining = max(0.2, min(per_request, deadline - time.monotonic()))
-                try:
-                    metadata = admin.list_topics(timeout=remaining)
-                finally:
-                    admin.poll(0)  # serves error_cb
-                    refusal = next(filter(None, map(refused, reported)), None)
-                    if refusal is not None:
-                        raise KafkaRefused(f"Kafka at {settings.kafka_bootstrap_servers} refused "
-                                           f"the connection: {refusal}")
-    except KafkaException as error:
-        if stopping.is_set():
-            event("kafka.wait_stopped", "stopped while waiting for Kafka")
-            raise StopRequested("stopped while waiting for Kafka") from None
-        reason = error.args[0].str() if error.args and isinstance(error.args[0], KafkaError) else str(error)
-        raise KafkaUnreachable(
-            f"Kafka not reachable at {settings.kafka_bootstrap_servers} within {timeout:g} s "
-            f"(KAFKA_WAIT_TIMEOUT_S): {reason}") from None
+        while True:
+            if stopping.is_set():
+                event("kafka.wait_stopped", "stopped while waiting for Kafka")
+                raise StopRequested("stopped while waiting for Kafka")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KafkaUnreachable(
+                    f"Kafka not reachable at {settings.kafka_bootstrap_servers} within {timeout:g} s "
+                    f"(KAFKA_WAIT_TIMEOUT_S): {said or last}")
+            try:
+                metadata = admin.list_topics(timeout=min(ANSWER_SLICE_S, left))
+                break
+            except KafkaException as error:
+                last = kafka_reason(error)
+            admin.poll(0)  # serves error_cb
+            news, reported[:] = list(reported), []
+            for report in news:
+                if (refusal := refused(report)) is not None:
+                    raise KafkaRefused(f"Kafka at {settings.kafka_bootstrap_servers} refused "
+                                       f"the connection: {refusal}")
+                if report.code() != KafkaError._ALL_BROKERS_DOWN:
+                    said = " ".join(report.str().split())
     finally:
-        # The retry loop's tracebacks keep this client in a reference cycle. Left to the
-        # garbage collector, it may be destroyed on librdkafka's background thread of
-        # another AdminClient, which crashes the process (seen here: SIGSEGV in about one
-        # topic-admin run in six; confluent-kafka-python issues 1761, 2129). Destroy it now.
+        # Left to the garbage collector, this client may be destroyed on librdkafka's
+        # background thread of another AdminClient, which crashes the process (seen here:
+        # SIGSEGV in about one topic-admin run in six; confluent-kafka-python issues 1761,
+        # 2129). Destroy it now.
         del admin
         gc.collect()
     brokers = len(metadata.brokers)
