@@ -21,16 +21,18 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Shar
 from confluent_kafka.admin import AdminClient
 
 from jobpipe.errors import KafkaRefused, KafkaUnreachable, StopRequested
-from jobpipe.logs import event, kafka_client_logger
+from jobpipe.logs import client_event, event, kafka_client_logger
 from jobpipe.settings import CLIENT_ROLES, ClientRole, KafkaSettings
 
 Config = dict[str, Any]
 
 
 def _on_client_error(error: KafkaError) -> None:
+    """librdkafka's error callback: mostly what its log line just said (a failed connection),
+    so a cause is written once per REPEAT_INTERVAL_S across both; a fatal error always."""
     level = "ERROR" if error.fatal() else "WARNING"
-    event("kafka.error", f"Kafka client error: {error.str()}", level=level, code=error.name(),
-          fatal=error.fatal(), retriable=error.retriable())
+    client_event("kafka.error", f"Kafka client error: {error.str()}", error.str(), level=level,
+                 always=error.fatal(), code=error.name(), fatal=error.fatal(), retriable=error.retriable())
 
 
 def connection_config(settings: KafkaSettings, client_id: str) -> Config:

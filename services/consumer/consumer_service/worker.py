@@ -67,8 +67,8 @@ FULL_PAUSE_S = 0.5  # a member full of jobs (MAX_IN_FLIGHT) this long pauses its
 # once the rebalance is over (librdkafka keeps the assignment through them while rebalancing).
 REBALANCING = (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION)
 STATS_INTERVAL_MS = 2000  # librdkafka statistics: consumer lag metrics, and the broker watch below
-# A client whose brokers have all sat idle in state INIT (not connected, not connecting) this
-# long has nothing left that would ever reconnect it: it is replaced (see `_replace_client`).
+# A client whose statistics have listed no broker at all (only logical ones) this long has
+# nothing left that would ever reconnect it: it is replaced (see `_replace_client`).
 STRANDED_AFTER_S = 10.0
 
 
@@ -134,6 +134,7 @@ class ConsumerWorker:
         self._config = consumer_config(self.settings, client_id, self.settings.consumer_group, instance_id)
         self._generation = 0  # which librdkafka client is current (see `_replace_client`)
         self._stranded_since: float | None = None
+        self._broker_lost = False  # no broker answered in the last statistics: not ready
         self._consumer = self._new_client()
         self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq")
         self._concurrency = self.settings.consumer_concurrency
@@ -179,8 +180,10 @@ class ConsumerWorker:
         re-bootstrap timer only runs while a metadata request is outstanding, and none can be
         sent. The consumer would sit out of its group for good (and close() would wait forever
         for a coordinator). A bare confluent-kafka consumer does the same, so the cure is here:
-        the statistics show every broker idle in INIT for STRANDED_AFTER_S, and the worker
-        starts over with a new client. Nothing is lost: what was finished but not committed is
+        when the statistics have listed no broker (but logical ones) for STRANDED_AFTER_S, the
+        worker starts over with a new client. A broker that is only down is still listed (in
+        INIT, CONNECT or DOWN): that client is kept, as a new one would restart librdkafka's
+        reconnect backoff (issue 22, defect 8). Nothing is lost: what was finished but not committed is
         redone by the partition's next owner, as after any lost session.
         """
         event("consumer.client_replaced",
@@ -603,11 +606,7 @@ class ConsumerWorker:
         if generation != self._generation:
             return  # a replaced client's statistics
         stats = json.loads(stats_json)
-        brokers = [b for b in stats.get("brokers", {}).values() if b.get("source") != "logical"]
-        if any(b.get("state") != "INIT" for b in brokers):
-            self._stranded_since = None
-        elif self._stranded_since is None:
-            self._stranded_since = time.monotonic()
+        self._watch_brokers(stats.get("brokers", {}).values(), time.monotonic())
         if not self.metrics_on:
             return
         for topic, topic_stats in stats.get("topics", {}).items():
@@ -615,6 +614,27 @@ class ConsumerWorker:
                 lag = partition_stats.get("consumer_lag", -1)
                 if lag >= 0 and (topic, int(partition)) in self._assigned:  # not one given up
                     metrics.CONSUMER_LAG.labels(topic, partition).set(lag)
+
+    def _watch_brokers(self, brokers: Iterable[dict[str, object]], now: float) -> None:
+        """From the statistics: is any broker answering (else /readyz says not ready), and is
+        this client stranded (see `_replace_client`)? A broker that is merely down stays in the
+        list, cycling through INIT, CONNECT and DOWN while librdkafka reconnects with its
+        backoff: that client is kept. A stranded one has no broker left at all."""
+        real = [broker for broker in brokers if broker.get("source") != "logical"]
+        if real:
+            self._stranded_since = None
+        elif self._stranded_since is None:
+            self._stranded_since = now
+        answering = any(broker.get("state") == "UP" for broker in real)
+        if not answering and not self._broker_lost and self.joined.is_set():
+            self._broker_lost = True
+            self.joined.clear()
+            event("kafka.unreachable", f"{self.name}: no broker answers; not ready until one does",
+                  level="WARNING", consumer=self.name)
+        elif answering and self._broker_lost:
+            self._broker_lost = False
+            self.joined.set()
+            event("kafka.reachable", f"{self.name}: a broker answers again", consumer=self.name)
 
     def _close(self) -> None:
         """Commit what is finished and leave the group; hand back the rest.
