@@ -3,6 +3,10 @@
 Each service composes its settings class from the groups below and loads it with
 `load_settings`, which turns any validation problem into a one-line `ConfigError` that
 names the environment variable. Nothing else in the code reads os.environ.
+
+This module imports no other part of the library that builds on it: the check of the
+librdkafka configurations (jobpipe.client_check) reads these settings, and `run_service`
+runs it; the imports go one way (settings <- kafka_clients <- client_check <- service).
 """
 
 from __future__ import annotations
@@ -81,11 +85,6 @@ class BaseServiceSettings(BaseSettings):
     def effective(self) -> dict[str, Any]:
         """The settings as shown in `service.started`: secrets masked."""
         return self.model_dump(mode="json")
-
-    def check_at_start(self) -> None:
-        """Checks that need more than the values themselves, run once by `run_service` before
-        the service does anything (KafkaSettings: every librdkafka client's configuration).
-        Raises ConfigError naming the variable."""
 
 
 class KafkaSettings(BaseServiceSettings):
@@ -180,11 +179,6 @@ class KafkaSettings(BaseServiceSettings):
         for name in ("kafka_extra_config", *(f"kafka_{role}_extra_config" for role in CLIENT_ROLES)):
             shown[name] = masked(getattr(self, name))
         return shown
-
-    def check_at_start(self) -> None:
-        from jobpipe.client_check import check_client_configs
-
-        check_client_configs(self)
 
 
 def parse_pairs(text: str) -> dict[str, str]:
