@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobpipe.errors import ConfigError
 from jobpipe.retry import RetryPolicy
+from jobpipe.shutdown import ShutdownBudget
 
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
 
@@ -73,10 +74,14 @@ class BaseServiceSettings(BaseSettings):
                 f"RETRY_BACKOFF_MAX_MS ({self.retry_backoff_max_ms})")
         return self
 
+    def shutdown_budget(self, now: float) -> ShutdownBudget:
+        """SHUTDOWN_TIMEOUT_S for a service asked to stop at `now` (time.monotonic())."""
+        return ShutdownBudget(now, self.shutdown_timeout_s)
+
     def work_deadline(self, now: float) -> float:
-        """When a service asked to stop at `now` (time.monotonic()) must be done with its work:
-        SHUTDOWN_TIMEOUT_S less a fifth, which is kept for committing, closing and exiting."""
-        return now + self.shutdown_timeout_s * 0.8
+        """When a service asked to stop at `now` must be done with its work: the rest of the
+        budget is kept for committing, closing, flushing and exiting (jobpipe.shutdown)."""
+        return self.shutdown_budget(now).ends("work")
 
     def retry_policy(self, max_attempts: int = 1) -> RetryPolicy:
         return RetryPolicy(initial_s=self.retry_backoff_initial_ms / 1000,

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -55,6 +55,7 @@ from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_p
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import consumer_config
 from jobpipe.logs import enabled, event
+from jobpipe.shutdown import ShutdownBudget
 
 T = TypeVar("T")
 FETCH = 500  # most messages taken from librdkafka at once
@@ -72,27 +73,36 @@ STATS_INTERVAL_MS = 2000  # librdkafka statistics: consumer lag metrics, and the
 STRANDED_AFTER_S = 10.0
 
 
-def _within(call: Callable[[], T], until: float, name: str) -> list[T] | None:
-    """Run `call` on a daemon thread and wait for it until `until` (time.monotonic()):
-    [what it returned], or None if it is still running then (it is left to finish, or not,
-    on its own). What it raises is raised here."""
-    returned: list[T] = []
-    raised: list[BaseException] = []
+class ClientCall(Generic[T]):
+    """A call on the librdkafka client made on a daemon thread and waited for only until a
+    deadline (a commit or close() waits for the group coordinator, which may never answer).
+    A call still running when the wait ends is left to finish, or not, on its own; the worker
+    keeps it, so that it makes no other call on that client meanwhile (close() racing a commit
+    on the same client, issue 22, defect 10)."""
 
-    def run() -> None:
+    def __init__(self, call: Callable[[], T], name: str) -> None:
+        self._call = call
+        self._returned: list[T] = []
+        self._raised: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
         try:
-            returned.append(call())
+            self._returned.append(self._call())
         except BaseException as error:  # handed to the waiting thread
-            raised.append(error)
+            self._raised.append(error)
 
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-    thread.join(max(0.0, until - time.monotonic()))
-    if thread.is_alive():
-        return None
-    if raised:
-        raise raised[0]
-    return returned
+    def wait(self, until: float) -> bool:
+        """Wait until `until` (time.monotonic()); True if the call is over."""
+        self._thread.join(max(0.0, until - time.monotonic()))
+        return not self._thread.is_alive()
+
+    def result(self) -> T:
+        """What the call returned (raises what it raised); only once `wait` said it is over."""
+        if self._raised:
+            raise self._raised[0]
+        return self._returned[0]
 
 
 @dataclass(frozen=True)
@@ -146,7 +156,8 @@ class ConsumerWorker:
         self._dead_letters_out = 0  # published, not answered yet
         self._answers: list[tuple[Task, KafkaError | None]] = []  # dead-letter acknowledgements
         self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
-        self._stop_deadline: float | None = None
+        self._shutdown: ShutdownBudget | None = None  # from when the stop was seen (see `_budget`)
+        self._client_call: ClientCall[Any] | None = None  # a commit or close() still running
         self.heartbeat = time.monotonic()
 
     # ---- the librdkafka client -----------------------------------------------------------
@@ -472,9 +483,7 @@ class ConsumerWorker:
         while not done():
             now = time.monotonic()
             if self.stop.is_set():
-                if self._stop_deadline is None:
-                    self._stop_deadline = self.settings.work_deadline(now)
-                until = min(until, self._stop_deadline)
+                until = min(until, self._budget(now).ends("work"))
             left = until - now
             if left <= 0:
                 return False
@@ -492,10 +501,8 @@ class ConsumerWorker:
     def _finish_in_flight(self) -> None:
         """On shutdown: the runs stop after the job in hand; wait for those (and for dead
         letters being published) within the budget, store what finished, hand back the rest."""
-        if self._stop_deadline is None:  # else a revoke under way when the stop came set it
-            self._stop_deadline = self.settings.work_deadline(time.monotonic())
         scheduler = self._scheduler
-        self._wait_for(lambda: not scheduler.in_flight_on(None), self._stop_deadline)
+        self._wait_for(lambda: not scheduler.in_flight_on(None), self._budget(time.monotonic()).ends("work"))
         self._store()
         still = scheduler.in_flight_on(None)
         if still:
@@ -570,31 +577,30 @@ class ConsumerWorker:
         meanwhile are not started and stay uncommitted) and commits again with the new
         generation, until it succeeds or the shutdown budget is spent.
         """
-        now = time.monotonic()
-        if self._stop_deadline is None:  # leave a fifth of the budget for close()
-            self._stop_deadline = self.settings.work_deadline(now)
+        budget = self._budget(time.monotonic())
         refused = 0
         while True:
             # A commit waits for the coordinator: bounded like close() (see `_close`).
-            until = max(self._stop_deadline, time.monotonic() + self.settings.shutdown_timeout_s * 0.05)
-            answered = _within(lambda: self._commit(quiet=REBALANCING), until, f"commit-{self.number}")
-            if answered is None:
+            commit: ClientCall[KafkaError | None] = ClientCall(lambda: self._commit(quiet=REBALANCING),
+                                                               f"commit-{self.number}")
+            if not commit.wait(budget.ends("commit")):
+                self._client_call = commit  # close() must not run while it does
                 event("commit.failed",
                       f"{self.name} could not commit before leaving: the group coordinator did not "
                       "answer in time", level="WARNING", consumer=self.name)
                 return
-            error = answered[0]
+            error = commit.result()
             if error is None or error.code() not in REBALANCING:
                 break
             refused += 1
-            if time.monotonic() >= self._stop_deadline:
+            if time.monotonic() >= budget.ends("commit"):
                 event("commit.failed",
                       f"{self.name} could not commit before leaving: the group was still "
                       f"rebalancing after {refused} attempt(s) ({error.str()})",
                       level="WARNING", error=error.str(), code=error.name())
                 return
             self.heartbeat = time.monotonic()
-            self._consumer.poll(POLL_S / 2)  # serves the rebalance; a message returned is not started
+            self._consumer.poll(min(POLL_S / 2, budget.left("commit", time.monotonic())))
         if refused:
             event("commit.retried",
                   f"{self.name} committed before leaving after waiting out a rebalance "
@@ -644,20 +650,32 @@ class ConsumerWorker:
         on that connection, close() blocked for the request's timeout (60 s) and the service
         overran SHUTDOWN_TIMEOUT_S. So it runs on a daemon thread and is waited for only while
         the shutdown budget lasts; what it had not committed is redone by the next owner.
+        A commit still running (see `_commit_before_leaving`) is waited for first, within the
+        same phase: close() is never called on the client while it runs.
         """
         self._executor.close(0.0)  # what still runs is on daemon threads: it cannot hold the exit
-        timeout = self.settings.shutdown_timeout_s
-        now = time.monotonic()
-        until = (max(self._stop_deadline, now) + timeout * 0.05 if self._stop_deadline is not None
-                 else now + timeout * 0.9)
+        budget = self._budget(time.monotonic())
         try:
-            if _within(self._consumer.close, until, f"close-{self.number}") is None:
+            running = self._client_call
+            if running is not None and not running.wait(budget.ends("close")):
+                event("consumer.close_skipped",
+                      f"{self.name}: a commit still waits for the group coordinator; leaving without "
+                      "closing the client (the group drops this member at its session timeout)",
+                      level="WARNING", consumer=self.name)
+            elif not ClientCall(self._consumer.close, f"close-{self.number}").wait(budget.ends("close")):
                 event("consumer.close_timeout",
                       f"{self.name}: the group coordinator did not answer in time; leaving without a "
                       "clean LeaveGroup (the group drops this member at its session timeout)",
                       level="WARNING", consumer=self.name)
         finally:
-            left = self._dlq.close(max(0.5, timeout * 0.1))
+            left = self._dlq.close(budget.left("flush", time.monotonic()))
             if left:
                 event("dead_letters.unflushed", f"{self.name}: {left} dead letter(s) unacknowledged",
                       level="WARNING", unflushed=left)
+
+    def _budget(self, now: float) -> ShutdownBudget:
+        """The shutdown budget, counted from the first time the stop is seen here (a revoke
+        under way when it came, the end of the loop, or `_close` after an error)."""
+        if self._shutdown is None:
+            self._shutdown = self.settings.shutdown_budget(now)
+        return self._shutdown
