@@ -122,7 +122,8 @@ def role_config(settings: KafkaSettings, role: ClientRole) -> Config:
         if getattr(settings, "consumer_mode", "group") == "share":
             return share_consumer_config(settings, "config-check", group,
                                          int(getattr(settings, "consumer_concurrency", 1)))
-        return consumer_config(settings, "config-check", group)
+        held = getattr(settings, "max_in_flight", None)
+        return consumer_config(settings, "config-check", group, max_in_flight=held)
     return admin_config(settings, "config-check")
 
 

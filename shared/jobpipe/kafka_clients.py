@@ -84,10 +84,33 @@ def producer_config(settings: KafkaSettings, client_id: str, *,
     return config | extra_config(settings, "producer")
 
 
+# librdkafka prefetches until its queue holds queued.min.messages per partition or
+# queued.max.messages.kbytes in all (64 MB by default), whatever the service can hold: 150 MB
+# RSS with 1 KB jobs waiting at MAX_IN_FLIGHT=100 (issue 22, defect 6). Sized from MAX_IN_FLIGHT:
+PREFETCH_KB_PER_JOB = 4  # queued kilobytes per job the member may hold ...
+PREFETCH_KB_MIN = 4096  # ... and at least this: below it the fetcher starves a fast handler
+PREFETCH_KB_MAX = 65536  # librdkafka's default: the most it ever queues
+PREFETCH_MESSAGES_MIN = 1000  # queued.min.messages (per partition) at least this
+FETCH_MAX_BYTES_DEFAULT = 52_428_800  # librdkafka's fetch.max.bytes
+
+
+def prefetch_config(max_in_flight: int) -> Config:
+    """How much librdkafka fetches ahead for a member holding up to `max_in_flight` jobs:
+    at most `queued.max.messages.kbytes` queued, plus one fetch response (fetch.max.bytes,
+    the same size) on its way: 8 MB at MAX_IN_FLIGHT=1000 or below."""
+    kbytes = min(PREFETCH_KB_MAX, max(PREFETCH_KB_MIN, PREFETCH_KB_PER_JOB * max_in_flight))
+    return {
+        "queued.max.messages.kbytes": kbytes,
+        "queued.min.messages": min(100_000, max(PREFETCH_MESSAGES_MIN, max_in_flight)),
+        "fetch.max.bytes": min(kbytes * 1024, FETCH_MAX_BYTES_DEFAULT),
+    }
+
+
 def consumer_config(settings: KafkaSettings, client_id: str, group: str,
-                    instance_id: str | None = None) -> Config:
+                    instance_id: str | None = None, *, max_in_flight: int | None = None) -> Config:
     """At-least-once consumer: offsets are stored by the service after a job is finished and
-    committed in the background, on partition revoke and on close."""
+    committed in the background, on partition revoke and on close. With `max_in_flight`
+    (MAX_IN_FLIGHT) the prefetch is sized from it (`prefetch_config`)."""
     config = connection_config(settings, client_id) | {
         "group.id": group,
         "enable.auto.commit": True,
@@ -103,6 +126,8 @@ def consumer_config(settings: KafkaSettings, client_id: str, group: str,
     }
     if instance_id:
         config["group.instance.id"] = instance_id
+    if max_in_flight is not None:
+        config |= prefetch_config(max_in_flight)
     return config | extra_config(settings, "consumer")
 
 

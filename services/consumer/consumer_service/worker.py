@@ -141,7 +141,8 @@ class ConsumerWorker:
         self.name = f"consumer {self.number}@{host}"
         client_id = f"consumer-{self.number}-{host}"
         instance_id = f"{host}-{self.number}" if self.settings.static_membership else None
-        self._config = consumer_config(self.settings, client_id, self.settings.consumer_group, instance_id)
+        self._config = consumer_config(self.settings, client_id, self.settings.consumer_group, instance_id,
+                                       max_in_flight=self.settings.max_in_flight)
         self._generation = 0  # which librdkafka client is current (see `_replace_client`)
         self._stranded_since: float | None = None
         self._broker_lost = False  # no broker answered in the last statistics: not ready
