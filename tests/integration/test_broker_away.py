@@ -67,6 +67,7 @@ def test_a_consumer_whose_broker_is_away_logs_little_keeps_its_client_and_is_not
         time.sleep(max(0.0, AWAY_S - (time.monotonic() - stopped)))  # a window of fixed length
         away = consumer.output.splitlines()[before:]
         events = Counter(json.loads(line).get("event") for line in away if line.startswith("{"))
+        print(f"{len(away)} lines in {AWAY_S:g} s with the broker away: {dict(events)}")  # for the record
         assert len(away) <= MOST_LINES, f"{len(away)} lines in {AWAY_S:g} s: {events.most_common(5)}"
         assert events["consumer.client_replaced"] == 0, "the client is kept while the broker is down"
         assert ready(port) == 503
