@@ -247,7 +247,12 @@ def probe_property(name: str, value: str) -> PropertyProbe:
 # checked the client's certificate) as a transport error, not as _SSL.
 TLS_ALERT = re.compile(r"alert (bad certificate|certificate required|unknown ca|certificate unknown|"
                        r"handshake failure|access denied|decrypt error)|SSL alert number", re.IGNORECASE)
-ANSWER_SLICE_S = 0.25  # the broker wait looks at what librdkafka reported this often
+# The broker wait looks at what librdkafka reported after each metadata request, which waits
+# 0.25 s at first, then twice as long each time up to 1 s: a refusal (reported within the
+# first connection, 0.4 s for SCRAM over TLS here) is seen within about a second, and a broker
+# far away (a metadata round trip longer than 0.25 s) still gets to answer.
+ANSWER_SLICE_S = 0.25
+ANSWER_SLICE_MAX_S = 1.0
 
 
 def refused(error: KafkaError) -> str | None:
@@ -274,9 +279,10 @@ def wait_for_broker(settings: KafkaSettings, stop: threading.Event | None = None
     `refused`), KafkaUnreachable once KAFKA_WAIT_TIMEOUT_S has passed, and StopRequested as
     soon as `stop` is set (SIGTERM/SIGINT): a service asked to stop while the broker is down
     stops within SHUTDOWN_TIMEOUT_S instead of waiting out KAFKA_WAIT_TIMEOUT_S and exiting 3.
-    librdkafka reconnects on its own (with its reconnect backoff), so the wait is a metadata
-    request that is looked at every ANSWER_SLICE_S: each of the three ends comes within that
-    of its cause (a refusal used to wait out a 5 s request, and the timeout a retry's backoff).
+    librdkafka reconnects on its own (with its reconnect backoff), so the wait is a series of
+    short metadata requests (ANSWER_SLICE_S, growing to ANSWER_SLICE_MAX_S) with a look at
+    what librdkafka reported after each: each of the three ends comes within about a second of
+    its cause (a refusal used to wait out a 5 s request, and the timeout a retry's backoff).
     """
     stopping = stop or threading.Event()
     timeout = settings.kafka_wait_timeout_s
@@ -290,6 +296,7 @@ def wait_for_broker(settings: KafkaSettings, stop: threading.Event | None = None
           bootstrap_servers=settings.kafka_bootstrap_servers, timeout_s=timeout)
     last = "no answer"  # librdkafka's last word on why: what it reported, else the request's error
     said: str | None = None
+    answer_s = ANSWER_SLICE_S
     try:
         while True:
             if stopping.is_set():
@@ -301,10 +308,11 @@ def wait_for_broker(settings: KafkaSettings, stop: threading.Event | None = None
                     f"Kafka not reachable at {settings.kafka_bootstrap_servers} within {timeout:g} s "
                     f"(KAFKA_WAIT_TIMEOUT_S): {said or last}")
             try:
-                metadata = admin.list_topics(timeout=min(ANSWER_SLICE_S, left))
+                metadata = admin.list_topics(timeout=min(answer_s, left))
                 break
             except KafkaException as error:
                 last = kafka_reason(error)
+            answer_s = min(ANSWER_SLICE_MAX_S, answer_s * 2)
             admin.poll(0)  # serves error_cb
             news, reported[:] = list(reported), []
             for report in news:
