@@ -1,6 +1,6 @@
 """The start-up check of every librdkafka client configuration a service is going to create.
 
-`run_service` runs it (through KafkaSettings.check_at_start) before the service does anything:
+`run_service` runs it (for a service whose settings are KafkaSettings) before the service does anything:
 a property librdkafka does not know, a value it refuses, a property of the wrong role in
 KAFKA_<ROLE>_EXTRA_CONFIG, a property that would break at-least-once delivery, a certificate
 or key that cannot be read, or properties that contradict each other are a ConfigError (exit 2,
@@ -122,7 +122,8 @@ def role_config(settings: KafkaSettings, role: ClientRole) -> Config:
         if getattr(settings, "consumer_mode", "group") == "share":
             return share_consumer_config(settings, "config-check", group,
                                          int(getattr(settings, "consumer_concurrency", 1)))
-        return consumer_config(settings, "config-check", group)
+        held = getattr(settings, "max_in_flight", None)
+        return consumer_config(settings, "config-check", group, max_in_flight=held)
     return admin_config(settings, "config-check")
 
 

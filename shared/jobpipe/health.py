@@ -1,7 +1,9 @@
 """/metrics, /healthz and /readyz over HTTP on METRICS_PORT (prometheus-client + wsgiref).
 
-/healthz answers 200 while the service's loop is alive; /readyz answers 200 once the
-service can do its work (a consumer has joined its group). Both 503 otherwise.
+/healthz answers 200 while the service's loop is alive; /readyz answers 200 while the
+service can do its work (a consumer: it has joined its group and a broker answers; its
+members clear the readiness when their client's statistics show no broker up). Both 503
+otherwise.
 """
 
 from __future__ import annotations

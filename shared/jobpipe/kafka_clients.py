@@ -11,6 +11,7 @@ undo that, or the consumers' at-least-once settings, at start.
 from __future__ import annotations
 
 import gc
+import re
 import threading
 import time
 from functools import lru_cache
@@ -18,19 +19,20 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, ShareConsumer
 from confluent_kafka.admin import AdminClient
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, stop_when_event_set
 
 from jobpipe.errors import KafkaRefused, KafkaUnreachable, StopRequested
-from jobpipe.logs import event, kafka_client_logger
+from jobpipe.logs import client_event, event, kafka_client_logger
 from jobpipe.settings import CLIENT_ROLES, ClientRole, KafkaSettings
 
 Config = dict[str, Any]
 
 
 def _on_client_error(error: KafkaError) -> None:
+    """librdkafka's error callback: mostly what its log line just said (a failed connection),
+    so a cause is written once per REPEAT_INTERVAL_S across both; a fatal error always."""
     level = "ERROR" if error.fatal() else "WARNING"
-    event("kafka.error", f"Kafka client error: {error.str()}", level=level, code=error.name(),
-          fatal=error.fatal(), retriable=error.retriable())
+    client_event("kafka.error", f"Kafka client error: {error.str()}", error.str(), level=level,
+                 always=error.fatal(), code=error.name(), fatal=error.fatal(), retriable=error.retriable())
 
 
 def connection_config(settings: KafkaSettings, client_id: str) -> Config:
@@ -82,10 +84,33 @@ def producer_config(settings: KafkaSettings, client_id: str, *,
     return config | extra_config(settings, "producer")
 
 
+# librdkafka prefetches until its queue holds queued.min.messages per partition or
+# queued.max.messages.kbytes in all (64 MB by default), whatever the service can hold: 150 MB
+# RSS with 1 KB jobs waiting at MAX_IN_FLIGHT=100 (issue 22, defect 6). Sized from MAX_IN_FLIGHT:
+PREFETCH_KB_PER_JOB = 4  # queued kilobytes per job the member may hold ...
+PREFETCH_KB_MIN = 4096  # ... and at least this: below it the fetcher starves a fast handler
+PREFETCH_KB_MAX = 65536  # librdkafka's default: the most it ever queues
+PREFETCH_MESSAGES_MIN = 1000  # queued.min.messages (per partition) at least this
+FETCH_MAX_BYTES_DEFAULT = 52_428_800  # librdkafka's fetch.max.bytes
+
+
+def prefetch_config(max_in_flight: int) -> Config:
+    """How much librdkafka fetches ahead for a member holding up to `max_in_flight` jobs:
+    at most `queued.max.messages.kbytes` queued, plus one fetch response (fetch.max.bytes,
+    the same size) on its way: 8 MB at MAX_IN_FLIGHT=1000 or below."""
+    kbytes = min(PREFETCH_KB_MAX, max(PREFETCH_KB_MIN, PREFETCH_KB_PER_JOB * max_in_flight))
+    return {
+        "queued.max.messages.kbytes": kbytes,
+        "queued.min.messages": min(100_000, max(PREFETCH_MESSAGES_MIN, max_in_flight)),
+        "fetch.max.bytes": min(kbytes * 1024, FETCH_MAX_BYTES_DEFAULT),
+    }
+
+
 def consumer_config(settings: KafkaSettings, client_id: str, group: str,
-                    instance_id: str | None = None) -> Config:
+                    instance_id: str | None = None, *, max_in_flight: int | None = None) -> Config:
     """At-least-once consumer: offsets are stored by the service after a job is finished and
-    committed in the background, on partition revoke and on close."""
+    committed in the background, on partition revoke and on close. With `max_in_flight`
+    (MAX_IN_FLIGHT) the prefetch is sized from it (`prefetch_config`)."""
     config = connection_config(settings, client_id) | {
         "group.id": group,
         "enable.auto.commit": True,
@@ -101,6 +126,8 @@ def consumer_config(settings: KafkaSettings, client_id: str, group: str,
     }
     if instance_id:
         config["group.instance.id"] = instance_id
+    if max_in_flight is not None:
+        config |= prefetch_config(max_in_flight)
     return config | extra_config(settings, "consumer")
 
 
@@ -216,32 +243,50 @@ def probe_property(name: str, value: str) -> PropertyProbe:
     return PropertyProbe(frozenset(roles))
 
 
+# librdkafka reports a TLS alert from the broker (TLS 1.3: after the handshake, when the broker
+# checked the client's certificate) as a transport error, not as _SSL.
+TLS_ALERT = re.compile(r"alert (bad certificate|certificate required|unknown ca|certificate unknown|"
+                       r"handshake failure|access denied|decrypt error)|SSL alert number", re.IGNORECASE)
+# The broker wait looks at what librdkafka reported after each metadata request, which waits
+# 0.25 s at first, then twice as long each time up to 1 s: a refusal (reported within the
+# first connection, 0.4 s for SCRAM over TLS here) is seen within about a second, and a broker
+# far away (a metadata round trip longer than 0.25 s) still gets to answer.
+ANSWER_SLICE_S = 0.25
+ANSWER_SLICE_MAX_S = 1.0
+
+
 def refused(error: KafkaError) -> str | None:
     """The one-line reason when `error` says the broker refuses this client for good (wrong
-    credentials, a certificate that cannot be verified); None for anything worth retrying."""
+    credentials, a certificate that cannot be verified, no client certificate where one is
+    required); None for anything worth retrying."""
     text = " ".join(error.str().split())
     if error.code() == KafkaError._AUTHENTICATION:
         return f"authentication failed (check KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD): {text}"
     if error.code() == KafkaError._SSL:
         return (f"TLS handshake failed (check KAFKA_SSL_CA_LOCATION and the client certificate): "
                 f"{text}")
+    if error.code() == KafkaError._TRANSPORT and TLS_ALERT.search(text):
+        return ("TLS handshake refused by the broker: it did not accept this client's certificate "
+                "(a listener that requires one needs KAFKA_SSL_CERTIFICATE_LOCATION and "
+                f"KAFKA_SSL_KEY_LOCATION, signed by a CA the broker trusts): {text}")
     return None
 
 
 def wait_for_broker(settings: KafkaSettings, stop: threading.Event | None = None) -> int:
     """Block until the cluster answers a metadata request; return its broker count.
 
-    Raises KafkaUnreachable after KAFKA_WAIT_TIMEOUT_S, retrying with the retry policy, and
-    StopRequested as soon as `stop` is set (SIGTERM/SIGINT): a service asked to stop while
-    the broker is down stops within SHUTDOWN_TIMEOUT_S instead of waiting out
-    KAFKA_WAIT_TIMEOUT_S and exiting 3 (found by tests/integration/test_reliability.py). So
-    one metadata request waits at most half of SHUTDOWN_TIMEOUT_S, and the backoff between
-    requests wakes up on `stop`.
+    Raises KafkaRefused as soon as librdkafka reports a refusal (credentials, TLS: see
+    `refused`), KafkaUnreachable once KAFKA_WAIT_TIMEOUT_S has passed, and StopRequested as
+    soon as `stop` is set (SIGTERM/SIGINT): a service asked to stop while the broker is down
+    stops within SHUTDOWN_TIMEOUT_S instead of waiting out KAFKA_WAIT_TIMEOUT_S and exiting 3.
+    librdkafka reconnects on its own (with its reconnect backoff), so the wait is a series of
+    short metadata requests (ANSWER_SLICE_S, growing to ANSWER_SLICE_MAX_S) with a look at
+    what librdkafka reported after each: each of the three ends comes within about a second of
+    its cause (a refusal used to wait out a 5 s request, and the timeout a retry's backoff).
     """
     stopping = stop or threading.Event()
     timeout = settings.kafka_wait_timeout_s
     deadline = time.monotonic() + timeout
-    per_request = min(5.0, max(0.2, settings.shutdown_timeout_s / 2))
     # Quiet: until the broker answers, every failed connection would be a log line. What
     # librdkafka reports meanwhile is kept: a refusal (credentials, TLS) ends the wait at once.
     reported: list[KafkaError] = []
@@ -249,38 +294,38 @@ def wait_for_broker(settings: KafkaSettings, stop: threading.Event | None = None
     admin = AdminClient(quiet)
     event("kafka.waiting", f"waiting up to {timeout:g} s for Kafka at {settings.kafka_bootstrap_servers}",
           bootstrap_servers=settings.kafka_bootstrap_servers, timeout_s=timeout)
-
-    def pause(seconds: float) -> None:  # the backoff between requests, cut short by `stop`
-        stopping.wait(seconds)
-
-    retrying = Retrying(stop=stop_after_delay(timeout) | stop_when_event_set(stopping), sleep=pause,
-                        wait=settings.retry_policy().tenacity_wait,
-                        retry=retry_if_exception_type(KafkaException), reraise=True)
+    last = "no answer"  # librdkafka's last word on why: what it reported, else the request's error
+    said: str | None = None
+    answer_s = ANSWER_SLICE_S
     try:
-        for attempt in retrying:
-            with attempt:
-                remaining = max(0.2, min(per_request, deadline - time.monotonic()))
-                try:
-                    metadata = admin.list_topics(timeout=remaining)
-                finally:
-                    admin.poll(0)  # serves error_cb
-                    refusal = next(filter(None, map(refused, reported)), None)
-                    if refusal is not None:
-                        raise KafkaRefused(f"Kafka at {settings.kafka_bootstrap_servers} refused "
-                                           f"the connection: {refusal}")
-    except KafkaException as error:
-        if stopping.is_set():
-            event("kafka.wait_stopped", "stopped while waiting for Kafka")
-            raise StopRequested("stopped while waiting for Kafka") from None
-        reason = error.args[0].str() if error.args and isinstance(error.args[0], KafkaError) else str(error)
-        raise KafkaUnreachable(
-            f"Kafka not reachable at {settings.kafka_bootstrap_servers} within {timeout:g} s "
-            f"(KAFKA_WAIT_TIMEOUT_S): {reason}") from None
+        while True:
+            if stopping.is_set():
+                event("kafka.wait_stopped", "stopped while waiting for Kafka")
+                raise StopRequested("stopped while waiting for Kafka")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KafkaUnreachable(
+                    f"Kafka not reachable at {settings.kafka_bootstrap_servers} within {timeout:g} s "
+                    f"(KAFKA_WAIT_TIMEOUT_S): {said or last}")
+            try:
+                metadata = admin.list_topics(timeout=min(answer_s, left))
+                break
+            except KafkaException as error:
+                last = kafka_reason(error)
+            answer_s = min(ANSWER_SLICE_MAX_S, answer_s * 2)
+            admin.poll(0)  # serves error_cb
+            news, reported[:] = list(reported), []
+            for report in news:
+                if (refusal := refused(report)) is not None:
+                    raise KafkaRefused(f"Kafka at {settings.kafka_bootstrap_servers} refused "
+                                       f"the connection: {refusal}")
+                if report.code() != KafkaError._ALL_BROKERS_DOWN:
+                    said = " ".join(report.str().split())
     finally:
-        # The retry loop's tracebacks keep this client in a reference cycle. Left to the
-        # garbage collector, it may be destroyed on librdkafka's background thread of
-        # another AdminClient, which crashes the process (seen here: SIGSEGV in about one
-        # topic-admin run in six; confluent-kafka-python issues 1761, 2129). Destroy it now.
+        # Left to the garbage collector, this client may be destroyed on librdkafka's
+        # background thread of another AdminClient, which crashes the process (seen here:
+        # SIGSEGV in about one topic-admin run in six; confluent-kafka-python issues 1761,
+        # 2129). Destroy it now.
         del admin
         gc.collect()
     brokers = len(metadata.brokers)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
+import time
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -96,12 +99,69 @@ def configure_logging(service: str, level: str, fmt: str, stream: TextIO | None 
                    backtrace=False, diagnose=False)
 
 
+REPEAT_INTERVAL_S = 30.0  # a Kafka client problem that keeps happening is logged once per this
+# librdkafka's line prefix ("FAIL [rdkafka#consumer-1] [thrd:host:9092/1]: ") and the timing it
+# appends ("(after 0ms in state CONNECT)"): what differs between two reports of one cause.
+_CLIENT_PREFIX = re.compile(r"^[A-Z0-9_]+ \[[^\]]*\] (\[thrd:[^\]]*\]: )?")
+_TIMING = re.compile(r"\s*\(after \d+ms in state [^)]*\)")
+
+
+def client_problem(text: str) -> str:
+    """What two reports of one Kafka client problem have in common, whoever reported it
+    (librdkafka's log line or the client's error callback)."""
+    return " ".join(_TIMING.sub("", _CLIENT_PREFIX.sub("", text)).split())
+
+
+class Repeats:
+    """Which reports of a problem to write: the first of each cause, then at most one every
+    `interval_s`, which says how many were held back since. While a broker is away librdkafka
+    reports every failed connection, a thousand lines in 25 s (issue 22, defect 8).
+    A pure decision (the time is an argument); `admit` is safe from any thread."""
+
+    def __init__(self, interval_s: float = REPEAT_INTERVAL_S, causes: int = 1000) -> None:
+        self._interval_s = interval_s
+        self._causes = causes  # most causes remembered (old ones are forgotten first)
+        self._seen: dict[str, tuple[float, int]] = {}  # cause -> (last written, held back since)
+        self._lock = threading.Lock()
+
+    def admit(self, cause: str, now: float) -> int | None:
+        """None: hold this report back; else write it, with the count held back before it."""
+        with self._lock:
+            seen = self._seen.get(cause)
+            if seen is not None and now - seen[0] < self._interval_s:
+                self._seen[cause] = (seen[0], seen[1] + 1)
+                return None
+            if seen is None and len(self._seen) >= self._causes:
+                del self._seen[next(iter(self._seen))]
+            self._seen.pop(cause, None)
+            self._seen[cause] = (now, 0)
+            return seen[1] if seen is not None else 0
+
+
+CLIENT_REPEATS = Repeats()  # shared by every Kafka client of the process: one line per cause
+
+
+def client_event(name: str, message: str, cause: str, *, level: str, always: bool = False,
+                 **fields: Any) -> None:
+    """Log a Kafka client's report, unless the same `cause` was written less than
+    REPEAT_INTERVAL_S ago (`always`: a fatal error, never held back)."""
+    held = CLIENT_REPEATS.admit(client_problem(cause), time.monotonic())
+    if held is None and not always:
+        return
+    if held:
+        message = f"{message} ({held} more like this in the last {REPEAT_INTERVAL_S:g} s)"
+    event(name, message, level=level, repeated=held or 0, **fields)
+
+
 class _ToLoguru(logging.Handler):
     """Forwards librdkafka log lines (given to confluent-kafka as a stdlib logger) to loguru."""
 
     def emit(self, record: logging.LogRecord) -> None:
         level = record.levelname if record.levelname in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO"
-        event("kafka.client", record.getMessage(), level=level, client=record.name)
+        if not enabled(level):
+            return
+        text = record.getMessage()
+        client_event("kafka.client", text, text, level=level, client=record.name)
 
 
 def kafka_client_logger(name: str) -> logging.Logger:

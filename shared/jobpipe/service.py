@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
 
+from jobpipe.client_check import check_client_configs
 from jobpipe.errors import ConfigError, ExitCode, ServiceError, StopRequested, exit_code_for
 from jobpipe.health import Check, HealthServer
 from jobpipe.logs import configure_logging, event
-from jobpipe.settings import BaseServiceSettings, Settings, load_settings
+from jobpipe.settings import BaseServiceSettings, KafkaSettings, Settings, load_settings
 from jobpipe.signals import install_stop_handler, wait_logged
 
 
@@ -47,7 +48,8 @@ def run_service(name: str, settings_class: type[Settings], body: Body[Settings],
     try:
         settings = load_settings(settings_class)
         assert isinstance(settings, BaseServiceSettings)
-        settings.check_at_start()  # Kafka services: every librdkafka client configuration
+        if isinstance(settings, KafkaSettings):  # every librdkafka client configuration
+            check_client_configs(settings)
     except ConfigError as error:
         print(f"{name}: configuration error: {error}", file=sys.stderr)
         sys.exit(ExitCode.CONFIG)

@@ -3,6 +3,10 @@
 Each service composes its settings class from the groups below and loads it with
 `load_settings`, which turns any validation problem into a one-line `ConfigError` that
 names the environment variable. Nothing else in the code reads os.environ.
+
+This module imports no other part of the library that builds on it: the check of the
+librdkafka configurations (jobpipe.client_check) reads these settings, and `run_service`
+runs it; the imports go one way (settings <- kafka_clients <- client_check <- service).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobpipe.errors import ConfigError
 from jobpipe.retry import RetryPolicy
+from jobpipe.shutdown import ShutdownBudget
 
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
 
@@ -69,10 +74,14 @@ class BaseServiceSettings(BaseSettings):
                 f"RETRY_BACKOFF_MAX_MS ({self.retry_backoff_max_ms})")
         return self
 
+    def shutdown_budget(self, now: float) -> ShutdownBudget:
+        """SHUTDOWN_TIMEOUT_S for a service asked to stop at `now` (time.monotonic())."""
+        return ShutdownBudget(now, self.shutdown_timeout_s)
+
     def work_deadline(self, now: float) -> float:
-        """When a service asked to stop at `now` (time.monotonic()) must be done with its work:
-        SHUTDOWN_TIMEOUT_S less a fifth, which is kept for committing, closing and exiting."""
-        return now + self.shutdown_timeout_s * 0.8
+        """When a service asked to stop at `now` must be done with its work: the rest of the
+        budget is kept for committing, closing, flushing and exiting (jobpipe.shutdown)."""
+        return self.shutdown_budget(now).ends("work")
 
     def retry_policy(self, max_attempts: int = 1) -> RetryPolicy:
         return RetryPolicy(initial_s=self.retry_backoff_initial_ms / 1000,
@@ -81,11 +90,6 @@ class BaseServiceSettings(BaseSettings):
     def effective(self) -> dict[str, Any]:
         """The settings as shown in `service.started`: secrets masked."""
         return self.model_dump(mode="json")
-
-    def check_at_start(self) -> None:
-        """Checks that need more than the values themselves, run once by `run_service` before
-        the service does anything (KafkaSettings: every librdkafka client's configuration).
-        Raises ConfigError naming the variable."""
 
 
 class KafkaSettings(BaseServiceSettings):
@@ -180,11 +184,6 @@ class KafkaSettings(BaseServiceSettings):
         for name in ("kafka_extra_config", *(f"kafka_{role}_extra_config" for role in CLIENT_ROLES)):
             shown[name] = masked(getattr(self, name))
         return shown
-
-    def check_at_start(self) -> None:
-        from jobpipe.client_check import check_client_configs
-
-        check_client_configs(self)
 
 
 def parse_pairs(text: str) -> dict[str, str]:

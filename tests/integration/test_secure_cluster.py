@@ -9,6 +9,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,13 @@ def refusal(service: ServiceProcess) -> str:
     return str(failed[0]["message"])
 
 
+def seconds_waited(service: ServiceProcess) -> float:
+    """From `kafka.waiting` to `service.failed`: how long the broker wait took to give up."""
+    waiting, failed = (datetime.fromisoformat(str(service.events(name)[0]["time"]))
+                       for name in ("kafka.waiting", "service.failed"))
+    return (failed - waiting).total_seconds()
+
+
 def assert_no_secret(*texts: str) -> None:
     for text in texts:
         for secret in (*PASSWORDS.values(), KEY_PASSWORD, secure_cluster.STORE_PASSWORD):
@@ -114,17 +122,34 @@ def test_a_wrong_password_ends_the_wait_at_once_with_authentication_failed(secur
     names = Names()
     started = time.monotonic()
     wrong = sasl(secure, "consumer") | {"kafka_sasl_password": "not-the-password", "kafka_wait_timeout_s": 60}
-    message = refusal(ServiceProcess("consumer", **names.settings(**wrong)))
+    consumer = ServiceProcess("consumer", **names.settings(**wrong))
+    message = refusal(consumer)
     assert "authentication failed" in message, message
     assert time.monotonic() - started < 30, "refused at once, not after KAFKA_WAIT_TIMEOUT_S"
+    assert seconds_waited(consumer) < 1.5, "within about a second of the refusal (was 5 s)"
     assert "not-the-password" not in message
+
+
+def test_no_client_certificate_on_a_listener_that_requires_one_is_refused_at_once(secure: Security) -> None:
+    """TLS 1.3: the broker's alert (bad certificate) reaches librdkafka as a transport error; it
+    used to wait out KAFKA_WAIT_TIMEOUT_S and say "not reachable ... Broker transport failure"."""
+    names = Names()
+    without = {name: value for name, value in secure.mtls_settings().items()
+               if not name.startswith(("kafka_ssl_certificate", "kafka_ssl_key"))}
+    producer = ServiceProcess("producer", **names.settings(**without, kafka_wait_timeout_s=60))
+    message = refusal(producer)
+    assert "did not accept this client's certificate" in message, message
+    assert "KAFKA_SSL_CERTIFICATE_LOCATION" in message, message
+    assert seconds_waited(producer) < 1.5, producer.tail()
 
 
 def test_an_untrusted_broker_certificate_is_a_tls_handshake_failure(secure: Security) -> None:
     names = Names()
     untrusted = sasl(secure, "producer", ca=secure.files.other_ca) | {"kafka_wait_timeout_s": 60}
-    message = refusal(ServiceProcess("producer", **names.settings(**untrusted)))
+    producer = ServiceProcess("producer", **names.settings(**untrusted))
+    message = refusal(producer)
     assert "TLS handshake failed" in message, message
+    assert seconds_waited(producer) < 1.5, producer.tail()
 
 
 @pytest.mark.parametrize(("service", "withheld", "named"), [

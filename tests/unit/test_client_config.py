@@ -458,3 +458,33 @@ def test_a_share_group_member_is_checked_as_one(monkeypatch: pytest.MonkeyPatch)
     message = refusal(ConsumerSettings, monkeypatch, consumer_mode="share",
                       kafka_consumer_extra_config="session.timeout.ms=6000")
     assert message.startswith("KAFKA_CONSUMER_EXTRA_CONFIG: session.timeout.ms: "), message
+
+
+# ---- prefetch sized from MAX_IN_FLIGHT (issue 22, defect 6) ------------------------------------
+
+def member_config(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
+    recorder = Recorder()
+    monkeypatch.setattr(worker, "Consumer", recorder.kind("consumer"))
+    settings = settings_of(ConsumerSettings, monkeypatch, **env)
+    check_client_configs(settings)  # librdkafka accepts the sized prefetch
+    member = worker.ConsumerWorker(1, settings, JobHandler(demo_handler, settings.retry_policy()),
+                                   threading.Event(), threading.Event())
+    member._executor.close(1.0)
+    return dict(recorder.configs)["consumer"]
+
+
+@pytest.mark.parametrize(("max_in_flight", "most_kb"), [("1", 4096), ("100", 4096), ("1000", 4096),
+                                                        ("10000", 40_000), ("1000000", 65536)])
+def test_a_group_members_prefetch_is_sized_from_max_in_flight(
+        monkeypatch: pytest.MonkeyPatch, max_in_flight: str, most_kb: int) -> None:
+    """librdkafka used to fetch ahead up to 64 MB whatever MAX_IN_FLIGHT said (about 150 MB RSS
+    with 1 KB jobs waiting, at MAX_IN_FLIGHT=100 as at 1000)."""
+    config = member_config(monkeypatch, max_in_flight=max_in_flight)
+    assert config["queued.max.messages.kbytes"] == most_kb
+    assert config["fetch.max.bytes"] <= most_kb * 1024, "one fetch response: no more than the queue"
+    assert config["queued.min.messages"] >= min(int(max_in_flight), 100_000), "room for what it may hold"
+
+
+def test_the_users_own_prefetch_properties_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = member_config(monkeypatch, kafka_consumer_extra_config="queued.max.messages.kbytes=100000")
+    assert config["queued.max.messages.kbytes"] == "100000"

@@ -184,3 +184,36 @@ def test_a_handler_that_returns_a_coroutine_fails_instead_of_passing_for_done() 
     handler = JobHandler(hides_its_coroutine, RetryPolicy())
     attempt = handler.attempt(Job.new(1, 0), 1)
     assert isinstance(attempt.error, TypeError) and "async def" in str(attempt.error)
+
+
+def test_the_library_modules_import_each_other_in_one_direction_only() -> None:
+    """No import circle (issue 22): settings, client_check and kafka_clients imported each other
+    (settings did it inside a method). Every import counts, wherever it is written."""
+    import ast
+    from pathlib import Path
+
+    import jobpipe
+
+    folder = Path(jobpipe.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("jobpipe."):
+                found.add(node.module.removeprefix("jobpipe."))
+            elif isinstance(node, ast.ImportFrom) and node.module == "jobpipe":
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name.removeprefix("jobpipe.") for a in node.names
+                          if a.name.startswith("jobpipe.")}
+        imports[path.stem] = found
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for name in imports.get(start, set()) - seen:
+            seen.add(name)
+            if name == goal or reaches(name, goal, seen):
+                return True
+        return False
+
+    circles = sorted(name for name in imports if reaches(name, name, set()))
+    assert circles == [], f"modules in an import circle: {circles}"

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -55,6 +55,7 @@ from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_p
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import consumer_config
 from jobpipe.logs import enabled, event
+from jobpipe.shutdown import ShutdownBudget
 
 T = TypeVar("T")
 FETCH = 500  # most messages taken from librdkafka at once
@@ -67,32 +68,41 @@ FULL_PAUSE_S = 0.5  # a member full of jobs (MAX_IN_FLIGHT) this long pauses its
 # once the rebalance is over (librdkafka keeps the assignment through them while rebalancing).
 REBALANCING = (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION)
 STATS_INTERVAL_MS = 2000  # librdkafka statistics: consumer lag metrics, and the broker watch below
-# A client whose brokers have all sat idle in state INIT (not connected, not connecting) this
-# long has nothing left that would ever reconnect it: it is replaced (see `_replace_client`).
+# A client whose statistics have listed no broker at all (only logical ones) this long has
+# nothing left that would ever reconnect it: it is replaced (see `_replace_client`).
 STRANDED_AFTER_S = 10.0
 
 
-def _within(call: Callable[[], T], until: float, name: str) -> list[T] | None:
-    """Run `call` on a daemon thread and wait for it until `until` (time.monotonic()):
-    [what it returned], or None if it is still running then (it is left to finish, or not,
-    on its own). What it raises is raised here."""
-    returned: list[T] = []
-    raised: list[BaseException] = []
+class ClientCall(Generic[T]):
+    """A call on the librdkafka client made on a daemon thread and waited for only until a
+    deadline (a commit or close() waits for the group coordinator, which may never answer).
+    A call still running when the wait ends is left to finish, or not, on its own; the worker
+    keeps it, so that it makes no other call on that client meanwhile (close() racing a commit
+    on the same client, issue 22, defect 10)."""
 
-    def run() -> None:
+    def __init__(self, call: Callable[[], T], name: str) -> None:
+        self._call = call
+        self._returned: list[T] = []
+        self._raised: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
         try:
-            returned.append(call())
+            self._returned.append(self._call())
         except BaseException as error:  # handed to the waiting thread
-            raised.append(error)
+            self._raised.append(error)
 
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-    thread.join(max(0.0, until - time.monotonic()))
-    if thread.is_alive():
-        return None
-    if raised:
-        raise raised[0]
-    return returned
+    def wait(self, until: float) -> bool:
+        """Wait until `until` (time.monotonic()); True if the call is over."""
+        self._thread.join(max(0.0, until - time.monotonic()))
+        return not self._thread.is_alive()
+
+    def result(self) -> T:
+        """What the call returned (raises what it raised); only once `wait` said it is over."""
+        if self._raised:
+            raise self._raised[0]
+        return self._returned[0]
 
 
 @dataclass(frozen=True)
@@ -131,9 +141,11 @@ class ConsumerWorker:
         self.name = f"consumer {self.number}@{host}"
         client_id = f"consumer-{self.number}-{host}"
         instance_id = f"{host}-{self.number}" if self.settings.static_membership else None
-        self._config = consumer_config(self.settings, client_id, self.settings.consumer_group, instance_id)
+        self._config = consumer_config(self.settings, client_id, self.settings.consumer_group, instance_id,
+                                       max_in_flight=self.settings.max_in_flight)
         self._generation = 0  # which librdkafka client is current (see `_replace_client`)
         self._stranded_since: float | None = None
+        self._broker_lost = False  # no broker answered in the last statistics: not ready
         self._consumer = self._new_client()
         self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq")
         self._concurrency = self.settings.consumer_concurrency
@@ -145,7 +157,8 @@ class ConsumerWorker:
         self._dead_letters_out = 0  # published, not answered yet
         self._answers: list[tuple[Task, KafkaError | None]] = []  # dead-letter acknowledgements
         self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
-        self._stop_deadline: float | None = None
+        self._shutdown: ShutdownBudget | None = None  # from when the stop was seen (see `_budget`)
+        self._client_call: ClientCall[Any] | None = None  # a commit or close() still running
         self.heartbeat = time.monotonic()
 
     # ---- the librdkafka client -----------------------------------------------------------
@@ -179,8 +192,10 @@ class ConsumerWorker:
         re-bootstrap timer only runs while a metadata request is outstanding, and none can be
         sent. The consumer would sit out of its group for good (and close() would wait forever
         for a coordinator). A bare confluent-kafka consumer does the same, so the cure is here:
-        the statistics show every broker idle in INIT for STRANDED_AFTER_S, and the worker
-        starts over with a new client. Nothing is lost: what was finished but not committed is
+        when the statistics have listed no broker (but logical ones) for STRANDED_AFTER_S, the
+        worker starts over with a new client. A broker that is only down is still listed (in
+        INIT, CONNECT or DOWN): that client is kept, as a new one would restart librdkafka's
+        reconnect backoff (issue 22, defect 8). Nothing is lost: what was finished but not committed is
         redone by the partition's next owner, as after any lost session.
         """
         event("consumer.client_replaced",
@@ -469,9 +484,7 @@ class ConsumerWorker:
         while not done():
             now = time.monotonic()
             if self.stop.is_set():
-                if self._stop_deadline is None:
-                    self._stop_deadline = self.settings.work_deadline(now)
-                until = min(until, self._stop_deadline)
+                until = min(until, self._budget(now).ends("work"))
             left = until - now
             if left <= 0:
                 return False
@@ -489,10 +502,8 @@ class ConsumerWorker:
     def _finish_in_flight(self) -> None:
         """On shutdown: the runs stop after the job in hand; wait for those (and for dead
         letters being published) within the budget, store what finished, hand back the rest."""
-        if self._stop_deadline is None:  # else a revoke under way when the stop came set it
-            self._stop_deadline = self.settings.work_deadline(time.monotonic())
         scheduler = self._scheduler
-        self._wait_for(lambda: not scheduler.in_flight_on(None), self._stop_deadline)
+        self._wait_for(lambda: not scheduler.in_flight_on(None), self._budget(time.monotonic()).ends("work"))
         self._store()
         still = scheduler.in_flight_on(None)
         if still:
@@ -567,31 +578,30 @@ class ConsumerWorker:
         meanwhile are not started and stay uncommitted) and commits again with the new
         generation, until it succeeds or the shutdown budget is spent.
         """
-        now = time.monotonic()
-        if self._stop_deadline is None:  # leave a fifth of the budget for close()
-            self._stop_deadline = self.settings.work_deadline(now)
+        budget = self._budget(time.monotonic())
         refused = 0
         while True:
             # A commit waits for the coordinator: bounded like close() (see `_close`).
-            until = max(self._stop_deadline, time.monotonic() + self.settings.shutdown_timeout_s * 0.05)
-            answered = _within(lambda: self._commit(quiet=REBALANCING), until, f"commit-{self.number}")
-            if answered is None:
+            commit: ClientCall[KafkaError | None] = ClientCall(lambda: self._commit(quiet=REBALANCING),
+                                                               f"commit-{self.number}")
+            if not commit.wait(budget.ends("commit")):
+                self._client_call = commit  # close() must not run while it does
                 event("commit.failed",
                       f"{self.name} could not commit before leaving: the group coordinator did not "
                       "answer in time", level="WARNING", consumer=self.name)
                 return
-            error = answered[0]
+            error = commit.result()
             if error is None or error.code() not in REBALANCING:
                 break
             refused += 1
-            if time.monotonic() >= self._stop_deadline:
+            if time.monotonic() >= budget.ends("commit"):
                 event("commit.failed",
                       f"{self.name} could not commit before leaving: the group was still "
                       f"rebalancing after {refused} attempt(s) ({error.str()})",
                       level="WARNING", error=error.str(), code=error.name())
                 return
             self.heartbeat = time.monotonic()
-            self._consumer.poll(POLL_S / 2)  # serves the rebalance; a message returned is not started
+            self._consumer.poll(min(POLL_S / 2, budget.left("commit", time.monotonic())))
         if refused:
             event("commit.retried",
                   f"{self.name} committed before leaving after waiting out a rebalance "
@@ -603,11 +613,7 @@ class ConsumerWorker:
         if generation != self._generation:
             return  # a replaced client's statistics
         stats = json.loads(stats_json)
-        brokers = [b for b in stats.get("brokers", {}).values() if b.get("source") != "logical"]
-        if any(b.get("state") != "INIT" for b in brokers):
-            self._stranded_since = None
-        elif self._stranded_since is None:
-            self._stranded_since = time.monotonic()
+        self._watch_brokers(stats.get("brokers", {}).values(), time.monotonic())
         if not self.metrics_on:
             return
         for topic, topic_stats in stats.get("topics", {}).items():
@@ -615,6 +621,27 @@ class ConsumerWorker:
                 lag = partition_stats.get("consumer_lag", -1)
                 if lag >= 0 and (topic, int(partition)) in self._assigned:  # not one given up
                     metrics.CONSUMER_LAG.labels(topic, partition).set(lag)
+
+    def _watch_brokers(self, brokers: Iterable[dict[str, object]], now: float) -> None:
+        """From the statistics: is any broker answering (else /readyz says not ready), and is
+        this client stranded (see `_replace_client`)? A broker that is merely down stays in the
+        list, cycling through INIT, CONNECT and DOWN while librdkafka reconnects with its
+        backoff: that client is kept. A stranded one has no broker left at all."""
+        real = [broker for broker in brokers if broker.get("source") != "logical"]
+        if real:
+            self._stranded_since = None
+        elif self._stranded_since is None:
+            self._stranded_since = now
+        answering = any(broker.get("state") == "UP" for broker in real)
+        if not answering and not self._broker_lost and self.joined.is_set():
+            self._broker_lost = True
+            self.joined.clear()
+            event("kafka.unreachable", f"{self.name}: no broker answers; not ready until one does",
+                  level="WARNING", consumer=self.name)
+        elif answering and self._broker_lost:
+            self._broker_lost = False
+            self.joined.set()
+            event("kafka.reachable", f"{self.name}: a broker answers again", consumer=self.name)
 
     def _close(self) -> None:
         """Commit what is finished and leave the group; hand back the rest.
@@ -624,20 +651,32 @@ class ConsumerWorker:
         on that connection, close() blocked for the request's timeout (60 s) and the service
         overran SHUTDOWN_TIMEOUT_S. So it runs on a daemon thread and is waited for only while
         the shutdown budget lasts; what it had not committed is redone by the next owner.
+        A commit still running (see `_commit_before_leaving`) is waited for first, within the
+        same phase: close() is never called on the client while it runs.
         """
         self._executor.close(0.0)  # what still runs is on daemon threads: it cannot hold the exit
-        timeout = self.settings.shutdown_timeout_s
-        now = time.monotonic()
-        until = (max(self._stop_deadline, now) + timeout * 0.05 if self._stop_deadline is not None
-                 else now + timeout * 0.9)
+        budget = self._budget(time.monotonic())
         try:
-            if _within(self._consumer.close, until, f"close-{self.number}") is None:
+            running = self._client_call
+            if running is not None and not running.wait(budget.ends("close")):
+                event("consumer.close_skipped",
+                      f"{self.name}: a commit still waits for the group coordinator; leaving without "
+                      "closing the client (the group drops this member at its session timeout)",
+                      level="WARNING", consumer=self.name)
+            elif not ClientCall(self._consumer.close, f"close-{self.number}").wait(budget.ends("close")):
                 event("consumer.close_timeout",
                       f"{self.name}: the group coordinator did not answer in time; leaving without a "
                       "clean LeaveGroup (the group drops this member at its session timeout)",
                       level="WARNING", consumer=self.name)
         finally:
-            left = self._dlq.close(max(0.5, timeout * 0.1))
+            left = self._dlq.close(budget.left("flush", time.monotonic()))
             if left:
                 event("dead_letters.unflushed", f"{self.name}: {left} dead letter(s) unacknowledged",
                       level="WARNING", unflushed=left)
+
+    def _budget(self, now: float) -> ShutdownBudget:
+        """The shutdown budget, counted from the first time the stop is seen here (a revoke
+        under way when it came, the end of the loop, or `_close` after an error)."""
+        if self._shutdown is None:
+            self._shutdown = self.settings.shutdown_budget(now)
+        return self._shutdown
