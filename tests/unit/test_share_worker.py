@@ -11,6 +11,8 @@ sent (commit_async) relative to the jobs that made them.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -206,3 +208,12 @@ def test_a_dead_letter_unanswered_at_the_shutdown_deadline_is_reported_lost_on_i
     failed = member.events("job.dead_letter_failed")
     assert len(failed) == 1 and failed[0]["lost"] is True and failed[0]["level"] == "ERROR"
     assert member.kafka.kinds() == Counter({"RELEASE": 1})
+
+
+def test_the_share_member_does_not_load_the_group_member() -> None:
+    """share_worker needs the counts only, not the consumer-group member's module (worker.py)."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, consumer_service.share_worker; "
+         "print('consumer_service.worker' in sys.modules)"],
+        capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.strip() == "False"

@@ -48,6 +48,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from consumer_service.counts import Counts
 from consumer_service.dead_letters import DeadLetterPublisher
 from consumer_service.settings import ConsumerSettings
 from consumer_service.share_decisions import (
@@ -60,7 +61,6 @@ from consumer_service.share_decisions import (
     before_start,
     on_delivery,
 )
-from consumer_service.worker import Counts
 from jobpipe.executor import Executor
 from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_processed, log_retry
 from jobpipe.job import InvalidJob, Job
