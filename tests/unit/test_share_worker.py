@@ -20,7 +20,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import AcknowledgeType, IllegalStateException, Message
+from confluent_kafka import (
+    AcknowledgeType,
+    IllegalStateException,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from consumer_service import dead_letters, share_worker
 from consumer_service.share_decisions import GroupLimits
@@ -33,6 +40,8 @@ class FakeShareConsumer:
         self.config = config
         self.calls: list[tuple[str, int | None]] = []  # ("ACCEPT"/"RELEASE", offset), ("commit", None)
         self.acked: set[int] = set()
+        self.unsent: set[int] = set()  # acknowledged, not yet committed
+        self.refuse_commits: KafkaException | None = None  # the broker's answer to every commit
 
     def set_acknowledgement_commit_callback(self, callback: Any) -> None:
         self.callback = callback
@@ -43,17 +52,25 @@ class FakeShareConsumer:
         if offset in self.acked:
             raise IllegalStateException("the message is no longer in flight")
         self.acked.add(offset)
+        self.unsent.add(offset)
         self.calls.append((kind.name, offset))
+
+    def _answer(self) -> None:  # librdkafka answers a commit through the callback, later
+        if self.unsent:
+            self.callback({TopicPartition(TOPIC, 0): set(self.unsent)}, self.refuse_commits)
+            self.unsent.clear()
 
     def commit_async(self) -> None:
         self.calls.append(("commit", None))
+        self._answer()
 
     def commit_sync(self, timeout: float = 60) -> dict[Any, Any]:
         self.calls.append(("commit", None))
+        self._answer()
         return {}
 
     def close(self) -> None:
-        pass
+        self._answer()
 
     def kinds(self) -> Counter[str]:
         return Counter(kind for kind, offset in self.calls if offset is not None)
@@ -217,3 +234,18 @@ def test_the_share_member_does_not_load_the_group_member() -> None:
          "print('consumer_service.worker' in sys.modules)"],
         capture_output=True, text=True, timeout=60, check=True)
     assert loaded.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_a_job_counts_as_processed_only_once_the_broker_takes_its_accept(
+        make: Callable[..., Member], refused: bool) -> None:
+    """An ACCEPT the broker refuses (the lock had ended) leaves the job with the broker, which
+    delivers it again: it counts as handed back, not processed."""
+    member = make(lambda _job: None)
+    if refused:
+        member.kafka.refuse_commits = KafkaException(KafkaError(KafkaError.INVALID_RECORD_STATE))
+    member.settle(record(0, job(0)))
+    member.worker._close()
+    counts = member.worker.counts
+    assert (counts.processed, counts.handed_back) == ((0, 1) if refused else (1, 0))
+    assert [e["settled"] for e in member.events("ack.refused")] == ([1] if refused else [])

@@ -36,6 +36,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 from confluent_kafka import (
     AcknowledgeType,
@@ -67,6 +68,8 @@ from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import admin_config, share_consumer_config
 from jobpipe.logs import event
 from jobpipe.share_groups import is_refusal, refusal, share_configs
+
+Outcome = Literal["processed", "dead_lettered", "handed_back"]  # what a confirmed acknowledgement counts as
 
 POLL_S = 0.5
 ACK_POLL_S = 0.05  # how often the wait for outcomes also serves the dead-letter producer
@@ -134,7 +137,9 @@ class ShareWorker:
         self._executor = Executor.for_function(function, self.settings.consumer_concurrency,
                                                f"handler-{self.number}")
         self._answers: list[tuple[Record, KafkaError | None]] = []
-        self._refused: list[tuple[int, str]] = []  # acknowledgements the broker refused
+        self._refused: list[tuple[int, int, str]] = []  # refused (acknowledgements, of them ACCEPTs, why)
+        # acknowledgements sent and not yet answered: what each one counts as once confirmed
+        self._confirming: dict[tuple[str, int, int], Outcome] = {}
         self._unsettled = 0  # records of the poll in hand not yet acknowledged
         self._publishing = 0  # of those, dead letters the DLQ has not answered yet
         self._to_send = 0  # acknowledgements made since the last commit_async
@@ -159,9 +164,18 @@ class ShareWorker:
 
     def _on_acknowledged(self, offsets: dict[TopicPartition, set[int]],
                          error: KafkaException | None) -> None:
-        """librdkafka's answer to an acknowledgement commit (on this thread): note refusals."""
-        if error is not None:
-            self._refused.append((sum(len(found) for found in offsets.values()), str(error)))
+        """librdkafka's answer to an acknowledgement commit (on this thread, within a poll or a
+        commit): a job counts as processed (or dead-lettered, or released) only now that the
+        broker took its acknowledgement. A refused one (its lock had ended) is back with the
+        broker, which delivers it again: it counts as handed back."""
+        outcomes = [self._confirming.pop((tp.topic, tp.partition, offset), "handed_back")
+                    for tp, found in offsets.items() for offset in found]
+        if error is None:
+            for outcome in outcomes:
+                setattr(self.counts, outcome, getattr(self.counts, outcome) + 1)
+            return
+        self.counts.handed_back += len(outcomes)
+        self._refused.append((len(outcomes), sum(o != "handed_back" for o in outcomes), str(error)))
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -285,8 +299,7 @@ class ShareWorker:
                                 now + delay, self._limits.start_by(polled_at, self._job_s),
                                 self.stop.is_set())
         if verdict is Verdict.ACCEPT:
-            self._acknowledge(record, AcknowledgeType.ACCEPT)
-            self.counts.processed += 1
+            self._acknowledge(record, AcknowledgeType.ACCEPT, "processed")
             log_processed(attempt, self.name, **origin)
         elif verdict is Verdict.DEAD_LETTER:
             self._dead_letter(record, attempt.error_text)
@@ -330,8 +343,7 @@ class ShareWorker:
                   deliveries=record.deliveries, lost=last, **origin)
             self._release(record, "its dead letter was not acknowledged")
             return
-        self._acknowledge(record, AcknowledgeType.ACCEPT)
-        self.counts.dead_lettered += 1
+        self._acknowledge(record, AcknowledgeType.ACCEPT, "dead_lettered")
         log_dead_lettered(key, job.id if job else None, reason=record.reason, attempts=record.attempts,
                           consumer=self.name, destination=self._dlq.topic, **origin)
 
@@ -347,8 +359,7 @@ class ShareWorker:
     def _release(self, record: Record, why: str, log: bool = True) -> None:
         if record.settled or record.running or record.publishing:
             return
-        self._acknowledge(record, AcknowledgeType.RELEASE)
-        self.counts.handed_back += 1
+        self._acknowledge(record, AcknowledgeType.RELEASE, "handed_back")
         if not log:
             return
         job = record.job
@@ -358,17 +369,21 @@ class ShareWorker:
               partition=record.message.partition(), offset=record.message.offset(), reason=why,
               deliveries=record.deliveries, consumer=self.name)
 
-    def _acknowledge(self, record: Record, kind: AcknowledgeType) -> None:
+    def _acknowledge(self, record: Record, kind: AcknowledgeType, outcome: Outcome) -> None:
+        """Mark the record; it counts as `outcome` once the broker confirms (_on_acknowledged)."""
         if record.settled:
             return
         record.settled = True
         self._unsettled -= 1
+        message = record.message
         try:
-            self._consumer.acknowledge(record.message, kind)
+            self._consumer.acknowledge(message, kind)
         except IllegalStateException as error:  # no longer in flight: the broker has it back
-            event("ack.refused", f"{self.name}: could not acknowledge partition {record.message.partition()} "
-                  f"offset {record.message.offset()} ({error})", level="WARNING", consumer=self.name)
+            self.counts.handed_back += 1
+            event("ack.refused", f"{self.name}: could not acknowledge partition {message.partition()} "
+                  f"offset {message.offset()} ({error})", level="WARNING", consumer=self.name)
             return
+        self._confirming[(message.topic() or "", message.partition() or 0, message.offset() or 0)] = outcome
         self._to_send += 1
 
     def _send_acknowledgements(self, now: float) -> None:
@@ -379,10 +394,11 @@ class ShareWorker:
             self._report_refusals()
 
     def _report_refusals(self) -> None:
-        for count, error in self._refused:
-            event("ack.refused", f"{self.name}: the broker refused {count} acknowledgement(s): {error} "
-                  "(their lock had ended; the broker delivers them again)", level="WARNING",
-                  consumer=self.name, refused=count, error=error)
+        for count, settled, error in self._refused:
+            event("ack.refused", f"{self.name}: the broker refused {count} acknowledgement(s), {settled} "
+                  f"of them for jobs done or dead-lettered here: {error} (their lock had ended; the "
+                  "broker delivers them again)", level="WARNING", consumer=self.name, refused=count,
+                  settled=settled, error=error)
         self._refused.clear()
 
     def _abandon_running(self, records: list[Record]) -> None:
