@@ -138,6 +138,28 @@ def test_a_poll_bigger_than_its_lock_allows_does_no_job_twice_and_loses_none(pip
     assert any(c.events("share.poll_too_big") for c in consumers)
 
 
+def test_one_slow_job_does_not_hold_back_the_quick_ones_behind_it(pipeline: Pipeline) -> None:
+    """Issue 22, defect 5: CONSUMER_CONCURRENCY=4, a 20 s job, then 20 quick ones: they all run
+    while the slow one does (librdkafka refuses a new poll while a record of the last one is
+    unacknowledged: another of the member's share consumers polls). Before: none ran until the
+    slow job was acknowledged."""
+    ensure_share(pipeline, partitions=1)
+    consumer = pipeline.start("consumer", handler=SCRIPTED, consumer_mode="share", consumer_concurrency=4)
+    consumer.wait_for("share.joined", 1, timeout=60)
+    first = job(0)
+    send_one_per_batch(pipeline, [first])
+    consumer.wait_for("job.processed", 1, timeout=60)
+    slow = job(1, sleep_s=20)
+    quick = [job(10 + n) for n in range(20)]
+    send_one_per_batch(pipeline, [slow, *quick])
+    wait_until(lambda: {e["id"] for e in processed(consumer)} >= {j.id for j in quick}, 15,
+               "the 20 quick jobs processed while the 20 s job runs")
+    assert slow.id not in {e["id"] for e in processed(consumer)}
+    consumer.wait_for("job.processed", 22, timeout=60)
+    assert consumer.stop() == 0, consumer.tail()
+    assert Counter(e["id"] for e in processed(consumer)) == Counter({j.id: 1 for j in [first, slow, *quick]})
+
+
 def ended_or_dead_lettered(consumer: ServiceProcess) -> bool:
     return consumer.process.poll() is not None or bool(consumer.events("job.dead_lettered"))
 

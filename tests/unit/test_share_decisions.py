@@ -2,9 +2,13 @@
 broker's share-group rules: a record comes back when its lock ends or it is released, and is
 dropped without a word after `share.delivery.count.limit` deliveries. Whatever the handler does
 (succeed, fail, be slow, kill the process), every job must end accepted or dead-lettered before
-the broker gives up on it."""
+the broker gives up on it; a dead letter that fails (the DLQ does not take it, the member is
+killed while it goes out) never costs the job unless it fails on two deliveries, the last one
+by a crash."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,22 +27,65 @@ Outcome = tuple[str, float]  # ("ok" | "fail" | "crash", seconds the attempt too
 
 outcomes = st.lists(st.tuples(st.sampled_from(["ok", "fail", "crash"]),
                               st.floats(0, 40, allow_nan=False)), max_size=60)
+# what publishing a dead letter does: the DLQ takes it, answers an error after that long, or
+# the member is killed while it goes out
+dead_letter_outcomes = st.lists(st.tuples(st.sampled_from(["ok", "fail", "crash"]),
+                                          st.floats(0, 40, allow_nan=False)), max_size=30)
 
 
-def deliver_until_settled(limits: GroupLimits, policy: RetryPolicy,
-                          script: list[Outcome]) -> tuple[str, int, list[int]]:
+class Played:
+    """One record's deliveries, as played by deliver_until_settled."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []  # handler calls on each delivery that ran it
+        self.dead_letter_failures: list[tuple[int, str]] = []  # (delivery, "fail"/"crash") that cost it
+
+
+def publish_dead_letter(limits: GroupLimits, policy: RetryPolicy, delivery: int, now: float, *,
+                        tries: Iterator[Outcome], played: Played) -> bool:
+    """Publish as the member decides: True once the DLQ holds the job; False when the record
+    goes back to the broker (released, or its member killed)."""
+    failures = 0
+    while True:
+        kind, took = next(tries, ("ok", 0.0))
+        if kind == "crash":
+            played.dead_letter_failures.append((delivery, "crash"))
+            return False
+        now += took
+        if kind == "ok":
+            return True
+        failures += 1
+        retry_at = now + policy.delay_s(min(failures, 20))
+        verdict = after_dead_letter(False, retry_at, limits.lock_ends(0.0), limits.is_last(delivery),
+                                    stopping=False)
+        if verdict is Verdict.RELEASE:
+            assert not limits.is_last(delivery), "released on its last delivery, the broker drops it"
+            played.dead_letter_failures.append((delivery, "fail"))
+            return False
+        assert verdict is Verdict.DEAD_LETTER
+        assert limits.is_last(delivery) or retry_at < limits.lock_ends(0.0), "tried again inside the lock"
+        now = retry_at
+
+
+def deliver_until_settled(limits: GroupLimits, policy: RetryPolicy, script: list[Outcome],
+                          dead_letters: list[Outcome] | None = None,
+                          played: Played | None = None) -> tuple[str, int, list[int]]:
     """Play one record through the broker's deliveries, as the member decides: start only by
     `start_by` (expecting an attempt to last as long as the one before), retry while that
     allows, else release. Returns how it ended ("accepted", "dead_lettered" or "dropped" by the
     broker), the delivery it ended on, and the handler calls made on each delivery."""
     attempts = iter(script)
-    calls: list[int] = []
+    tries = iter(dead_letters or [])
+    played = played or Played()
+    calls = played.calls
     expected = 0.0
     for delivery in range(1, limits.delivery_limit + 1):
-        verdict, why = on_delivery(True, delivery, limits.last_delivery)
+        verdict, why = on_delivery(True, delivery, limits.dead_letter_delivery)
         if verdict is Verdict.DEAD_LETTER:
             assert why and str(delivery) in why
-            return "dead_lettered", delivery, calls
+            if publish_dead_letter(limits, policy, delivery, 0.0, tries=tries, played=played):
+                return "dead_lettered", delivery, calls
+            continue
         calls.append(0)
         now = 0.0
         if before_start(now, limits.start_by(0.0, expected), stopping=False) is Verdict.RELEASE:
@@ -59,7 +106,9 @@ def deliver_until_settled(limits: GroupLimits, policy: RetryPolicy,
             if verdict is Verdict.ACCEPT:
                 return "accepted", delivery, calls
             if verdict is Verdict.DEAD_LETTER:
-                return "dead_lettered", delivery, calls
+                if publish_dead_letter(limits, policy, delivery, now, tries=tries, played=played):
+                    return "dead_lettered", delivery, calls
+                break
             if verdict is Verdict.RELEASE:
                 break
             assert verdict is Verdict.RUN and retry_at < start_by <= limits.lock_ends(0.0)
@@ -81,6 +130,28 @@ def test_no_job_is_left_for_the_broker_to_drop(delivery_limit: int, lock_s: floa
     assert len(calls) < delivery_limit, "the broker's last delivery never runs the handler"
 
 
+@given(group=st.tuples(st.integers(2, 10), st.floats(1, 60)),
+       retries=st.tuples(st.integers(1, 10), st.floats(0.01, 20)), script=outcomes,
+       dead_letters=dead_letter_outcomes)
+def test_a_failed_dead_letter_never_costs_the_job_unless_it_fails_on_two_deliveries_the_last_by_a_crash(
+        group: tuple[int, float], retries: tuple[int, float], script: list[Outcome],
+        dead_letters: list[Outcome]) -> None:
+    """Issue 22, defect 4: with the DLQ refusing or slow, or the member stopped or killed while a
+    dead letter goes out, the job is dead-lettered on a later try or delivery. Only a member
+    killed on the broker's last delivery, after the dead letter failed on the delivery before,
+    loses it (a limit of 2 leaves no delivery to spare: one crash there)."""
+    (delivery_limit, lock_s), (max_attempts, backoff_s) = group, retries
+    limits = GroupLimits(lock_s=lock_s, delivery_limit=delivery_limit)
+    policy = RetryPolicy(initial_s=backoff_s, max_s=backoff_s * 8, max_attempts=max_attempts)
+    played = Played()
+    ending, _, _ = deliver_until_settled(limits, policy, script, dead_letters, played)
+    if ending == "dropped":
+        failures = played.dead_letter_failures
+        assert failures[-1] == (delivery_limit, "crash"), failures
+        assert len(failures) >= (2 if delivery_limit >= 3 else 1), failures
+    assert all(n <= max_attempts for n in played.calls)
+
+
 @given(script=outcomes)
 def test_a_job_that_succeeds_inside_its_lock_is_accepted_on_its_first_delivery(script: list[Outcome]) -> None:
     ok = [("ok", took * 0.7) for _, took in script] or [("ok", 0.0)]  # under 28 s: the lock is 30 s
@@ -91,7 +162,7 @@ def test_a_handler_that_kills_the_process_every_time_ends_dead_lettered() -> Non
     crashes = [("crash", 0.0)] * 20
     ending, delivery, calls = deliver_until_settled(GroupLimits(delivery_limit=5),
                                                     RetryPolicy(max_attempts=2), crashes)
-    assert (ending, delivery, calls) == ("dead_lettered", 5, [1, 1, 1, 1])
+    assert (ending, delivery, calls) == ("dead_lettered", 4, [1, 1, 1])
 
 
 @given(gives_up=st.booleans(), now=st.floats(0, 100), delay=st.floats(0, 100), stopping=st.booleans())
@@ -109,8 +180,17 @@ def test_a_failed_attempt_is_retried_here_only_inside_the_lock_and_never_while_s
 
 def test_a_record_that_is_not_a_job_is_dead_lettered_and_accepted_only_once_the_dlq_holds_it() -> None:
     assert on_delivery(False, 1, 4)[0] is Verdict.DEAD_LETTER
-    assert after_dead_letter(published=True) is Verdict.ACCEPT
-    assert after_dead_letter(published=False) is Verdict.RELEASE
+    assert after_dead_letter(True, 0.0, 20.0, last=False, stopping=False) is Verdict.ACCEPT
+
+
+@given(retry_at=st.floats(0, 100), last=st.booleans(), stopping=st.booleans())
+def test_a_failed_dead_letter_goes_again_inside_the_lock_and_is_never_released_on_the_last_delivery(
+        retry_at: float, last: bool, stopping: bool) -> None:
+    verdict = after_dead_letter(False, retry_at, 20.0, last, stopping)
+    if last:
+        assert verdict is Verdict.DEAD_LETTER
+    else:
+        assert verdict is (Verdict.DEAD_LETTER if retry_at < 20.0 and not stopping else Verdict.RELEASE)
 
 
 @given(lock_s=st.floats(1, 60), expected_s=st.floats(0, 100), polled_at=st.floats(0, 1000))
@@ -130,8 +210,10 @@ def test_a_job_starts_only_before_its_start_by(now: float, stopping: bool) -> No
     assert verdict is (Verdict.RUN if now < 20.0 and not stopping else Verdict.RELEASE)
 
 
-def test_the_last_delivery_is_the_brokers_and_the_lock_leaves_slack() -> None:
+def test_the_dead_letter_delivery_leaves_one_to_spare_and_the_lock_leaves_slack() -> None:
     assert GroupLimits(lock_s=30).lock_ends(100.0) == 120.0
-    assert GroupLimits(delivery_limit=5).last_delivery == 5
+    assert GroupLimits(delivery_limit=5).dead_letter_delivery == 4
+    assert GroupLimits(delivery_limit=2).dead_letter_delivery == 2  # no room for a spare delivery
+    assert GroupLimits(delivery_limit=5).is_last(5) and not GroupLimits(delivery_limit=5).is_last(4)
     assert GroupLimits(lock_s=30).start_by(0.0, expected_s=5.0) == 20.0
     assert GroupLimits(lock_s=30).start_by(0.0, expected_s=25.0) == 10.0  # at least a third

@@ -11,6 +11,8 @@ sent (commit_async) relative to the jobs that made them.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -18,7 +20,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import AcknowledgeType, IllegalStateException, Message
+from confluent_kafka import (
+    AcknowledgeType,
+    IllegalStateException,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from consumer_service import dead_letters, share_worker
 from consumer_service.share_decisions import GroupLimits
@@ -31,6 +40,24 @@ class FakeShareConsumer:
         self.config = config
         self.calls: list[tuple[str, int | None]] = []  # ("ACCEPT"/"RELEASE", offset), ("commit", None)
         self.acked: set[int] = set()
+        self.unsent: set[int] = set()  # acknowledged, not yet committed
+        self.refuse_commits: KafkaException | None = None  # the broker's answer to every commit
+        self.pending: list[Message] = []  # what the next poll returns
+        self.when_idle: Callable[[], None] | None = None  # at each empty poll
+
+    def subscribe(self, topics: list[str]) -> None:
+        pass
+
+    def poll(self, timeout: float) -> list[Message]:
+        """What the test gave this lane to poll (once); else, like librdkafka, nothing after
+        `timeout`. The member stops when it holds nothing: the test's poll is settled."""
+        if self.pending:
+            given, self.pending = self.pending, []
+            return given
+        if self.when_idle is not None:
+            self.when_idle()
+        time.sleep(timeout)
+        return []
 
     def set_acknowledgement_commit_callback(self, callback: Any) -> None:
         self.callback = callback
@@ -41,17 +68,25 @@ class FakeShareConsumer:
         if offset in self.acked:
             raise IllegalStateException("the message is no longer in flight")
         self.acked.add(offset)
+        self.unsent.add(offset)
         self.calls.append((kind.name, offset))
+
+    def _answer(self) -> None:  # librdkafka answers a commit through the callback, later
+        if self.unsent:
+            self.callback({TopicPartition(TOPIC, 0): set(self.unsent)}, self.refuse_commits)
+            self.unsent.clear()
 
     def commit_async(self) -> None:
         self.calls.append(("commit", None))
+        self._answer()
 
     def commit_sync(self, timeout: float = 60) -> dict[Any, Any]:
         self.calls.append(("commit", None))
+        self._answer()
         return {}
 
     def close(self) -> None:
-        pass
+        self._answer()
 
     def kinds(self) -> Counter[str]:
         return Counter(kind for kind, offset in self.calls if offset is not None)
@@ -60,12 +95,22 @@ class FakeShareConsumer:
 class Member:
     def __init__(self, worker: share_worker.ShareWorker, log: JsonLog) -> None:
         self.worker = worker
-        self.kafka: FakeShareConsumer = worker._consumer  # type: ignore[assignment]
+        self.kafka: FakeShareConsumer = worker._lanes[0].consumer  # type: ignore[assignment]
         self.dlq: FakeProducer = worker._dlq._producer  # type: ignore[attr-defined]
         self._log = log
 
     def settle(self, *messages: Message) -> None:
-        self.worker._settle_poll(list(messages), time.monotonic())
+        """Give the member one poll of `messages` and run its loop until that poll is settled
+        (or the test's stop, and the shutdown deadline, end it)."""
+        worker = self.worker
+
+        def stop_when_settled() -> None:
+            if not worker._unsettled():
+                worker.stop.set()
+        self.kafka.pending = list(messages)
+        for lane in worker._lanes:
+            lane.consumer.when_idle = stop_when_settled  # type: ignore[attr-defined]
+        worker._work()
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return self._log.events(name)
@@ -97,22 +142,72 @@ def record(offset: int, value: bytes | Job, deliveries: int = 1) -> Message:
     return Message(topic=TOPIC, partition=0, offset=offset, value=raw, delivery_count=deliveries)
 
 
+def stop_at_the_first_dead_letter(member: Member) -> None:
+    """SIGTERM comes while the first dead letter goes out."""
+    produce = member.dlq.produce
+
+    def stop_then_produce(*args: Any, **kwargs: Any) -> None:
+        member.worker.stop.set()
+        produce(*args, **kwargs)
+    member.dlq.produce = stop_then_produce  # type: ignore[method-assign]
+
+
 def job(seq: int, **payload: Any) -> Job:
     return Job.new(3, seq, payload=payload)
 
 
-def test_a_dead_letter_that_cannot_be_queued_releases_its_record_and_the_poll_goes_on(
+def test_a_dead_letter_that_cannot_be_queued_is_tried_again_and_never_dropped_on_the_last_delivery(
         make: Callable[..., Member]) -> None:
-    """Its record is released (never run, never acknowledged twice); the rest of the poll is
-    worked through as usual."""
-    member = make(lambda _job: None)
-    member.dlq.refuse = True
-    member.settle(record(0, b"not a job"), record(1, job(1)), record(2, job(2), deliveries=5))
-    assert member.kafka.kinds() == Counter({"RELEASE": 2, "ACCEPT": 1})
-    assert ("ACCEPT", 1) in member.kafka.calls
-    failed = member.events("job.dead_letter_failed")
-    assert [e["lost"] for e in failed] == [False, True], "the last delivery's failure says it is lost"
-    assert not member.events("job.processed")[1:], "only the job that was not dead-lettered ran"
+    """The DLQ's local queue is full. A record on an earlier delivery is tried again while its
+    lock lasts, then released (it comes back, and is dead-lettered again); one on the broker's
+    last delivery is tried until the DLQ takes it (released, the broker would drop it). The
+    rest of the poll is worked through meanwhile. Before: both released at once, the last one
+    lost (`job.dead_letter_failed`, lost: true)."""
+    member = make(lambda _job: None, limits=GroupLimits(lock_s=1.5), retry_backoff_initial_ms=20,
+                  retry_backoff_max_ms=100)
+    tries: Counter[bytes] = Counter()
+    produce = member.dlq.produce
+
+    def queue_full_for_a_while(topic: str, key: bytes | None = None, value: bytes | None = None,
+                               headers: Any = None, on_delivery: Callable[..., None] | None = None) -> None:
+        assert value is not None
+        tries[value] += 1
+        if value == b"not a job" or tries[value] <= 3:
+            raise BufferError("Local: Queue full")
+        produce(topic, key, value, headers, on_delivery)
+    member.dlq.produce = queue_full_for_a_while  # type: ignore[method-assign]
+    last = job(2)
+    member.settle(record(0, b"not a job"), record(1, job(1)), record(2, last, deliveries=5))
+    assert member.kafka.calls.count(("RELEASE", 0)) == 1 and tries[b"not a job"] > 2
+    assert ("ACCEPT", 1) in member.kafka.calls and ("ACCEPT", 2) in member.kafka.calls
+    assert [m.value() for m in member.dlq.published] == [last.to_bytes()], "last delivery: in the DLQ"
+    assert [e["lost"] for e in member.events("job.dead_letter_failed")] == [False]
+    assert len(member.events("job.processed")) == 1, "only the job that was not dead-lettered ran"
+
+
+def test_a_job_is_dead_lettered_one_delivery_before_the_brokers_last(make: Callable[..., Member]) -> None:
+    """So a dead letter that fails there still has a delivery to be tried again on."""
+    ran: list[int] = []
+    member = make(lambda one: ran.append(one.seq), limits=GroupLimits(delivery_limit=5))
+    member.settle(record(0, job(0), deliveries=3), record(1, job(1), deliveries=4))
+    assert ran == [0]
+    assert [e["offset"] for e in member.events("job.dead_lettered")] == [1]
+    assert member.kafka.kinds() == Counter({"ACCEPT": 2})
+
+
+def test_a_stop_releases_a_waiting_dead_letter_unless_it_is_on_its_last_delivery(
+        make: Callable[..., Member]) -> None:
+    """SIGTERM while the DLQ does not answer: an earlier delivery is released at once (it is
+    dead-lettered on the next), the last delivery's dead letter is waited for within the
+    shutdown budget, and published."""
+    member = make(lambda _job: None, shutdown_timeout_s=5)
+    member.dlq.failures = 2  # the first two answers: timed out
+    stop_at_the_first_dead_letter(member)
+    member.settle(record(0, job(0), deliveries=4), record(1, job(1), deliveries=5))
+    member.worker._close()
+    assert member.kafka.calls.count(("RELEASE", 0)) == 1 and ("ACCEPT", 1) in member.kafka.calls
+    assert [e["offset"] for e in member.events("job.dead_lettered")] == [1]
+    assert [(e["offset"], e["lost"]) for e in member.events("job.dead_letter_failed")] == [(0, False)]
 
 
 def test_waiting_for_a_retry_does_not_spin(make: Callable[..., Member]) -> None:
@@ -200,9 +295,44 @@ def test_a_dead_letter_unanswered_at_the_shutdown_deadline_is_reported_lost_on_i
         make: Callable[..., Member]) -> None:
     member = make(lambda _job: None, shutdown_timeout_s=1)
     member.dlq.hold = True
-    member.worker.stop.set()
+    stop_at_the_first_dead_letter(member)
     member.settle(record(0, job(0), deliveries=5))
     member.worker._close()
     failed = member.events("job.dead_letter_failed")
     assert len(failed) == 1 and failed[0]["lost"] is True and failed[0]["level"] == "ERROR"
     assert member.kafka.kinds() == Counter({"RELEASE": 1})
+
+
+def test_the_share_member_does_not_load_the_group_member() -> None:
+    """share_worker needs the counts only, not the consumer-group member's module (worker.py)."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, consumer_service.share_worker; "
+         "print('consumer_service.worker' in sys.modules)"],
+        capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_a_job_counts_as_processed_only_once_the_broker_takes_its_accept(
+        make: Callable[..., Member], refused: bool) -> None:
+    """An ACCEPT the broker refuses (the lock had ended) leaves the job with the broker, which
+    delivers it again: it counts as handed back, not processed."""
+    member = make(lambda _job: None)
+    if refused:
+        member.kafka.refuse_commits = KafkaException(KafkaError(KafkaError.INVALID_RECORD_STATE))
+    member.settle(record(0, job(0)))
+    member.worker._close()
+    counts = member.worker.counts
+    assert (counts.processed, counts.handed_back) == ((0, 1) if refused else (1, 0))
+    assert [e["settled"] for e in member.events("ack.refused")] == ([1] if refused else [])
+
+
+def test_jobs_that_came_back_start_before_fresh_ones(make: Callable[..., Member]) -> None:
+    """Every release uses up a delivery, and a job is dead-lettered without running on its
+    dead-letter delivery: a job released unstarted once (its poll too big, a stop) starts
+    first on its next delivery, instead of being released again behind fresh jobs. Here a poll
+    of 30 jobs of 0.1 s with a 1.5 s lock, the last 5 delivered before: those 5 run."""
+    member = make(lambda _job: time.sleep(0.1), limits=GroupLimits(lock_s=1.5))
+    member.settle(*(record(n, job(n), deliveries=1 if n < 25 else 3) for n in range(30)))
+    accepted = {offset for kind, offset in member.kafka.calls if kind == "ACCEPT"}
+    assert set(range(25, 30)) <= accepted and member.kafka.kinds()["RELEASE"] > 0

@@ -9,9 +9,10 @@ from __future__ import annotations
 import threading
 import time
 
+from consumer_service.counts import Counts
 from consumer_service.settings import ConsumerSettings
 from consumer_service.share_worker import ShareWorker
-from consumer_service.worker import ConsumerWorker, Counts
+from consumer_service.worker import ConsumerWorker
 from jobpipe.access import Need, check_access
 from jobpipe.errors import ExitCode
 from jobpipe.handlers import load_handler

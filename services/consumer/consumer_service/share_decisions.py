@@ -32,12 +32,19 @@ class GroupLimits:
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT  # share.delivery.count.limit: then it gives up
 
     @property
-    def last_delivery(self) -> int:
-        """The delivery on which a job is dead-lettered without running: the broker's last one
-        (after it the broker drops the record without a word, so a handler that kills the
-        process must not get it again). Every delivery counts, a release too: MAX_ATTEMPTS
-        bounds the attempts of one delivery, this bounds the deliveries."""
-        return self.delivery_limit
+    def dead_letter_delivery(self) -> int:
+        """The delivery on which a job goes to the DLQ without running (a handler that kills
+        the process brings its job back each time, so it must not get it for ever): one before
+        the broker's last, when the limit leaves room (3 or more). After its last delivery the
+        broker drops a record without a word, so a dead letter that fails there (the DLQ does
+        not answer, the member stops or is killed first) must get another delivery to try
+        again. Every delivery counts, a release too: MAX_ATTEMPTS bounds the attempts of one
+        delivery, this bounds the deliveries."""
+        return self.delivery_limit - 1 if self.delivery_limit >= 3 else self.delivery_limit
+
+    def is_last(self, deliveries: int) -> bool:
+        """The broker's last delivery of a record: released or left to its lock, it is dropped."""
+        return deliveries >= self.delivery_limit
 
     def lock_ends(self, polled_at: float) -> float:
         """When this member stops starting the records of a poll it asked for at `polled_at`."""
@@ -57,11 +64,11 @@ class GroupLimits:
         return now >= polled_at + self.lock_s
 
 
-def on_delivery(is_job: bool, deliveries: int, last_delivery: int) -> tuple[Verdict, str]:
+def on_delivery(is_job: bool, deliveries: int, dead_letter_delivery: int) -> tuple[Verdict, str]:
     """A record just polled: run it, or dead-letter it at once (and why)."""
     if not is_job:
         return Verdict.DEAD_LETTER, ""
-    if deliveries >= last_delivery:
+    if deliveries >= dead_letter_delivery:
         return Verdict.DEAD_LETTER, (f"delivered {deliveries} times and never finished (a handler "
                                      "that ends the process, or released unstarted each time?)")
     return Verdict.RUN, ""
@@ -88,6 +95,18 @@ def after_attempt(succeeded: bool, gives_up: bool, retry_at: float, start_by: fl
     return Verdict.RUN
 
 
-def after_dead_letter(published: bool) -> Verdict:
-    """A dead letter was answered: accept the record only once the DLQ holds it."""
-    return Verdict.ACCEPT if published else Verdict.RELEASE
+def after_dead_letter(published: bool, retry_at: float, lock_ends: float, last: bool,
+                      stopping: bool) -> Verdict:
+    """A dead letter was answered: accept the record only once the DLQ holds it. A failed one
+    is published again at `retry_at` (DEAD_LETTER) while this member's share of the lock lasts,
+    else the record is released for another delivery (RELEASE); at once when stopping. Never on
+    the broker's `last` delivery: released (or left to its lock) the record would be dropped,
+    so the member keeps publishing until the DLQ holds the job, past the lock if need be (the
+    job then lives in this member's memory only, until the DLQ takes it or the member stops)."""
+    if published:
+        return Verdict.ACCEPT
+    if last:
+        return Verdict.DEAD_LETTER
+    if stopping or retry_at >= lock_ends:
+        return Verdict.RELEASE
+    return Verdict.DEAD_LETTER

@@ -35,7 +35,9 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from confluent_kafka import (
     AcknowledgeType,
@@ -48,6 +50,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from consumer_service.counts import Counts
 from consumer_service.dead_letters import DeadLetterPublisher
 from consumer_service.settings import ConsumerSettings
 from consumer_service.share_decisions import (
@@ -60,7 +63,6 @@ from consumer_service.share_decisions import (
     before_start,
     on_delivery,
 )
-from consumer_service.worker import Counts
 from jobpipe.executor import Executor
 from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_processed, log_retry
 from jobpipe.job import InvalidJob, Job
@@ -68,9 +70,13 @@ from jobpipe.kafka_clients import admin_config, share_consumer_config
 from jobpipe.logs import event
 from jobpipe.share_groups import is_refusal, refusal, share_configs
 
+Outcome = Literal["processed", "dead_lettered", "handed_back"]  # what a confirmed acknowledgement counts as
+
 POLL_S = 0.5
 ACK_POLL_S = 0.05  # how often the wait for outcomes also serves the dead-letter producer
 ACK_SEND_S = 0.1  # acknowledgements made during a poll are sent at least this often
+LANE_POLL_S = 0.05  # the wait of a lane's poll, and of a wait for outcomes, while both may bring work
+MAX_LANES = 4  # share consumers per member at most (a slow job holds one lane's poll)
 CLOSE_MARGIN_S = 0.5  # of SHUTDOWN_TIMEOUT_S, kept for leaving the group and exiting
 DURATION_WEIGHT = 0.2  # of the newest attempt in the moving average of attempt durations
 
@@ -93,21 +99,44 @@ def group_limits(settings: ConsumerSettings) -> GroupLimits:
                        int(configs.get("share.delivery.count.limit") or DEFAULT_DELIVERY_LIMIT))
 
 
-@dataclass
+@dataclass(eq=False)
+class Lane:
+    """One ShareConsumer of this member and the poll it has in hand. librdkafka refuses a new
+    poll while a record of the last one is unacknowledged, so with one consumer a slow job held
+    the whole member (its free handler slots idle until the slow job ended). A member has up to
+    MAX_LANES of them (never more than CONSUMER_CONCURRENCY): while one waits for a slow job,
+    another polls. Each is a member of the share group as the broker sees it."""
+
+    consumer: ShareConsumer
+    polled_at: float = 0.0  # when its poll in hand was asked for (its records' locks start)
+    ready: deque[Record] = field(default_factory=deque)  # not started yet, in start order
+    unsettled: int = 0  # records of its poll not yet acknowledged
+    to_send: int = 0  # acknowledgements made since its last commit
+    sent_at: float = 0.0
+
+
+@dataclass(eq=False)
 class Record:
-    """A record of the poll in hand: what was tried, and what it is waiting for."""
+    """A record in hand: what was tried, and what it is waiting for."""
 
     message: Message
+    lane: Lane
     job: Job | None = None
     attempts: int = 0  # handler calls made on this delivery
     running: bool = False
-    publishing: bool = False
+    publishing: bool = False  # its dead letter is with the DLQ producer
+    republish: bool = False  # its dead letter failed and waits to be published again
+    dead_letters: int = 0  # failed dead letters on this delivery
     settled: bool = False
     reason: str = ""  # why it is being dead-lettered
 
     @property
     def deliveries(self) -> int:
         return self.message.delivery_count() or 1
+
+    @property
+    def polled_at(self) -> float:
+        return self.lane.polled_at
 
 
 @dataclass
@@ -124,9 +153,8 @@ class ShareWorker:
         self.name = f"consumer {self.number}@{host}"
         client_id = f"consumer-{self.number}-{host}"
         self._limits = group_limits(self.settings)
-        self._consumer = ShareConsumer(share_consumer_config(
-            self.settings, client_id, self.settings.consumer_group, self.settings.consumer_concurrency))
-        self._consumer.set_acknowledgement_commit_callback(self._on_acknowledged)
+        self._lanes = [self._new_lane(f"{client_id}-{n}" if n else client_id)
+                       for n in range(min(MAX_LANES, self.settings.consumer_concurrency))]
         # A dead letter's fate must be known while its record is still locked to this member.
         self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq",
                                         timeout_s=max(1.0, self._limits.lock_s / 3))
@@ -134,22 +162,29 @@ class ShareWorker:
         self._executor = Executor.for_function(function, self.settings.consumer_concurrency,
                                                f"handler-{self.number}")
         self._answers: list[tuple[Record, KafkaError | None]] = []
-        self._refused: list[tuple[int, str]] = []  # acknowledgements the broker refused
-        self._unsettled = 0  # records of the poll in hand not yet acknowledged
-        self._publishing = 0  # of those, dead letters the DLQ has not answered yet
-        self._to_send = 0  # acknowledgements made since the last commit_async
-        self._sent_at = 0.0  # when they were last sent
+        self._refused: list[tuple[int, int, str]] = []  # refused (acknowledgements, of them ACCEPTs, why)
+        # acknowledgements sent and not yet answered: what each one counts as once confirmed
+        self._confirming: dict[tuple[str, int, int], Outcome] = {}
+        self._running: set[Record] = set()
+        self._dead_lettering: set[Record] = set()  # dead letters in flight or waiting to go again
+        self._publishing = 0  # of those, the ones the DLQ producer holds
         self._job_s = 0.0  # moving average of an attempt's duration
         self._seq = itertools.count()
-        self._retries: list[tuple[float, int, Record]] = []  # (due, seq, record) of the poll in hand
-        self._records: list[Record] = []  # the poll in hand
+        self._retries: list[tuple[float, int, Record]] = []  # (due, seq, record): handler retries
+        self._republish: list[tuple[float, int, Record]] = []  # (due, seq, record): dead letters
         self._stopped_at: float | None = None
         event("share.limits", f"{self.name}: share group {self.settings.consumer_group} locks a record "
               f"for {self._limits.lock_s:g} s and gives up after {self._limits.delivery_limit} "
-              f"deliveries; a job is dead-lettered on delivery {self._limits.last_delivery}",
-              consumer=self.name, lock_s=self._limits.lock_s,
-              delivery_limit=self._limits.delivery_limit, last_delivery=self._limits.last_delivery)
+              f"deliveries; a job is dead-lettered on delivery {self._limits.dead_letter_delivery}",
+              consumer=self.name, lock_s=self._limits.lock_s, delivery_limit=self._limits.delivery_limit,
+              dead_letter_delivery=self._limits.dead_letter_delivery, lanes=len(self._lanes))
         self.heartbeat = time.monotonic()
+
+    def _new_lane(self, client_id: str) -> Lane:
+        consumer = ShareConsumer(share_consumer_config(
+            self.settings, client_id, self.settings.consumer_group, self.settings.consumer_concurrency))
+        consumer.set_acknowledgement_commit_callback(self._on_acknowledged)
+        return Lane(consumer)
 
     def _attempt(self, call: tuple[Job, int]) -> Attempt:
         return self.handler.attempt(*call)
@@ -159,24 +194,29 @@ class ShareWorker:
 
     def _on_acknowledged(self, offsets: dict[TopicPartition, set[int]],
                          error: KafkaException | None) -> None:
-        """librdkafka's answer to an acknowledgement commit (on this thread): note refusals."""
-        if error is not None:
-            self._refused.append((sum(len(found) for found in offsets.values()), str(error)))
+        """librdkafka's answer to an acknowledgement commit (on this thread, within a poll or a
+        commit): a job counts as processed (or dead-lettered, or released) only now that the
+        broker took its acknowledgement. A refused one (its lock had ended) is back with the
+        broker, which delivers it again: it counts as handed back."""
+        outcomes = [self._confirming.pop((tp.topic, tp.partition, offset), "handed_back")
+                    for tp, found in offsets.items() for offset in found]
+        if error is None:
+            for outcome in outcomes:
+                setattr(self.counts, outcome, getattr(self.counts, outcome) + 1)
+            return
+        self.counts.handed_back += len(outcomes)
+        self._refused.append((len(outcomes), sum(o != "handed_back" for o in outcomes), str(error)))
 
     # ---- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        self._consumer.subscribe([self.settings.jobs_topic])
+        for lane in self._lanes:
+            lane.consumer.subscribe([self.settings.jobs_topic])
         event("share.joined", f"{self.name} subscribed to {self.settings.jobs_topic} in share group "
               f"{self.settings.consumer_group}", consumer=self.name, group=self.settings.consumer_group)
         self.joined.set()
         try:
-            while not self.stop.is_set():
-                self.heartbeat = polled_at = time.monotonic()
-                records = self._consumer.poll(POLL_S)
-                self._report_refusals()
-                if records:
-                    self._settle_poll(list(records), polled_at)
+            self._work()
         except KafkaException as error:
             if is_refusal(error.args[0]):
                 raise refusal(self.settings.consumer_group) from None
@@ -191,64 +231,78 @@ class ShareWorker:
             self._stopped_at = now - POLL_S
         return self._stopped_at
 
-    def _settle_poll(self, messages: list[Message], polled_at: float) -> None:
-        """Work through one poll's records until each is acknowledged (or the stop's deadline)."""
+    def _work(self) -> None:
+        """Until the stop: start what can start, poll a lane whose poll is settled when a slot
+        is free, wait for outcomes; then finish or release what is in hand (bounded)."""
         stop_by: float | None = None
-        records = self._records = self._admit(messages)
-        ready = deque(record for record in records if not record.settled and not record.publishing)
-        retries: list[tuple[float, int, Record]] = []
-        self._retries = retries
-        running = 0
-        while self._unsettled:
+        concurrency = self.settings.consumer_concurrency
+        while True:
             self.heartbeat = now = time.monotonic()
-            start_by = self._limits.start_by(polled_at, self._job_s)
             if self.stop.is_set():
                 stop_by = stop_by or self.settings.work_deadline(self._stopping_since(now))
-                for record in [*ready, *(r for _, _, r in retries)]:
-                    self._release(record, "stopping")
-                ready = deque()
-                retries.clear()
-                if now >= stop_by:
-                    self._abandon_running(records)
-                    break
-            while retries and retries[0][0] <= now:
-                ready.appendleft(heapq.heappop(retries)[2])
-            if ready and before_start(now, start_by, self.stop.is_set()) is Verdict.RELEASE:
-                self._release_unstarted(ready, len(records))
-                ready.clear()
-            while ready and running < self.settings.consumer_concurrency:
-                record = ready.popleft()
-                record.attempts += 1
-                record.running = True
-                running += 1
-                assert record.job is not None
-                self._executor.submit(record, (record.job, record.attempts))
+                self._release_for_stop()
+                if not self._unsettled() or now >= stop_by:
+                    self._abandon_running()
+                    return
+            while self._retries and self._retries[0][0] <= now:
+                record = heapq.heappop(self._retries)[2]
+                record.lane.ready.appendleft(record)
+            while self._republish and self._republish[0][0] <= now:
+                self._publish(heapq.heappop(self._republish)[2])
+            self._release_late(now)
+            self._start(concurrency)
             wait = ACK_POLL_S if self._answers or self._publishing else POLL_S
-            if retries:
-                wait = max(0.0, min(wait, retries[0][0] - now))
+            for due in (self._retries, self._republish):
+                if due:
+                    wait = max(0.0, min(wait, due[0][0] - now))
             if stop_by is not None:
                 wait = max(0.0, min(wait, stop_by - now))
-            if running:
-                for done in self._executor.collect(wait):
-                    running -= 1
-                    record = done.token
-                    record.running = False
-                    if done.error is not None:
-                        raise done.error
-                    self._after_attempt(record, done.value, polled_at)
-            elif not self._publishing and not self._answers:
-                self.stop.wait(wait)  # only retries are waiting: until the next one is due
-            self._dlq.poll(min(wait, ACK_POLL_S) if self._publishing and not running else 0)
+            lane = self._free_lane() if stop_by is None and len(self._running) < concurrency else None
+            # a free slot and a lane to poll: the poll is the wait, short while outcomes may come
+            polled = lane is not None and self._poll(
+                lane, LANE_POLL_S if self._running or self._publishing else wait)
+            if self._running:
+                self._take_outcomes(0.0 if polled else LANE_POLL_S if lane else wait)
+            elif lane is None and not self._publishing:  # only retries wait: until the next is due
+                if self.stop.is_set():
+                    time.sleep(wait)
+                else:
+                    self.stop.wait(wait)
+            only_dead_letters = self._publishing and not self._running and not lane
+            self._dlq.poll(min(wait, ACK_POLL_S) if only_dead_letters else 0)
             for record, error in self._take_answers():
                 self._after_publish(record, error)
-            if self._unsettled and now - self._sent_at >= ACK_SEND_S:
-                self._send_acknowledgements(now)  # the next poll carries the rest
+            self._send_acknowledgements(time.monotonic())
 
-    def _admit(self, messages: list[Message]) -> list[Record]:
-        """The poll's records; those that are not jobs, or on their last delivery, go to the
-        DLQ at once (`publishing`)."""
-        records: list[Record] = []
-        self._unsettled = self._publishing = 0
+    def _unsettled(self) -> int:
+        return sum(lane.unsettled for lane in self._lanes)
+
+    def _free_lane(self) -> Lane | None:
+        """The lane to poll next: its poll settled, the one polled longest ago (so that each
+        lane polls now and then, and none is dropped from the group for not polling)."""
+        lanes = self._lanes
+        if len(lanes) == 1:
+            return None if lanes[0].unsettled else lanes[0]
+        free = [lane for lane in lanes if not lane.unsettled]
+        return min(free, key=lambda lane: lane.polled_at) if free else None
+
+    def _poll(self, lane: Lane, timeout: float) -> bool:
+        """Poll a lane whose poll is settled; True if it brought records."""
+        lane.polled_at = time.monotonic()
+        lane.sent_at = lane.polled_at  # the poll carries its acknowledgements
+        lane.to_send = 0
+        messages = lane.consumer.poll(timeout)
+        self._report_refusals()
+        if not messages:
+            return False
+        self._admit(lane, messages)
+        return True
+
+    def _admit(self, lane: Lane, messages: Iterable[Message]) -> None:
+        """A lane's poll: records that are not jobs, or on their dead-letter delivery, go to
+        the DLQ at once; the others wait for a slot, those that came back (delivered before)
+        first, so that a job released unstarted is not released again for the same reason."""
+        again: list[Record] = []
         for message in messages:
             error = message.error()
             if error is not None:
@@ -256,23 +310,80 @@ class ShareWorker:
                     raise KafkaException(error)
                 event("kafka.error", f"{self.name}: {error.str()}", level="WARNING", code=error.name())
                 continue
-            record = Record(message)
-            records.append(record)
-            self._unsettled += 1
+            record = Record(message, lane)
+            lane.unsettled += 1
             try:
                 record.job = Job.from_bytes(message.value())
                 invalid = ""
             except InvalidJob as error:
                 invalid = str(error)
-            verdict, why = on_delivery(record.job is not None, record.deliveries, self._limits.last_delivery)
+            deliveries = message.delivery_count() or 1
+            verdict, why = on_delivery(record.job is not None, deliveries, self._limits.dead_letter_delivery)
             if verdict is Verdict.DEAD_LETTER:
                 self._dead_letter(record, invalid or why)
-        return records
+            elif deliveries > 1:
+                again.append(record)
+            else:
+                lane.ready.append(record)
+        lane.ready.extendleft(reversed(again))
 
-    def _after_attempt(self, record: Record, attempt: Attempt, polled_at: float) -> None:
+    def _release_late(self, now: float) -> None:
+        """Records that can no longer start inside their lock (the broker hands out whole
+        record batches, so a poll can hold more than a lock's worth): released at once."""
+        for lane in self._lanes:
+            if lane.ready and before_start(now, self._limits.start_by(lane.polled_at, self._job_s),
+                                           False) is Verdict.RELEASE:
+                self._release_unstarted(lane)
+
+    def _start(self, concurrency: int) -> None:
+        """Fill the free slots, the oldest poll's records first (their locks end first)."""
+        while len(self._running) < concurrency:
+            lanes = [lane for lane in self._lanes if lane.ready]
+            if not lanes:
+                return
+            lane = min(lanes, key=lambda one: one.polled_at) if len(lanes) > 1 else lanes[0]
+            while lane.ready and len(self._running) < concurrency:
+                record = lane.ready.popleft()
+                record.attempts += 1
+                record.running = True
+                self._running.add(record)
+                assert record.job is not None
+                self._executor.submit(record, (record.job, record.attempts))
+
+    def _take_outcomes(self, wait: float) -> None:
+        for done in self._executor.collect(wait):
+            record = done.token
+            record.running = False
+            self._running.discard(record)
+            if done.error is not None:
+                raise done.error
+            self._after_attempt(record, done.value)
+
+    def _release_for_stop(self) -> None:
+        """A stop: nothing more starts; what waits for a slot or a retry is released, and so is
+        a dead letter waiting to go again, unless its record is on the broker's last delivery
+        (it is published again until the shutdown deadline)."""
+        for lane in self._lanes:
+            for record in lane.ready:
+                self._release(record, "stopping")
+            lane.ready.clear()
+        for _, _, record in self._retries:
+            self._release(record, "stopping")
+        self._retries.clear()
+        keep = [entry for entry in self._republish if self._limits.is_last(entry[2].deliveries)]
+        for _, _, record in self._republish:
+            if not self._limits.is_last(record.deliveries):
+                record.republish = False
+                self._dead_lettering.discard(record)
+                self._release(record, "stopping before its dead letter was published")
+        heapq.heapify(keep)
+        self._republish = keep
+
+    def _after_attempt(self, record: Record, attempt: Attempt) -> None:
         origin = {"partition": record.message.partition(), "offset": record.message.offset()}
         self._job_s += DURATION_WEIGHT * (attempt.duration_ms / 1000 - self._job_s)
         now = time.monotonic()
+        polled_at = record.polled_at
         if self._limits.expired(polled_at, now):
             event("share.lock_overrun", f"{self.name}: {attempt.job.key} ended after its lock "
                   f"({self._limits.lock_s:g} s): the broker may have given it to another member "
@@ -285,8 +396,7 @@ class ShareWorker:
                                 now + delay, self._limits.start_by(polled_at, self._job_s),
                                 self.stop.is_set())
         if verdict is Verdict.ACCEPT:
-            self._acknowledge(record, AcknowledgeType.ACCEPT)
-            self.counts.processed += 1
+            self._acknowledge(record, AcknowledgeType.ACCEPT, "processed")
             log_processed(attempt, self.name, **origin)
         elif verdict is Verdict.DEAD_LETTER:
             self._dead_letter(record, attempt.error_text)
@@ -301,10 +411,15 @@ class ShareWorker:
 
     def _dead_letter(self, record: Record, reason: str) -> None:
         record.reason = reason
+        self._dead_lettering.add(record)
+        self._publish(record)
+
+    def _publish(self, record: Record) -> None:
+        record.republish = False
         record.publishing = True
         self._publishing += 1
         try:
-            self._dlq.publish(record.message, reason, record.attempts, self.name,
+            self._dlq.publish(record.message, record.reason, record.attempts, self.name,
                               lambda error, _message: self._answers.append((record, error)))
         except (BufferError, KafkaException) as error:
             self._after_publish(record, KafkaError(KafkaError._QUEUE_FULL, str(error)))
@@ -319,36 +434,59 @@ class ShareWorker:
         job = record.job
         key = job.key if job else (record.message.key() or b"").decode(errors="replace") or None
         origin = {"partition": record.message.partition(), "offset": record.message.offset()}
-        if after_dead_letter(error is None) is Verdict.RELEASE:
-            assert error is not None
-            last = record.deliveries >= self._limits.delivery_limit
-            fate = ("released on its last delivery: the broker drops it" if last
-                    else "released for another delivery")
-            event("job.dead_letter_failed",
-                  f"{self.name} could not publish {key} to {self._dlq.topic} ({error.str()}); {fate}",
-                  level="ERROR", id=job.id if job else None, key=key, error=error.str(),
-                  deliveries=record.deliveries, lost=last, **origin)
-            self._release(record, "its dead letter was not acknowledged")
+        now = time.monotonic()
+        delay = self.handler.policy.delay_s(min(record.dead_letters + 1, 20))
+        verdict = after_dead_letter(error is None, now + delay, self._limits.lock_ends(record.polled_at),
+                                    self._limits.is_last(record.deliveries), self.stop.is_set())
+        if verdict is Verdict.ACCEPT:
+            self._dead_lettering.discard(record)
+            self._acknowledge(record, AcknowledgeType.ACCEPT, "dead_lettered")
+            log_dead_lettered(key, job.id if job else None, reason=record.reason, attempts=record.attempts,
+                              consumer=self.name, destination=self._dlq.topic, **origin)
             return
-        self._acknowledge(record, AcknowledgeType.ACCEPT)
-        self.counts.dead_lettered += 1
-        log_dead_lettered(key, job.id if job else None, reason=record.reason, attempts=record.attempts,
-                          consumer=self.name, destination=self._dlq.topic, **origin)
+        assert error is not None
+        record.dead_letters += 1
+        if verdict is Verdict.DEAD_LETTER:
+            event("job.dead_letter_retry", f"{self.name} could not publish {key} to {self._dlq.topic} "
+                  f"({error.str()}); trying again in {delay * 1000:.0f} ms", level="WARNING",
+                  id=job.id if job else None, key=key, error=error.str(), deliveries=record.deliveries,
+                  failures=record.dead_letters, delay_ms=round(delay * 1000, 1), consumer=self.name, **origin)
+            record.republish = True
+            heapq.heappush(self._republish, (now + delay, next(self._seq), record))
+            return
+        self._dead_lettering.discard(record)
+        self._dead_letter_failed(record, error.str(), lost=False)
 
-    def _release_unstarted(self, ready: deque[Record], polled: int) -> None:
-        """Jobs of this poll that can no longer start inside their lock: hand them back at once."""
-        event("share.poll_too_big", f"{self.name} released {len(ready)} of the {polled} jobs of one poll, "
-              "not started within its share of their lock (the broker hands out whole record batches: "
-              "produce smaller ones, see docs/share-groups.md)", level="WARNING", consumer=self.name,
-              released=len(ready), polled=polled, lock_s=self._limits.lock_s)
+    def _dead_letter_failed(self, record: Record, error: str, lost: bool) -> None:
+        """Give up on a dead letter: the record goes back to the broker (released), for its
+        next delivery, or dropped by the broker if it was its last (`lost`)."""
+        job = record.job
+        key = job.key if job else (record.message.key() or b"").decode(errors="replace") or None
+        fate = ("left on its last delivery: the broker drops it" if lost
+                else "released for another delivery, where it is dead-lettered again")
+        event("job.dead_letter_failed",
+              f"{self.name} could not publish {key} to {self._dlq.topic} ({error}); {fate}",
+              level="ERROR" if lost else "WARNING", id=job.id if job else None, key=key, error=error,
+              deliveries=record.deliveries, lost=lost, consumer=self.name,
+              partition=record.message.partition(), offset=record.message.offset())
+        self._release(record, "its dead letter was not acknowledged")
+
+    def _release_unstarted(self, lane: Lane) -> None:
+        """Jobs of a poll that can no longer start inside their lock: hand them back at once."""
+        polled = lane.unsettled
+        ready = lane.ready
+        event("share.poll_too_big", f"{self.name} released {len(ready)} of the {polled} jobs of one poll "
+              "still in hand, not started within its share of their lock (the broker hands out whole "
+              "record batches: produce smaller ones, see docs/share-groups.md)", level="WARNING",
+              consumer=self.name, released=len(ready), polled=polled, lock_s=self._limits.lock_s)
         for record in ready:
             self._release(record, "not started within its lock", log=False)
+        ready.clear()
 
     def _release(self, record: Record, why: str, log: bool = True) -> None:
-        if record.settled or record.running or record.publishing:
+        if record.settled or record.running or record.publishing or record.republish:
             return
-        self._acknowledge(record, AcknowledgeType.RELEASE)
-        self.counts.handed_back += 1
+        self._acknowledge(record, AcknowledgeType.RELEASE, "handed_back")
         if not log:
             return
         job = record.job
@@ -358,38 +496,47 @@ class ShareWorker:
               partition=record.message.partition(), offset=record.message.offset(), reason=why,
               deliveries=record.deliveries, consumer=self.name)
 
-    def _acknowledge(self, record: Record, kind: AcknowledgeType) -> None:
+    def _acknowledge(self, record: Record, kind: AcknowledgeType, outcome: Outcome) -> None:
+        """Mark the record; it counts as `outcome` once the broker confirms (_on_acknowledged)."""
         if record.settled:
             return
         record.settled = True
-        self._unsettled -= 1
+        lane = record.lane
+        lane.unsettled -= 1
+        message = record.message
         try:
-            self._consumer.acknowledge(record.message, kind)
+            lane.consumer.acknowledge(message, kind)
         except IllegalStateException as error:  # no longer in flight: the broker has it back
-            event("ack.refused", f"{self.name}: could not acknowledge partition {record.message.partition()} "
-                  f"offset {record.message.offset()} ({error})", level="WARNING", consumer=self.name)
+            self.counts.handed_back += 1
+            event("ack.refused", f"{self.name}: could not acknowledge partition {message.partition()} "
+                  f"offset {message.offset()} ({error})", level="WARNING", consumer=self.name)
             return
-        self._to_send += 1
+        self._confirming[(message.topic() or "", message.partition() or 0, message.offset() or 0)] = outcome
+        lane.to_send += 1
 
     def _send_acknowledgements(self, now: float) -> None:
-        self._sent_at = now
-        if self._to_send:
-            self._to_send = 0
-            self._consumer.commit_async()
-            self._report_refusals()
+        """Send each lane's acknowledgements: at once when its poll is settled (it may not poll
+        again soon), else at least every ACK_SEND_S (the next poll would carry them)."""
+        for lane in self._lanes:
+            if lane.to_send and (not lane.unsettled or now - lane.sent_at >= ACK_SEND_S):
+                lane.to_send = 0
+                lane.sent_at = now
+                lane.consumer.commit_async()
+        self._report_refusals()
 
     def _report_refusals(self) -> None:
-        for count, error in self._refused:
-            event("ack.refused", f"{self.name}: the broker refused {count} acknowledgement(s): {error} "
-                  "(their lock had ended; the broker delivers them again)", level="WARNING",
-                  consumer=self.name, refused=count, error=error)
+        for count, settled, error in self._refused:
+            event("ack.refused", f"{self.name}: the broker refused {count} acknowledgement(s), {settled} "
+                  f"of them for jobs done or dead-lettered here: {error} (their lock had ended; the "
+                  "broker delivers them again)", level="WARNING", consumer=self.name, refused=count,
+                  settled=settled, error=error)
         self._refused.clear()
 
-    def _abandon_running(self, records: list[Record]) -> None:
+    def _abandon_running(self) -> None:
         """The shutdown deadline came with handlers still running: their records go back to the
         broker when the member leaves, and the jobs run again elsewhere."""
-        for record in records:
-            if record.running and record.job is not None:
+        for record in self._running:
+            if record.job is not None:
                 event("job.released", f"{self.name} left {record.job.key} running at the shutdown "
                       "deadline: the broker delivers it again", level="WARNING", id=record.job.id,
                       key=record.job.key, partition=record.message.partition(),
@@ -402,15 +549,31 @@ class ShareWorker:
         now = time.monotonic()
         deadline = self._stopping_since(now) + self.settings.shutdown_timeout_s - CLOSE_MARGIN_S
         self._executor.close(0.0)
+        republish, self._republish = self._republish, []
+        for _, _, record in republish:  # a last try for those on their last delivery
+            self._publish(record)
         self._dlq.close(max(0.1, (deadline - time.monotonic()) / 2))
         for record, error in self._take_answers():
-            self._after_publish(record, error)
-        for record in self._records:
-            if record.publishing:  # never answered: the member leaves with it unacknowledged
-                self._after_publish(record, KafkaError(KafkaError._MSG_TIMED_OUT,
-                                                       "not acknowledged by the shutdown deadline"))
+            if error is None:
+                self._after_publish(record, None)
+            else:
+                self._dead_lettering.discard(record)
+                record.publishing = False
+                self._dead_letter_failed(record, error.str(), lost=self._limits.is_last(record.deliveries))
+        for record in list(self._dead_lettering):  # never answered: the member leaves without it
+            record.publishing = record.republish = False
+            self._dead_letter_failed(record, "not acknowledged by the shutdown deadline",
+                                     lost=self._limits.is_last(record.deliveries))
+        self._dead_lettering.clear()
+        for lane in self._lanes:
+            self._commit(lane, max(0.1, (deadline - time.monotonic()) / len(self._lanes)))
+        self._report_refusals()
+        for lane in self._lanes:
+            lane.consumer.close()  # leaves the group: the broker takes back what was not acknowledged
+
+    def _commit(self, lane: Lane, timeout: float) -> None:
         try:
-            results = self._consumer.commit_sync(max(0.1, deadline - time.monotonic()))
+            results = lane.consumer.commit_sync(timeout)
             failed = {f"{tp.topic}[{tp.partition}]": str(error) for tp, error in results.items() if error}
             if failed:
                 event("commit.failed", f"{self.name}: acknowledgements refused for {failed}",
@@ -418,5 +581,3 @@ class ShareWorker:
         except KafkaException as error:
             event("commit.failed", f"{self.name} could not commit its acknowledgements: {error}",
                   level="WARNING", consumer=self.name)
-        self._report_refusals()
-        self._consumer.close()  # leaves the group: the broker takes back what was not acknowledged

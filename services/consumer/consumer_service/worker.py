@@ -42,6 +42,7 @@ from typing import Any, Generic, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumer_service.counts import Counts
 from consumer_service.dead_letters import DeadLetterPublisher
 from consumer_service.offsets import TP
 from consumer_service.runner import TaskRunner
@@ -112,18 +113,6 @@ class DeadLetter:
     reason: str
     attempts: int
     job: Job | None
-
-
-@dataclass
-class Counts:
-    processed: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    handed_back: int = 0
-
-    def add(self, other: Counts) -> None:
-        for name in vars(self):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @dataclass
