@@ -45,14 +45,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from consumer_service.dead_letters import DeadLetterPublisher
 from consumer_service.offsets import TP
 from consumer_service.runner import TaskRunner
-from consumer_service.scheduler import Scheduler, Task
+from consumer_service.scheduler import Run, Scheduler, Task
 from consumer_service.settings import ConsumerSettings
 from jobpipe import metrics
 from jobpipe.access import principal
 from jobpipe.errors import KafkaRefused
 from jobpipe.executor import Completion, Executor
 from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_processed, log_retry
-from jobpipe.job import InvalidJob, Job
+from jobpipe.job import Job
 from jobpipe.kafka_clients import consumer_config
 from jobpipe.logs import enabled, event
 
@@ -142,6 +142,7 @@ class ConsumerWorker:
         self._executor = Executor.for_function(TaskRunner(self.handler, self.stop).function,
                                                self._concurrency, f"handler-{self.number}")
         self._assigned: set[TP] = set()
+        self._runs: set[Run] = set()  # submitted to the executor, its completion not collected yet
         self._dead_letters_out = 0  # published, not answered yet
         self._answers: list[tuple[Task, KafkaError | None]] = []  # dead-letter acknowledgements
         self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
@@ -230,6 +231,8 @@ class ConsumerWorker:
             messages = self._fetch(min(wait, BUSY_POLL_S))
         else:
             messages = self._fetch(wait)
+        if self._runs:
+            self._report_progress()
         if messages:
             self._take(messages)
         if self._dead_letters_out:
@@ -297,12 +300,16 @@ class ConsumerWorker:
         if scheduler.runs >= self._concurrency:
             return
         submit = self._executor.submit
+        runs = self._runs
         for run in scheduler.start_runs(now, self._run_length()):
-            tasks = run.tasks
-            if any(task.note is not None for task in tasks):
-                tasks = self._publish_due_dead_letters(tasks)
-            if tasks:
-                submit(tasks, tasks)
+            if any(task.note is not None for task in run.tasks):
+                tasks = self._publish_due_dead_letters(run.tasks)
+                if not tasks:
+                    continue
+                run.tasks = tasks
+                run.results = [None] * len(tasks)
+            runs.add(run)
+            submit(run, run)
 
     def _store(self) -> None:
         moved = self._scheduler.offsets()
@@ -325,36 +332,73 @@ class ConsumerWorker:
     # ---- outcomes -------------------------------------------------------------------------
 
     def _report(self, completions: list[Completion]) -> None:
-        """Tell the scheduler what each run did, job by job, as it came back."""
-        succeeded = self._scheduler.succeeded
-        logged = enabled("INFO")  # per-job work here is the consumer's hot path
+        """Runs that ended: report what of them was not reported yet (see `_report_results`)."""
         for completion in completions:
             if completion.error is not None:
                 raise completion.error  # the runner itself failed: a bug, not a job's failure
-            tasks: list[Task] = completion.token
-            results: list[Attempt | InvalidJob | None] = completion.value
-            not_started: list[Task] = []
-            processed = 0
-            for task, result in zip(tasks, results, strict=True):
-                if result is None:
+            run: Run = completion.token
+            self._runs.discard(run)
+            self._report_results(run, len(run.tasks))
+            if run.started:
+                self._job_s += (completion.duration_s / run.started - self._job_s) * 0.3
+
+    def _report_progress(self) -> None:
+        """Tasks of runs still running that ended already: reported now, not when their run
+        ends (a quick job is logged and its offset stored while a slow one of its run runs)."""
+        for run in self._runs:
+            done = run.done
+            if done > run.reported:
+                self._report_results(run, done)
+
+    def _report_results(self, run: Run, upto: int) -> None:
+        """Tell the scheduler what the run's tasks up to `upto` did (each is final), job by job."""
+        succeeded = self._scheduler.succeeded
+        logged = enabled("INFO")  # per-job work here is the consumer's hot path
+        tasks = run.tasks
+        results = run.results
+        taken_back = run.taken_back
+        not_started: list[Task] = []
+        processed = 0
+        for index in range(run.reported, upto):
+            task = tasks[index]
+            result = results[index]
+            if result is None:
+                if taken_back is None or index not in taken_back:
                     not_started.append(task)
-                elif isinstance(result, Attempt):
-                    if result.error is not None:
-                        self._after_failure(task, result)
-                    elif succeeded(task):
-                        processed += 1
-                        if logged:
-                            log_processed(result, self.name, partition=task.tp[1], offset=task.offset)
-                    else:
-                        self._hand_back(task, result.job, "processed after its partition was lost")
-                else:
-                    self._dead_letter(task, DeadLetter(str(result), 0, None))
-            self.counts.processed += processed
-            started = len(tasks) - len(not_started)
-            if started:
-                self._job_s += (completion.duration_s / started - self._job_s) * 0.3
-            for task in reversed(not_started):  # back in their places, in order
-                self._scheduler.unstarted(task)
+            elif isinstance(result, Attempt):
+                if result.error is not None:
+                    self._after_failure(task, result)
+                elif succeeded(task):
+                    processed += 1
+                    if logged:
+                        log_processed(result, self.name, partition=task.tp[1], offset=task.offset)
+                else:  # handed back (and counted) when its partition went; its next owner redoes it
+                    metrics.handler_stats().processed -= 1  # so jobs_processed_total counts it once
+            else:
+                self._dead_letter(task, DeadLetter(str(result), 0, None))
+        run.reported = upto
+        self.counts.processed += processed
+        for task in reversed(not_started):  # back in their places, in order
+            self._scheduler.unstarted(task)
+
+    def _take_back_unreached(self) -> None:
+        """During a revoke or a stop: tasks of running runs that their slot has not reached and
+        will skip (their partition is going, or the member stops) are given back now, so that
+        only calls that may have started are waited for (see `Run` for why this is safe)."""
+        stopping = self.stop.is_set()  # read before `run.at`, as `cancelled` is
+        unstarted = self._scheduler.unstarted
+        for run in self._runs:
+            tasks = run.tasks
+            for index in range(max(run.at + 1, run.reported), len(tasks)):
+                task = tasks[index]
+                if not (stopping or task.cancelled):
+                    continue
+                if run.taken_back is None:
+                    run.taken_back = set()
+                elif index in run.taken_back:
+                    continue
+                run.taken_back.add(index)
+                unstarted(task)
 
     def _after_failure(self, task: Task, attempt: Attempt) -> None:
         if self.handler.next_step(attempt) is Next.DEAD_LETTER:
@@ -364,7 +408,7 @@ class ConsumerWorker:
         if self._scheduler.failed(task, time.monotonic() + delay):
             self.counts.retried += 1
             log_retry(attempt, delay, self.name, partition=task.tp[1], offset=task.offset)
-        else:
+        elif not task.orphaned:  # else handed back (and counted) when its partition was dropped
             self._hand_back(task, attempt.job,
                             f"attempt {attempt.number} failed while its partition was given up")
 
@@ -374,8 +418,7 @@ class ConsumerWorker:
         """Publish to the DLQ; the job stays unfinished (holding its unit and the watermark)
         until the broker acknowledged it."""
         if not self._scheduler.dead_lettering(task):
-            self._hand_back(task, why.job, "its partition was lost before it was dead-lettered")
-            return
+            return  # its partition was dropped: handed back (and counted) then
         task.note = why
         self._publish(task)
 
@@ -407,8 +450,7 @@ class ConsumerWorker:
                 log_dead_lettered(key, job_id, reason=why.reason, attempts=why.attempts,
                                   consumer=self.name, destination=self._dlq.topic,
                                   partition=task.tp[1], offset=task.offset)
-            else:
-                self._hand_back(task, why.job, "its partition was lost while it was dead-lettered")
+            # else its partition was dropped meanwhile: handed back (and counted) then
 
     def _dead_letter_failed(self, task: Task, error: str) -> None:
         why: DeadLetter = task.note
@@ -420,7 +462,7 @@ class ConsumerWorker:
               f"{self.name} could not publish {key} to {self._dlq.topic} ({error}); {what}",
               level="ERROR", id=job_id, key=key, error=error, partition=task.tp[1],
               offset=task.offset, consumer=self.name)
-        if not again:
+        if not again and not task.orphaned:  # an orphan was handed back when its partition was dropped
             self._hand_back(task, why.job, "its dead letter was not acknowledged before its partition went")
 
     def _publish_due_dead_letters(self, tasks: list[Task]) -> list[Task]:
@@ -465,8 +507,15 @@ class ConsumerWorker:
 
     def _wait_for(self, done: Callable[[], bool], until: float) -> bool:
         """Report outcomes and dead-letter answers until `done()` or `until` (monotonic), and
-        no longer than the shutdown budget once a stop was asked for."""
-        while not done():
+        no longer than the shutdown budget once a stop was asked for. Tasks of a run that ended
+        are reported at once, and its tasks that will not start are given back at once: only
+        calls that may be running are waited for."""
+        while True:
+            if self._runs:
+                self._report_progress()
+                self._take_back_unreached()
+            if done():
+                return True
             now = time.monotonic()
             if self.stop.is_set():
                 if self._stop_deadline is None:
@@ -484,7 +533,6 @@ class ConsumerWorker:
                 self._dlq.poll(0 if self._scheduler.in_flight else min(0.05, left))
             if self._answers:
                 self._report_dead_letters()
-        return True
 
     def _finish_in_flight(self) -> None:
         """On shutdown: the runs stop after the job in hand; wait for those (and for dead
