@@ -52,7 +52,7 @@ from jobpipe.access import principal
 from jobpipe.errors import KafkaRefused
 from jobpipe.executor import Completion, Executor
 from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_processed, log_retry
-from jobpipe.job import Job
+from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import consumer_config
 from jobpipe.logs import enabled, event
 
@@ -484,10 +484,14 @@ class ConsumerWorker:
     # ---- handing back --------------------------------------------------------------------
 
     def _identify(self, task: Task, job: Job | None) -> tuple[str | None, str | None]:
-        """(key, id) for log lines: the job's, or the raw key of a message that is not a job."""
-        if job is not None:
-            return job.key, job.id
-        return (task.key or b"").decode(errors="replace") or None, None
+        """(key, id) for log lines: the job's (decoded again if need be: off the hot path), or
+        the raw key of a message that is not a job."""
+        if job is None:
+            try:
+                job = Job.from_bytes(task.payload.value())
+            except InvalidJob:
+                return (task.key or b"").decode(errors="replace") or None, None
+        return job.key, job.id
 
     def _hand_back(self, task: Task, job: Job | None, why: str) -> None:
         """A job that was started here and will not be committed: its next owner redoes it."""
@@ -543,8 +547,8 @@ class ConsumerWorker:
         self._wait_for(lambda: not scheduler.in_flight_on(None), self._stop_deadline)
         self._store()
         still = scheduler.in_flight_on(None)
-        if still:
-            self._hand_back_all(still, "still running at shutdown")
+        if still:  # dropped now, so the revoke that close() serves does not hand them back again
+            self._forget({task.tp for task in still}, "still running at shutdown")
 
     # ---- rebalances ---------------------------------------------------------------------
 
