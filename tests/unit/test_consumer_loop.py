@@ -83,6 +83,26 @@ class FakeConsumer:
         return None
 
 
+class SharedFakeProducer(FakeProducer):
+    """FakeProducer with a lock: the member serves the dead-letter producer's answers on a
+    thread of its own while its loop publishes (librdkafka's producer is thread-safe)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self._lock = threading.RLock()
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        with self._lock:
+            super().produce(*args, **kwargs)
+
+    def poll(self, timeout: float = 0) -> int:
+        if self.hold or not self.pending:
+            time.sleep(min(timeout, 0.01))
+            return 0
+        with self._lock:
+            return super().poll(0)
+
+
 class Harness:
     """One ConsumerWorker over the stand-ins; the test calls the steps librdkafka would."""
 
@@ -132,7 +152,7 @@ class Harness:
 @pytest.fixture
 def make(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Harness]]:
     monkeypatch.setattr(worker, "Consumer", FakeConsumer)
-    monkeypatch.setattr(dead_letters, "Producer", FakeProducer)
+    monkeypatch.setattr(dead_letters, "Producer", SharedFakeProducer)
     made: list[worker.ConsumerWorker] = []
 
     def build(function: Callable[[Job], Any], **settings: Any) -> Harness:
@@ -606,3 +626,52 @@ def test_a_job_that_succeeds_after_its_partition_was_lost_is_counted_once_as_han
     assert len(h.events("job.handed_back")) == 1
     assert (h.member.counts.handed_back, h.member.counts.processed) == (1, 0)
     assert (REGISTRY.get_sample_value("jobs_processed_total") or 0.0) == before
+
+
+def test_the_loop_waits_on_events_not_a_short_timer(make: Callable[..., Harness]) -> None:
+    """Issue 22 defect 7: with a handler running and a slot free, or while a dead letter waited
+    for its acknowledgement, every turn waited 2 ms (25x the idle CPU)."""
+    release, entered = threading.Event(), threading.Event()
+
+    def handler(job: Job) -> None:
+        if job.key == "slow":
+            entered.set()
+            release.wait(60)
+        fails_when_told(job)
+
+    h = make(handler, consumer_concurrency=2, max_attempts=1)
+    waits: list[float] = []
+    real_poll, real_collect = h.kafka.poll, h.member._executor.collect
+
+    def poll(timeout: float = -1) -> Message | None:
+        waits.append(timeout)
+        return real_poll(timeout)
+
+    def collect(timeout: float | None = 0.0) -> list[Any]:
+        if timeout:
+            waits.append(timeout)
+        return real_collect(min(timeout or 0.0, 0.01))  # the test need not wait it out
+
+    h.kafka.poll = poll  # type: ignore[method-assign]
+    h.member._executor.collect = collect  # type: ignore[method-assign]
+    h.add(0, job(0, key="slow"))
+    h.assign(0)
+    try:
+        h.turn_until(entered.is_set)
+        waits.clear()
+        for _ in range(5):
+            h.member._turn()
+        assert waits and min(waits) == worker.POLL_S, "a slot free, a handler running"
+
+        h.dlq.hold = True
+        h.add(0, job(1, key="doomed", fail=True))
+        h.turn_until(lambda: len(h.dlq.pending) == 1)
+        waits.clear()
+        for _ in range(5):
+            h.member._turn()
+        assert waits and min(waits) == worker.POLL_S, "a dead letter waiting for its answer"
+    finally:
+        release.set()
+    h.dlq.hold = False
+    h.turn_until(lambda: h.settled(0))
+    assert len(h.events("job.dead_lettered")) == 1

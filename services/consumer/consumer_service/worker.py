@@ -35,6 +35,7 @@ import json
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -59,7 +60,6 @@ from jobpipe.logs import enabled, event
 T = TypeVar("T")
 FETCH = 500  # most messages taken from librdkafka at once
 POLL_S = 0.2  # longest a single poll blocks, so stop and due retries are noticed quickly
-BUSY_POLL_S = 0.002  # the poll's wait while handler calls run and a slot is free for more
 RUN_BUDGET_S = 0.002  # about how much handler time one run holds (see `_run_length`)
 MAX_RUN = 256  # most jobs in one run
 FULL_PAUSE_S = 0.5  # a member full of jobs (MAX_IN_FLIGHT) this long pauses its partitions
@@ -144,7 +144,9 @@ class ConsumerWorker:
         self._assigned: set[TP] = set()
         self._runs: set[Run] = set()  # submitted to the executor, its completion not collected yet
         self._dead_letters_out = 0  # published, not answered yet
-        self._answers: list[tuple[Task, KafkaError | None]] = []  # dead-letter acknowledgements
+        self._answers: deque[tuple[Task, KafkaError | None]] = deque()  # dead-letter acknowledgements
+        self._answers_due = threading.Event()  # set while dead letters are out (see `_serve_answers`)
+        threading.Thread(target=self._serve_answers, name=f"dead-letters-{self.number}", daemon=True).start()
         self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
         self._stop_deadline: float | None = None
         self.heartbeat = time.monotonic()
@@ -213,30 +215,33 @@ class ConsumerWorker:
             self._close()
 
     def _turn(self) -> None:
-        """One turn: wait for messages or outcomes, report, start, store, pause/resume."""
+        """One turn: wait for messages or outcomes, report, start, store, pause/resume.
+
+        librdkafka's queue and the executor's cannot be waited on together, so the turn waits
+        on the one whose event can move things on (never on a short timer): outcomes when no
+        message could be started now (every slot busy, fetching paused, or jobs in hand that
+        wait for a running one); otherwise Kafka, and the outcomes that came meanwhile are
+        reported after the poll (within POLL_S: nothing in hand waits for them). Dead-letter
+        answers wake the outcome wait (see `_serve_answers`)."""
         scheduler = self._scheduler
         wait = self._wait_s()
         messages: list[Message] = []
         may_fetch = scheduler.room > 0 or scheduler.fetch_paused  # paused: a fetch takes nothing
         # Outcomes are reported as soon as they are collected, before any poll: a revoke served
         # by a poll waits for the revoked partitions' jobs, and must find their outcomes.
-        if scheduler.in_flight and not (may_fetch and scheduler.runs < self._concurrency):
-            self._report(self._executor.collect(wait))  # nothing could start: wait for an outcome
+        if not may_fetch or (scheduler.in_flight and (scheduler.runs >= self._concurrency
+                                                      or scheduler.held > scheduler.in_flight)):
+            self._report(self._executor.collect(wait))
             if may_fetch:
                 messages = self._fetch(0)
-        elif not may_fetch:  # full of jobs waiting for retries or dead letters: wait for those
-            self.stop.wait(wait)
-        elif scheduler.in_flight:
-            self._report(self._executor.collect(0))
-            messages = self._fetch(min(wait, BUSY_POLL_S))
         else:
+            if scheduler.in_flight:
+                self._report(self._executor.collect(0))
             messages = self._fetch(wait)
         if self._runs:
             self._report_progress()
         if messages:
             self._take(messages)
-        if self._dead_letters_out:
-            self._dlq.poll(0)
         if self._answers:
             self._report_dead_letters()
         self._start(time.monotonic())
@@ -245,8 +250,6 @@ class ConsumerWorker:
 
     def _wait_s(self) -> float:
         wait = POLL_S
-        if self._dead_letters_out:
-            wait = BUSY_POLL_S
         # A retry that is due cannot start while every slot is busy: then an outcome is what
         # the loop waits for (waiting for the retry's time would spin once it has passed).
         retry = self._scheduler.next_due() if self._scheduler.runs < self._concurrency else None
@@ -431,15 +434,29 @@ class ConsumerWorker:
             self._dead_letter_failed(task, str(error))
             return
         self._dead_letters_out += 1
+        self._answers_due.set()
+
+    def _serve_answers(self) -> None:
+        """On a thread of its own: serve the dead-letter producer's delivery reports while
+        dead letters are out, so the loop waits for their answers as for outcomes (each
+        answer wakes it) instead of polling the producer on a short timer."""
+        while not self.stop.is_set():
+            if self._answers_due.wait(POLL_S * 5):
+                self._dlq.poll(POLL_S)
 
     def _on_dead_letter_answer(self, task: Task, error: KafkaError | None, _message: Message) -> None:
-        """librdkafka's delivery report (served by `self._dlq.poll`): only noted here."""
+        """librdkafka's delivery report (served by `self._dlq.poll`, on any thread): only noted
+        here, and the loop woken."""
         self._answers.append((task, error))
+        self._executor.wake()
 
     def _report_dead_letters(self) -> None:
-        answers, self._answers = self._answers, []
-        for task, error in answers:
+        answers = self._answers
+        while answers:
+            task, error = answers.popleft()
             self._dead_letters_out -= 1
+            if not self._dead_letters_out:
+                self._answers_due.clear()
             if error is not None:
                 self._dead_letter_failed(task, error.str())
                 continue
