@@ -1,8 +1,9 @@
 """The scheduler's decisions, with a fake clock: what starts, what waits, what pauses, what commits.
 
-The property-based test at the end drives random interleavings of fetch, start, success,
-failure, due retry, dead letter, rewind, revoke, lost and re-assignment against a fake broker,
-and checks the guarantees the consumer is built on.
+The property-based test at the end drives random interleavings of fetch, start (in runs),
+handler calls that run over several steps, success, failure, due retry, dead letter, rewind,
+revoke, lost and re-assignment (also while a call of the partition still runs) against a
+fake broker, and checks the guarantees the consumer is built on.
 """
 
 from __future__ import annotations
@@ -527,6 +528,7 @@ class ConsumerModel(RuleBasedStateMachine):
         self.owned: set[TP] = set()
         self.paused: set[TP] = set()
         self.runs: list[list[Task]] = []  # each slot's tasks not reported yet, in run order
+        self.begun: set[Task] = set()  # heads of runs whose handler call runs (across steps)
         self.settling: list[Task] = []  # dead letters being published
         self.orphans: set[Task] = set()  # handed back by a drop, their outcomes still to come
         self.finished: dict[TP, set[int]] = {tp: set() for tp in self.tps}  # ever, as told to the scheduler
@@ -595,18 +597,19 @@ class ConsumerModel(RuleBasedStateMachine):
             self._after_failure(task, run)
         return run
 
-    def _execute(self, run: list[Task]) -> Task | None:
+    def _begin(self, run: list[Task]) -> Task | None:
         """What a slot does next with its run: skip what must not start (reported
-        `unstarted`), then start the next task (checked here: its handler call starts).
-        Returns the task started, removed from the run, or None if the run ended."""
-        while run and run[0].cancelled:
+        `unstarted`), then start the head's handler call (checked here: its unit's order, and
+        no other call of its unit running, also one of an earlier assignment of its partition).
+        The call runs until the head is reported. None if the run ended."""
+        while run and run[0] not in self.begun and run[0].cancelled:
             self._unstart(run)
         if not run:
             self._end(run)
             return None
-        task = run.pop(0)
-        if not run:
-            self._end(run)
+        task = run[0]
+        if task in self.begun:
+            return task
         unit = self._unit(task.tp, task.key)
         for waiting in self.s.retrying():
             assert unit is None or self._unit(waiting.tp, waiting.key) != unit, \
@@ -616,6 +619,23 @@ class ConsumerModel(RuleBasedStateMachine):
                 if offset < task.offset and self._unit(task.tp, key) == unit:
                     assert offset in self.epoch_finished[task.tp], \
                         f"{task} started before offset {offset} of its unit finished"
+            for other in self.begun:
+                assert self._unit(other.tp, other.key) != unit, \
+                    f"{task} started while {other} of its unit still runs"
+        self.begun.add(task)
+        return task
+
+    def _execute(self, run: list[Task]) -> Task | None:
+        """Start the run's next task (or take the one whose call runs) and end its call:
+        returns it, removed from the run, for its outcome to be reported; None if the run
+        ended."""
+        task = self._begin(run)
+        if task is None:
+            return None
+        self.begun.discard(task)
+        run.pop(0)
+        if not run:
+            self._end(run)
         return task
 
     def _unstart(self, run: list[Task]) -> None:
@@ -757,12 +777,27 @@ class ConsumerModel(RuleBasedStateMachine):
             self._start()
 
     @precondition(lambda self: self.runs)
+    @rule(i=st.integers(0, 100), start=st.booleans())
+    def begin(self, i: int, start: bool) -> None:
+        """A slot starts its next handler call, which runs on over the following steps
+        (through revokes, losses and re-assignments) until `complete` reports it."""
+        self._begin(self.runs[i % len(self.runs)])
+        self._flow()
+        if start:
+            self._start()
+
+    @precondition(lambda self: self.runs)
     @rule(i=st.integers(0, 100))
     def cut(self, i: int) -> None:
-        """A run stops early (a stop): what it had not started goes back."""
-        run = self.runs.pop(i % len(self.runs))
+        """A run stops early (a stop): what it had not started goes back; a call that runs
+        is reported when it ends."""
+        run = self.runs[i % len(self.runs)]
+        running = [run.pop(0)] if run[0] in self.begun else []
         while run:
             self._unstart(run)
+        run[:] = running
+        if not run:
+            self._end(run)
         self._flow()
 
     @precondition(lambda self: self.settling)
@@ -802,6 +837,21 @@ class ConsumerModel(RuleBasedStateMachine):
             self._revoke(tp, outcomes) if kind == "revoke" else self._lose(tp)
             if back:
                 self._assign(tp)
+
+    @precondition(lambda self: self.begun)
+    @rule(i=st.integers(0, 100))
+    def lose_while_running(self, i: int) -> None:
+        """The partition of a call that runs is lost and comes back to this member at once
+        (cooperative-sticky often does that); it is fetched again from the committed offset
+        and every slot starts its next call, while the old call still runs."""
+        tp = sorted(self.begun, key=lambda task: (task.tp, task.offset))[i % len(self.begun)].tp
+        self._lose(tp)
+        self._assign(tp)
+        self._fetch(tp, 6)
+        self._start()
+        for run in list(self.runs):
+            self._begin(run)
+        self._flow()
 
     # -- invariants
 
