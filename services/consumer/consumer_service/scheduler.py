@@ -40,8 +40,8 @@ Rebalances: `revoke` stops a partition (its jobs not yet started are dropped, un
 returns the jobs in flight there, which the revoke should wait for before committing;
 `drop` (at the end of a revoke, or for a lost partition) forgets the partition and returns the
 jobs still in flight, handed back: their outcomes, when they arrive, are ignored except that
-their handler slot is freed. `rewind` drops a partition's jobs that have not started and
-returns the offset to seek back to, for a loop that prefers re-fetching to holding them.
+their handler slot is freed, and, if the partition was assigned here again meanwhile, their
+ordering units wait for them there (a key never runs twice at once on one member).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class Task:
     @property
     def state(self) -> str:
         """pending (behind its unit), ready (for a slot), running, waiting (for its retry),
-        settling (being dead-lettered), finished, or dropped (revoked, lost or rewound)."""
+        settling (being dead-lettered), finished, or dropped (revoked or lost)."""
         state = self._state
         if state in (PENDING, READY, WAITING) and self._part.closed:
             state = DROPPED  # its partition went; tasks are not visited when that happens
@@ -297,7 +297,7 @@ class Scheduler:
     def fetched(self, tp: TP, offset: int, key: bytes | None, payload: Any) -> Task | None:
         """A message was fetched. Returns its task, or None if it is not work to take up:
         its partition is not assigned (or is being revoked), or the offset is in hand
-        already or finished (a duplicate delivery, or a re-fetch after `rewind`)."""
+        already or finished (a duplicate delivery)."""
         part = self._parts.get(tp)
         if part is None or part.closed or not part.offsets.add(offset):
             return None
@@ -325,55 +325,7 @@ class Scheduler:
         self._ready.append(task)
         return task
 
-    def rewind(self, tp: TP) -> int | None:
-        """Drop tp's jobs that have not started (not retries: they keep their attempt count)
-        and return the offset to seek back to: the lowest one dropped and not fetched again
-        yet (by this rewind or an earlier one); None if nothing was dropped.
-
-        The dropped offsets stay unfinished (the watermark cannot pass them) until they are
-        fetched again; re-fetched offsets that are still in hand or finished are ignored.
-        """
-        part = self._parts.get(tp)
-        if part is None or part.closed:
-            return None
-        dropped: list[Task] = []
-        emptied: list[Any] = []
-        for unit, head in part.units.items():
-            last = head  # the unit's tasks that are running in a run with the head stay
-            while last._behind is not None and last._behind._state == RUNNING:
-                last = last._behind
-            follower = last._behind
-            while follower is not None:
-                dropped.append(follower)
-                follower = follower._behind
-            last._behind = None
-            head._tail = last
-            if head._state == READY and not head._failing:
-                dropped.append(head)
-                emptied.append(unit)
-        for unit in emptied:
-            del part.units[unit]
-        dropped += (task for task in self._ready if task._part is part and task._unit is _FREE
-                    and task._state == READY and not task._failing)
-        if not dropped:
-            return None
-        for task in dropped:
-            task._state = DROPPED
-            task._behind = None
-            part.offsets.release(task.offset)
-        part.held -= len(dropped)
-        self._held -= len(dropped)
-        if part.retrying:
-            self._flow_dirty.add(part)
-        self._check_room()
-        return part.offsets.lowest_released()  # also one released by an earlier rewind
-
     # ---- running ------------------------------------------------------------------------
-
-    def start(self, now: float) -> list[Task]:
-        """The tasks whose handler call starts now, in order, one per free slot; each takes
-        its slot until its outcome is reported. Retries due by `now` go first."""
-        return [run.tasks[0] for run in self.start_runs(now, 1)]
 
     def start_runs(self, now: float, length: int) -> list[Run]:
         """Runs to start now, one per free slot: each holds up to `length` tasks for one slot
@@ -396,7 +348,7 @@ class Scheduler:
                 task = ready.popleft()
                 part = task._part
                 if task._state != READY or part.closed:
-                    continue  # stale: dropped by a rewind, or its partition is going
+                    continue  # stale: its partition is going
                 tasks.append(task)
                 follower = task._behind
                 while follower is not None and len(tasks) < size and follower._state == PENDING:
@@ -574,7 +526,7 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
-        """Tasks handed out by `start`/`start_runs` and not yet reported back."""
+        """Tasks handed out by `start_runs` and not yet reported back."""
         return self._in_flight
 
     @property
