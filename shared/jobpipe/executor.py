@@ -17,6 +17,9 @@ loop (calling it and dropping the coroutine, as before this module, does no work
 - Every call's outcome is a `Completion` (the caller's token, the error or None, the duration
   and the return value) on one thread-safe queue, which the caller drains with `collect`
   (without blocking, or waiting up to a timeout for the first).
+- `wake()` ends a `collect` that waits, from any thread, without a completion: the caller's
+  loop can wait for outcomes and for another event source (say, a producer's delivery
+  reports, served on a thread of its own) at once.
 - A plain function that returns an awaitable (an `async def` hidden behind a lambda, say) is a
   failed call with a TypeError, never a silently skipped job.
 
@@ -52,6 +55,9 @@ def is_async_handler(function: Callable[..., Any]) -> bool:
         return True
     call = getattr(function, "__call__", None)  # noqa: B004 (the attribute, not callable())
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+_WAKE = Completion(None, None, 0.0)  # put by `wake`, never returned by `collect`
 
 
 class Executor:
@@ -91,18 +97,26 @@ class Executor:
 
     def collect(self, timeout: float | None = 0.0) -> list[Completion]:
         """The completions that arrived, oldest first. Never blocks with `timeout=0`; else
-        waits up to `timeout` seconds (None: for ever) for the first one."""
+        waits up to `timeout` seconds (None: for ever) for the first one, or a `wake`."""
         done = self._done
         collected: list[Completion] = []
         if timeout != 0.0 and done.empty():
             try:
-                collected.append(done.get(timeout=timeout))
+                first = done.get(timeout=timeout)
             except queue.Empty:
                 return collected
+            if first is not _WAKE:
+                collected.append(first)
         while not done.empty():
-            collected.append(done.get_nowait())
+            completion = done.get_nowait()
+            if completion is not _WAKE:
+                collected.append(completion)
         self._collected += len(collected)
         return collected
+
+    def wake(self) -> None:
+        """End a `collect` that waits now, or the next one (any thread may call this)."""
+        self._done.put(_WAKE)
 
     @property
     def outstanding(self) -> int:

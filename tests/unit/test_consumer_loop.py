@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from prometheus_client import REGISTRY
 
 from consumer_service import dead_letters, worker
 from jobpipe.job import Job
@@ -83,6 +84,26 @@ class FakeConsumer:
         return None
 
 
+class SharedFakeProducer(FakeProducer):
+    """FakeProducer with a lock: the member serves the dead-letter producer's answers on a
+    thread of its own while its loop publishes (librdkafka's producer is thread-safe)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self._lock = threading.RLock()
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        with self._lock:
+            super().produce(*args, **kwargs)
+
+    def poll(self, timeout: float = 0) -> int:
+        if self.hold or not self.pending:
+            time.sleep(min(timeout, 0.01))
+            return 0
+        with self._lock:
+            return super().poll(0)
+
+
 class Harness:
     """One ConsumerWorker over the stand-ins; the test calls the steps librdkafka would."""
 
@@ -132,7 +153,7 @@ class Harness:
 @pytest.fixture
 def make(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Harness]]:
     monkeypatch.setattr(worker, "Consumer", FakeConsumer)
-    monkeypatch.setattr(dead_letters, "Producer", FakeProducer)
+    monkeypatch.setattr(dead_letters, "Producer", SharedFakeProducer)
     made: list[worker.ConsumerWorker] = []
 
     def build(function: Callable[[Job], Any], **settings: Any) -> Harness:
@@ -466,3 +487,192 @@ def test_an_async_handler_whose_await_is_cancelled_fails_its_attempt_not_the_con
     h.turn_until(lambda: h.settled(0))
     assert [e["attempt"] for e in h.processed()] == [2]
     assert "CancelledError" in h.events("job.retry")[0]["error"]
+
+
+# ---- issue 22: outcomes job by job, a busy key after a loss, counts --------------------------
+
+
+def quick_then_slow(release: threading.Event, entered: threading.Event) -> Callable[[Job], None]:
+    """A handler: the job keyed "slow" waits for `release` (60 s at most), the rest return."""
+    def handler(job: Job) -> None:
+        if job.key == "slow":
+            entered.set()
+            release.wait(60)
+    return handler
+
+
+def test_a_finished_job_is_logged_and_stored_while_a_slower_job_of_its_run_still_runs(
+        make: Callable[..., Harness]) -> None:
+    """Issue 22 defect 1 / issue 28 item 2: a run's outcomes came back only when the whole run
+    ended, so five finished jobs waited for the slow sixth: neither logged nor stored."""
+    release, entered = threading.Event(), threading.Event()
+    h = make(quick_then_slow(release, entered), ordering="none")
+    h.member._job_s = 1e-6  # quick jobs so far: the six go to the one slot in one run
+    h.add(0, *[job(n, key=f"k{n}") for n in range(5)], job(5, key="slow"))
+    h.assign(0)
+    try:
+        h.member._turn()
+        assert h.member._scheduler.runs == 1 and h.member._scheduler.in_flight == 6, "one run of six"
+        h.turn_until(lambda: len(h.processed()) == 5 and h.kafka.stored.get(0) == 5, timeout=10)
+        assert not release.is_set() and entered.is_set(), "while the slow job still runs"
+    finally:
+        release.set()
+    h.turn_until(lambda: h.settled(0))
+    assert [e["offset"] for e in h.processed()] == list(range(6))
+
+
+def test_a_revoke_during_a_slow_job_commits_the_finished_jobs_of_its_run_without_waiting(
+        make: Callable[..., Harness]) -> None:
+    """Issue 22 defect 1: a revoke while a slow job ran waited out its whole budget for the
+    quick jobs of the slow job's run (their outcomes had not come back), then handed them back
+    uncommitted: the next owner ran them again."""
+    release, entered = threading.Event(), threading.Event()
+    h = make(quick_then_slow(release, entered), ordering="none", shutdown_timeout_s=20)
+    h.member._job_s = 1e-6
+    h.add(0, *[job(n, key=f"k{n}") for n in range(5)])
+    h.add(1, job(5, key="slow"))  # fetched after partition 0's jobs: last in the run
+    h.assign(0, 1)
+    try:
+        h.member._turn()
+        assert h.member._scheduler.runs == 1 and h.member._scheduler.in_flight == 6, "one run of six"
+        h.turn_until(entered.is_set)
+        began = time.monotonic()
+        h.revoke(0)
+        took = time.monotonic() - began
+        assert not release.is_set(), "the slow job was still running when the revoke returned"
+    finally:
+        release.set()
+    assert took < 10, f"the revoke took {took:.1f} s of its 20 s budget (it waits for partition 1)"
+    assert h.events("job.handed_back") == []
+    assert h.kafka.committed.get(0) == 5, "the five finished jobs are committed"
+    assert sorted(e["offset"] for e in h.processed() if e["partition"] == 0) == list(range(5))
+    h.turn_until(lambda: h.settled(1))
+
+
+def test_a_stop_during_a_slow_job_stores_the_finished_jobs_of_its_run_and_hands_back_only_it(
+        make: Callable[..., Harness]) -> None:
+    """Issue 22 defect 1, on SIGTERM: the quick jobs of the slow job's run were handed back
+    with it at the end of the budget, uncommitted."""
+    release, entered = threading.Event(), threading.Event()
+    h = make(quick_then_slow(release, entered), ordering="none", shutdown_timeout_s=1)
+    h.member._job_s = 1e-6
+    h.add(0, *[job(n, key=f"k{n}") for n in range(5)], job(5, key="slow"), job(6, key="k6"))
+    h.assign(0)
+    try:
+        h.member._turn()
+        assert h.member._scheduler.in_flight == 7, "one run of seven"
+        h.turn_until(entered.is_set)
+        h.member.stop.set()
+        h.member._finish_in_flight()
+    finally:
+        release.set()
+    assert sorted(e["offset"] for e in h.processed()) == list(range(5))
+    assert h.kafka.stored.get(0) == 5
+    assert [(e["offset"], e["reason"]) for e in h.events("job.handed_back")] == \
+        [(5, "still running at shutdown")], "only the job that had started"
+
+
+def test_a_key_lost_and_assigned_back_does_not_start_again_while_its_earlier_call_runs(
+        make: Callable[..., Harness]) -> None:
+    """Issue 22 defect 3: after a partition was lost while a key's job ran and came back to the
+    same member, `drop` had forgotten the key's lock: the re-fetched job ran alongside the
+    earlier call of the same job."""
+    release = threading.Event()
+    lock = threading.Lock()
+    running = {"now": 0, "most": 0, "calls": 0}
+
+    def handler(job: Job) -> None:
+        with lock:
+            running["now"] += 1
+            running["calls"] += 1
+            running["most"] = max(running["most"], running["now"])
+        try:
+            release.wait(10)
+        finally:
+            with lock:
+                running["now"] -= 1
+
+    h = make(handler, ordering="key", consumer_concurrency=2)
+    h.add(0, job(0, key="a"))
+    h.assign(0)
+    try:
+        h.turn_until(lambda: running["calls"] == 1)
+        h.member._on_lost(None, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+        h.assign(0)  # back to this member: fetched again from the committed offset, 0
+        h.turn_until(lambda: h.kafka.position[0] == 1 and h.member._scheduler.held == 1)
+        for _ in range(20):
+            h.member._turn()
+        assert running["calls"] == 1, "the job did not start again while its first call ran"
+    finally:
+        release.set()
+    h.turn_until(lambda: h.settled(0))
+    assert running["most"] == 1 and running["calls"] == 2
+    assert [e["offset"] for e in h.processed()] == [0]
+
+
+def test_a_job_that_succeeds_after_its_partition_was_lost_is_counted_once_as_handed_back(
+        make: Callable[..., Harness]) -> None:
+    """Issue 22 defect 2: it was counted handed_back twice (at the loss, then as "processed
+    after its partition was lost"), and jobs_processed_total counted the success that the
+    partition's next owner redoes."""
+    release, entered = threading.Event(), threading.Event()
+    h = make(quick_then_slow(release, entered))
+    h.add(0, job(0, key="slow"))
+    h.assign(0)
+    before = REGISTRY.get_sample_value("jobs_processed_total") or 0.0
+    h.turn_until(entered.is_set)
+    h.member._on_lost(None, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+    release.set()
+    h.turn_until(lambda: h.member._scheduler.in_flight == 0)
+    assert len(h.events("job.handed_back")) == 1
+    assert (h.member.counts.handed_back, h.member.counts.processed) == (1, 0)
+    assert (REGISTRY.get_sample_value("jobs_processed_total") or 0.0) == before
+
+
+def test_the_loop_waits_on_events_not_a_short_timer(make: Callable[..., Harness]) -> None:
+    """Issue 22 defect 7: with a handler running and a slot free, or while a dead letter waited
+    for its acknowledgement, every turn waited 2 ms (25x the idle CPU)."""
+    release, entered = threading.Event(), threading.Event()
+
+    def handler(job: Job) -> None:
+        if job.key == "slow":
+            entered.set()
+            release.wait(60)
+        fails_when_told(job)
+
+    h = make(handler, consumer_concurrency=2, max_attempts=1)
+    waits: list[float] = []
+    real_poll, real_collect = h.kafka.poll, h.member._executor.collect
+
+    def poll(timeout: float = -1) -> Message | None:
+        waits.append(timeout)
+        return real_poll(timeout)
+
+    def collect(timeout: float | None = 0.0) -> list[Any]:
+        if timeout:
+            waits.append(timeout)
+        return real_collect(min(timeout or 0.0, 0.01))  # the test need not wait it out
+
+    h.kafka.poll = poll  # type: ignore[method-assign]
+    h.member._executor.collect = collect  # type: ignore[method-assign]
+    h.add(0, job(0, key="slow"))
+    h.assign(0)
+    try:
+        h.turn_until(entered.is_set)
+        waits.clear()
+        for _ in range(5):
+            h.member._turn()
+        assert waits and min(waits) == worker.POLL_S, "a slot free, a handler running"
+
+        h.dlq.hold = True
+        h.add(0, job(1, key="doomed", fail=True))
+        h.turn_until(lambda: len(h.dlq.pending) == 1)
+        waits.clear()
+        for _ in range(5):
+            h.member._turn()
+        assert waits and min(waits) == worker.POLL_S, "a dead letter waiting for its answer"
+    finally:
+        release.set()
+    h.dlq.hold = False
+    h.turn_until(lambda: h.settled(0))
+    assert len(h.events("job.dead_lettered")) == 1

@@ -151,6 +151,23 @@ def test_collect_without_a_timeout_never_blocks(executors: list[Executor]) -> No
     assert executor.collect(timeout=0.01) == []  # waits for the first, then gives up
 
 
+def test_wake_ends_a_waiting_collect_from_another_thread_without_a_completion(
+        executors: list[Executor]) -> None:
+    """The consumer's loop waits on outcomes and is woken by dead-letter answers this way."""
+    release = threading.Event()
+    executor = make(executors, lambda job: release.wait(60), 1)
+    executor.submit("slow", 1)
+    threading.Thread(target=executor.wake).start()
+    try:
+        assert executor.collect(timeout=60) == [], "woken, with nothing collected"
+        assert executor.outstanding == 1
+    finally:
+        release.set()
+    assert [c.token for c in executor.collect(timeout=60)] == ["slow"]
+    executor.wake()
+    assert executor.collect() == [] and executor.outstanding == 0
+
+
 # ---- errors are completions --------------------------------------------------------------
 
 

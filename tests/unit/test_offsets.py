@@ -16,104 +16,65 @@ def test_nothing_fetched_has_nothing_to_commit() -> None:
     tracker = OffsetTracker()
     assert tracker.committable(TP0) is None
     assert tracker.advanced() == []
-    assert not tracker.finish(TP0, 0)
+    assert not tracker.partition(TP0).finish(0)
 
 
 def test_the_watermark_is_the_lowest_unfinished_offset() -> None:
     tracker = OffsetTracker()
     for offset in range(5):
-        assert tracker.add(TP0, offset)
+        assert tracker.partition(TP0).add(offset)
     assert tracker.committable(TP0) == 0  # nothing finished: the first fetched offset
-    assert not tracker.finish(TP0, 2)  # above an unfinished one: the watermark stays
-    assert not tracker.finish(TP0, 3)
+    assert not tracker.partition(TP0).finish(2)  # above an unfinished one: the watermark stays
+    assert not tracker.partition(TP0).finish(3)
     assert tracker.committable(TP0) == 0
     assert tracker.advanced() == []
-    assert tracker.finish(TP0, 0)
+    assert tracker.partition(TP0).finish(0)
     assert tracker.committable(TP0) == 1
-    assert tracker.finish(TP0, 1)  # trims past the finished 2 and 3
+    assert tracker.partition(TP0).finish(1)  # trims past the finished 2 and 3
     assert tracker.committable(TP0) == 4
-    assert tracker.finish(TP0, 4)
+    assert tracker.partition(TP0).finish(4)
     assert tracker.committable(TP0) == 5, "all finished: the next offset to read"
     assert tracker.advanced() == [(TP0, 5)]
     assert tracker.advanced() == [], "reported once"
-    assert tracker.unfinished(TP0) == 0
+    assert tracker.partition(TP0).unfinished == 0
 
 
 def test_gaps_in_offsets_are_fine() -> None:
     """Compacted topics and transaction markers leave holes in a partition's offsets."""
     tracker = OffsetTracker()
     for offset in (3, 7, 8, 20):
-        tracker.add(TP0, offset)
+        tracker.partition(TP0).add(offset)
     assert tracker.committable(TP0) == 3
-    tracker.finish(TP0, 8)
-    tracker.finish(TP0, 3)
+    tracker.partition(TP0).finish(8)
+    tracker.partition(TP0).finish(3)
     assert tracker.committable(TP0) == 7
-    tracker.finish(TP0, 7)
+    tracker.partition(TP0).finish(7)
     assert tracker.committable(TP0) == 20
-    tracker.finish(TP0, 20)
+    tracker.partition(TP0).finish(20)
     assert tracker.committable(TP0) == 21
 
 
 def test_partitions_are_independent_and_advanced_names_each_moved_one() -> None:
     tracker = OffsetTracker()
-    tracker.add(TP0, 10)
-    tracker.add(TP1, 0)
-    tracker.add(TP1, 1)
-    tracker.finish(TP1, 0)
+    tracker.partition(TP0).add(10)
+    tracker.partition(TP1).add(0)
+    tracker.partition(TP1).add(1)
+    tracker.partition(TP1).finish(0)
     assert tracker.advanced() == [(TP1, 1)]
-    tracker.finish(TP0, 10)
-    tracker.finish(TP1, 1)
+    tracker.partition(TP0).finish(10)
+    tracker.partition(TP1).finish(1)
     assert sorted(tracker.advanced()) == [(TP0, 11), (TP1, 2)]
-    assert sorted(tracker.partitions) == [TP0, TP1]
 
 
 def test_a_duplicate_or_a_finished_offset_is_not_work() -> None:
     tracker = OffsetTracker()
-    assert tracker.add(TP0, 0)
-    assert tracker.add(TP0, 1)
-    assert not tracker.add(TP0, 0), "held already"
-    tracker.finish(TP0, 1)
-    assert not tracker.add(TP0, 1), "finished above an unfinished offset"
-    assert not tracker.finish(TP0, 1), "finishing twice changes nothing"
+    assert tracker.partition(TP0).add(0)
+    assert tracker.partition(TP0).add(1)
+    assert not tracker.partition(TP0).add(0), "held already"
+    tracker.partition(TP0).finish(1)
+    assert not tracker.partition(TP0).add(1), "finished above an unfinished offset"
+    assert not tracker.partition(TP0).finish(1), "finishing twice changes nothing"
     assert tracker.committable(TP0) == 0
-
-
-def test_released_offsets_are_fetched_again_and_nothing_else_is() -> None:
-    """A rewind: the caller drops held messages, seeks back, and fetches them again."""
-    part = PartitionOffsets()
-    for offset in range(6):
-        part.add(offset)
-    part.finish(1)
-    part.finish(3)
-    assert part.release(2)
-    assert part.release(4)
-    assert not part.release(3), "a finished offset cannot be released"
-    assert part.committable() == 0
-    part.finish(0)
-    assert part.committable() == 2, "a released offset holds the watermark"
-    # The seek goes back to 2: 2 and 4 are work again; 3 (finished) and 5 (held) are not.
-    assert [part.add(offset) for offset in range(2, 7)] == [True, False, True, False, True]
-    for offset in (2, 4, 5, 6):
-        part.finish(offset)
-    assert part.committable() == 7
-    assert part.unfinished == 0
-
-
-def test_finished_offsets_stay_skipped_while_a_replay_catches_up() -> None:
-    """Re-fetching after a rewind can finish every released job before the fetch passes
-    the offsets that were done before the rewind: those are still not work."""
-    part = PartitionOffsets()
-    for offset in range(4):
-        part.add(offset)
-    part.release(0)
-    for offset in (1, 2, 3):
-        part.finish(offset)
-    assert part.add(0)
-    part.finish(0)  # nothing unfinished now, and the re-fetch is still below 4
-    assert not part.add(1)
-    assert not part.add(3)
-    assert part.add(4), "past the old end: new work"
-    assert part.committable() == 4
 
 
 def test_a_position_moved_back_by_the_broker_starts_the_partition_over() -> None:
@@ -141,23 +102,22 @@ def test_an_offset_below_the_watermark_is_refused_while_jobs_are_in_hand() -> No
 
 def test_drop_forgets_the_partition() -> None:
     tracker = OffsetTracker()
-    tracker.add(TP0, 5)
-    tracker.finish(TP0, 5)
+    tracker.partition(TP0).add(5)
+    tracker.partition(TP0).finish(5)
     tracker.drop(TP0)
     assert tracker.committable(TP0) is None
     assert tracker.advanced() == [], "a dropped partition's watermark is not stored"
-    assert tracker.add(TP0, 3), "a new owner starts afresh"
+    assert tracker.partition(TP0).add(3), "a new owner starts afresh"
 
 
 class TrackerAgainstAModel(RuleBasedStateMachine):
-    """Random fetches (with gaps), finishes, releases and re-fetches against a plain model."""
+    """Random fetches (with gaps), finishes and re-fetches against a plain model."""
 
     def __init__(self) -> None:
         super().__init__()
         self.part = PartitionOffsets()
         self.fetched: list[int] = []  # every offset fetched, ascending
-        self.state: dict[int, str] = {}  # offset -> held / released / done
-        self.replaying = False
+        self.state: dict[int, str] = {}  # offset -> held / done
 
     def unfinished(self) -> list[int]:
         return [offset for offset, state in self.state.items() if state != "done"]
@@ -168,23 +128,18 @@ class TrackerAgainstAModel(RuleBasedStateMachine):
         assert self.part.add(offset)
         self.fetched.append(offset)
         self.state[offset] = "held"
-        self.replaying = False
 
     @precondition(lambda self: self.fetched)
     @rule(data=st.data())
     def fetch_again(self, data: st.DataObject) -> None:
-        """An offset already seen: work only if it was released."""
+        """An offset already seen: not work, unless nothing is in hand (a position moved back)."""
         offset = data.draw(st.sampled_from(self.fetched))
-        restart = not self.unfinished() and not self.replaying
+        restart = not self.unfinished()
         accepted = self.part.add(offset)
+        assert accepted == restart
         if restart:  # the broker moved the position back: the partition starts over
-            assert accepted
             self.fetched = [offset]
             self.state = {offset: "held"}
-        else:
-            assert accepted == (self.state.get(offset) == "released")
-            if accepted:
-                self.state[offset] = "held"
 
     @precondition(lambda self: any(state == "held" for state in self.state.values()))
     @rule(data=st.data())
@@ -193,14 +148,6 @@ class TrackerAgainstAModel(RuleBasedStateMachine):
         lowest = min(self.unfinished())
         assert self.part.finish(offset) == (offset == lowest)
         self.state[offset] = "done"
-
-    @precondition(lambda self: any(state == "held" for state in self.state.values()))
-    @rule(data=st.data())
-    def release(self, data: st.DataObject) -> None:
-        offset = data.draw(st.sampled_from(sorted(o for o, s in self.state.items() if s == "held")))
-        assert self.part.release(offset)
-        self.state[offset] = "released"
-        self.replaying = True
 
     @invariant()
     def the_watermark_is_the_lowest_unfinished_offset(self) -> None:

@@ -1,8 +1,9 @@
 """The scheduler's decisions, with a fake clock: what starts, what waits, what pauses, what commits.
 
-The property-based test at the end drives random interleavings of fetch, start, success,
-failure, due retry, dead letter, rewind, revoke, lost and re-assignment against a fake broker,
-and checks the guarantees the consumer is built on.
+The property-based test at the end drives random interleavings of fetch, start (in runs),
+handler calls that run over several steps, success, failure, due retry, dead letter,
+revoke, lost and re-assignment (also while a call of the partition still runs) against a
+fake broker, and checks the guarantees the consumer is built on.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def feed(s: Scheduler, tp: TP, keys: Iterable[bytes | None], first: int = 0) -> 
     return tasks
 
 
+def start(s: Scheduler, now: float) -> list[Task]:
+    """The tasks whose handler call starts now, one per free slot (runs of one task)."""
+    return [run.tasks[0] for run in s.start_runs(now, 1)]
+
+
 def offsets_of(tasks: Iterable[Task]) -> list[tuple[int, int]]:
     return [(task.tp[1], task.offset) for task in tasks]
 
@@ -49,69 +55,69 @@ def offsets_of(tasks: Iterable[Task]) -> list[tuple[int, int]]:
 def test_key_mode_runs_a_key_in_offset_order_and_other_keys_alongside() -> None:
     s = scheduler("key", concurrency=8)
     a0, b1, a2, c3, b4 = feed(s, P0, [b"a", b"b", b"a", b"c", b"b"])
-    assert s.start(0.0) == [a0, b1, c3]
+    assert start(s, 0.0) == [a0, b1, c3]
     assert (a2.state, b4.state) == ("pending", "pending")
     assert s.in_flight == 3
     s.succeeded(b1)
-    assert s.start(0.0) == [b4]
+    assert start(s, 0.0) == [b4]
     s.succeeded(a0)
-    assert s.start(0.0) == [a2]
-    assert s.start(0.0) == []
+    assert start(s, 0.0) == [a2]
+    assert start(s, 0.0) == []
 
 
 def test_key_mode_a_message_without_a_key_waits_for_nothing() -> None:
     s = scheduler("key", concurrency=8)
     tasks = feed(s, P0, [None, None, b"a", None])
-    assert s.start(0.0) == tasks
+    assert start(s, 0.0) == tasks
 
 
 def test_the_same_key_on_two_partitions_is_two_units() -> None:
     s = scheduler("key", concurrency=8)
     (a0,) = feed(s, P0, [b"a"])
     (a1,) = feed(s, P1, [b"a"])
-    assert s.start(0.0) == [a0, a1]
+    assert start(s, 0.0) == [a0, a1]
 
 
 def test_partition_mode_runs_one_job_per_partition_and_partitions_alongside() -> None:
     s = scheduler("partition", concurrency=8)
     p0 = feed(s, P0, [b"a", b"b", b"c"])
     p1 = feed(s, P1, [b"a", b"b"])
-    assert s.start(0.0) == [p0[0], p1[0]]
+    assert start(s, 0.0) == [p0[0], p1[0]]
     s.succeeded(p0[0])
-    assert s.start(0.0) == [p0[1]]
+    assert start(s, 0.0) == [p0[1]]
     s.succeeded(p1[0])
     s.succeeded(p0[1])
-    assert s.start(0.0) == [p1[1], p0[2]]
+    assert start(s, 0.0) == [p1[1], p0[2]]
 
 
 def test_none_mode_runs_everything_up_to_the_concurrency() -> None:
     s = scheduler("none", concurrency=3)
     tasks = feed(s, P0, [b"a", b"a", b"a", b"a"])
-    assert s.start(0.0) == tasks[:3]
-    assert s.start(0.0) == [], "no free slot"
+    assert start(s, 0.0) == tasks[:3]
+    assert start(s, 0.0) == [], "no free slot"
     s.succeeded(tasks[1])
-    assert s.start(0.0) == [tasks[3]]
+    assert start(s, 0.0) == [tasks[3]]
 
 
 def test_starts_never_exceed_the_concurrency() -> None:
     s = scheduler("key", concurrency=2)
     tasks = feed(s, P0, [b"a", b"b", b"c", b"d"])
-    assert s.start(0.0) == tasks[:2]
-    assert s.start(0.0) == []
+    assert start(s, 0.0) == tasks[:2]
+    assert start(s, 0.0) == []
     assert s.in_flight == 2
     s.succeeded(tasks[0])
-    assert s.start(0.0) == [tasks[2]]
+    assert start(s, 0.0) == [tasks[2]]
 
 
 def test_unit_successors_queue_behind_jobs_that_were_ready_first() -> None:
     """FIFO among ready jobs: a unit's next job does not jump jobs of other units."""
     s = scheduler("key", concurrency=1)
     a0, b1, a2 = feed(s, P0, [b"a", b"b", b"a"])
-    assert s.start(0.0) == [a0]
+    assert start(s, 0.0) == [a0]
     s.succeeded(a0)
-    assert s.start(0.0) == [b1]
+    assert start(s, 0.0) == [b1]
     s.succeeded(b1)
-    assert s.start(0.0) == [a2]
+    assert start(s, 0.0) == [a2]
 
 
 # ---- retries -----------------------------------------------------------------------------
@@ -120,72 +126,72 @@ def test_unit_successors_queue_behind_jobs_that_were_ready_first() -> None:
 def test_a_retry_holds_back_only_its_key() -> None:
     s = scheduler("key", concurrency=4)
     a0, b1, a2, b3 = feed(s, P0, [b"a", b"b", b"a", b"b"])
-    assert s.start(0.0) == [a0, b1]
+    assert start(s, 0.0) == [a0, b1]
     assert s.failed(a0, retry_at=10.0)
     assert (a0.state, a0.attempt) == ("waiting", 2)
     assert s.next_due() == 10.0
     assert s.retrying() == [a0]
     s.succeeded(b1)
-    assert s.start(5.0) == [b3], "the other key flows; a2 waits behind the retry"
+    assert start(s, 5.0) == [b3], "the other key flows; a2 waits behind the retry"
     assert a2.state == "pending"
-    assert s.start(9.999) == []
-    assert s.start(10.0) == [a0]
+    assert start(s, 9.999) == []
+    assert start(s, 10.0) == [a0]
     assert s.next_due() is None
     s.succeeded(a0)
-    assert s.start(10.0) == [a2]
+    assert start(s, 10.0) == [a2]
 
 
 def test_a_retry_in_partition_mode_holds_the_partition_and_pauses_it() -> None:
     s = scheduler("partition", concurrency=4)
     x0, x1 = feed(s, P0, [b"a", b"b"])
     (y0,) = feed(s, P1, [b"a"])
-    assert s.start(0.0) == [x0, y0]
+    assert start(s, 0.0) == [x0, y0]
     s.failed(x0, retry_at=1.0)
     assert s.flow() == ([P0], []), "nothing of P0 can run: stop fetching it"
     s.succeeded(y0)
-    assert s.start(0.5) == []
+    assert start(s, 0.5) == []
     assert x1.state == "pending"
-    assert s.start(1.0) == [x0]
+    assert start(s, 1.0) == [x0]
     assert s.flow() == ([], []), "paused until the job is done, not just due"
     s.succeeded(x0)
     assert s.flow() == ([], [P0])
-    assert s.start(1.0) == [x1]
+    assert start(s, 1.0) == [x1]
 
 
 def test_due_retries_start_before_fresh_jobs() -> None:
     s = scheduler("none", concurrency=1)
     a0, b1, c2 = feed(s, P0, [b"a", b"b", b"c"])
-    assert s.start(0.0) == [a0]
+    assert start(s, 0.0) == [a0]
     s.failed(a0, retry_at=1.0)
-    assert s.start(0.5) == [b1]
+    assert start(s, 0.5) == [b1]
     s.succeeded(b1)
-    assert s.start(2.0) == [a0], "due, and older than c2"
+    assert start(s, 2.0) == [a0], "due, and older than c2"
     s.succeeded(a0)
-    assert s.start(2.0) == [c2]
+    assert start(s, 2.0) == [c2]
 
 
 def test_retries_come_due_in_time_order() -> None:
     s = scheduler("none", concurrency=4)
     a, b, c = feed(s, P0, [b"a", b"b", b"c"])
-    s.start(0.0)
+    start(s, 0.0)
     s.failed(a, 3.0)
     s.failed(b, 1.0)
     s.failed(c, 2.0)
     assert s.retrying() == [b, c, a]
     assert s.next_due() == 1.0
-    assert s.start(2.5) == [b, c]
+    assert start(s, 2.5) == [b, c]
     assert s.next_due() == 3.0
 
 
 def test_the_watermark_waits_for_a_retrying_job() -> None:
     s = scheduler("key", concurrency=4)
     a0, b1 = feed(s, P0, [b"a", b"b"])
-    s.start(0.0)
+    start(s, 0.0)
     s.failed(a0, 1.0)
     s.succeeded(b1)
     assert s.offsets() == []
     assert s.committable(P0) == 0
-    s.start(1.0)
+    start(s, 1.0)
     s.succeeded(a0)
     assert s.offsets() == [(P0, 2)]
 
@@ -196,27 +202,27 @@ def test_the_watermark_waits_for_a_retrying_job() -> None:
 def test_a_dead_letter_frees_its_slot_but_holds_its_key_and_the_watermark() -> None:
     s = scheduler("key", concurrency=1)
     a0, b1, a2 = feed(s, P0, [b"a", b"b", b"a"])
-    assert s.start(0.0) == [a0]
+    assert start(s, 0.0) == [a0]
     assert s.dead_lettering(a0)
     assert (a0.state, s.in_flight) == ("settling", 0)
-    assert s.start(0.0) == [b1], "the slot is free"
+    assert start(s, 0.0) == [b1], "the slot is free"
     s.succeeded(b1)
-    assert s.start(0.0) == [], "a2 waits for a0's dead letter"
+    assert start(s, 0.0) == [], "a2 waits for a0's dead letter"
     assert s.offsets() == []
     assert s.dead_lettered(a0)
     assert s.offsets() == [(P0, 2)]
-    assert s.start(0.0) == [a2]
+    assert start(s, 0.0) == [a2]
 
 
 def test_a_failed_dead_letter_publish_is_retried_with_the_same_attempt() -> None:
     s = scheduler("key", concurrency=1)
     (a0,) = feed(s, P0, [b"a"])
-    s.start(0.0)
+    start(s, 0.0)
     s.dead_lettering(a0)
     a0.note = "dead letter: bad payload"
     assert s.failed(a0, retry_at=2.0)
     assert (a0.state, a0.attempt) == ("waiting", 1)
-    assert s.start(2.0) == [a0]
+    assert start(s, 2.0) == [a0]
     assert a0.note == "dead letter: bad payload", "the caller's note tells it to publish again"
     s.dead_lettering(a0)
     s.dead_lettered(a0)
@@ -226,7 +232,7 @@ def test_a_failed_dead_letter_publish_is_retried_with_the_same_attempt() -> None
 def test_a_dead_letter_that_needs_no_wait_finishes_from_running() -> None:
     s = scheduler("key", concurrency=1)
     (a0,) = feed(s, P0, [b"a"])
-    s.start(0.0)
+    start(s, 0.0)
     assert s.dead_lettered(a0)
     assert (s.in_flight, s.held, a0.state) == (0, 0, "finished")
     assert s.offsets() == [(P0, 1)]
@@ -235,7 +241,7 @@ def test_a_dead_letter_that_needs_no_wait_finishes_from_running() -> None:
 def test_reporting_an_outcome_for_a_task_that_is_not_running_is_a_bug() -> None:
     s = scheduler("key", concurrency=1)
     a0, b1 = feed(s, P0, [b"a", b"b"])
-    s.start(0.0)
+    start(s, 0.0)
     s.succeeded(a0)
     with pytest.raises(ValueError, match="not running"):
         s.succeeded(a0)
@@ -252,7 +258,7 @@ def test_offsets_report_each_moved_watermark_once() -> None:
     s = scheduler("none", concurrency=8)
     tasks = feed(s, P0, [b"a"] * 4)
     (other,) = feed(s, P1, [b"x"])
-    s.start(0.0)
+    start(s, 0.0)
     s.succeeded(tasks[2])
     s.succeeded(tasks[1])
     assert s.offsets() == []
@@ -286,7 +292,7 @@ def test_a_full_member_pauses_every_partition_and_resumes_with_a_quarter_free() 
     assert s.paused == [P0, P1]
     s.assign([P2])
     assert s.flow() == ([P2], []), "a partition assigned while full is paused at once"
-    started = s.start(0.0)
+    started = start(s, 0.0)
     s.succeeded(started[0])
     assert s.flow() == ([], []), "one free is not enough"
     s.succeeded(started[1])
@@ -297,7 +303,7 @@ def test_a_full_member_pauses_every_partition_and_resumes_with_a_quarter_free() 
 def test_key_mode_pauses_a_partition_whose_stuck_key_holds_half_the_budget() -> None:
     s = scheduler("key", concurrency=2, max_in_flight=8, tps=[P0, P1])
     (a0,) = feed(s, P0, [b"a"])
-    s.start(0.0)
+    start(s, 0.0)
     s.failed(a0, retry_at=60.0)
     feed(s, P0, [b"a"] * 2, first=1)
     assert s.flow() == ([], []), "a key waits; the partition's other keys may still come"
@@ -305,7 +311,7 @@ def test_key_mode_pauses_a_partition_whose_stuck_key_holds_half_the_budget() -> 
     assert s.flow() == ([P0], []), "4 of 8 held behind a retry: stop fetching P0 only"
     feed(s, P1, [b"b"] * 2)
     assert s.flow() == ([], [])
-    s.start(60.0)
+    start(s, 60.0)
     s.succeeded(a0)
     assert s.flow() == ([], [P0])
 
@@ -313,7 +319,7 @@ def test_key_mode_pauses_a_partition_whose_stuck_key_holds_half_the_budget() -> 
 def test_none_mode_never_pauses_for_a_retry() -> None:
     s = scheduler("none", concurrency=1, max_in_flight=8, tps=[P0])
     (a0,) = feed(s, P0, [b"a"])
-    s.start(0.0)
+    start(s, 0.0)
     s.failed(a0, retry_at=60.0)
     feed(s, P0, [b"a"] * 5, first=1)
     assert s.flow() == ([], [])
@@ -336,7 +342,7 @@ def test_a_revoke_waits_for_jobs_in_flight_and_drops_the_rest_uncommitted() -> N
     s = scheduler("key", concurrency=4)
     a0, b1, a2, c3 = feed(s, P0, [b"a", b"b", b"a", b"c"])
     (x0,) = feed(s, P1, [b"x"])
-    assert s.start(0.0) == [a0, b1, c3, x0]
+    assert start(s, 0.0) == [a0, b1, c3, x0]
     assert a2.state == "pending"
     s.failed(c3, retry_at=5.0)
     waits = s.revoke([P0])
@@ -350,7 +356,7 @@ def test_a_revoke_waits_for_jobs_in_flight_and_drops_the_rest_uncommitted() -> N
     assert s.in_flight_on([P0]) == []
     assert s.offsets() == [(P0, 1)], "a0 is committed before the partition goes; b1 is not"
     assert s.drop([P0]) == []
-    assert s.start(10.0) == [], "c3's retry is gone with its partition"
+    assert start(s, 10.0) == [], "c3's retry is gone with its partition"
     assert s.next_due() is None
     s.succeeded(x0)
     assert (s.held, s.in_flight) == (0, 0)
@@ -360,72 +366,31 @@ def test_jobs_still_running_when_a_partition_is_dropped_are_handed_back() -> Non
     s = scheduler("key", concurrency=2)
     a0, b1, c2 = feed(s, P0, [b"a", b"b", b"c"])
     (x0,) = feed(s, P1, [b"x"])
-    assert s.start(0.0) == [a0, b1]
+    assert start(s, 0.0) == [a0, b1]
     s.dead_lettering(b1)
-    assert s.start(0.0) == [c2]
+    assert start(s, 0.0) == [c2]
     assert set(s.drop([P0])) == {a0, b1, c2}, "lost: nothing waited for"
     assert s.held == 1
     assert s.in_flight == 2, "a0's and c2's handler calls still run and hold their slots"
-    assert s.start(0.0) == [], "so x0 cannot start yet"
+    assert start(s, 0.0) == [], "so x0 cannot start yet"
     assert not s.succeeded(a0), "its outcome changes nothing but the slot"
     assert not s.dead_lettered(b1)
     assert not s.failed(c2, retry_at=1.0)
     assert s.offsets() == []
     assert s.next_due() is None
-    assert s.start(0.0) == [x0]
+    assert start(s, 0.0) == [x0]
     assert (a0.state, b1.state, c2.state) == ("dropped", "dropped", "dropped")
 
 
 def test_a_partition_assigned_again_starts_afresh() -> None:
     s = scheduler("key", concurrency=2)
     (a0,) = feed(s, P0, [b"a"])
-    s.start(0.0)
+    start(s, 0.0)
     s.revoke([P0])
     assert s.assign([P0]) == [a0], "a revoke not finished yet is finished by the new assignment"
     assert not s.succeeded(a0)
     assert s.committable(P0) is None
     assert s.fetched(P0, 0, b"a", None) is not None, "the next owner's fetch is work again"
-
-
-# ---- rewind ---------------------------------------------------------------------------------
-
-
-def test_rewind_drops_what_has_not_started_and_the_refetch_brings_back_exactly_that() -> None:
-    s = scheduler("key", concurrency=2)
-    a0, b1, a2, c3, d4 = feed(s, P0, [b"a", b"b", b"a", b"c", b"d"])
-    assert s.start(0.0) == [a0, b1]
-    s.failed(b1, retry_at=9.0)  # kept: a retry keeps its attempt count
-    assert s.start(0.0) == [c3]  # running: kept
-    assert s.rewind(P0) == 2, "a2 (behind a0) and d4 (ready) are dropped; seek back to 2"
-    assert (a2.state, d4.state) == ("dropped", "dropped")
-    assert s.held == 3
-    assert s.committable(P0) == 0
-    assert s.rewind(P0) is None, "nothing left to drop"
-    refetched = [s.fetched(P0, offset, key, None) for offset, key in
-                 [(0, b"a"), (1, b"b"), (2, b"a"), (3, b"c"), (4, b"d"), (5, b"a")]]
-    assert [task is not None for task in refetched] == [False, False, True, False, True, True]
-    new_a2, new_d4, a5 = refetched[2], refetched[4], refetched[5]
-    assert new_a2 is not None and new_d4 is not None and a5 is not None
-    assert (new_a2.state, a5.state) == ("pending", "pending"), "behind a0 again, in order"
-    s.succeeded(a0)
-    assert s.start(0.0) == [new_d4]
-    s.succeeded(c3)
-    assert s.start(0.0) == [new_a2]
-    assert s.committable(P0) == 1, "b1 still waits for its retry"
-
-
-def test_rewind_keeps_a_units_order() -> None:
-    s = scheduler("partition", concurrency=1)
-    x0, x1, x2 = feed(s, P0, [b"a", b"b", b"c"])
-    s.start(0.0)
-    s.failed(x0, 1.0)
-    assert s.rewind(P0) == 1
-    assert (x1.state, x2.state) == ("dropped", "dropped")
-    assert [s.fetched(P0, offset, b"k", None) is not None for offset in range(4)] == [False, True, True, True]
-    assert s.start(1.0) == [x0]
-    s.succeeded(x0)
-    (next_one,) = s.start(1.0)
-    assert next_one.offset == 1
 
 
 # ---- the property-based test -----------------------------------------------------------------
@@ -464,10 +429,10 @@ def test_a_failure_in_a_run_sends_its_units_later_jobs_back_behind_the_retry() -
     assert s.failed(first, retry_at=5.0)
     assert s.unstarted(second) and second.state == "pending"
     assert s.succeeded(other)
-    assert s.runs == 0 and s.start(1.0) == []
-    assert s.start(5.0) == [first]
+    assert s.runs == 0 and start(s, 1.0) == []
+    assert start(s, 5.0) == [first]
     assert s.succeeded(first)
-    assert s.start(5.0) == [second]
+    assert start(s, 5.0) == [second]
 
 
 def test_an_unstarted_job_of_a_revoked_partition_is_handed_back() -> None:
@@ -480,28 +445,16 @@ def test_an_unstarted_job_of_a_revoked_partition_is_handed_back() -> None:
     assert s.runs == 0 and s.held == 0
 
 
-def test_a_second_rewind_seeks_to_what_the_first_released_if_not_fetched_again() -> None:
-    """Found by the model below: a job sent back by `unstarted` after a rewind is dropped by the
-    next rewind, which must still seek to the offset the first one released."""
-    s = scheduler("none", concurrency=3)
-    feed(s, P0, [b"a"] * 3)
-    runs = s.start_runs(0.0, 1)
-    assert s.unstarted(runs[0].tasks[0])
-    assert s.rewind(P0) == 0
-    assert s.unstarted(runs[1].tasks[0])
-    assert s.rewind(P0) == 0, "offset 0 was released and not fetched again"
-
-
 class ConsumerModel(RuleBasedStateMachine):
     """A fake broker and a fake loop around the scheduler, in random interleavings.
 
     The broker keeps each partition's log and the group's committed offsets; the member
-    fetches from its position (not from paused partitions), runs what `start` says, reports
+    fetches from its position (not from paused partitions), runs what `start_runs` says, reports
     outcomes, stores and commits `offsets()`, and goes through revokes (waiting for the jobs
     in flight, which succeed, fail or stay stuck), lost partitions (nothing committed),
-    re-assignments (fetching from the committed offset, like the next owner) and rewinds
-    (seeking back). Few rules, each doing a whole step of the loop, so that random runs
-    reach busy states (jobs in flight during a revoke, several dropped by a rewind) often.
+    and re-assignments (fetching from the committed offset, like the next owner), also while
+    a call of the partition still runs. Few rules, each doing a whole step of the loop, so
+    that random runs reach busy states (jobs in flight during a revoke or a loss) often.
     """
 
     def __init__(self) -> None:
@@ -527,6 +480,7 @@ class ConsumerModel(RuleBasedStateMachine):
         self.owned: set[TP] = set()
         self.paused: set[TP] = set()
         self.runs: list[list[Task]] = []  # each slot's tasks not reported yet, in run order
+        self.begun: set[Task] = set()  # heads of runs whose handler call runs (across steps)
         self.settling: list[Task] = []  # dead letters being published
         self.orphans: set[Task] = set()  # handed back by a drop, their outcomes still to come
         self.finished: dict[TP, set[int]] = {tp: set() for tp in self.tps}  # ever, as told to the scheduler
@@ -595,18 +549,19 @@ class ConsumerModel(RuleBasedStateMachine):
             self._after_failure(task, run)
         return run
 
-    def _execute(self, run: list[Task]) -> Task | None:
+    def _begin(self, run: list[Task]) -> Task | None:
         """What a slot does next with its run: skip what must not start (reported
-        `unstarted`), then start the next task (checked here: its handler call starts).
-        Returns the task started, removed from the run, or None if the run ended."""
-        while run and run[0].cancelled:
+        `unstarted`), then start the head's handler call (checked here: its unit's order, and
+        no other call of its unit running, also one of an earlier assignment of its partition).
+        The call runs until the head is reported. None if the run ended."""
+        while run and run[0] not in self.begun and run[0].cancelled:
             self._unstart(run)
         if not run:
             self._end(run)
             return None
-        task = run.pop(0)
-        if not run:
-            self._end(run)
+        task = run[0]
+        if task in self.begun:
+            return task
         unit = self._unit(task.tp, task.key)
         for waiting in self.s.retrying():
             assert unit is None or self._unit(waiting.tp, waiting.key) != unit, \
@@ -616,6 +571,23 @@ class ConsumerModel(RuleBasedStateMachine):
                 if offset < task.offset and self._unit(task.tp, key) == unit:
                     assert offset in self.epoch_finished[task.tp], \
                         f"{task} started before offset {offset} of its unit finished"
+            for other in self.begun:
+                assert self._unit(other.tp, other.key) != unit, \
+                    f"{task} started while {other} of its unit still runs"
+        self.begun.add(task)
+        return task
+
+    def _execute(self, run: list[Task]) -> Task | None:
+        """Start the run's next task (or take the one whose call runs) and end its call:
+        returns it, removed from the run, for its outcome to be reported; None if the run
+        ended."""
+        task = self._begin(run)
+        if task is None:
+            return None
+        self.begun.discard(task)
+        run.pop(0)
+        if not run:
+            self._end(run)
         return task
 
     def _unstart(self, run: list[Task]) -> None:
@@ -757,12 +729,27 @@ class ConsumerModel(RuleBasedStateMachine):
             self._start()
 
     @precondition(lambda self: self.runs)
+    @rule(i=st.integers(0, 100), start=st.booleans())
+    def begin(self, i: int, start: bool) -> None:
+        """A slot starts its next handler call, which runs on over the following steps
+        (through revokes, losses and re-assignments) until `complete` reports it."""
+        self._begin(self.runs[i % len(self.runs)])
+        self._flow()
+        if start:
+            self._start()
+
+    @precondition(lambda self: self.runs)
     @rule(i=st.integers(0, 100))
     def cut(self, i: int) -> None:
-        """A run stops early (a stop): what it had not started goes back."""
-        run = self.runs.pop(i % len(self.runs))
+        """A run stops early (a stop): what it had not started goes back; a call that runs
+        is reported when it ends."""
+        run = self.runs[i % len(self.runs)]
+        running = [run.pop(0)] if run[0] in self.begun else []
         while run:
             self._unstart(run)
+        run[:] = running
+        if not run:
+            self._end(run)
         self._flow()
 
     @precondition(lambda self: self.settling)
@@ -782,26 +769,35 @@ class ConsumerModel(RuleBasedStateMachine):
             for tp in self.owned:
                 self.committed[tp] = self.stored[tp]
 
-    @rule(p=st.integers(0, 2), kind=st.sampled_from(["revoke", "lose", "rewind"]),
+    @rule(p=st.integers(0, 2), kind=st.sampled_from(["revoke", "lose"]),
           busy=st.booleans(), back=st.booleans(),
           outcomes=st.lists(st.sampled_from(["ok", "fail", "stuck"])))
     def rebalance(self, p: int, kind: str, busy: bool, back: bool, outcomes: list[str]) -> None:
-        """A revoke or a lost partition (assigned back at once, or later), or a rewind;
-        `busy`: of a partition with jobs in flight, if there is one."""
+        """A revoke or a lost partition (assigned back at once, or later); `busy`: of a
+        partition with jobs in flight, if there is one."""
         candidates = sorted({task.tp for task in self.s.in_flight_on()}) if busy else []
         tp = (candidates or self.tps)[p % len(candidates or self.tps)]
         if tp not in self.owned:
             self._assign(tp)
-        elif kind == "rewind":
-            seek = self.s.rewind(tp)
-            if seek is not None:
-                assert seek >= self.committed[tp] and seek not in self.epoch_finished[tp]
-                self.position[tp] = seek
-            self._flow()
         else:
             self._revoke(tp, outcomes) if kind == "revoke" else self._lose(tp)
             if back:
                 self._assign(tp)
+
+    @precondition(lambda self: self.begun)
+    @rule(i=st.integers(0, 100))
+    def lose_while_running(self, i: int) -> None:
+        """The partition of a call that runs is lost and comes back to this member at once
+        (cooperative-sticky often does that); it is fetched again from the committed offset
+        and every slot starts its next call, while the old call still runs."""
+        tp = sorted(self.begun, key=lambda task: (task.tp, task.offset))[i % len(self.begun)].tp
+        self._lose(tp)
+        self._assign(tp)
+        self._fetch(tp, 6)
+        self._start()
+        for run in list(self.runs):
+            self._begin(run)
+        self._flow()
 
     # -- invariants
 

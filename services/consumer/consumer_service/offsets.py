@@ -14,13 +14,11 @@ fine), and the unfinished ones in a dict. Finishing an offset deletes it from th
 it is the head of the deque, the head is trimmed past every finished offset, each offset
 trimmed once.
 
-Rewinds: an unfinished offset can be `release`d (the caller dropped the message, to seek back
-to it and fetch it again). Re-fetching it re-holds it; re-fetching an offset that is still held
-or already finished is refused (`add` returns False), so a seek to a released offset delivers
-exactly the jobs that were dropped. Outside such a replay, an offset below the watermark when
-nothing is unfinished means the broker moved the position back (an offset reset, a re-created
-topic): the partition starts over from there, so those messages are processed again rather
-than skipped. (With jobs in hand, such an offset is refused; a caller that sees a broker-side
+Re-fetching an offset that is still held or already finished is refused (`add` returns
+False): a duplicate delivery is not work. An offset below the watermark when nothing is
+unfinished means the broker moved the position back (an offset reset, a re-created topic):
+the partition starts over from there, so those messages are processed again rather than
+skipped. (With jobs in hand, such an offset is refused; a caller that sees a broker-side
 reset should drop the partition and start it afresh.)
 """
 
@@ -34,15 +32,14 @@ TP = tuple[str, int]  # (topic, partition)
 class PartitionOffsets:
     """One partition: its unfinished offsets and its committable watermark."""
 
-    __slots__ = ("_moved", "_next", "_order", "_replaying", "_unfinished", "tp")
+    __slots__ = ("_moved", "_next", "_order", "_unfinished", "tp")
 
     def __init__(self, tp: TP = ("", 0), moved: set[TP] | None = None) -> None:
         self.tp = tp
         self._moved = set() if moved is None else moved  # gets `tp` when the watermark moves
         self._order: deque[int] = deque()  # fetched offsets from the lowest unfinished one, ascending
-        self._unfinished: dict[int, bool] = {}  # offset -> True: held by the caller, False: released
+        self._unfinished: set[int] = set()  # held by the caller
         self._next: int | None = None  # highest offset fetched + 1; None: nothing fetched yet
-        self._replaying = False  # offsets were released and the re-fetch has not passed `_next`
 
     def add(self, offset: int) -> bool:
         """A message at `offset` was fetched: True if it is work to hold, False to ignore it.
@@ -52,19 +49,14 @@ class PartitionOffsets:
         following = self._next
         if following is None or offset >= following:
             self._order.append(offset)
-            self._unfinished[offset] = True
+            self._unfinished.add(offset)
             self._next = offset + 1
-            self._replaying = False
             return True
-        held = self._unfinished.get(offset)
-        if held is False:  # released for a rewind, now fetched again
-            self._unfinished[offset] = True
-            return True
-        if held is None and not self._unfinished and not self._replaying:
+        if not self._unfinished:
             # Below the watermark with nothing in hand: the broker moved the position back.
             self._order.clear()
             self._order.append(offset)
-            self._unfinished[offset] = True
+            self._unfinished.add(offset)
             self._next = offset + 1
             return True
         return False
@@ -72,8 +64,9 @@ class PartitionOffsets:
     def finish(self, offset: int) -> bool:
         """The job at `offset` succeeded or was dead-lettered: True if the watermark moved."""
         unfinished = self._unfinished
-        if unfinished.pop(offset, None) is None:
+        if offset not in unfinished:
             return False  # not ours (already finished, or never fetched)
+        unfinished.discard(offset)
         order = self._order
         if order[0] != offset:
             return False
@@ -83,34 +76,15 @@ class PartitionOffsets:
         self._moved.add(self.tp)
         return True
 
-    def release(self, offset: int) -> bool:
-        """The caller dropped the held message at `offset` and will fetch it again.
-
-        It stays unfinished (the watermark cannot pass it) until it is re-fetched and
-        finished. False if `offset` was not held.
-        """
-        if self._unfinished.get(offset) is not True:
-            return False
-        self._unfinished[offset] = False
-        self._replaying = True
-        return True
-
-    def lowest_released(self) -> int | None:
-        """The lowest offset released and not fetched again yet (where a rewind seeks to)."""
-        return min((offset for offset, held in self._unfinished.items() if not held), default=None)
-
     def committable(self) -> int | None:
         """The offset to store/commit: the lowest unfinished one, else the highest fetched + 1."""
         if self._order:
             return self._order[0]
         return self._next
 
-    def is_unfinished(self, offset: int) -> bool:
-        return offset in self._unfinished
-
     @property
     def unfinished(self) -> int:
-        """How many fetched offsets are unfinished (held or released)."""
+        """How many fetched offsets are unfinished."""
         return len(self._unfinished)
 
 
@@ -131,32 +105,10 @@ class OffsetTracker:
             partition = self._partitions[tp] = PartitionOffsets(tp, self._advanced)
         return partition
 
-    def add(self, tp: TP, offset: int) -> bool:
-        """A message was fetched: True if it is work to hold (see `PartitionOffsets.add`)."""
-        return self.partition(tp).add(offset)
-
-    def finish(self, tp: TP, offset: int) -> bool:
-        """The job at (tp, offset) succeeded or was dead-lettered: True if tp's watermark moved."""
-        partition = self._partitions.get(tp)
-        return partition is not None and partition.finish(offset)
-
-    def release(self, tp: TP, offset: int) -> bool:
-        """The held message at (tp, offset) was dropped to be fetched again (a rewind)."""
-        partition = self._partitions.get(tp)
-        return partition is not None and partition.release(offset)
-
     def committable(self, tp: TP) -> int | None:
         """tp's watermark: the next offset to commit, or None if nothing was fetched from it."""
         partition = self._partitions.get(tp)
         return None if partition is None else partition.committable()
-
-    def is_unfinished(self, tp: TP, offset: int) -> bool:
-        partition = self._partitions.get(tp)
-        return partition is not None and partition.is_unfinished(offset)
-
-    def unfinished(self, tp: TP) -> int:
-        partition = self._partitions.get(tp)
-        return 0 if partition is None else partition.unfinished
 
     def drop(self, tp: TP) -> None:
         """Forget tp (revoked or lost): its unfinished offsets are the next owner's to fetch."""
@@ -171,7 +123,3 @@ class OffsetTracker:
                  if (offset := self._partitions[tp].committable()) is not None]
         self._advanced.clear()
         return moved
-
-    @property
-    def partitions(self) -> list[TP]:
-        return list(self._partitions)

@@ -9,8 +9,11 @@ executor's threads, or its event loop): it starts nothing of a partition being g
 job, nothing more of that job's ordering unit (`Task.same_unit`): those come back as not
 started, in their place, for the poll loop to report.
 
-A run's result is one entry per task, in the run's order: the `Attempt` (the handler's
-outcome), the `InvalidJob` a message that is not a job raised, or None for a task not started.
+Each task's result goes into the run as soon as the task ends (`Run.results`, then
+`Run.done`), so the poll loop reports, logs and stores a finished job while a slower job of
+its run is still running: one entry per task, in the run's order: the `Attempt` (the
+handler's outcome), the `InvalidJob` a message that is not a job raised, or None for a task
+not started. The executor's completion for the run (its token is the run) says it ended.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
-from consumer_service.scheduler import Task
+from consumer_service.scheduler import Run, Task
 from jobpipe.handling import Attempt, JobHandler
 from jobpipe.job import InvalidJob, Job
 
@@ -34,54 +37,57 @@ class TaskRunner:
         self._stop = stop
 
     @property
-    def function(self) -> Callable[[list[Task]], Any]:
+    def function(self) -> Callable[[Run], Any]:
         """What the executor calls with each run."""
         return self.run_async if self._handler.is_async else self.run
 
-    def run(self, tasks: list[Task]) -> list[Result]:
-        steps = self._steps(tasks)
+    def run(self, run: Run) -> None:
+        steps = self._steps(run)
         attempt = self._handler.attempt
         try:
             call = next(steps)
             while True:
                 call = steps.send(attempt(*call))
-        except StopIteration as done:
-            results: list[Result] = done.value
-            return results
+        except StopIteration:
+            return
 
-    async def run_async(self, tasks: list[Task]) -> list[Result]:
-        steps = self._steps(tasks)
+    async def run_async(self, run: Run) -> None:
+        steps = self._steps(run)
         attempt = self._handler.attempt_async
         try:
             call = next(steps)
             while True:
                 call = steps.send(await attempt(*call))
-        except StopIteration as done:
-            results: list[Result] = done.value
-            return results
+        except StopIteration:
+            return
 
-    def _steps(self, tasks: list[Task]) -> Generator[tuple[Job, int], Attempt, list[Result]]:
+    def _steps(self, run: Run) -> Generator[tuple[Job, int], Attempt, None]:
         """The run's rules, once for both kinds of handler: yields (job, attempt number) for
-        each handler call to make, is sent its Attempt, returns the results."""
-        results: list[Result] = [None] * len(tasks)
+        each handler call to make, is sent its Attempt; each result goes into the run as the
+        task ends (see `Run` for the order of the writes, which the poll loop relies on)."""
+        results: list[Result] = run.results
         failed: list[Task] = []
         stopping = self._stop.is_set
         decode = Job.from_bytes
-        for index, task in enumerate(tasks):
+        for index, task in enumerate(run.tasks):
+            run.at = index  # before the stop flag and `cancelled` are read
             if stopping():
                 break
             if task.cancelled or (failed and _behind(task, failed)):
+                run.done = index + 1
                 continue
             try:
                 job = decode(task.payload.value())
             except InvalidJob as error:
                 results[index] = error
+                run.done = index + 1
                 failed.append(task)
                 continue
+            run.started += 1
             outcome = results[index] = yield job, task.attempt
+            run.done = index + 1
             if outcome.error is not None:
                 failed.append(task)
-        return results
 
 
 def _behind(task: Task, failed: list[Task]) -> bool:

@@ -40,8 +40,8 @@ Rebalances: `revoke` stops a partition (its jobs not yet started are dropped, un
 returns the jobs in flight there, which the revoke should wait for before committing;
 `drop` (at the end of a revoke, or for a lost partition) forgets the partition and returns the
 jobs still in flight, handed back: their outcomes, when they arrive, are ignored except that
-their handler slot is freed. `rewind` drops a partition's jobs that have not started and
-returns the offset to seek back to, for a loop that prefers re-fetching to holding them.
+their handler slot is freed, and, if the partition was assigned here again meanwhile, their
+ordering units wait for them there (a key never runs twice at once on one member).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class Task:
     to use (say, why a job is being dead-lettered); the scheduler never reads it.
     """
 
-    __slots__ = ("_behind", "_failing", "_part", "_run", "_state", "_tail", "_unit",
+    __slots__ = ("_behind", "_failing", "_ghost", "_part", "_run", "_state", "_tail", "_unit",
                  "attempt", "key", "note", "offset", "payload", "tp")
 
     def __init__(self, tp: TP, offset: int, key: bytes | None, payload: Any, *,
@@ -99,6 +99,9 @@ class Task:
         self._tail: Task = self  # the unit's last task (kept up to date on the unit's head only)
         self._failing = False  # failed at least once: counted in its partition's `retrying`
         self._run: Run | None = None  # the run it was handed out in, while running
+        # Handed back by a drop while busy, and its partition assigned here again: the
+        # placeholder that holds its unit there until its outcome comes back (see `assign`).
+        self._ghost: Task | None = None
 
     def same_unit(self, other: Task) -> bool:
         """True if `other` must not start before this task finished (its ordering unit)."""
@@ -110,9 +113,15 @@ class Task:
         return self._part.closed
 
     @property
+    def orphaned(self) -> bool:
+        """Its partition was dropped while it was busy: it was handed back then, and its
+        outcome changes nothing (read on the poll thread)."""
+        return self._part.gone
+
+    @property
     def state(self) -> str:
         """pending (behind its unit), ready (for a slot), running, waiting (for its retry),
-        settling (being dead-lettered), finished, or dropped (revoked, lost or rewound)."""
+        settling (being dead-lettered), finished, or dropped (revoked or lost)."""
         state = self._state
         if state in (PENDING, READY, WAITING) and self._part.closed:
             state = DROPPED  # its partition went; tasks are not visited when that happens
@@ -129,13 +138,27 @@ class Run:
     A run stops early at a stop or when a task's partition is `cancelled`; after a task
     fails (or is not a job), the run's later tasks of the same unit (`Task.same_unit`) must
     not start. Every task of a run is reported exactly once: its outcome, or `unstarted`.
+
+    The slot and the poll loop share a run without a lock, each field written by one side
+    (plain attribute and list stores are atomic in CPython, and seen in program order):
+    the slot writes `results[i]` and then `done = i + 1` as each task ends, so the loop can
+    report a run's outcomes task by task while a slower task of it still runs; before it
+    looks at task i the slot writes `at = i` and then reads the stop flag and `cancelled`.
+    So once the loop has closed a partition (or set the stop flag), a task past `at` will
+    never start, and the loop can give it back at once instead of waiting for the run.
     """
 
-    __slots__ = ("left", "tasks")
+    __slots__ = ("at", "done", "left", "reported", "results", "started", "taken_back", "tasks")
 
     def __init__(self, tasks: list[Task]) -> None:
         self.tasks = tasks
-        self.left = len(tasks)  # tasks not reported back yet; the slot is free at 0
+        self.left = len(tasks)  # tasks not reported back yet; the slot is free at 0 (scheduler)
+        self.results: list[Any] = [None] * len(tasks)  # each task's outcome (slot); None: not started
+        self.at = -1  # the task the slot has reached (slot)
+        self.done = 0  # results[:done] are final (slot)
+        self.started = 0  # handler calls made (slot)
+        self.reported = 0  # results[:reported] were reported (poll loop)
+        self.taken_back: set[int] | None = None  # tasks given back before the slot reached them (poll loop)
 
     def __iter__(self) -> Iterator[Task]:
         return iter(self.tasks)
@@ -204,6 +227,9 @@ class Scheduler:
         self._full_since: float | None = None  # when `flow` first saw the member full
         self._full_paused = False  # full for full_pause_s: every partition paused
         self._flow_dirty: set[_Partition] = set()
+        # Tasks busy when their partition was dropped, until their outcome comes back: if the
+        # partition is assigned here again meanwhile, their units wait for them (`assign`).
+        self._orphans: dict[TP, set[Task]] = {}
 
     # ---- membership ---------------------------------------------------------------------
 
@@ -220,6 +246,7 @@ class Scheduler:
             if part is not None:
                 handed_back += self.drop([tp])
             part = self._parts[tp] = _Partition(tp, self._tracker.partition(tp))
+            self._hold_units_of_orphans(part)
             self._flow_dirty.add(part)
         return handed_back
 
@@ -259,6 +286,8 @@ class Scheduler:
             self._held -= part.held
             part.held = 0
             handed_back += part.busy
+            if part.busy:
+                self._orphans.setdefault(tp, set()).update(part.busy)
             self._tracker.drop(tp)
         self._check_room()
         return handed_back
@@ -268,7 +297,7 @@ class Scheduler:
     def fetched(self, tp: TP, offset: int, key: bytes | None, payload: Any) -> Task | None:
         """A message was fetched. Returns its task, or None if it is not work to take up:
         its partition is not assigned (or is being revoked), or the offset is in hand
-        already or finished (a duplicate delivery, or a re-fetch after `rewind`)."""
+        already or finished (a duplicate delivery)."""
         part = self._parts.get(tp)
         if part is None or part.closed or not part.offsets.add(offset):
             return None
@@ -296,55 +325,7 @@ class Scheduler:
         self._ready.append(task)
         return task
 
-    def rewind(self, tp: TP) -> int | None:
-        """Drop tp's jobs that have not started (not retries: they keep their attempt count)
-        and return the offset to seek back to: the lowest one dropped and not fetched again
-        yet (by this rewind or an earlier one); None if nothing was dropped.
-
-        The dropped offsets stay unfinished (the watermark cannot pass them) until they are
-        fetched again; re-fetched offsets that are still in hand or finished are ignored.
-        """
-        part = self._parts.get(tp)
-        if part is None or part.closed:
-            return None
-        dropped: list[Task] = []
-        emptied: list[Any] = []
-        for unit, head in part.units.items():
-            last = head  # the unit's tasks that are running in a run with the head stay
-            while last._behind is not None and last._behind._state == RUNNING:
-                last = last._behind
-            follower = last._behind
-            while follower is not None:
-                dropped.append(follower)
-                follower = follower._behind
-            last._behind = None
-            head._tail = last
-            if head._state == READY and not head._failing:
-                dropped.append(head)
-                emptied.append(unit)
-        for unit in emptied:
-            del part.units[unit]
-        dropped += (task for task in self._ready if task._part is part and task._unit is _FREE
-                    and task._state == READY and not task._failing)
-        if not dropped:
-            return None
-        for task in dropped:
-            task._state = DROPPED
-            task._behind = None
-            part.offsets.release(task.offset)
-        part.held -= len(dropped)
-        self._held -= len(dropped)
-        if part.retrying:
-            self._flow_dirty.add(part)
-        self._check_room()
-        return part.offsets.lowest_released()  # also one released by an earlier rewind
-
     # ---- running ------------------------------------------------------------------------
-
-    def start(self, now: float) -> list[Task]:
-        """The tasks whose handler call starts now, in order, one per free slot; each takes
-        its slot until its outcome is reported. Retries due by `now` go first."""
-        return [run.tasks[0] for run in self.start_runs(now, 1)]
 
     def start_runs(self, now: float, length: int) -> list[Run]:
         """Runs to start now, one per free slot: each holds up to `length` tasks for one slot
@@ -367,7 +348,7 @@ class Scheduler:
                 task = ready.popleft()
                 part = task._part
                 if task._state != READY or part.closed:
-                    continue  # stale: dropped by a rewind, or its partition is going
+                    continue  # stale: its partition is going
                 tasks.append(task)
                 follower = task._behind
                 while follower is not None and len(tasks) < size and follower._state == PENDING:
@@ -418,7 +399,7 @@ class Scheduler:
         self._reported(task)
         part = task._part
         if part.gone:
-            task._state = DROPPED
+            self._orphan_back(task)
             return False
         part.busy.discard(task)
         self._finish(task, part)
@@ -457,7 +438,7 @@ class Scheduler:
             raise ValueError(f"{task!r} is not running")
         self._reported(task)
         if task._part.gone:
-            task._state = DROPPED
+            self._orphan_back(task)
             return False
         task._state = SETTLING
         return True
@@ -545,7 +526,7 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
-        """Tasks handed out by `start`/`start_runs` and not yet reported back."""
+        """Tasks handed out by `start_runs` and not yet reported back."""
         return self._in_flight
 
     @property
@@ -592,7 +573,7 @@ class Scheduler:
             raise ValueError(f"{task!r} is neither running nor settling")
         part = task._part
         if part.gone:
-            task._state = DROPPED
+            self._orphan_back(task)
             return None
         part.busy.discard(task)
         return part
@@ -629,6 +610,10 @@ class Scheduler:
             self._flow_dirty.add(part)
         elif part.retrying:
             self._flow_dirty.add(part)
+        self._release_unit(task, part)
+
+    def _release_unit(self, task: Task, part: _Partition) -> None:
+        """`task`, its unit's head, is done: the unit's next task (if any) becomes its head."""
         unit = task._unit
         if unit is _FREE or part.closed:
             return
@@ -642,6 +627,41 @@ class Scheduler:
         if follower._state == PENDING:  # else it runs next in this task's run already
             follower._state = READY
             self._ready.append(follower)
+
+    def _hold_units_of_orphans(self, part: _Partition) -> None:
+        """A partition assigned afresh while calls of its previous assignment still run here:
+        each of their units gets a placeholder head (a ghost, never started), so the unit's
+        jobs fetched again wait behind it until those calls report back (`_orphan_back`).
+        Without it a key's job could start again while its earlier call still runs."""
+        for orphan in self._orphans.get(part.tp, ()):
+            unit = orphan._unit
+            if unit is _FREE:
+                continue
+            ghost = part.units.get(unit)
+            if ghost is None:
+                ghost = part.units[unit] = Task(part.tp, -1, orphan.key, None, part=part, unit=unit)
+                ghost._state = RUNNING
+                ghost.attempt = 0  # a ghost counts the orphans it waits for here
+            ghost.attempt += 1
+            orphan._ghost = ghost
+
+    def _orphan_back(self, task: Task) -> None:
+        """The outcome of a task handed back by a drop came back: it is over, and its unit, if
+        its partition is assigned here again, may go on."""
+        task._state = DROPPED
+        orphans = self._orphans.get(task.tp)
+        if orphans is not None:
+            orphans.discard(task)
+            if not orphans:
+                del self._orphans[task.tp]
+        ghost = task._ghost
+        if ghost is None:
+            return
+        task._ghost = None
+        ghost.attempt -= 1
+        if ghost.attempt == 0:
+            ghost._state = FINISHED
+            self._release_unit(ghost, ghost._part)
 
     def _hand_back(self, task: Task, part: _Partition) -> None:
         """A task of a partition being revoked that will not finish here: left unfinished."""

@@ -35,6 +35,7 @@ import json
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -46,7 +47,7 @@ from consumer_service.counts import Counts
 from consumer_service.dead_letters import DeadLetterPublisher
 from consumer_service.offsets import TP
 from consumer_service.runner import TaskRunner
-from consumer_service.scheduler import Scheduler, Task
+from consumer_service.scheduler import Run, Scheduler, Task
 from consumer_service.settings import ConsumerSettings
 from jobpipe import metrics
 from jobpipe.access import principal
@@ -61,7 +62,6 @@ from jobpipe.shutdown import ShutdownBudget
 T = TypeVar("T")
 FETCH = 500  # most messages taken from librdkafka at once
 POLL_S = 0.2  # longest a single poll blocks, so stop and due retries are noticed quickly
-BUSY_POLL_S = 0.002  # the poll's wait while handler calls run and a slot is free for more
 RUN_BUDGET_S = 0.002  # about how much handler time one run holds (see `_run_length`)
 MAX_RUN = 256  # most jobs in one run
 FULL_PAUSE_S = 0.5  # a member full of jobs (MAX_IN_FLIGHT) this long pauses its partitions
@@ -143,8 +143,11 @@ class ConsumerWorker:
         self._executor = Executor.for_function(TaskRunner(self.handler, self.stop).function,
                                                self._concurrency, f"handler-{self.number}")
         self._assigned: set[TP] = set()
+        self._runs: set[Run] = set()  # submitted to the executor, its completion not collected yet
         self._dead_letters_out = 0  # published, not answered yet
-        self._answers: list[tuple[Task, KafkaError | None]] = []  # dead-letter acknowledgements
+        self._answers: deque[tuple[Task, KafkaError | None]] = deque()  # dead-letter acknowledgements
+        self._answers_due = threading.Event()  # set while dead letters are out (see `_serve_answers`)
+        threading.Thread(target=self._serve_answers, name=f"dead-letters-{self.number}", daemon=True).start()
         self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
         self._shutdown: ShutdownBudget | None = None  # from when the stop was seen (see `_budget`)
         self._client_call: ClientCall[Any] | None = None  # a commit or close() still running
@@ -216,28 +219,33 @@ class ConsumerWorker:
             self._close()
 
     def _turn(self) -> None:
-        """One turn: wait for messages or outcomes, report, start, store, pause/resume."""
+        """One turn: wait for messages or outcomes, report, start, store, pause/resume.
+
+        librdkafka's queue and the executor's cannot be waited on together, so the turn waits
+        on the one whose event can move things on (never on a short timer): outcomes when no
+        message could be started now (every slot busy, fetching paused, or jobs in hand that
+        wait for a running one); otherwise Kafka, and the outcomes that came meanwhile are
+        reported after the poll (within POLL_S: nothing in hand waits for them). Dead-letter
+        answers wake the outcome wait (see `_serve_answers`)."""
         scheduler = self._scheduler
         wait = self._wait_s()
         messages: list[Message] = []
         may_fetch = scheduler.room > 0 or scheduler.fetch_paused  # paused: a fetch takes nothing
         # Outcomes are reported as soon as they are collected, before any poll: a revoke served
         # by a poll waits for the revoked partitions' jobs, and must find their outcomes.
-        if scheduler.in_flight and not (may_fetch and scheduler.runs < self._concurrency):
-            self._report(self._executor.collect(wait))  # nothing could start: wait for an outcome
+        if not may_fetch or (scheduler.in_flight and (scheduler.runs >= self._concurrency
+                                                      or scheduler.held > scheduler.in_flight)):
+            self._report(self._executor.collect(wait))
             if may_fetch:
                 messages = self._fetch(0)
-        elif not may_fetch:  # full of jobs waiting for retries or dead letters: wait for those
-            self.stop.wait(wait)
-        elif scheduler.in_flight:
-            self._report(self._executor.collect(0))
-            messages = self._fetch(min(wait, BUSY_POLL_S))
         else:
+            if scheduler.in_flight:
+                self._report(self._executor.collect(0))
             messages = self._fetch(wait)
+        if self._runs:
+            self._report_progress()
         if messages:
             self._take(messages)
-        if self._dead_letters_out:
-            self._dlq.poll(0)
         if self._answers:
             self._report_dead_letters()
         self._start(time.monotonic())
@@ -246,8 +254,6 @@ class ConsumerWorker:
 
     def _wait_s(self) -> float:
         wait = POLL_S
-        if self._dead_letters_out:
-            wait = BUSY_POLL_S
         # A retry that is due cannot start while every slot is busy: then an outcome is what
         # the loop waits for (waiting for the retry's time would spin once it has passed).
         retry = self._scheduler.next_due() if self._scheduler.runs < self._concurrency else None
@@ -301,12 +307,16 @@ class ConsumerWorker:
         if scheduler.runs >= self._concurrency:
             return
         submit = self._executor.submit
+        runs = self._runs
         for run in scheduler.start_runs(now, self._run_length()):
-            tasks = run.tasks
-            if any(task.note is not None for task in tasks):
-                tasks = self._publish_due_dead_letters(tasks)
-            if tasks:
-                submit(tasks, tasks)
+            if any(task.note is not None for task in run.tasks):
+                tasks = self._publish_due_dead_letters(run.tasks)
+                if not tasks:
+                    continue
+                run.tasks = tasks
+                run.results = [None] * len(tasks)
+            runs.add(run)
+            submit(run, run)
 
     def _store(self) -> None:
         moved = self._scheduler.offsets()
@@ -329,36 +339,73 @@ class ConsumerWorker:
     # ---- outcomes -------------------------------------------------------------------------
 
     def _report(self, completions: list[Completion]) -> None:
-        """Tell the scheduler what each run did, job by job, as it came back."""
-        succeeded = self._scheduler.succeeded
-        logged = enabled("INFO")  # per-job work here is the consumer's hot path
+        """Runs that ended: report what of them was not reported yet (see `_report_results`)."""
         for completion in completions:
             if completion.error is not None:
                 raise completion.error  # the runner itself failed: a bug, not a job's failure
-            tasks: list[Task] = completion.token
-            results: list[Attempt | InvalidJob | None] = completion.value
-            not_started: list[Task] = []
-            processed = 0
-            for task, result in zip(tasks, results, strict=True):
-                if result is None:
+            run: Run = completion.token
+            self._runs.discard(run)
+            self._report_results(run, len(run.tasks))
+            if run.started:
+                self._job_s += (completion.duration_s / run.started - self._job_s) * 0.3
+
+    def _report_progress(self) -> None:
+        """Tasks of runs still running that ended already: reported now, not when their run
+        ends (a quick job is logged and its offset stored while a slow one of its run runs)."""
+        for run in self._runs:
+            done = run.done
+            if done > run.reported:
+                self._report_results(run, done)
+
+    def _report_results(self, run: Run, upto: int) -> None:
+        """Tell the scheduler what the run's tasks up to `upto` did (each is final), job by job."""
+        succeeded = self._scheduler.succeeded
+        logged = enabled("INFO")  # per-job work here is the consumer's hot path
+        tasks = run.tasks
+        results = run.results
+        taken_back = run.taken_back
+        not_started: list[Task] = []
+        processed = 0
+        for index in range(run.reported, upto):
+            task = tasks[index]
+            result = results[index]
+            if result is None:
+                if taken_back is None or index not in taken_back:
                     not_started.append(task)
-                elif isinstance(result, Attempt):
-                    if result.error is not None:
-                        self._after_failure(task, result)
-                    elif succeeded(task):
-                        processed += 1
-                        if logged:
-                            log_processed(result, self.name, partition=task.tp[1], offset=task.offset)
-                    else:
-                        self._hand_back(task, result.job, "processed after its partition was lost")
-                else:
-                    self._dead_letter(task, DeadLetter(str(result), 0, None))
-            self.counts.processed += processed
-            started = len(tasks) - len(not_started)
-            if started:
-                self._job_s += (completion.duration_s / started - self._job_s) * 0.3
-            for task in reversed(not_started):  # back in their places, in order
-                self._scheduler.unstarted(task)
+            elif isinstance(result, Attempt):
+                if result.error is not None:
+                    self._after_failure(task, result)
+                elif succeeded(task):
+                    processed += 1
+                    if logged:
+                        log_processed(result, self.name, partition=task.tp[1], offset=task.offset)
+                else:  # handed back (and counted) when its partition went; its next owner redoes it
+                    metrics.handler_stats().processed -= 1  # so jobs_processed_total counts it once
+            else:
+                self._dead_letter(task, DeadLetter(str(result), 0, None))
+        run.reported = upto
+        self.counts.processed += processed
+        for task in reversed(not_started):  # back in their places, in order
+            self._scheduler.unstarted(task)
+
+    def _take_back_unreached(self) -> None:
+        """During a revoke or a stop: tasks of running runs that their slot has not reached and
+        will skip (their partition is going, or the member stops) are given back now, so that
+        only calls that may have started are waited for (see `Run` for why this is safe)."""
+        stopping = self.stop.is_set()  # read before `run.at`, as `cancelled` is
+        unstarted = self._scheduler.unstarted
+        for run in self._runs:
+            tasks = run.tasks
+            for index in range(max(run.at + 1, run.reported), len(tasks)):
+                task = tasks[index]
+                if not (stopping or task.cancelled):
+                    continue
+                if run.taken_back is None:
+                    run.taken_back = set()
+                elif index in run.taken_back:
+                    continue
+                run.taken_back.add(index)
+                unstarted(task)
 
     def _after_failure(self, task: Task, attempt: Attempt) -> None:
         if self.handler.next_step(attempt) is Next.DEAD_LETTER:
@@ -368,7 +415,7 @@ class ConsumerWorker:
         if self._scheduler.failed(task, time.monotonic() + delay):
             self.counts.retried += 1
             log_retry(attempt, delay, self.name, partition=task.tp[1], offset=task.offset)
-        else:
+        elif not task.orphaned:  # else handed back (and counted) when its partition was dropped
             self._hand_back(task, attempt.job,
                             f"attempt {attempt.number} failed while its partition was given up")
 
@@ -378,8 +425,7 @@ class ConsumerWorker:
         """Publish to the DLQ; the job stays unfinished (holding its unit and the watermark)
         until the broker acknowledged it."""
         if not self._scheduler.dead_lettering(task):
-            self._hand_back(task, why.job, "its partition was lost before it was dead-lettered")
-            return
+            return  # its partition was dropped: handed back (and counted) then
         task.note = why
         self._publish(task)
 
@@ -392,15 +438,29 @@ class ConsumerWorker:
             self._dead_letter_failed(task, str(error))
             return
         self._dead_letters_out += 1
+        self._answers_due.set()
+
+    def _serve_answers(self) -> None:
+        """On a thread of its own: serve the dead-letter producer's delivery reports while
+        dead letters are out, so the loop waits for their answers as for outcomes (each
+        answer wakes it) instead of polling the producer on a short timer."""
+        while not self.stop.is_set():
+            if self._answers_due.wait(POLL_S * 5):
+                self._dlq.poll(POLL_S)
 
     def _on_dead_letter_answer(self, task: Task, error: KafkaError | None, _message: Message) -> None:
-        """librdkafka's delivery report (served by `self._dlq.poll`): only noted here."""
+        """librdkafka's delivery report (served by `self._dlq.poll`, on any thread): only noted
+        here, and the loop woken."""
         self._answers.append((task, error))
+        self._executor.wake()
 
     def _report_dead_letters(self) -> None:
-        answers, self._answers = self._answers, []
-        for task, error in answers:
+        answers = self._answers
+        while answers:
+            task, error = answers.popleft()
             self._dead_letters_out -= 1
+            if not self._dead_letters_out:
+                self._answers_due.clear()
             if error is not None:
                 self._dead_letter_failed(task, error.str())
                 continue
@@ -411,8 +471,7 @@ class ConsumerWorker:
                 log_dead_lettered(key, job_id, reason=why.reason, attempts=why.attempts,
                                   consumer=self.name, destination=self._dlq.topic,
                                   partition=task.tp[1], offset=task.offset)
-            else:
-                self._hand_back(task, why.job, "its partition was lost while it was dead-lettered")
+            # else its partition was dropped meanwhile: handed back (and counted) then
 
     def _dead_letter_failed(self, task: Task, error: str) -> None:
         why: DeadLetter = task.note
@@ -424,7 +483,7 @@ class ConsumerWorker:
               f"{self.name} could not publish {key} to {self._dlq.topic} ({error}); {what}",
               level="ERROR", id=job_id, key=key, error=error, partition=task.tp[1],
               offset=task.offset, consumer=self.name)
-        if not again:
+        if not again and not task.orphaned:  # an orphan was handed back when its partition was dropped
             self._hand_back(task, why.job, "its dead letter was not acknowledged before its partition went")
 
     def _publish_due_dead_letters(self, tasks: list[Task]) -> list[Task]:
@@ -446,10 +505,14 @@ class ConsumerWorker:
     # ---- handing back --------------------------------------------------------------------
 
     def _identify(self, task: Task, job: Job | None) -> tuple[str | None, str | None]:
-        """(key, id) for log lines: the job's, or the raw key of a message that is not a job."""
-        if job is not None:
-            return job.key, job.id
-        return (task.key or b"").decode(errors="replace") or None, None
+        """(key, id) for log lines: the job's (decoded again if need be: off the hot path), or
+        the raw key of a message that is not a job."""
+        if job is None:
+            try:
+                job = Job.from_bytes(task.payload.value())
+            except InvalidJob:
+                return (task.key or b"").decode(errors="replace") or None, None
+        return job.key, job.id
 
     def _hand_back(self, task: Task, job: Job | None, why: str) -> None:
         """A job that was started here and will not be committed: its next owner redoes it."""
@@ -469,8 +532,15 @@ class ConsumerWorker:
 
     def _wait_for(self, done: Callable[[], bool], until: float) -> bool:
         """Report outcomes and dead-letter answers until `done()` or `until` (monotonic), and
-        no longer than the shutdown budget once a stop was asked for."""
-        while not done():
+        no longer than the shutdown budget once a stop was asked for. Tasks of a run that ended
+        are reported at once, and its tasks that will not start are given back at once: only
+        calls that may be running are waited for."""
+        while True:
+            if self._runs:
+                self._report_progress()
+                self._take_back_unreached()
+            if done():
+                return True
             now = time.monotonic()
             if self.stop.is_set():
                 until = min(until, self._budget(now).ends("work"))
@@ -486,7 +556,6 @@ class ConsumerWorker:
                 self._dlq.poll(0 if self._scheduler.in_flight else min(0.05, left))
             if self._answers:
                 self._report_dead_letters()
-        return True
 
     def _finish_in_flight(self) -> None:
         """On shutdown: the runs stop after the job in hand; wait for those (and for dead
@@ -495,8 +564,8 @@ class ConsumerWorker:
         self._wait_for(lambda: not scheduler.in_flight_on(None), self._budget(time.monotonic()).ends("work"))
         self._store()
         still = scheduler.in_flight_on(None)
-        if still:
-            self._hand_back_all(still, "still running at shutdown")
+        if still:  # dropped now, so the revoke that close() serves does not hand them back again
+            self._forget({task.tp for task in still}, "still running at shutdown")
 
     # ---- rebalances ---------------------------------------------------------------------
 
