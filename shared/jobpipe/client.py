@@ -40,6 +40,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import ValidationError
 
 from jobpipe.access import Need, check_access
+from jobpipe.client_check import check_client_configs
 from jobpipe.errors import ConfigError, DeliveryFailed, KafkaUnreachable
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import kafka_reason, producer_config, wait_for_broker
@@ -109,7 +110,7 @@ class JobClient:
         if settings is not None and fields:
             raise TypeError("give either settings or keyword settings, not both")
         self.settings = settings if settings is not None else client_settings(**fields)
-        self.settings.check_at_start()
+        check_client_configs(self.settings)  # the start-up checks the services make
         wait_for_broker(self.settings)
         check_access(self.settings, [Need("WRITE", "topic", self.settings.jobs_topic, "JOBS_TOPIC")])
         config = producer_config(self.settings, client_id, linger_ms=linger_ms)
