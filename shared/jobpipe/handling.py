@@ -141,14 +141,15 @@ def log_dead_lettered(key: str | None, job_id: str | None, *, reason: str, attem
                       consumer: str, destination: str, **origin: Any) -> None:
     metrics.JOBS_DEAD_LETTERED.inc()
     event("job.dead_lettered",
-          f"{consumer} dead-lettered {_label(key, job_id)} from {describe_origin(origin)} to "
+          f"{consumer} dead-lettered {label_of(key, job_id)} from {describe_origin(origin)} to "
           f"{destination} after {attempts} attempt(s): {reason}",
           level="ERROR", id=job_id, key=key, **origin, attempts=attempts, error=reason,
           destination=destination, consumer=consumer)
 
 
-def _label(key: str | None, job_id: str | None) -> str:
-    """A dead letter's name in a log line: its key, else its job id (Job.label), else neither."""
+def label_of(key: str | None, job_id: str | None) -> str:
+    """A job's name in a log line when only its key and id are at hand: its key, else its id
+    (as Job.label), else `<no key>` (a message that is not a job and has no key)."""
     if key:
         return key
     return f"job {job_id}" if job_id else "<no key>"

@@ -64,7 +64,15 @@ from consumer_service.share_decisions import (
     on_delivery,
 )
 from jobpipe.executor import Executor
-from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_processed, log_retry
+from jobpipe.handling import (
+    Attempt,
+    JobHandler,
+    Next,
+    label_of,
+    log_dead_lettered,
+    log_processed,
+    log_retry,
+)
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import admin_config, share_consumer_config
 from jobpipe.logs import event
@@ -385,7 +393,7 @@ class ShareWorker:
         now = time.monotonic()
         polled_at = record.polled_at
         if self._limits.expired(polled_at, now):
-            event("share.lock_overrun", f"{self.name}: {attempt.job.key} ended after its lock "
+            event("share.lock_overrun", f"{self.name}: {attempt.job.label} ended after its lock "
                   f"({self._limits.lock_s:g} s): the broker may have given it to another member "
                   "(raise the group's share.record.lock.duration.ms above the handler's time)",
                   level="WARNING", id=attempt.job.id, key=attempt.job.key, consumer=self.name,
@@ -447,7 +455,8 @@ class ShareWorker:
         assert error is not None
         record.dead_letters += 1
         if verdict is Verdict.DEAD_LETTER:
-            event("job.dead_letter_retry", f"{self.name} could not publish {key} to {self._dlq.topic} "
+            name = label_of(key, job.id if job else None)
+            event("job.dead_letter_retry", f"{self.name} could not publish {name} to {self._dlq.topic} "
                   f"({error.str()}); trying again in {delay * 1000:.0f} ms", level="WARNING",
                   id=job.id if job else None, key=key, error=error.str(), deliveries=record.deliveries,
                   failures=record.dead_letters, delay_ms=round(delay * 1000, 1), consumer=self.name, **origin)
@@ -465,7 +474,8 @@ class ShareWorker:
         fate = ("left on its last delivery: the broker drops it" if lost
                 else "released for another delivery, where it is dead-lettered again")
         event("job.dead_letter_failed",
-              f"{self.name} could not publish {key} to {self._dlq.topic} ({error}); {fate}",
+              f"{self.name} could not publish {label_of(key, job.id if job else None)} to "
+              f"{self._dlq.topic} ({error}); {fate}",
               level="ERROR" if lost else "WARNING", id=job.id if job else None, key=key, error=error,
               deliveries=record.deliveries, lost=lost, consumer=self.name,
               partition=record.message.partition(), offset=record.message.offset())
@@ -490,7 +500,7 @@ class ShareWorker:
         if not log:
             return
         job = record.job
-        event("job.released", f"{self.name} released {job.key if job else '<not a job>'} from partition "
+        event("job.released", f"{self.name} released {job.label if job else '<not a job>'} from partition "
               f"{record.message.partition()} offset {record.message.offset()}: {why}",
               level="WARNING", id=job.id if job else None, key=job.key if job else None,
               partition=record.message.partition(), offset=record.message.offset(), reason=why,
@@ -537,7 +547,7 @@ class ShareWorker:
         broker when the member leaves, and the jobs run again elsewhere."""
         for record in self._running:
             if record.job is not None:
-                event("job.released", f"{self.name} left {record.job.key} running at the shutdown "
+                event("job.released", f"{self.name} left {record.job.label} running at the shutdown "
                       "deadline: the broker delivers it again", level="WARNING", id=record.job.id,
                       key=record.job.key, partition=record.message.partition(),
                       offset=record.message.offset(), reason="still running at the shutdown deadline",

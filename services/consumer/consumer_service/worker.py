@@ -53,7 +53,15 @@ from jobpipe import metrics
 from jobpipe.access import principal
 from jobpipe.errors import KafkaRefused
 from jobpipe.executor import Completion, Executor
-from jobpipe.handling import Attempt, JobHandler, Next, log_dead_lettered, log_processed, log_retry
+from jobpipe.handling import (
+    Attempt,
+    JobHandler,
+    Next,
+    label_of,
+    log_dead_lettered,
+    log_processed,
+    log_retry,
+)
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import consumer_config
 from jobpipe.logs import enabled, event
@@ -480,7 +488,7 @@ class ConsumerWorker:
         again = self._scheduler.failed(task, time.monotonic() + delay)
         what = f"trying again in {delay * 1000:.0f} ms" if again else "handed back uncommitted"
         event("job.dead_letter_failed",
-              f"{self.name} could not publish {key} to {self._dlq.topic} ({error}); {what}",
+              f"{self.name} could not publish {label_of(key, job_id)} to {self._dlq.topic} ({error}); {what}",
               level="ERROR", id=job_id, key=key, error=error, partition=task.tp[1],
               offset=task.offset, consumer=self.name)
         if not again and not task.orphaned:  # an orphan was handed back when its partition was dropped
@@ -519,9 +527,9 @@ class ConsumerWorker:
         self.counts.handed_back += 1
         key, job_id = self._identify(task, job)
         event("job.handed_back",
-              f"{self.name} handed back {key} from partition {task.tp[1]} offset {task.offset} "
-              f"uncommitted: {why}", level="WARNING", id=job_id, key=key, partition=task.tp[1],
-              offset=task.offset, reason=why, consumer=self.name)
+              f"{self.name} handed back {label_of(key, job_id)} from partition {task.tp[1]} "
+              f"offset {task.offset} uncommitted: {why}", level="WARNING", id=job_id, key=key,
+              partition=task.tp[1], offset=task.offset, reason=why, consumer=self.name)
 
     def _hand_back_all(self, tasks: Iterable[Task], why: str) -> None:
         for task in tasks:
