@@ -55,6 +55,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_
     # Fields of the message that the contract does not name (kept in the instance's __dict__,
     # which only `from_bytes` fills, so a job made here has none and costs nothing for them).
     extra: ClassVar[Mapping[str, Any]] = _NO_EXTRA
+    # The Kafka message's headers (name -> value; the last one of a repeated name), which the
+    # consumer sets when the message has any: `submit(headers=...)` reaches the handler.
+    headers: ClassVar[Mapping[str, bytes | None]] = _NO_EXTRA
 
     @classmethod
     def new(cls, producer: int, seq: int, payload: Any = None) -> Job:
@@ -69,6 +72,15 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_
         """An application's job: a new id unless `id` is given (an idempotent resubmit)."""
         return cls(id=new_id() if id is None else id, type=type, key=key, created_at=datetime.now(UTC),
                    payload=payload)
+
+    @classmethod
+    def from_message(cls, raw: bytes | None, headers: Any) -> Job:
+        """`from_bytes`, with the Kafka message's headers (librdkafka's list of (name, value)
+        pairs, or None) on the job as `job.headers`."""
+        job = cls.from_bytes(raw)
+        if headers:
+            job.__dict__["headers"] = MappingProxyType(dict(headers))
+        return job
 
     @property
     def label(self) -> str:

@@ -15,8 +15,10 @@ registry = JobRegistry()
 
 def _record(handler: str, job: Job) -> None:
     with open(os.environ["TEST_RECORD_FILE"], "a") as record:
-        record.write(json.dumps({"handler": handler, "id": job.id, "type": job.type, "key": job.key,
-                                 "payload": job.payload}) + "\n")
+        entry = {"handler": handler, "id": job.id, "type": job.type, "key": job.key, "payload": job.payload}
+        if job.headers:
+            entry["headers"] = {name: (value or b"").decode() for name, value in job.headers.items()}
+        record.write(json.dumps(entry) + "\n")
 
 
 @registry.handler("resize")

@@ -48,7 +48,7 @@ def test_sync_submit_reaches_the_handler_of_its_type(pipeline: Pipeline, tmp_pat
 
     done = {entry["id"]: entry for entry in handled(record, 52)}
     assert done[resize_id] == {"handler": "resize", "id": resize_id, "type": "resize", "key": "image-42",
-                               "payload": {"width": 640}}
+                               "payload": {"width": 640}, "headers": {"trace": "t-1"}}
     assert done["mail-1"]["handler"] == "mail" and done["mail-1"]["key"] is None
     assert [done[i]["payload"] for i in batch_ids] == list(range(20))
     assert all(done[i]["handler"] == "mail" for i in many_ids)
@@ -88,6 +88,7 @@ def test_async_submit_reaches_the_handler(pipeline: Pipeline, tmp_path: Path) ->
     done = {entry["id"]: entry for entry in handled(record, 41)}
     assert set(done) == set(ids)
     assert done[ids[0]]["key"] == "k1" and done[ids[0]]["handler"] == "resize"
+    assert done[ids[0]]["headers"] == {"h": "v"}, "the headers reach the handler"
     assert consumer.stop() == 0
 
 

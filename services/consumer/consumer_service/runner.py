@@ -68,7 +68,7 @@ class TaskRunner:
         results: list[Result] = run.results
         failed: list[Task] = []
         stopping = self._stop.is_set
-        decode = Job.from_bytes
+        decode = Job.from_message
         for index, task in enumerate(run.tasks):
             run.at = index  # before the stop flag and `cancelled` are read
             if stopping():
@@ -77,7 +77,8 @@ class TaskRunner:
                 run.done = index + 1
                 continue
             try:
-                job = decode(task.payload.value())
+                message = task.payload
+                job = decode(message.value(), message.headers())
             except InvalidJob as error:
                 results[index] = error
                 run.done = index + 1

@@ -321,7 +321,7 @@ class ShareWorker:
             record = Record(message, lane)
             lane.unsettled += 1
             try:
-                record.job = Job.from_bytes(message.value())
+                record.job = Job.from_message(message.value(), message.headers())
                 invalid = ""
             except InvalidJob as error:
                 invalid = str(error)
