@@ -69,8 +69,7 @@ class TaskRunner:
         failed: list[Task] = []
         stopping = self._stop.is_set
         decode = Job.from_message
-        for index, task in enumerate(run.tasks):
-            run.at = index  # before the stop flag and `cancelled` are read
+        for index, task in enumerate(run.tasks):  # `run.done` is `index` here: see `Run`
             if stopping():
                 break
             if task.cancelled or (failed and _behind(task, failed)):
@@ -84,7 +83,6 @@ class TaskRunner:
                 run.done = index + 1
                 failed.append(task)
                 continue
-            run.started += 1
             outcome = results[index] = yield job, task.attempt
             run.done = index + 1
             if outcome.error is not None:

@@ -141,23 +141,23 @@ class Run:
 
     The slot and the poll loop share a run without a lock, each field written by one side
     (plain attribute and list stores are atomic in CPython, and seen in program order):
-    the slot writes `results[i]` and then `done = i + 1` as each task ends, so the loop can
-    report a run's outcomes task by task while a slower task of it still runs; before it
-    looks at task i the slot writes `at = i` and then reads the stop flag and `cancelled`.
-    So once the loop has closed a partition (or set the stop flag), a task past `at` will
-    never start, and the loop can give it back at once instead of waiting for the run.
+    the slot writes `results[i]` and then `done = i + 1` as each task ends (or is skipped),
+    so the loop can report a run's outcomes task by task while a slower task of it still
+    runs. The slot reads the stop flag and `cancelled` for task i only after it wrote
+    `done = i`: so once the loop has closed a partition (or set the stop flag) and then read
+    `done`, a task past `done` will never start, and the loop can give it back at once
+    instead of waiting for the run.
     """
 
-    __slots__ = ("at", "done", "left", "reported", "results", "started", "taken_back", "tasks")
+    __slots__ = ("done", "left", "reported", "results", "skipped", "taken_back", "tasks")
 
     def __init__(self, tasks: list[Task]) -> None:
         self.tasks = tasks
         self.left = len(tasks)  # tasks not reported back yet; the slot is free at 0 (scheduler)
         self.results: list[Any] = [None] * len(tasks)  # each task's outcome (slot); None: not started
-        self.at = -1  # the task the slot has reached (slot)
         self.done = 0  # results[:done] are final (slot)
-        self.started = 0  # handler calls made (slot)
         self.reported = 0  # results[:reported] were reported (poll loop)
+        self.skipped = 0  # of those, not started (poll loop)
         self.taken_back: set[int] | None = None  # tasks given back before the slot reached them (poll loop)
 
     def __iter__(self) -> Iterator[Task]:

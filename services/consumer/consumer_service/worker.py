@@ -354,8 +354,9 @@ class ConsumerWorker:
             run: Run = completion.token
             self._runs.discard(run)
             self._report_results(run, len(run.tasks))
-            if run.started:
-                self._job_s += (completion.duration_s / run.started - self._job_s) * 0.3
+            started = len(run.tasks) - run.skipped
+            if started:
+                self._job_s += (completion.duration_s / started - self._job_s) * 0.3
 
     def _report_progress(self) -> None:
         """Tasks of runs still running that ended already: reported now, not when their run
@@ -378,6 +379,7 @@ class ConsumerWorker:
             task = tasks[index]
             result = results[index]
             if result is None:
+                run.skipped += 1
                 if taken_back is None or index not in taken_back:
                     not_started.append(task)
             elif isinstance(result, Attempt):
@@ -400,11 +402,11 @@ class ConsumerWorker:
         """During a revoke or a stop: tasks of running runs that their slot has not reached and
         will skip (their partition is going, or the member stops) are given back now, so that
         only calls that may have started are waited for (see `Run` for why this is safe)."""
-        stopping = self.stop.is_set()  # read before `run.at`, as `cancelled` is
+        stopping = self.stop.is_set()  # read before `run.done`, as `cancelled` is
         unstarted = self._scheduler.unstarted
         for run in self._runs:
             tasks = run.tasks
-            for index in range(max(run.at + 1, run.reported), len(tasks)):
+            for index in range(max(run.done + 1, run.reported), len(tasks)):
                 task = tasks[index]
                 if not (stopping or task.cancelled):
                     continue
