@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from jobpipe.job import Job
 from tests.integration.conftest import Pipeline, processed
@@ -96,10 +95,6 @@ def test_sigkill_mid_stream_at_concurrency_32_loses_nothing(pipeline: Pipeline, 
 HELD_SEQ = 10**6  # the gated handler holds jobs from this seq on until the release file exists
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect in the consumer engine (issue 22's scope, not tests-hygiene's): Scheduler.held counts "
-    "only unfinished jobs, so jobs finished above a partition's oldest unfinished one are not "
-    "bounded by MAX_IN_FLIGHT; all 200 are run again after the SIGKILL"))
 def test_after_a_sigkill_the_next_owner_reruns_at_most_max_in_flight(
         pipeline: Pipeline, tmp_path: Path) -> None:
     """README: the committed offset is a partition's oldest unfinished job, so after a crash

@@ -61,20 +61,23 @@ class PartitionOffsets:
             return True
         return False
 
-    def finish(self, offset: int) -> bool:
-        """The job at `offset` succeeded or was dead-lettered: True if the watermark moved."""
+    def finish(self, offset: int) -> int:
+        """The job at `offset` succeeded or was dead-lettered. Returns how many fetched offsets
+        went below the watermark with it (0: the watermark did not move): it and the finished
+        ones above it, up to the next unfinished."""
         unfinished = self._unfinished
         if offset not in unfinished:
-            return False  # not ours (already finished, or never fetched)
+            return 0  # not ours (already finished, or never fetched)
         unfinished.discard(offset)
         order = self._order
         if order[0] != offset:
-            return False
+            return 0
+        before = len(order)
         order.popleft()
         while order and order[0] not in unfinished:
             order.popleft()
         self._moved.add(self.tp)
-        return True
+        return before - len(order)
 
     def committable(self) -> int | None:
         """The offset to store/commit: the lowest unfinished one, else the highest fetched + 1."""

@@ -29,8 +29,11 @@ dead-lettered; `offsets()` returns the moved watermarks (lowest unfinished offse
 A job that fails while its partition is being revoked is not retried here: it is handed back
 (left unfinished, so uncommitted; the next owner fetches it again).
 
-Backpressure (`flow()`): every assigned partition is paused once `max_in_flight` jobs are held
-(fetched and unfinished), and resumed when a quarter of that budget is free again. A partition
+Backpressure (`flow()`): every assigned partition is paused once `max_in_flight` jobs are at
+risk (`at_risk`: fetched and not yet below their partition's watermark, so unfinished or
+finished above an unfinished one: what a crash now would make the next owner run again), and
+resumed when a quarter of that budget is free again. So a job stuck at a partition's
+watermark lets at most `max_in_flight` jobs finish above it before fetching stops. A partition
 whose ordering unit waits for a retry is paused too in `partition` mode (nothing of it can
 run), and in `key` mode once it holds half the budget (so one stuck key cannot take the whole
 budget from the other partitions). Pausing loses nothing: librdkafka resumes a partition from
@@ -170,7 +173,8 @@ class Run:
 class _Partition:
     """The scheduler's state of one assigned partition."""
 
-    __slots__ = ("busy", "closed", "gone", "held", "offsets", "paused", "retrying", "tp", "units")
+    __slots__ = ("at_risk", "busy", "closed", "gone", "held", "offsets", "paused", "retrying", "tp",
+                 "units")
 
     def __init__(self, tp: TP, offsets: PartitionOffsets) -> None:
         self.tp = tp
@@ -178,6 +182,7 @@ class _Partition:
         self.units: dict[Any, Task] = {}  # unit -> its head: the oldest unfinished task
         self.busy: set[Task] = set()  # running or settling: what a revoke waits for
         self.held = 0  # fetched, unfinished and in memory
+        self.at_risk = 0  # fetched and not yet below the watermark (Scheduler.at_risk)
         self.retrying = 0  # tasks that failed and are not finished (each holds its unit)
         self.paused = False  # as last told to the caller by `flow`
         self.closed = False  # being revoked (or dropped): nothing of it starts any more
@@ -223,7 +228,8 @@ class Scheduler:
         self._in_flight = 0  # tasks handed out (in runs) and not reported back
         self._slots = 0  # runs handed out and not fully reported back (at most `concurrency`)
         self._held = 0  # fetched, unfinished and in memory, over all partitions
-        self._full = False  # held reached max_in_flight (until it is down to _resume_at)
+        self._at_risk = 0  # fetched and not yet below a watermark, over all partitions (the bound)
+        self._full = False  # at_risk reached max_in_flight (until it is down to _resume_at)
         self._full_since: float | None = None  # when `flow` first saw the member full
         self._full_paused = False  # full for full_pause_s: every partition paused
         self._flow_dirty: set[_Partition] = set()
@@ -266,6 +272,8 @@ class Scheduler:
                 kept = len(part.busy)
                 self._held -= part.held - kept
                 part.held = kept
+                self._at_risk -= part.at_risk - kept
+                part.at_risk = kept
             waits += part.busy
         self._check_room()
         return waits
@@ -285,6 +293,8 @@ class Scheduler:
             part.closed = part.gone = True
             self._held -= part.held
             part.held = 0
+            self._at_risk -= part.at_risk
+            part.at_risk = 0
             handed_back += part.busy
             if part.busy:
                 self._orphans.setdefault(tp, set()).update(part.busy)
@@ -309,10 +319,12 @@ class Scheduler:
             unit = _FREE
         task = Task(tp, offset, key, payload, part=part, unit=unit)
         part.held += 1
+        part.at_risk += 1
         if part.retrying:
             self._flow_dirty.add(part)
         self._held += 1
-        if self._held >= self.max_in_flight and not self._full:
+        self._at_risk += 1
+        if self._at_risk >= self.max_in_flight and not self._full:
             self._set_full(True)
         if unit is not _FREE:
             head = part.units.get(unit)
@@ -536,13 +548,20 @@ class Scheduler:
 
     @property
     def held(self) -> int:
-        """Jobs fetched, unfinished and in memory (what MAX_IN_FLIGHT bounds)."""
+        """Jobs fetched, unfinished and in memory."""
         return self._held
+
+    @property
+    def at_risk(self) -> int:
+        """Jobs fetched and not yet below their partition's watermark: unfinished, or finished
+        above an unfinished one. A crash now makes the next owner run them (again): what
+        MAX_IN_FLIGHT bounds."""
+        return self._at_risk
 
     @property
     def room(self) -> int:
         """How many more jobs may be fetched before the member is full."""
-        return max(0, self.max_in_flight - self._held)
+        return max(0, self.max_in_flight - self._at_risk)
 
     @property
     def assigned(self) -> list[TP]:
@@ -600,10 +619,16 @@ class Scheduler:
 
     def _finish(self, task: Task, part: _Partition) -> None:
         task._state = FINISHED
-        part.offsets.finish(task.offset)
+        # Below the watermark now: this job and any finished above it up to the next unfinished
+        # one (a partition being revoked counts only its busy jobs, see `revoke`).
+        safe = part.offsets.finish(task.offset)
+        if part.closed:
+            safe = 1
         part.held -= 1
         self._held -= 1
-        if self._full and self._held <= self._resume_at:
+        part.at_risk -= safe
+        self._at_risk -= safe
+        if self._full and self._at_risk <= self._resume_at:
             self._set_full(False)
         if task._failing:
             part.retrying -= 1
@@ -668,10 +693,12 @@ class Scheduler:
         task._state = DROPPED
         part.held -= 1
         self._held -= 1
+        part.at_risk -= 1
+        self._at_risk -= 1
         self._check_room()
 
     def _check_room(self) -> None:
-        if self._full and self._held <= self._resume_at:
+        if self._full and self._at_risk <= self._resume_at:
             self._set_full(False)
 
     def _set_full(self, full: bool) -> None:
