@@ -54,6 +54,30 @@ def test_gaps_in_offsets_are_fine() -> None:
     assert tracker.committable(TP0) == 21
 
 
+def test_the_end_of_a_partition_moves_the_watermark_past_a_transaction_marker() -> None:
+    """A transaction's commit marker (offset 3 here) is never handed over: the watermark stops
+    at it, and the group's lag stays 1, until the end of the partition is reported."""
+    part = OffsetTracker().partition(TP0)
+    for offset in range(3):
+        part.add(offset)
+    assert not part.reached_end(4), "jobs are unfinished: the end changes nothing yet"
+    for offset in range(3):
+        part.finish(offset)
+    assert part.committable() == 3
+    assert part.reached_end(4)
+    assert part.committable() == 4
+    assert not part.reached_end(4), "reached again: nothing moves"
+    assert part.add(4), "the next job after the end is taken as usual"
+    assert part.committable() == 4
+
+
+def test_an_end_reached_before_anything_is_fetched_is_the_watermark() -> None:
+    """Assigned at a committed offset that is a marker: the end is reported at once."""
+    tracker = OffsetTracker()
+    assert tracker.partition(TP0).reached_end(8)
+    assert tracker.advanced() == [(TP0, 8)]
+
+
 def test_partitions_are_independent_and_advanced_names_each_moved_one() -> None:
     tracker = OffsetTracker()
     tracker.partition(TP0).add(10)

@@ -79,6 +79,17 @@ class PartitionOffsets:
         self._moved.add(self.tp)
         return before - len(order)
 
+    def reached_end(self, end: int) -> bool:
+        """The partition's end was reached at `end` (the next offset to fetch). True if the
+        watermark moved there: nothing fetched is unfinished, and `end` is past every fetched
+        offset (what lies between is no job: a transaction marker, an aborted message)."""
+        if self._unfinished or (self._next is not None and end <= self._next):
+            return False
+        self._order.clear()
+        self._next = end
+        self._moved.add(self.tp)
+        return True
+
     def committable(self) -> int | None:
         """The offset to store/commit: the lowest unfinished one, else the highest fetched + 1."""
         if self._order:

@@ -337,6 +337,14 @@ class Scheduler:
         self._ready.append(task)
         return task
 
+    def reached_end(self, tp: TP, end: int) -> None:
+        """The end of an assigned partition was reached at `end`: once nothing of it is
+        unfinished, `offsets()` moves its watermark there, past records that are no jobs
+        (transaction markers), so the group's lag is what is left to process."""
+        part = self._parts.get(tp)
+        if part is not None and not part.closed:
+            part.offsets.reached_end(end)
+
     # ---- running ------------------------------------------------------------------------
 
     def start_runs(self, now: float, length: int) -> list[Run]:

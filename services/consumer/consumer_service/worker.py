@@ -290,7 +290,11 @@ class ConsumerWorker:
         for message in messages:
             error = message.error()
             if error is not None:
-                self._on_message_error(error)
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self._scheduler.reached_end((message.topic() or "", message.partition() or 0),
+                                                message.offset() or 0)
+                else:
+                    self._on_message_error(error)
                 continue
             if message.partition() != partition:  # messages come in runs of one partition
                 partition = message.partition()
