@@ -5,28 +5,35 @@ jobs start (CONSUMER_CONCURRENCY slots, ORDERING units), when a partition must p
 (MAX_IN_FLIGHT, a retry) and which offsets are safe to store (the watermark: the lowest
 unfinished offset); jobpipe.executor runs the handler calls (threads, or one event loop for an
 `async def` handler) and hands the outcomes back through one queue; consumer_service.runner is
-what a slot does with its run of jobs. This loop only carries those decisions out:
+what a slot does with its run of jobs; consumer_service.dead_lettering owns the dead letters
+while they are out. This loop only carries those decisions out:
 
 - poll: take the fetched messages (never more than the room left), or wait for outcomes
-  when every slot is busy, whichever can move things on;
+  (and dead-letter answers) when no fetched message could start now, whichever can move
+  things on (see `_turn`: never a short timer);
 - report each outcome to the scheduler as it comes back: logged (`job.processed`,
   `job.retry`), a retry scheduled with the retry policy's backoff (nothing sleeps; only the
   job's unit waits), a final failure or a message that is not a job published to the DLQ
-  (the job stays unfinished until the broker acknowledged the dead letter);
+  (the job stays unfinished until the broker acknowledged the dead letter). Each job of a
+  run comes back as it ends, not when its run ends (`_report_progress`);
 - start what the scheduler says; store the moved watermarks (committed in the background,
   on revoke and before leaving); pause/resume what it says.
 
 A slow handler never costs the group membership: the loop keeps polling while handlers run.
 A run is short: one job when jobs take long, as many as fit in about RUN_BUDGET_S of handler
-time when they are quick, so a job's outcome is stored within milliseconds of its end.
+time when they are quick; a job's outcome is stored as it ends (within a poll's wait, POLL_S,
+when a slower job of its run still runs).
 
-Rebalances: a revoke waits (bounded by SHUTDOWN_TIMEOUT_S) for the jobs in flight on the
-revoked partitions, stores and commits, then forgets them, so a graceful rebalance processes
-nothing twice; what did not finish in time is handed back (logged, uncommitted). A lost
-partition is forgotten at once, its jobs in flight handed back. On shutdown the jobs in hand
-are finished within the budget, what is finished is committed while this member is still in
-the group (see `_commit_before_leaving`), then the consumer is closed. A librdkafka client
-left with no broker to talk to is replaced (see `_replace_client`).
+Rebalances: a revoke waits (bounded by SHUTDOWN_TIMEOUT_S) for the handler calls that started
+on the revoked partitions (their jobs not reached yet in a run are given back at once),
+stores and commits, then forgets them, so a graceful rebalance processes nothing twice; what
+did not finish in time is handed back (logged and counted once, uncommitted). A lost
+partition is forgotten at once, its jobs in flight handed back; should it come back to this
+member while they still run, their keys wait for them (consumer_service.scheduler). On
+shutdown the calls that started are finished within the budget, what is finished is
+committed while this member is still in the group (see `_commit_before_leaving`), then the
+consumer is closed. A librdkafka client left with no broker to talk to is replaced (see
+`_replace_client`).
 """
 
 from __future__ import annotations
@@ -35,7 +42,6 @@ import json
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,6 +50,7 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer_service.counts import Counts
+from consumer_service.dead_lettering import DeadLetter, DeadLettering, identify
 from consumer_service.dead_letters import DeadLetterPublisher
 from consumer_service.offsets import TP
 from consumer_service.runner import TaskRunner
@@ -53,16 +60,8 @@ from jobpipe import metrics
 from jobpipe.access import principal
 from jobpipe.errors import KafkaRefused
 from jobpipe.executor import Completion, Executor
-from jobpipe.handling import (
-    Attempt,
-    JobHandler,
-    Next,
-    label_of,
-    log_dead_lettered,
-    log_processed,
-    log_retry,
-)
-from jobpipe.job import InvalidJob, Job
+from jobpipe.handling import Attempt, JobHandler, Next, label_of, log_processed, log_retry
+from jobpipe.job import Job
 from jobpipe.kafka_clients import consumer_config
 from jobpipe.logs import enabled, event
 from jobpipe.shutdown import ShutdownBudget
@@ -114,15 +113,6 @@ class ClientCall(Generic[T]):
         return self._returned[0]
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    """Why a job is being dead-lettered (kept on its task while the publish is in flight)."""
-
-    reason: str
-    attempts: int
-    job: Job | None
-
-
 @dataclass
 class ConsumerWorker:
     number: int
@@ -152,10 +142,10 @@ class ConsumerWorker:
                                                self._concurrency, f"handler-{self.number}")
         self._assigned: set[TP] = set()
         self._runs: set[Run] = set()  # submitted to the executor, its completion not collected yet
-        self._dead_letters_out = 0  # published, not answered yet
-        self._answers: deque[tuple[Task, KafkaError | None]] = deque()  # dead-letter acknowledgements
-        self._answers_due = threading.Event()  # set while dead letters are out (see `_serve_answers`)
-        threading.Thread(target=self._serve_answers, name=f"dead-letters-{self.number}", daemon=True).start()
+        self._dead_letters = DeadLettering(
+            self._dlq, self._scheduler, policy=self.handler.policy, member=self.name, counts=self.counts,
+            hand_back=self._hand_back, wake=self._executor.wake, stop=self.stop,
+            name=f"dead-letters-{self.number}")
         self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
         self._shutdown: ShutdownBudget | None = None  # from when the stop was seen (see `_budget`)
         self._client_call: ClientCall[Any] | None = None  # a commit or close() still running
@@ -234,7 +224,7 @@ class ConsumerWorker:
         message could be started now (every slot busy, fetching paused, or jobs in hand that
         wait for a running one); otherwise Kafka, and the outcomes that came meanwhile are
         reported after the poll (within POLL_S: nothing in hand waits for them). Dead-letter
-        answers wake the outcome wait (see `_serve_answers`)."""
+        answers wake the outcome wait (see consumer_service.dead_lettering)."""
         scheduler = self._scheduler
         wait = self._wait_s()
         messages: list[Message] = []
@@ -254,8 +244,8 @@ class ConsumerWorker:
             self._report_progress()
         if messages:
             self._take(messages)
-        if self._answers:
-            self._report_dead_letters()
+        if self._dead_letters.answered:
+            self._dead_letters.report()
         self._start(time.monotonic())
         self._store()
         self._apply_flow()
@@ -322,7 +312,7 @@ class ConsumerWorker:
         runs = self._runs
         for run in scheduler.start_runs(now, self._run_length()):
             if any(task.note is not None for task in run.tasks):
-                tasks = self._publish_due_dead_letters(run.tasks)
+                tasks = self._dead_letters.publish_due(run.tasks)
                 if not tasks:
                     continue
                 run.tasks = tasks
@@ -396,7 +386,7 @@ class ConsumerWorker:
                 else:  # handed back (and counted) when its partition went; its next owner redoes it
                     metrics.handler_stats().processed -= 1  # so jobs_processed_total counts it once
             else:
-                self._dead_letter(task, DeadLetter(str(result), 0, None))
+                self._dead_letters.give_up(task, DeadLetter(str(result), 0, None))
         run.reported = upto
         self.counts.processed += processed
         for task in reversed(not_started):  # back in their places, in order
@@ -423,7 +413,7 @@ class ConsumerWorker:
 
     def _after_failure(self, task: Task, attempt: Attempt) -> None:
         if self.handler.next_step(attempt) is Next.DEAD_LETTER:
-            self._dead_letter(task, DeadLetter(attempt.error_text, attempt.number, attempt.job))
+            self._dead_letters.give_up(task, DeadLetter(attempt.error_text, attempt.number, attempt.job))
             return
         delay = self.handler.policy.delay_s(attempt.number)
         if self._scheduler.failed(task, time.monotonic() + delay):
@@ -433,105 +423,12 @@ class ConsumerWorker:
             self._hand_back(task, attempt.job,
                             f"attempt {attempt.number} failed while its partition was given up")
 
-    # ---- dead letters ---------------------------------------------------------------------
-
-    def _dead_letter(self, task: Task, why: DeadLetter) -> None:
-        """Publish to the DLQ; the job stays unfinished (holding its unit and the watermark)
-        until the broker acknowledged it."""
-        if not self._scheduler.dead_lettering(task):
-            return  # its partition was dropped: handed back (and counted) then
-        task.note = why
-        self._publish(task)
-
-    def _publish(self, task: Task) -> None:
-        why: DeadLetter = task.note
-        try:
-            self._dlq.publish(task.payload, why.reason, why.attempts, self.name,
-                              partial(self._on_dead_letter_answer, task))
-        except (BufferError, KafkaException) as error:
-            self._dead_letter_failed(task, str(error))
-            return
-        self._dead_letters_out += 1
-        self._answers_due.set()
-
-    def _serve_answers(self) -> None:
-        """On a thread of its own: serve the dead-letter producer's delivery reports while
-        dead letters are out, so the loop waits for their answers as for outcomes (each
-        answer wakes it) instead of polling the producer on a short timer."""
-        while not self.stop.is_set():
-            if self._answers_due.wait(POLL_S * 5):
-                self._dlq.poll(POLL_S)
-
-    def _on_dead_letter_answer(self, task: Task, error: KafkaError | None, _message: Message) -> None:
-        """librdkafka's delivery report (served by `self._dlq.poll`, on any thread): only noted
-        here, and the loop woken."""
-        self._answers.append((task, error))
-        self._executor.wake()
-
-    def _report_dead_letters(self) -> None:
-        answers = self._answers
-        while answers:
-            task, error = answers.popleft()
-            self._dead_letters_out -= 1
-            if not self._dead_letters_out:
-                self._answers_due.clear()
-            if error is not None:
-                self._dead_letter_failed(task, error.str())
-                continue
-            why: DeadLetter = task.note
-            key, job_id = self._identify(task, why.job)
-            if self._scheduler.dead_lettered(task):
-                self.counts.dead_lettered += 1
-                log_dead_lettered(key, job_id, reason=why.reason, attempts=why.attempts,
-                                  consumer=self.name, destination=self._dlq.topic,
-                                  partition=task.tp[1], offset=task.offset)
-            # else its partition was dropped meanwhile: handed back (and counted) then
-
-    def _dead_letter_failed(self, task: Task, error: str) -> None:
-        why: DeadLetter = task.note
-        key, job_id = self._identify(task, why.job)
-        delay = self.handler.policy.delay_s(max(1, why.attempts))
-        again = self._scheduler.failed(task, time.monotonic() + delay)
-        what = f"trying again in {delay * 1000:.0f} ms" if again else "handed back uncommitted"
-        event("job.dead_letter_failed",
-              f"{self.name} could not publish {label_of(key, job_id)} to {self._dlq.topic} ({error}); {what}",
-              level="ERROR", id=job_id, key=key, error=error, partition=task.tp[1],
-              offset=task.offset, consumer=self.name)
-        if not again and not task.orphaned:  # an orphan was handed back when its partition was dropped
-            self._hand_back(task, why.job, "its dead letter was not acknowledged before its partition went")
-
-    def _publish_due_dead_letters(self, tasks: list[Task]) -> list[Task]:
-        """A run's tasks whose dead-letter publish failed before are published again (not run);
-        the run's later tasks of their units wait behind them. Returns what is left to run."""
-        left: list[Task] = []
-        publishing: list[Task] = []
-        for task in tasks:
-            if task.note is not None:
-                publishing.append(task)
-                if self._scheduler.dead_lettering(task):
-                    self._publish(task)
-            elif any(earlier.same_unit(task) for earlier in publishing):
-                self._scheduler.unstarted(task)
-            else:
-                left.append(task)
-        return left
-
     # ---- handing back --------------------------------------------------------------------
-
-    def _identify(self, task: Task, job: Job | None) -> tuple[str | None, str | None]:
-        """(key, id) for log lines: the job's (decoded again if need be: off the hot path), or
-        the raw key of a message that is not a job."""
-        if job is None:
-            try:
-                job = Job.from_bytes(task.payload.value())
-            except InvalidJob:
-                return (task.key or b"").decode(errors="replace") or None, None
-        return job.key, job.id
 
     def _hand_back(self, task: Task, job: Job | None, why: str) -> None:
         """A job that was started here and will not be committed: its next owner redoes it."""
         self.counts.handed_back += 1
-        key, job_id = self._identify(task, job)
+        key, job_id = identify(task, job)
         event("job.handed_back",
               f"{self.name} handed back {label_of(key, job_id)} from partition {task.tp[1]} "
               f"offset {task.offset} uncommitted: {why}", level="WARNING", id=job_id, key=key,
@@ -566,10 +463,10 @@ class ConsumerWorker:
                 completions = self._executor.collect(min(0.05, left))
                 if completions:
                     self._report(completions)
-            if self._dead_letters_out:
-                self._dlq.poll(0 if self._scheduler.in_flight else min(0.05, left))
-            if self._answers:
-                self._report_dead_letters()
+            if self._dead_letters.out:
+                self._dead_letters.poll(0 if self._scheduler.in_flight else min(0.05, left))
+            if self._dead_letters.answered:
+                self._dead_letters.report()
 
     def _finish_in_flight(self) -> None:
         """On shutdown: the runs stop after the job in hand; wait for those (and for dead
