@@ -34,10 +34,12 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 class HealthServer:
     """Serves metrics and probes from a daemon thread until `close()`."""
 
-    def __init__(self, port: int, live: Check, ready: Check, host: str = "0.0.0.0") -> None:
+    def __init__(self, port: int, live: Check, ready: Check, host: str = "0.0.0.0",
+                 service: str = "") -> None:
+        """`service`: whose metrics /metrics serves (jobpipe.metrics.SERVED_BY)."""
         self._live, self._ready = live, ready
         metrics.SERVICE_READY.set_function(lambda: 1.0 if self._ready() else 0.0)
-        self._metrics = make_wsgi_app()
+        self._metrics = make_wsgi_app(metrics.ServedMetrics(service))
         self._server = make_server(host, port, self._app, server_class=_ThreadingServer,
                                    handler_class=_QuietHandler)
         self.port = self._server.server_port

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 
 from prometheus_client import Counter, Gauge
 from prometheus_client.core import REGISTRY, CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 JOBS_PRODUCED = Counter("jobs_produced", "Jobs acknowledged by the broker (or queued, in memory).")
@@ -134,3 +134,39 @@ def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str,
 
 
 REGISTRY.register(_HandlerCollector())
+
+
+# What each long-running service serves on /metrics (besides prometheus-client's process_* and
+# python_*): the families it can move. All are defined in every process that imports this module,
+# but a producer serving `jobs_processed_total 0` looks like a consumer that does nothing.
+HANDLER_FAMILIES = ("jobs_processed", "jobs_failed", "jobs_retried", "jobs_dead_lettered",
+                    "job_processing_seconds")
+SERVED_BY: dict[str, tuple[str, ...]] = {
+    "producer": ("jobs_produced", "jobs_produce_failed"),
+    "consumer": (*HANDLER_FAMILIES, "job_end_to_end_seconds", "consumer_lag", "consumer_partitions_owned"),
+    "inmemory": ("jobs_produced", *HANDLER_FAMILIES, "inmemory_queue_depth"),
+    "lag-exporter": ("consumer_group_lag", "consumer_group_members",
+                     "consumer_group_lag_updated_timestamp_seconds"),
+}
+RUNTIME_PREFIXES = ("process_", "python_")
+
+
+class ServedMetrics:
+    """The registry as one service serves it: its own families (SERVED_BY), `service_ready`,
+    and the runtime's; what `make_wsgi_app` reads (it only calls `collect`)."""
+
+    def __init__(self, service: str, registry: CollectorRegistry = REGISTRY) -> None:
+        self._names = {*SERVED_BY.get(service, ()), "service_ready"}
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            if family.name in self._names or family.name.startswith(RUNTIME_PREFIXES):
+                yield family
+
+    def restricted_registry(self, names: Iterable[str]) -> ServedMetrics:
+        """What /metrics?name[]=... asks for: the registry's own restriction, then ours."""
+        restricted = ServedMetrics.__new__(ServedMetrics)
+        restricted._names = self._names
+        restricted._registry = self._registry.restricted_registry(list(names))  # type: ignore[assignment]
+        return restricted

@@ -61,7 +61,7 @@ def run_service(name: str, settings_class: type[Settings], body: Body[Settings],
     try:
         if serve_probes and settings.metrics_port:
             server = HealthServer(settings.metrics_port, live=lambda: probes.alive(),  # noqa: PLW0108 (alive is replaced later)
-                                  ready=probes.ready.is_set).start()
+                                  ready=probes.ready.is_set, service=name).start()
         event("service.started", f"{name} started", config=settings.effective())
         outcome = body(settings, stop, probes)
     except ConfigError as error:

@@ -116,7 +116,8 @@ def get(url: str) -> tuple[int, str]:
 
 def test_health_server_serves_metrics_and_probes() -> None:
     ready = False
-    server = HealthServer(0, live=lambda: True, ready=lambda: ready, host="127.0.0.1").start()
+    server = HealthServer(0, live=lambda: True, ready=lambda: ready, host="127.0.0.1",
+                          service="consumer").start()
     try:
         base = f"http://127.0.0.1:{server.port}"
         assert get(f"{base}/healthz")[0] == 200
@@ -128,6 +129,29 @@ def test_health_server_serves_metrics_and_probes() -> None:
         assert get(f"{base}/nope")[0] == 404
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(("service", "serves", "not_served"), [
+    ("producer", {"jobs_produced_total", "jobs_produce_failed_total"},
+     {"jobs_processed_total", "consumer_partitions_owned", "inmemory_queue_depth", "consumer_group_lag"}),
+    ("consumer", {"jobs_processed_total", "jobs_dead_lettered_total", "consumer_partitions_owned",
+                  "job_end_to_end_seconds_count"},
+     {"jobs_produced_total", "jobs_produce_failed_total", "inmemory_queue_depth"}),
+    ("inmemory", {"jobs_produced_total", "jobs_processed_total", "inmemory_queue_depth"},
+     {"jobs_produce_failed_total", "consumer_partitions_owned", "job_end_to_end_seconds_count"}),
+])
+def test_each_service_serves_only_the_metrics_it_moves(service: str, serves: set[str],
+                                                       not_served: set[str]) -> None:
+    """A producer that served `jobs_processed_total 0` looked like a consumer doing nothing."""
+    server = HealthServer(0, live=lambda: True, ready=lambda: True, host="127.0.0.1",
+                          service=service).start()
+    try:
+        _status, body = get(f"http://127.0.0.1:{server.port}/metrics")
+    finally:
+        server.close()
+    names = {line.split("{")[0].split(" ")[0] for line in body.splitlines() if line and line[0] != "#"}
+    assert serves | {"service_ready", "process_cpu_seconds_total"} <= names, (service, names)
+    assert not names & not_served, (service, names & not_served)
 
 
 def test_a_stop_ends_the_wait_for_a_broker_that_is_down() -> None:

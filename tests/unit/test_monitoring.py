@@ -102,7 +102,7 @@ def check(promtool: str, *args: str, cwd: Path = PROMETHEUS_DIR) -> str:
 def test_prometheus_config_and_rules_pass_promtool(promtool: str) -> None:
     assert "SUCCESS" in check(promtool, "check", "config", "prometheus.yml")
     out = check(promtool, "check", "rules", "alerts.yml")
-    assert "SUCCESS: 6 rules found" in out, out
+    assert "SUCCESS: 7 rules found" in out, out
 
 
 def test_alerting_rules_fire_as_their_unit_tests_say(promtool: str) -> None:
@@ -113,8 +113,9 @@ def test_the_alerts_the_issue_asks_for_are_there() -> None:
     text = (PROMETHEUS_DIR / "alerts.yml").read_text()
     rules = re.split(r"^      - alert: ", text, flags=re.MULTILINE)[1:]
     found = {rule.split()[0]: rule for rule in rules}
-    assert set(found) == {"JobpipeLagGrowing", "JobpipeDeadLetters", "JobpipeConsumerReplicaDown",
-                          "JobpipeConsumerReplicaGone", "JobpipeNoJobsProcessed", "JobpipeLagUnknown"}
+    assert set(found) == {"JobpipeLagGrowing", "JobpipeDeadLetters", "JobpipeProduceFailures",
+                          "JobpipeConsumerReplicaDown", "JobpipeConsumerReplicaGone",
+                          "JobpipeNoJobsProcessed", "JobpipeLagUnknown"}
     assert "\n        for: 5m\n" in found["JobpipeLagGrowing"]
     for name, rule in found.items():
         assert re.search(r"^          severity: (warning|critical)$", rule, re.MULTILINE), name
