@@ -6,6 +6,7 @@
     topic-admin describe [--json]       topics, partitions, offsets, the group's lag and members
     topic-admin describe --watch        the same, refreshed with jobs/s and lag trend, until Ctrl-C
     topic-admin redrive [filters]       dead letters back to JOBS_TOPIC, exactly once (--dry-run)
+    topic-admin dlq list [filters]      dead letters, filtered; `dlq show P:O` one of them
     topic-admin offsets [target]        the group's committed offsets; a target moves them (--execute)
 
 Results go to stdout; logs go to stderr so `--json` output stays pure JSON. Bad input (an
@@ -17,10 +18,12 @@ with the settings from the environment.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,7 +51,7 @@ from topic_admin_service.topics import REQUEST_TIMEOUT_S, Description, TopicAdmi
 from topic_admin_service.watch import HISTORY, Sample, sample_of, watch_rows
 from topic_admin_service.when import BadTime, parse_when
 
-COMMANDS = ("ensure", "wait", "reset", "describe", "redrive", "offsets")
+COMMANDS = ("ensure", "wait", "reset", "describe", "redrive", "offsets", "dlq")
 TopicBody = Body[TopicAdminSettings]
 
 
@@ -279,42 +282,97 @@ def watch_loop(admin: TopicAdmin, stop: threading.Event, interval: float, as_jso
     return Outcome(ExitCode.OK, {"refreshes": refreshes})
 
 
+class DlqPosition(click.ParamType[tuple[int, int], Any]):
+    """A dead letter's place in DLQ_TOPIC: PARTITION:OFFSET, as `dlq list` shows it."""
+
+    name = "PARTITION:OFFSET"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        partition, sep, offset = str(value).partition(":")
+        if not sep or not partition.isdigit() or not offset.isdigit():
+            self.fail(f"{value!r}: expected PARTITION:OFFSET, e.g. 0:42", param, ctx)
+        return int(partition), int(offset)
+
+
+class Pattern(click.ParamType[re.Pattern[str], Any]):
+    """A regular expression, matched whatever the case."""
+
+    name = "REGEX"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> re.Pattern[str]:
+        if isinstance(value, re.Pattern):
+            return value
+        try:
+            return re.compile(str(value), re.IGNORECASE)
+        except re.error as error:
+            self.fail(f"{value!r}: not a regular expression: {error}", param, ctx)
+
+
+def selection_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The filters `redrive` and `dlq list` share: each given one must match a dead letter."""
+    options = [
+        click.option("--error-contains", metavar="TEXT",
+                     help="Only dead letters whose dlq.error contains TEXT (whatever the case)."),
+        click.option("--error-regex", "error_pattern", type=Pattern(),
+                     help="Only dead letters whose dlq.error matches REGEX (whatever the case)."),
+        click.option("--key", "key_pattern", metavar="PATTERN",
+                     help="Only keys matching a shell pattern, e.g. 'p1-*'."),
+        click.option("--since", type=When(),
+                     help="Only jobs that failed at or after WHEN (RFC 3339, or 2h = 2 hours ago)."),
+        click.option("--until", type=When(), help="Only jobs that failed before WHEN."),
+        click.option("--original-partition", type=click.IntRange(min=0), metavar="N",
+                     help="Only jobs read from partition N of the jobs topic."),
+        click.option("--original-offset", type=click.IntRange(min=0), metavar="N",
+                     help="Only the job read at offset N of the jobs topic."),
+        click.option("--attempts", type=click.IntRange(min=0), metavar="N",
+                     help="Only jobs given up after N attempts (0: messages that were not jobs)."),
+        click.option("--at", type=DlqPosition(),
+                     help="Only the dead letter at PARTITION:OFFSET of DLQ_TOPIC."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def selection_of(filters: dict[str, Any], **more: Any) -> Selection:
+    since, until = filters["since"], filters["until"]
+    if since is not None and until is not None and since >= until:
+        raise click.BadParameter(f"{since.isoformat()} is not before --until {until.isoformat()}",
+                                 param_hint="'--since'")
+    return Selection(**filters, **more)
+
+
 @cli.command(short_help="Dead letters back to JOBS_TOPIC, exactly once.")
 @click.option("--dry-run", is_flag=True, help="Count what would move, by error; move nothing.")
-@click.option("--error-contains", metavar="TEXT", help="Only dead letters whose dlq.error contains TEXT.")
-@click.option("--key", "key_pattern", metavar="PATTERN",
-              help="Only keys matching a shell pattern, e.g. 'p1-*'.")
-@click.option("--since", type=When(),
-              help="Only jobs that failed at or after WHEN (RFC 3339, or 2h = 2 hours ago).")
-@click.option("--until", type=When(), help="Only jobs that failed before WHEN.")
+@selection_options
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Move at most N dead letters.")
 @click.option("--max-redrives", type=click.IntRange(min=1), metavar="N",
               help="Leave jobs that have already been re-driven N times in the DLQ.")
+@click.option("--rate", type=click.FloatRange(min=0.1), metavar="N",
+              help="Move at most N dead letters per second (spare a downstream that just recovered).")
 @click.option("--batch-size", type=click.IntRange(min=1, max=100_000), default=500, show_default=True,
               metavar="N", help="Dead letters per transaction.")
 @click.option("--json", "json_output", is_flag=True, help="Print the summary as JSON.")
-def redrive(*, dry_run: bool, error_contains: str | None, key_pattern: str | None, since: datetime | None,
-            until: datetime | None, limit: int | None, max_redrives: int | None, batch_size: int,
-            json_output: bool) -> TopicBody:
+def redrive(*, dry_run: bool, limit: int | None, max_redrives: int | None, rate: float | None,
+            batch_size: int, json_output: bool, **filters: Any) -> TopicBody:
     """Move dead letters from DLQ_TOPIC back to JOBS_TOPIC, exactly once.
 
     Each copy keeps its key, value and headers, without the dlq.* headers, and carries
     redrive.count (how often it has been re-driven) and redrive.source (DLQ/partition/offset).
     Kafka transactions make it safe to stop at any moment and run again: nothing is lost
-    or moved twice.
+    or moved twice. A run stopped before it went through everything exits 1.
     """
-    if since is not None and until is not None and since >= until:
-        raise click.BadParameter(
-            f"{since.isoformat()} is not before --until {until.isoformat()}",
-            param_hint="'--since'")
-    selection = Selection(error_contains=error_contains, key_pattern=key_pattern, since=since, until=until,
-                          limit=limit, max_redrives=max_redrives)
+    selection = selection_of(filters, limit=limit, max_redrives=max_redrives)
 
     def body(settings: TopicAdminSettings, stop: threading.Event, _probes: Probes) -> Outcome:
         wait_for_broker(settings, stop)
         bar = output.progress("dry run" if dry_run else "re-driving")
         redriver = Redriver(settings, _admin(settings), stop, dry_run=dry_run, batch_size=batch_size,
-                            progress=bar)
+                            progress=bar, rate=rate)
         tally = redriver.run(selection)
         if json_output:
             _print_json({"dlq_topic": settings.dlq_topic, "jobs_topic": settings.jobs_topic,
@@ -327,8 +385,65 @@ def redrive(*, dry_run: bool, error_contains: str | None, key_pattern: str | Non
               f"{tally.moved} dead letter(s) {'would move' if dry_run else 'moved'}, "
               f"{tally.counts[Verdict.FILTERED]} skipped by filter, "
               f"{tally.counts[Verdict.MAX_REDRIVES]} left by --max-redrives, "
-              f"{tally.counts[Verdict.ALREADY]} already re-driven", **tally.as_dict())
-        return Outcome(ExitCode.OK, {verdict.value: tally.counts[verdict] for verdict in Verdict})
+              f"{tally.counts[Verdict.ALREADY]} already re-driven"
+              + ("; interrupted: run it again to go on" if tally.interrupted else ""),
+              level="WARNING" if tally.interrupted else "INFO", **tally.as_dict())
+        # Interrupted: what it moved stays moved, but a script must not take the run for done.
+        return Outcome(ExitCode.FAILURE if tally.interrupted else ExitCode.OK,
+                       {verdict.value: tally.counts[verdict] for verdict in Verdict})
+
+    return body
+
+
+@cli.group(short_help="Look at dead letters: list them, show one.")
+def dlq() -> None:
+    """Look at the dead letters of DLQ_TOPIC before re-driving them (nothing is changed)."""
+
+
+@dlq.command("list", short_help="Dead letters, filtered: where, key, attempts, error.")
+@selection_options
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, metavar="N",
+              help="Show at most N dead letters.")
+@click.option("--json", "json_output", is_flag=True, help="Print JSON lines instead of a table.")
+def dlq_list(*, limit: int, json_output: bool, **filters: Any) -> TopicBody:
+    """The dead letters that every given filter matches, oldest first per DLQ partition, with
+    PARTITION:OFFSET (for `dlq show` and `redrive --at`) and whether a re-drive moved them."""
+    selection = selection_of(filters)
+
+    def body(settings: TopicAdminSettings, stop: threading.Event, _probes: Probes) -> Outcome:
+        wait_for_broker(settings, stop)
+        found = Redriver(settings, _admin(settings), stop, dry_run=True, batch_size=1,
+                         progress=output.NoProgress()).browse(selection, limit)
+        if json_output:
+            for letter, redriven in found:
+                _print_json(output.dead_letter_summary(letter, redriven), compact=True)
+        else:
+            output.console().print(output.dead_letters_table(found, settings.dlq_topic))
+        return Outcome(ExitCode.OK, {"listed": len(found)})
+
+    return body
+
+
+@dlq.command("show", short_help="One dead letter: headers and body.")
+@click.argument("position", type=DlqPosition())
+@click.option("--json", "json_output", is_flag=True, help="Print JSON instead of text.")
+def dlq_show(*, position: tuple[int, int], json_output: bool) -> TopicBody:
+    """The dead letter at PARTITION:OFFSET of DLQ_TOPIC: its error, attempts, where it came
+    from, every header and its body."""
+    selection = Selection(at=position)
+
+    def body(settings: TopicAdminSettings, stop: threading.Event, _probes: Probes) -> Outcome:
+        wait_for_broker(settings, stop)
+        found = Redriver(settings, _admin(settings), stop, dry_run=True, batch_size=1,
+                         progress=output.NoProgress()).browse(selection, 1)
+        if not found:
+            raise Refused(f"{position[0]}:{position[1]}: {settings.dlq_topic} has no dead letter there")
+        letter, redriven = found[0]
+        if json_output:
+            _print_json(output.dead_letter_detail(letter, redriven))
+        else:
+            output.console().print(output.dead_letter_text(letter, redriven, settings.dlq_topic))
+        return Outcome(ExitCode.OK, {"shown": 1})
 
     return body
 

@@ -3,9 +3,10 @@ while it is a terminal. Programs use `--json` instead. (`describe` keeps its tab
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from rich import box
 from rich.console import Console, RenderableType
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from jobpipe.group_offsets import PartitionState
 from topic_admin_service.offset_plan import Move, Target, totals
-from topic_admin_service.redrive import Tally, Verdict
+from topic_admin_service.redrive import DeadLetter, Tally, Verdict
 from topic_admin_service.watch import WatchRow, lag_direction
 
 PIPE_WIDTH = 200  # columns a table may take when stdout is a file or a pipe
@@ -159,3 +160,68 @@ def watch_table(rows: Sequence[WatchRow], caption: str) -> Table:
         grid.add_row(row.topic, str(row.partition), str(row.end), _number(row.committed), _number(row.lag),
                      _rate(row.in_per_s), _rate(row.out_per_s), trend)
     return grid
+
+
+# ---- dead letters ---------------------------------------------------------------------------
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def dead_letter_summary(letter: DeadLetter, redriven: bool) -> dict[str, Any]:
+    """One line of `dlq list --json`."""
+    failed = letter.failed_at
+    return {"at": f"{letter.partition}:{letter.offset}", "partition": letter.partition,
+            "offset": letter.offset, "key": letter.key.decode(errors="replace") if letter.key else None,
+            "failed_at": failed.isoformat() if failed else None, "attempts": letter.attempts,
+            "error": letter.error, "original_partition": letter.original_partition,
+            "original_offset": letter.original_offset, "redrives": letter.redrives,
+            "redriven": redriven}
+
+
+def dead_letters_table(found: Sequence[tuple[DeadLetter, bool]], dlq_topic: str) -> Table:
+    grid = table("at", "key", "failed at", "attempts", "from", "error", "re-driven",
+                 numeric=["attempts"])
+    grid.caption = f"{len(found)} dead letter(s) of {dlq_topic}; `topic-admin dlq show P:O` for one"
+    grid.caption_justify = "left"
+    for letter, redriven in found:
+        row = dead_letter_summary(letter, redriven)
+        origin = ("-" if row["original_partition"] is None
+                  else f"{row['original_partition']}:{row['original_offset']}")
+        grid.add_row(row["at"], row["key"] or "-", (row["failed_at"] or "-")[:23], _number(row["attempts"]),
+                     origin, _shorten(letter.error, 80), "yes" if redriven else "")
+    return grid
+
+
+def _body(value: bytes | None) -> Any:
+    """The body as JSON when it is, else as text."""
+    if value is None:
+        return None
+    text = value.decode(errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def dead_letter_detail(letter: DeadLetter, redriven: bool) -> dict[str, Any]:
+    """`dlq show --json`: the summary, every header and the body."""
+    return dead_letter_summary(letter, redriven) | {
+        "headers": [[name, None if value is None else value.decode(errors="replace")]
+                    for name, value in letter.headers],
+        "body": _body(letter.value)}
+
+
+def dead_letter_text(letter: DeadLetter, redriven: bool, dlq_topic: str) -> str:
+    """`dlq show`: for a person."""
+    row = dead_letter_detail(letter, redriven)
+    lines = [f"{dlq_topic} {row['at']}" + ("  (re-driven)" if redriven else ""),
+             f"key       {row['key'] or '-'}",
+             f"error     {row['error']}",
+             f"attempts  {_number(row['attempts'])}",
+             f"failed at {row['failed_at'] or '-'}",
+             "headers:"]
+    lines += [f"  {name}: {value}" for name, value in row["headers"]]
+    body = row["body"]
+    lines += ["body:", json.dumps(body, indent=2, ensure_ascii=False) if not isinstance(body, str) else body]
+    return "\n".join(lines)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,27 @@ class DeadLetter:
             return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
         return None
 
+    def _number(self, header: str) -> int | None:
+        text = self.header(header)
+        try:
+            return int(text) if text else None
+        except ValueError:
+            return None
+
+    @property
+    def attempts(self) -> int | None:
+        """How often the handler ran before it was given up (`dlq.attempts`; 0: not a job)."""
+        return self._number("dlq.attempts")
+
+    @property
+    def original_partition(self) -> int | None:
+        """The jobs topic's partition it was read from (`dlq.original.partition`)."""
+        return self._number("dlq.original.partition")
+
+    @property
+    def original_offset(self) -> int | None:
+        return self._number("dlq.original.offset")
+
     @property
     def redrives(self) -> int:
         """How often this job has been re-driven before (its `redrive.count` header)."""
@@ -119,18 +141,32 @@ class Verdict(StrEnum):
 class Selection:
     """The command's filters. A dead letter moves when every given filter matches it."""
 
-    error_contains: str | None = None
+    error_contains: str | None = None  # in dlq.error, whatever the case
+    error_pattern: re.Pattern[str] | None = None  # searched in dlq.error (compiled by the caller)
     key_pattern: str | None = None  # a shell-style pattern: p1-*, p?-m1[0-9]
     since: datetime | None = None  # failed at or after (inclusive)
     until: datetime | None = None  # failed before (exclusive)
     limit: int | None = None
     max_redrives: int | None = None
+    original_partition: int | None = None  # the jobs topic's partition it came from
+    original_offset: int | None = None  # ... and offset
+    attempts: int | None = None  # exactly this many attempts (0: a message that was not a job)
+    at: tuple[int, int] | None = None  # one dead letter: (DLQ partition, offset)
 
     def matches(self, letter: DeadLetter) -> bool:
-        if self.error_contains is not None and self.error_contains not in letter.error:
+        if self.at is not None and (letter.partition, letter.offset) != self.at:
+            return False
+        if self.error_contains is not None and self.error_contains.casefold() not in letter.error.casefold():
+            return False
+        if self.error_pattern is not None and not self.error_pattern.search(letter.error):
             return False
         if self.key_pattern is not None and not fnmatch.fnmatchcase(letter.key_text, self.key_pattern):
             return False
+        for wanted, found in ((self.original_partition, letter.original_partition),
+                              (self.original_offset, letter.original_offset),
+                              (self.attempts, letter.attempts)):
+            if wanted is not None and wanted != found:
+                return False
         if self.since is not None or self.until is not None:
             failed = letter.failed_at
             if failed is None:
@@ -274,3 +310,11 @@ class Ledger:
 
     def __len__(self) -> int:
         return sum(len(offsets) for offsets in self._done.values())
+
+
+def pace(moved: int, elapsed_s: float, rate: float | None) -> float:
+    """How long to wait before the next move so that `moved` moves in `elapsed_s` keep to
+    `rate` per second (`--rate`; None: no limit)."""
+    if rate is None:
+        return 0.0
+    return max(0.0, moved / rate - elapsed_s)

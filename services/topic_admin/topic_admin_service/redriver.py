@@ -49,6 +49,7 @@ from topic_admin_service.redrive import (
     Verdict,
     ledger_record,
     ledger_topic,
+    pace,
     read_ledger_record,
     redriven_headers,
     target_partition,
@@ -71,7 +72,9 @@ def _error_of(error: KafkaException) -> KafkaError | None:
 
 class Redriver:
     def __init__(self, settings: TopicAdminSettings, admin: AdminClient, stop: threading.Event, *,
-                 dry_run: bool, batch_size: int, progress: NoProgress | Bar) -> None:
+                 dry_run: bool, batch_size: int, progress: NoProgress | Bar,
+                 rate: float | None = None) -> None:
+        """`rate`: most dead letters moved per second (--rate; None: as fast as it goes)."""
         self._settings = settings
         self._admin = admin
         self._stop = stop
@@ -87,6 +90,7 @@ class Redriver:
         self._topic_id = ""
         self._jobs_partitions = 0
         self._drained = False  # the last _read reached the end offsets it was given
+        self._rate = rate
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -117,19 +121,43 @@ class Redriver:
                 self._producer.flush(1)  # nothing is outstanding after the last commit
         return tally
 
+    def browse(self, selection: Selection, limit: int) -> list[tuple[DeadLetter, bool]]:
+        """Up to `limit` dead letters that `selection`'s filters match, oldest first per DLQ
+        partition, each with whether an earlier run re-drove it (read only: nothing moves)."""
+        topics = self._admin.list_topics(timeout=REQUEST_TIMEOUT_S).topics
+        if self._dlq not in topics or topics[self._dlq].error is not None:
+            raise Refused(f"DLQ_TOPIC={self._dlq!r}: no such topic (`topic-admin ensure` creates it)")
+        self._topic_id, _replicas, partitions = self._describe_dlq()
+        if self._ledger_topic in topics:
+            self._read_ledger()
+        found: list[tuple[DeadLetter, bool]] = []
+        consumer = Consumer(self._consumer_config())
+        try:
+            starts, ends = self._bounds(consumer, partitions, selection)
+            for message in self._read(consumer, self._dlq, starts, ends):
+                letter = DeadLetter.from_message(message)
+                if selection.matches(letter):
+                    found.append((letter, letter in self._ledger))
+                    if len(found) >= limit:
+                        break
+        finally:
+            consumer.close()
+        return found
+
     def _scan(self, selection: Selection, tally: Tally, partitions: list[int]) -> None:
         consumer = Consumer(self._consumer_config())
         try:
             starts, ends = self._bounds(consumer, partitions, selection)
-            self._progress.start(sum(ends[p] - starts[p] for p in partitions))
+            self._progress.start(sum(ends[p] - starts[p] for p in starts))
             batch: list[DeadLetter] = []
-            oldest = time.monotonic()
+            oldest = began = time.monotonic()
             for message in self._read(consumer, self._dlq, starts, ends):
                 letter = DeadLetter.from_message(message)
                 verdict = selection.verdict(letter, already_redriven=letter in self._ledger)
                 tally.add(verdict, letter)
                 self._progress.advance()
                 if verdict is Verdict.MOVE and not self._dry_run:
+                    self._stop.wait(pace(tally.moved - 1, time.monotonic() - began, self._rate))
                     if not batch:
                         oldest = time.monotonic()
                     batch.append(letter)
@@ -167,6 +195,11 @@ class Redriver:
             low, high = consumer.get_watermark_offsets(TopicPartition(self._dlq, partition),
                                                        timeout=REQUEST_TIMEOUT_S, cached=False)
             starts[partition], ends[partition] = low, high
+        if selection.at is not None:  # one dead letter: read just its offset
+            wanted, offset = selection.at
+            if wanted not in starts or not starts[wanted] <= offset < ends[wanted]:
+                raise Refused(f"--at {wanted}:{offset}: {self._dlq} has no dead letter there")
+            return {wanted: offset}, {wanted: offset + 1}
         if selection.since is not None:
             # The message timestamp is taken when the dead letter is produced, after its
             # dlq.failed_at: nothing that failed after --since lies before this offset.
