@@ -223,9 +223,11 @@ def test_waiting_for_a_retry_does_not_spin(make: Callable[..., Member]) -> None:
     assert member.dlq.polls < 100, f"{member.dlq.polls} turns while waiting 0.2-0.4 s for one retry"
 
 
+@pytest.mark.parametrize("concurrency", [1, 2])
 def test_acknowledgements_are_sent_as_they_are_made_not_when_the_poll_ends(
-        make: Callable[..., Member]) -> None:
-    """A fast job's ACCEPT reaches the broker while a slow job of the same poll still runs."""
+        make: Callable[..., Member], concurrency: int) -> None:
+    """A fast job's ACCEPT reaches the broker while a slow job of the same poll still runs,
+    also when both are in one run of a handler slot (CONSUMER_CONCURRENCY=1)."""
     slow_started = threading.Event()
     release = threading.Event()
 
@@ -233,7 +235,7 @@ def test_acknowledgements_are_sent_as_they_are_made_not_when_the_poll_ends(
         if one.seq == 1:
             slow_started.set()
             assert release.wait(10)
-    member = make(handler, consumer_concurrency=2)
+    member = make(handler, consumer_concurrency=concurrency)
 
     def fast_one_sent() -> bool:
         calls = list(member.kafka.calls)

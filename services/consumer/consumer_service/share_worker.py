@@ -76,6 +76,9 @@ POLL_S = 0.5
 ACK_POLL_S = 0.05  # how often the wait for outcomes also serves the dead-letter producer
 ACK_SEND_S = 0.1  # acknowledgements made during a poll are sent at least this often
 LANE_POLL_S = 0.05  # the wait of a lane's poll, and of a wait for outcomes, while both may bring work
+RUN_BUDGET_S = 0.002  # about how much handler time one run of records holds (see `_run_length`)
+MAX_RUN = 256  # most records in one run
+RUN_OVERRUN = 4  # a run stops starting records after RUN_BUDGET_S x this (its jobs were slower than expected)
 MAX_LANES = 4  # share consumers per member at most (a slow job holds one lane's poll)
 CLOSE_MARGIN_S = 0.5  # of SHUTDOWN_TIMEOUT_S, kept for leaving the group and exiting
 DURATION_WEIGHT = 0.2  # of the newest attempt in the moving average of attempt durations
@@ -158,14 +161,16 @@ class ShareWorker:
         # A dead letter's fate must be known while its record is still locked to this member.
         self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq",
                                         timeout_s=max(1.0, self._limits.lock_s / 3))
-        function = self._attempt_async if self.handler.is_async else self._attempt
+        function = self._run_async if self.handler.is_async else self._run
         self._executor = Executor.for_function(function, self.settings.consumer_concurrency,
                                                f"handler-{self.number}")
         self._answers: list[tuple[Record, KafkaError | None]] = []
         self._refused: list[tuple[int, int, str]] = []  # refused (acknowledgements, of them ACCEPTs, why)
         # acknowledgements sent and not yet answered: what each one counts as once confirmed
         self._confirming: dict[tuple[str, int, int], Outcome] = {}
-        self._running: set[Record] = set()
+        self._running: set[Record] = set()  # records of the runs on the handler slots
+        self._runs = 0  # runs on the handler slots
+        self._finished: deque[tuple[Record, Attempt]] = deque()  # attempts ended (handler threads append)
         self._dead_lettering: set[Record] = set()  # dead letters in flight or waiting to go again
         self._publishing = 0  # of those, the ones the DLQ producer holds
         self._job_s = 0.0  # moving average of an attempt's duration
@@ -186,11 +191,39 @@ class ShareWorker:
         consumer.set_acknowledgement_commit_callback(self._on_acknowledged)
         return Lane(consumer)
 
-    def _attempt(self, call: tuple[Job, int]) -> Attempt:
-        return self.handler.attempt(*call)
+    def _run(self, run: tuple[list[Record], float]) -> int:
+        """A run of records on a handler slot, one after another (a fast handler costs one
+        thread hand-off per run, not per job). Each attempt goes to `_finished` as it ends, so
+        a quick job's outcome never waits for a slow one after it. It stops starting at a
+        stop, after about RUN_BUDGET_S x RUN_OVERRUN, or once the records' start_by (their
+        lock) has passed; returns how many it started (the rest go back to their queue)."""
+        records, start_by = run
+        attempt = self.handler.attempt
+        finished = self._finished.append
+        clock = time.monotonic
+        stopping = self.stop.is_set
+        ends = min(start_by, clock() + RUN_BUDGET_S * RUN_OVERRUN)
+        started = 0
+        for record in records:
+            if started and (stopping() or clock() >= ends):
+                break
+            assert record.job is not None
+            started += 1
+            finished((record, attempt(record.job, record.attempts)))
+        return started
 
-    async def _attempt_async(self, call: tuple[Job, int]) -> Attempt:
-        return await self.handler.attempt_async(*call)
+    async def _run_async(self, run: tuple[list[Record], float]) -> int:
+        records, start_by = run
+        attempt = self.handler.attempt_async
+        ends = min(start_by, time.monotonic() + RUN_BUDGET_S * RUN_OVERRUN)
+        started = 0
+        for record in records:
+            if started and (self.stop.is_set() or time.monotonic() >= ends):
+                break
+            assert record.job is not None
+            started += 1
+            self._finished.append((record, await attempt(record.job, record.attempts)))
+        return started
 
     def _on_acknowledged(self, offsets: dict[TopicPartition, set[int]],
                          error: KafkaException | None) -> None:
@@ -257,7 +290,7 @@ class ShareWorker:
                     wait = max(0.0, min(wait, due[0][0] - now))
             if stop_by is not None:
                 wait = max(0.0, min(wait, stop_by - now))
-            lane = self._free_lane() if stop_by is None and len(self._running) < concurrency else None
+            lane = self._free_lane() if stop_by is None and self._runs < concurrency else None
             # a free slot and a lane to poll: the poll is the wait, short while outcomes may come
             polled = lane is not None and self._poll(
                 lane, LANE_POLL_S if self._running or self._publishing else wait)
@@ -335,29 +368,54 @@ class ShareWorker:
                                            False) is Verdict.RELEASE:
                 self._release_unstarted(lane)
 
+    def _run_length(self, ready: int, free: int) -> int:
+        """As many records per run as take about RUN_BUDGET_S of handler time (one when jobs
+        take longer), spread over the free slots."""
+        length = max(1, min(MAX_RUN, int(RUN_BUDGET_S / max(self._job_s, 1e-7))))
+        return min(length, -(-ready // free))
+
     def _start(self, concurrency: int) -> None:
-        """Fill the free slots, the oldest poll's records first (their locks end first)."""
-        while len(self._running) < concurrency:
+        """Fill the free slots with runs, the oldest poll's records first (their locks end
+        first)."""
+        while self._runs < concurrency:
             lanes = [lane for lane in self._lanes if lane.ready]
             if not lanes:
                 return
             lane = min(lanes, key=lambda one: one.polled_at) if len(lanes) > 1 else lanes[0]
-            while lane.ready and len(self._running) < concurrency:
-                record = lane.ready.popleft()
-                record.attempts += 1
-                record.running = True
-                self._running.add(record)
-                assert record.job is not None
-                self._executor.submit(record, (record.job, record.attempts))
+            start_by = self._limits.start_by(lane.polled_at, self._job_s)
+            ready = lane.ready
+            while ready and self._runs < concurrency:
+                length = self._run_length(len(ready), concurrency - self._runs)
+                run = [ready.popleft() for _ in range(length)]
+                for record in run:
+                    record.attempts += 1
+                    record.running = True
+                self._running.update(run)
+                self._runs += 1
+                self._executor.submit(run, (run, start_by))
 
     def _take_outcomes(self, wait: float) -> None:
-        for done in self._executor.collect(wait):
-            record = done.token
+        """The attempts that ended (also of runs still going), then the runs that ended: what
+        they did not start goes back to the head of its lane's queue, in order."""
+        runs = self._executor.collect(wait)  # first: a run's attempts are in _finished before it ends
+        finished = self._finished
+        while finished:
+            record, attempt = finished.popleft()
             record.running = False
             self._running.discard(record)
+            self._after_attempt(record, attempt)
+        for done in runs:
+            self._runs -= 1
             if done.error is not None:
                 raise done.error
-            self._after_attempt(record, done.value)
+            run: list[Record] = done.token
+            unstarted = run[done.value:]
+            for record in unstarted:
+                record.running = False
+                record.attempts -= 1
+                self._running.discard(record)
+            if unstarted:
+                run[0].lane.ready.extendleft(reversed(unstarted))
 
     def _release_for_stop(self) -> None:
         """A stop: nothing more starts; what waits for a slot or a retry is released, and so is
