@@ -158,6 +158,8 @@ def test_one_slow_job_does_not_hold_back_the_quick_ones_behind_it(pipeline: Pipe
     consumer.wait_for("job.processed", 22, timeout=60)
     assert consumer.stop() == 0, consumer.tail()
     assert Counter(e["id"] for e in processed(consumer)) == Counter({j.id: 1 for j in [first, slow, *quick]})
+    stopped = consumer.events("service.stopped")[-1]  # counted once the broker took each ACCEPT
+    assert (stopped["processed"], stopped["handed_back"]) == (22, 0), stopped
 
 
 def ended_or_dead_lettered(consumer: ServiceProcess) -> bool:

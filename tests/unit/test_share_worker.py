@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from confluent_kafka import (
@@ -223,9 +223,11 @@ def test_waiting_for_a_retry_does_not_spin(make: Callable[..., Member]) -> None:
     assert member.dlq.polls < 100, f"{member.dlq.polls} turns while waiting 0.2-0.4 s for one retry"
 
 
+@pytest.mark.parametrize("concurrency", [1, 2])
 def test_acknowledgements_are_sent_as_they_are_made_not_when_the_poll_ends(
-        make: Callable[..., Member]) -> None:
-    """A fast job's ACCEPT reaches the broker while a slow job of the same poll still runs."""
+        make: Callable[..., Member], concurrency: int) -> None:
+    """A fast job's ACCEPT reaches the broker while a slow job of the same poll still runs,
+    also when both are in one run of a handler slot (CONSUMER_CONCURRENCY=1)."""
     slow_started = threading.Event()
     release = threading.Event()
 
@@ -233,7 +235,7 @@ def test_acknowledgements_are_sent_as_they_are_made_not_when_the_poll_ends(
         if one.seq == 1:
             slow_started.set()
             assert release.wait(10)
-    member = make(handler, consumer_concurrency=2)
+    member = make(handler, consumer_concurrency=concurrency)
 
     def fast_one_sent() -> bool:
         calls = list(member.kafka.calls)
@@ -336,3 +338,39 @@ def test_jobs_that_came_back_start_before_fresh_ones(make: Callable[..., Member]
     member.settle(*(record(n, job(n), deliveries=1 if n < 25 else 3) for n in range(30)))
     accepted = {offset for kind, offset in member.kafka.calls if kind == "ACCEPT"}
     assert set(range(25, 30)) <= accepted and member.kafka.kinds()["RELEASE"] > 0
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_an_async_handler_runs_every_job_of_the_poll(make: Callable[..., Member], concurrency: int) -> None:
+    seen: list[int] = []
+
+    async def handler(one: Job) -> None:
+        seen.append(one.seq)
+    member = make(handler, consumer_concurrency=concurrency)
+    member.settle(*(record(n, job(n)) for n in range(20)))
+    assert sorted(seen) == list(range(20))
+    assert member.kafka.kinds() == Counter({"ACCEPT": 20})
+    member.worker._close()
+    assert member.worker.counts.processed == 20
+
+
+def test_while_a_slow_job_holds_one_lane_another_lane_polls_and_runs_quick_jobs(
+        make: Callable[..., Member]) -> None:
+    """librdkafka refuses a lane's next poll while its slow job is unacknowledged; the
+    member's other lane polls, and its jobs run on the free slot meanwhile."""
+    quick_done = threading.Event()
+    quick: list[int] = []
+
+    def handler(one: Job) -> None:
+        if one.seq == 0:
+            assert quick_done.wait(10), "the quick jobs did not run while the slow one did"
+        else:
+            quick.append(one.seq)
+            if len(quick) == 5:
+                quick_done.set()
+    member = make(handler, consumer_concurrency=2)
+    first, second = (cast(FakeShareConsumer, lane.consumer) for lane in member.worker._lanes)
+    second.pending = [record(n, job(n)) for n in range(1, 6)]
+    member.settle(record(0, job(0)))
+    assert sorted(quick) == [1, 2, 3, 4, 5]
+    assert first.kinds() == Counter({"ACCEPT": 1}) and second.kinds() == Counter({"ACCEPT": 5})

@@ -7,23 +7,29 @@ hands each record to one member under a time-limited lock (`share.record.lock.du
 RELEASE (give it back for redelivery, possibly elsewhere) or REJECT (never used here: a job
 that cannot be done goes to the DLQ first, then is accepted).
 
-How, per poll (librdkafka's explicit acknowledgement refuses a new poll while a record of the
-last one is unacknowledged, so a poll's records are settled before the next). What to do with
-each record is decided by share_decisions; this module carries it out:
-- each record runs on the executor (CONSUMER_CONCURRENCY at once, no order between them), if
-  it can start early enough to end inside its lock; the others are released unstarted (the
-  broker hands out whole record batches, so a poll can hold more than a lock's worth);
-- success: ACCEPT;
+How (what to do with each record is decided by share_decisions; this module carries it out,
+with the parts in share_records):
+- the member polls through up to MAX_LANES share consumers (librdkafka refuses a new poll
+  while a record of the last one is unacknowledged, so a lane with a slow job waits and
+  another polls while a handler slot is free);
+- records run on the executor in short runs (CONSUMER_CONCURRENCY slots, no order between
+  them; records delivered before go first), if they can start early enough to end inside
+  their lock; the others are released unstarted (the broker hands out whole record batches,
+  so a poll can hold more than a lock's worth);
+- success: ACCEPT; a job counts as processed once the broker confirms the acknowledgement;
 - a failed attempt: retried by this member with the retry policy's backoff while the lock
   allows; else RELEASE, and the broker redelivers it (its delivery count rises);
-- MAX_ATTEMPTS attempts on one delivery, or its last delivery (the broker's
-  `share.delivery.count.limit`: a handler that kills the process brings its job back each
-  time), or a message that is not a job: published to DLQ_TOPIC with the usual headers, and
-  ACCEPTed only once the broker acknowledged the dead letter (else RELEASEd);
-- acknowledgements are sent while the poll is worked through (commit_async, every 0.1 s at
-  most), not only with the next poll, so a fast job's ACCEPT does not wait for a slow one;
+- MAX_ATTEMPTS attempts on one delivery, the delivery before the broker's last (a handler
+  that kills the process brings its job back each time), or a message that is not a job:
+  published to DLQ_TOPIC with the usual headers and ACCEPTed once the DLQ holds it; a failed
+  dead letter is published again while the lock lasts, then released (the broker's last
+  delivery is the spare); on the last delivery it is never released (the broker would drop
+  it): published again until the DLQ takes it;
+- acknowledgements are sent while a poll is worked through (commit_async, every 0.1 s at
+  most), so a fast job's ACCEPT does not wait for a slow one;
 - a stop: nothing more starts, what is running finishes within the shutdown budget, the rest
-  is RELEASEd; dead letters are flushed, the acknowledgements committed, the member leaves.
+  is RELEASEd (a dead letter on its last delivery is waited for); dead letters are flushed,
+  the acknowledgements committed, the lanes leave.
 """
 
 from __future__ import annotations
@@ -34,19 +40,15 @@ import itertools
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
 
 from confluent_kafka import (
     AcknowledgeType,
-    IllegalStateException,
     KafkaError,
     KafkaException,
     Message,
     ShareConsumer,
-    TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 
@@ -63,6 +65,7 @@ from consumer_service.share_decisions import (
     before_start,
     on_delivery,
 )
+from consumer_service.share_records import RUN_BUDGET_S, Acknowledgements, Lane, Record, RecordRunner
 from jobpipe.executor import Executor
 from jobpipe.handling import (
     Attempt,
@@ -78,12 +81,10 @@ from jobpipe.kafka_clients import admin_config, share_consumer_config
 from jobpipe.logs import event
 from jobpipe.share_groups import is_refusal, refusal, share_configs
 
-Outcome = Literal["processed", "dead_lettered", "handed_back"]  # what a confirmed acknowledgement counts as
-
 POLL_S = 0.5
 ACK_POLL_S = 0.05  # how often the wait for outcomes also serves the dead-letter producer
-ACK_SEND_S = 0.1  # acknowledgements made during a poll are sent at least this often
 LANE_POLL_S = 0.05  # the wait of a lane's poll, and of a wait for outcomes, while both may bring work
+MAX_RUN = 256  # most records in one run
 MAX_LANES = 4  # share consumers per member at most (a slow job holds one lane's poll)
 CLOSE_MARGIN_S = 0.5  # of SHUTDOWN_TIMEOUT_S, kept for leaving the group and exiting
 DURATION_WEIGHT = 0.2  # of the newest attempt in the moving average of attempt durations
@@ -107,46 +108,6 @@ def group_limits(settings: ConsumerSettings) -> GroupLimits:
                        int(configs.get("share.delivery.count.limit") or DEFAULT_DELIVERY_LIMIT))
 
 
-@dataclass(eq=False)
-class Lane:
-    """One ShareConsumer of this member and the poll it has in hand. librdkafka refuses a new
-    poll while a record of the last one is unacknowledged, so with one consumer a slow job held
-    the whole member (its free handler slots idle until the slow job ended). A member has up to
-    MAX_LANES of them (never more than CONSUMER_CONCURRENCY): while one waits for a slow job,
-    another polls. Each is a member of the share group as the broker sees it."""
-
-    consumer: ShareConsumer
-    polled_at: float = 0.0  # when its poll in hand was asked for (its records' locks start)
-    ready: deque[Record] = field(default_factory=deque)  # not started yet, in start order
-    unsettled: int = 0  # records of its poll not yet acknowledged
-    to_send: int = 0  # acknowledgements made since its last commit
-    sent_at: float = 0.0
-
-
-@dataclass(eq=False)
-class Record:
-    """A record in hand: what was tried, and what it is waiting for."""
-
-    message: Message
-    lane: Lane
-    job: Job | None = None
-    attempts: int = 0  # handler calls made on this delivery
-    running: bool = False
-    publishing: bool = False  # its dead letter is with the DLQ producer
-    republish: bool = False  # its dead letter failed and waits to be published again
-    dead_letters: int = 0  # failed dead letters on this delivery
-    settled: bool = False
-    reason: str = ""  # why it is being dead-lettered
-
-    @property
-    def deliveries(self) -> int:
-        return self.message.delivery_count() or 1
-
-    @property
-    def polled_at(self) -> float:
-        return self.lane.polled_at
-
-
 @dataclass
 class ShareWorker:
     number: int
@@ -161,19 +122,19 @@ class ShareWorker:
         self.name = f"consumer {self.number}@{host}"
         client_id = f"consumer-{self.number}-{host}"
         self._limits = group_limits(self.settings)
+        self._acks = Acknowledgements(self.counts, self.name)
         self._lanes = [self._new_lane(f"{client_id}-{n}" if n else client_id)
                        for n in range(min(MAX_LANES, self.settings.consumer_concurrency))]
         # A dead letter's fate must be known while its record is still locked to this member.
         self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq",
                                         timeout_s=max(1.0, self._limits.lock_s / 3))
-        function = self._attempt_async if self.handler.is_async else self._attempt
+        self._runner = RecordRunner(self.handler, self.stop)
+        function = self._runner.run_async if self.handler.is_async else self._runner.run
         self._executor = Executor.for_function(function, self.settings.consumer_concurrency,
                                                f"handler-{self.number}")
         self._answers: list[tuple[Record, KafkaError | None]] = []
-        self._refused: list[tuple[int, int, str]] = []  # refused (acknowledgements, of them ACCEPTs, why)
-        # acknowledgements sent and not yet answered: what each one counts as once confirmed
-        self._confirming: dict[tuple[str, int, int], Outcome] = {}
-        self._running: set[Record] = set()
+        self._running: set[Record] = set()  # records of the runs on the handler slots
+        self._runs = 0  # runs on the handler slots
         self._dead_lettering: set[Record] = set()  # dead letters in flight or waiting to go again
         self._publishing = 0  # of those, the ones the DLQ producer holds
         self._job_s = 0.0  # moving average of an attempt's duration
@@ -191,29 +152,8 @@ class ShareWorker:
     def _new_lane(self, client_id: str) -> Lane:
         consumer = ShareConsumer(share_consumer_config(
             self.settings, client_id, self.settings.consumer_group, self.settings.consumer_concurrency))
-        consumer.set_acknowledgement_commit_callback(self._on_acknowledged)
+        consumer.set_acknowledgement_commit_callback(self._acks.answered)
         return Lane(consumer)
-
-    def _attempt(self, call: tuple[Job, int]) -> Attempt:
-        return self.handler.attempt(*call)
-
-    async def _attempt_async(self, call: tuple[Job, int]) -> Attempt:
-        return await self.handler.attempt_async(*call)
-
-    def _on_acknowledged(self, offsets: dict[TopicPartition, set[int]],
-                         error: KafkaException | None) -> None:
-        """librdkafka's answer to an acknowledgement commit (on this thread, within a poll or a
-        commit): a job counts as processed (or dead-lettered, or released) only now that the
-        broker took its acknowledgement. A refused one (its lock had ended) is back with the
-        broker, which delivers it again: it counts as handed back."""
-        outcomes = [self._confirming.pop((tp.topic, tp.partition, offset), "handed_back")
-                    for tp, found in offsets.items() for offset in found]
-        if error is None:
-            for outcome in outcomes:
-                setattr(self.counts, outcome, getattr(self.counts, outcome) + 1)
-            return
-        self.counts.handed_back += len(outcomes)
-        self._refused.append((len(outcomes), sum(o != "handed_back" for o in outcomes), str(error)))
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -265,7 +205,7 @@ class ShareWorker:
                     wait = max(0.0, min(wait, due[0][0] - now))
             if stop_by is not None:
                 wait = max(0.0, min(wait, stop_by - now))
-            lane = self._free_lane() if stop_by is None and len(self._running) < concurrency else None
+            lane = self._free_lane() if stop_by is None and self._runs < concurrency else None
             # a free slot and a lane to poll: the poll is the wait, short while outcomes may come
             polled = lane is not None and self._poll(
                 lane, LANE_POLL_S if self._running or self._publishing else wait)
@@ -280,7 +220,7 @@ class ShareWorker:
             self._dlq.poll(min(wait, ACK_POLL_S) if only_dead_letters else 0)
             for record, error in self._take_answers():
                 self._after_publish(record, error)
-            self._send_acknowledgements(time.monotonic())
+            self._acks.send(self._lanes, time.monotonic())
 
     def _unsettled(self) -> int:
         return sum(lane.unsettled for lane in self._lanes)
@@ -300,7 +240,7 @@ class ShareWorker:
         lane.sent_at = lane.polled_at  # the poll carries its acknowledgements
         lane.to_send = 0
         messages = lane.consumer.poll(timeout)
-        self._report_refusals()
+        self._acks.report_refusals()
         if not messages:
             return False
         self._admit(lane, messages)
@@ -343,29 +283,54 @@ class ShareWorker:
                                            False) is Verdict.RELEASE:
                 self._release_unstarted(lane)
 
+    def _run_length(self, ready: int, free: int) -> int:
+        """As many records per run as take about RUN_BUDGET_S of handler time (one when jobs
+        take longer), spread over the free slots."""
+        length = max(1, min(MAX_RUN, int(RUN_BUDGET_S / max(self._job_s, 1e-7))))
+        return min(length, -(-ready // free))
+
     def _start(self, concurrency: int) -> None:
-        """Fill the free slots, the oldest poll's records first (their locks end first)."""
-        while len(self._running) < concurrency:
+        """Fill the free slots with runs, the oldest poll's records first (their locks end
+        first)."""
+        while self._runs < concurrency:
             lanes = [lane for lane in self._lanes if lane.ready]
             if not lanes:
                 return
             lane = min(lanes, key=lambda one: one.polled_at) if len(lanes) > 1 else lanes[0]
-            while lane.ready and len(self._running) < concurrency:
-                record = lane.ready.popleft()
-                record.attempts += 1
-                record.running = True
-                self._running.add(record)
-                assert record.job is not None
-                self._executor.submit(record, (record.job, record.attempts))
+            start_by = self._limits.start_by(lane.polled_at, self._job_s)
+            ready = lane.ready
+            while ready and self._runs < concurrency:
+                length = self._run_length(len(ready), concurrency - self._runs)
+                run = [ready.popleft() for _ in range(length)]
+                for record in run:
+                    record.attempts += 1
+                    record.running = True
+                self._running.update(run)
+                self._runs += 1
+                self._executor.submit(run, (run, start_by))
 
     def _take_outcomes(self, wait: float) -> None:
-        for done in self._executor.collect(wait):
-            record = done.token
+        """The attempts that ended (also of runs still going), then the runs that ended: what
+        they did not start goes back to the head of its lane's queue, in order."""
+        runs = self._executor.collect(wait)  # first: a run's attempts are in `finished` before it ends
+        finished = self._runner.finished
+        while finished:
+            record, attempt = finished.popleft()
             record.running = False
             self._running.discard(record)
+            self._after_attempt(record, attempt)
+        for done in runs:
+            self._runs -= 1
             if done.error is not None:
                 raise done.error
-            self._after_attempt(record, done.value)
+            run: list[Record] = done.token
+            unstarted = run[done.value:]
+            for record in unstarted:
+                record.running = False
+                record.attempts -= 1
+                self._running.discard(record)
+            if unstarted:
+                run[0].lane.ready.extendleft(reversed(unstarted))
 
     def _release_for_stop(self) -> None:
         """A stop: nothing more starts; what waits for a slot or a retry is released, and so is
@@ -404,7 +369,7 @@ class ShareWorker:
                                 now + delay, self._limits.start_by(polled_at, self._job_s),
                                 self.stop.is_set())
         if verdict is Verdict.ACCEPT:
-            self._acknowledge(record, AcknowledgeType.ACCEPT, "processed")
+            self._acks.mark(record, AcknowledgeType.ACCEPT, "processed")
             log_processed(attempt, self.name, **origin)
         elif verdict is Verdict.DEAD_LETTER:
             self._dead_letter(record, attempt.error_text)
@@ -448,7 +413,7 @@ class ShareWorker:
                                     self._limits.is_last(record.deliveries), self.stop.is_set())
         if verdict is Verdict.ACCEPT:
             self._dead_lettering.discard(record)
-            self._acknowledge(record, AcknowledgeType.ACCEPT, "dead_lettered")
+            self._acks.mark(record, AcknowledgeType.ACCEPT, "dead_lettered")
             log_dead_lettered(key, job.id if job else None, reason=record.reason, attempts=record.attempts,
                               consumer=self.name, destination=self._dlq.topic, **origin)
             return
@@ -496,7 +461,7 @@ class ShareWorker:
     def _release(self, record: Record, why: str, log: bool = True) -> None:
         if record.settled or record.running or record.publishing or record.republish:
             return
-        self._acknowledge(record, AcknowledgeType.RELEASE, "handed_back")
+        self._acks.mark(record, AcknowledgeType.RELEASE, "handed_back")
         if not log:
             return
         job = record.job
@@ -505,42 +470,6 @@ class ShareWorker:
               level="WARNING", id=job.id if job else None, key=job.key if job else None,
               partition=record.message.partition(), offset=record.message.offset(), reason=why,
               deliveries=record.deliveries, consumer=self.name)
-
-    def _acknowledge(self, record: Record, kind: AcknowledgeType, outcome: Outcome) -> None:
-        """Mark the record; it counts as `outcome` once the broker confirms (_on_acknowledged)."""
-        if record.settled:
-            return
-        record.settled = True
-        lane = record.lane
-        lane.unsettled -= 1
-        message = record.message
-        try:
-            lane.consumer.acknowledge(message, kind)
-        except IllegalStateException as error:  # no longer in flight: the broker has it back
-            self.counts.handed_back += 1
-            event("ack.refused", f"{self.name}: could not acknowledge partition {message.partition()} "
-                  f"offset {message.offset()} ({error})", level="WARNING", consumer=self.name)
-            return
-        self._confirming[(message.topic() or "", message.partition() or 0, message.offset() or 0)] = outcome
-        lane.to_send += 1
-
-    def _send_acknowledgements(self, now: float) -> None:
-        """Send each lane's acknowledgements: at once when its poll is settled (it may not poll
-        again soon), else at least every ACK_SEND_S (the next poll would carry them)."""
-        for lane in self._lanes:
-            if lane.to_send and (not lane.unsettled or now - lane.sent_at >= ACK_SEND_S):
-                lane.to_send = 0
-                lane.sent_at = now
-                lane.consumer.commit_async()
-        self._report_refusals()
-
-    def _report_refusals(self) -> None:
-        for count, settled, error in self._refused:
-            event("ack.refused", f"{self.name}: the broker refused {count} acknowledgement(s), {settled} "
-                  f"of them for jobs done or dead-lettered here: {error} (their lock had ended; the "
-                  "broker delivers them again)", level="WARNING", consumer=self.name, refused=count,
-                  settled=settled, error=error)
-        self._refused.clear()
 
     def _abandon_running(self) -> None:
         """The shutdown deadline came with handlers still running: their records go back to the
@@ -576,18 +505,7 @@ class ShareWorker:
                                      lost=self._limits.is_last(record.deliveries))
         self._dead_lettering.clear()
         for lane in self._lanes:
-            self._commit(lane, max(0.1, (deadline - time.monotonic()) / len(self._lanes)))
-        self._report_refusals()
+            self._acks.commit(lane, max(0.1, (deadline - time.monotonic()) / len(self._lanes)))
+        self._acks.report_refusals()
         for lane in self._lanes:
             lane.consumer.close()  # leaves the group: the broker takes back what was not acknowledged
-
-    def _commit(self, lane: Lane, timeout: float) -> None:
-        try:
-            results = lane.consumer.commit_sync(timeout)
-            failed = {f"{tp.topic}[{tp.partition}]": str(error) for tp, error in results.items() if error}
-            if failed:
-                event("commit.failed", f"{self.name}: acknowledgements refused for {failed}",
-                      level="WARNING", consumer=self.name, partitions=failed)
-        except KafkaException as error:
-            event("commit.failed", f"{self.name} could not commit its acknowledgements: {error}",
-                  level="WARNING", consumer=self.name)
