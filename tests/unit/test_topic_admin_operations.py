@@ -31,6 +31,7 @@ from topic_admin_service.redrive import (
     Verdict,
     ledger_record,
     offset_ranges,
+    pace,
     read_ledger_record,
     redriven_headers,
     target_partition,
@@ -106,7 +107,16 @@ def test_failed_at_falls_back_to_the_message_timestamp() -> None:
     (Selection(), True),
     (Selection(error_contains="ValueError"), True),
     (Selection(error_contains="Timeout"), False),
-    (Selection(error_contains="valueerror"), False),  # case matters, like grep
+    (Selection(error_contains="valueerror"), True),  # whatever the case
+    (Selection(error_pattern=re.compile(r"^valueerror: b", re.IGNORECASE)), True),
+    (Selection(error_pattern=re.compile(r"timeout", re.IGNORECASE)), False),
+    (Selection(original_partition=2, original_offset=41), True),
+    (Selection(original_partition=2, original_offset=40), False),
+    (Selection(original_partition=1), False),
+    (Selection(attempts=5), True),
+    (Selection(attempts=1), False),
+    (Selection(at=(0, 0)), True),
+    (Selection(at=(0, 1)), False),
     (Selection(key_pattern="p1-*"), True),
     (Selection(key_pattern="p2-*"), False),
     (Selection(key_pattern="p?-m[0-4]"), True),
@@ -120,6 +130,16 @@ def test_failed_at_falls_back_to_the_message_timestamp() -> None:
 def test_every_given_filter_must_match(selection: Selection, moves: bool) -> None:
     verdict = selection.verdict(letter(), already_redriven=False)
     assert verdict is (Verdict.MOVE if moves else Verdict.FILTERED)
+
+
+@given(st.integers(0, 1000), st.floats(0, 100), st.floats(0.1, 1000))
+def test_pace_keeps_a_redrive_at_its_rate(moved: int, elapsed: float, rate: float) -> None:
+    """Waiting what `pace` says before each move, `moved` moves never take less than
+    `moved / rate` seconds; and nothing waits without a rate."""
+    wait = pace(moved, elapsed, rate)
+    assert wait >= 0 and elapsed + wait >= moved / rate - 1e-9
+    assert wait == 0 or elapsed + wait <= moved / rate + 1e-9
+    assert pace(moved, elapsed, None) == 0
 
 
 def test_a_time_filter_skips_a_dead_letter_without_a_time() -> None:
