@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from confluent_kafka import Producer
 
 from jobpipe.job import Job
@@ -32,7 +33,7 @@ WARM_UP = 300
 
 def keyed(seq: int) -> Job:
     made = Job.new(9, seq, payload={"message": "ok"})
-    return Job(made.id, f"k{seq}", made.producer, made.seq, made.created_at, made.payload)
+    return msgspec.structs.replace(made, key=f"k{seq}")
 
 
 def member_settings(tmp_path: Path, budget: float) -> dict[str, Any]:
