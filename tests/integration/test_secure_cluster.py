@@ -16,6 +16,8 @@ import pytest
 from confluent_kafka.admin import AclOperation, ResourceType
 
 from jobpipe.access import Need
+from jobpipe.client import JobClient
+from jobpipe.errors import KafkaRefused
 from tests.integration import secure_cluster
 from tests.integration.secure_cluster import KEY_PASSWORD, MTLS_PRINCIPAL, Security
 from tests.service_runner import ServiceProcess, free_port
@@ -179,3 +181,31 @@ def test_a_missing_acl_is_refused_at_start_naming_the_resource(
     message = refusal(ServiceProcess(service, **names.settings(**settings)))
     assert named.format(topic=names.topic, group=names.group, dlq=names.dlq) in message, message
     assert principal in message
+
+
+def test_the_client_submits_over_sasl_ssl_with_write_on_the_topic_only(secure: Security) -> None:
+    """An application's JobClient, with the services' settings for a secured cluster and the
+    least ACL (WRITE on the topic): each submit is acknowledged and the consumer runs the job; a
+    client whose user lacks that ACL is refused at once, naming it, with nothing sent."""
+    names = Names()
+    ensure_topics(secure, names)
+    secure.allow_producer("User:producer", names.topic)
+    secure.allow_consumer("User:consumer", names.topic, names.group, names.dlq)
+    producer_settings = sasl(secure, "producer")
+    secure.wait_until_effective(producer_settings, [Need("WRITE", "topic", names.topic, "JOBS_TOPIC")])
+    with JobClient(**names.settings(**producer_settings)) as client:  # type: ignore[arg-type]
+        ids = [client.submit({"n": n}, type="demo", key=f"k{n % 2}") for n in range(5)]
+    assert len(set(ids)) == 5
+
+    consumer_settings = sasl(secure, "consumer")
+    secure.wait_until_effective(consumer_settings, [Need("READ", "topic", names.topic, "JOBS_TOPIC")])
+    with ServiceProcess("consumer", **names.settings(**consumer_settings)) as consumer:
+        consumer.wait_for("job.processed", 5, timeout=60)
+        assert {e["id"] for e in consumer.events("job.processed")} == set(ids)
+        assert consumer.stop() == 0, consumer.tail()
+
+    other = Names()  # a topic the producer user may not write to
+    ensure_topics(secure, other)
+    with pytest.raises(KafkaRefused, match=r"WRITE.*JOBS_TOPIC") as refused:
+        JobClient(**other.settings(**producer_settings))  # type: ignore[arg-type]
+    assert_no_secret(str(refused.value))
