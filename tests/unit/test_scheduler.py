@@ -316,6 +316,27 @@ def test_key_mode_pauses_a_partition_whose_stuck_key_holds_half_the_budget() -> 
     assert s.flow() == ([], [P0])
 
 
+def test_a_stuck_watermark_pauses_its_partition_at_half_the_budget_and_others_go_on() -> None:
+    """MAX_IN_FLIGHT bounds the jobs at risk (unfinished, or finished above an unfinished one):
+    a long job at P0's watermark lets at most half the budget finish above it before P0 is
+    paused, while P1 goes on; P0 resumes once the long job is done."""
+    s = scheduler("none", concurrency=2, max_in_flight=8, tps=[P0, P1])
+    stuck, *quick = feed(s, P0, [None] * 5)
+    assert start(s, 0.0) == [stuck, quick[0]]  # the stuck job holds one slot from now on
+    for index, task in enumerate(quick):
+        s.succeeded(task)
+        if index == 2:
+            assert s.flow() == ([], []), "3 finished above the watermark: not yet"
+        assert start(s, 0.0) == quick[index + 1:index + 2]
+    assert (s.held, s.at_risk, s.room) == (1, 5, 3)
+    assert s.flow() == ([P0], []), "4 (half of 8) finished above a stuck job: P0 pauses"
+    feed(s, P1, [None] * 2)
+    assert s.flow() == ([], []), "P1 is not held back (7 of the member's 8 at risk)"
+    s.succeeded(stuck)
+    assert (s.at_risk, s.held) == (2, 2), "P0's watermark passed all 5: only P1's 2 at risk"
+    assert s.flow() == ([], [P0])
+
+
 def test_none_mode_never_pauses_for_a_retry() -> None:
     s = scheduler("none", concurrency=1, max_in_flight=8, tps=[P0])
     (a0,) = feed(s, P0, [b"a"])
@@ -654,6 +675,11 @@ class ConsumerModel(RuleBasedStateMachine):
         assert sorted(self.paused) == self.s.paused
         if self.s.at_risk >= self.max_in_flight:
             assert self.paused == self.owned, "a full member fetches nothing"
+        for tp in self.owned:
+            unfinished = set(self.epoch_fetched[tp]) - self.epoch_finished[tp]
+            above = sum(1 for offset in self.epoch_finished[tp] if unfinished and offset > min(unfinished))
+            if above >= max(1, self.max_in_flight // 2):
+                assert tp in self.paused, "half the budget finished above a stuck job: paused"
         if self.ordering is Ordering.PARTITION:
             for task in self.s.retrying():
                 assert task.tp in self.paused, "a partition waiting for a retry is paused"

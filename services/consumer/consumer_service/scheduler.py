@@ -33,7 +33,9 @@ Backpressure (`flow()`): every assigned partition is paused once `max_in_flight`
 risk (`at_risk`: fetched and not yet below their partition's watermark, so unfinished or
 finished above an unfinished one: what a crash now would make the next owner run again), and
 resumed when a quarter of that budget is free again. So a job stuck at a partition's
-watermark lets at most `max_in_flight` jobs finish above it before fetching stops. A partition
+watermark lets at most `max_in_flight` jobs finish above it before fetching stops; and that
+partition alone is paused once half the budget has finished above its watermark, so the others
+go on. A partition
 whose ordering unit waits for a retry is paused too in `partition` mode (nothing of it can
 run), and in `key` mode once it holds half the budget (so one stuck key cannot take the whole
 budget from the other partitions). Pausing loses nothing: librdkafka resumes a partition from
@@ -218,6 +220,11 @@ class Scheduler:
         self._retry_pause_at: int | None = {
             Ordering.KEY: max(1, max_in_flight // 2), Ordering.PARTITION: 1, Ordering.NONE: None,
         }[self.ordering]
+        # A partition whose watermark is stuck (a long job, a retry, a dead letter the DLQ does
+        # not take) is paused once half the budget has finished above it, so it cannot take the
+        # whole member's budget from the other partitions.
+        self._risk_pause_at = max(1, max_in_flight // 2)
+        self._risk_resume_at = _resume_level(self._risk_pause_at)
         self._by_key = self.ordering is Ordering.KEY
         self._by_partition = self.ordering is Ordering.PARTITION
         self._tracker = OffsetTracker()
@@ -636,6 +643,9 @@ class Scheduler:
         self._held -= 1
         part.at_risk -= safe
         self._at_risk -= safe
+        above = part.at_risk - part.held  # finished above the watermark
+        if above >= self._risk_pause_at if not part.paused else above <= self._risk_resume_at:
+            self._flow_dirty.add(part)
         if self._full and self._at_risk <= self._resume_at:
             self._set_full(False)
         if task._failing:
@@ -718,6 +728,9 @@ class Scheduler:
 
     def _wants_pause(self, part: _Partition) -> bool:
         if self._full_paused:
+            return True
+        above = part.at_risk - part.held  # finished above its watermark: stuck behind one job
+        if above > self._risk_resume_at if part.paused else above >= self._risk_pause_at:
             return True
         limit = self._retry_pause_at
         if limit is None or not part.retrying:
