@@ -38,6 +38,25 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Security]:
         cluster.stop()
 
 
+STARTED: list[ServiceProcess] = []  # what the running test started: killed when it ends
+
+
+def start(command: str, *args: str, **settings: object) -> ServiceProcess:
+    service = ServiceProcess(command, *args, **settings)
+    STARTED.append(service)
+    return service
+
+
+@pytest.fixture(autouse=True)
+def services_die_with_the_test() -> Iterator[None]:
+    """A failed assertion must not leave a service running into the next test."""
+    try:
+        yield
+    finally:
+        while STARTED:
+            STARTED.pop().kill()
+
+
 class Names:
     def __init__(self) -> None:
         self.topic = f"secure-{uuid.uuid4().hex[:8]}"
@@ -56,7 +75,7 @@ def sasl(secure: Security, user: str, ca: Path | None = None) -> dict[str, objec
 def ensure_topics(secure: Security, names: Names) -> None:
     ops = sasl(secure, "ops")
     secure.wait_until_effective(ops, [])
-    admin = ServiceProcess("topic-admin", "ensure", **names.settings(**ops))
+    admin = start("topic-admin", "ensure", **names.settings(**ops))
     assert admin.wait(120) == 0, admin.tail()
 
 
@@ -91,8 +110,8 @@ def test_the_seed_scenario_runs_over_sasl_ssl_with_the_least_acls(secure: Securi
     secure.wait_until_effective(consumer_settings, [Need("READ", "topic", names.topic, "JOBS_TOPIC"),
                                                     Need("WRITE", "topic", names.dlq, "DLQ_TOPIC")])
     port = free_port()
-    consumer = ServiceProcess("consumer", **names.settings(**consumer_settings, metrics_port=port))
-    producer = ServiceProcess("producer", **names.settings(**sasl(secure, "producer"), producer_workers=2,
+    consumer = start("consumer", **names.settings(**consumer_settings, metrics_port=port))
+    producer = start("producer", **names.settings(**sasl(secure, "producer"), producer_workers=2,
                                                            messages_per_worker=10))
     assert producer.wait(60) == 0, producer.tail()
     consumer.wait_for("job.processed", 20, timeout=60)
@@ -111,8 +130,8 @@ def test_mutual_tls_with_an_encrypted_client_key(secure: Security) -> None:
     secure.allow_producer(MTLS_PRINCIPAL, names.topic)
     secure.allow_consumer(MTLS_PRINCIPAL, names.topic, names.group, names.dlq)
     mtls = secure.mtls_settings()
-    consumer = ServiceProcess("consumer", **names.settings(**mtls))
-    producer = ServiceProcess("producer", **names.settings(**mtls, producer_workers=1,
+    consumer = start("consumer", **names.settings(**mtls))
+    producer = start("producer", **names.settings(**mtls, producer_workers=1,
                                                            messages_per_worker=10))
     assert producer.wait(60) == 0, producer.tail()
     consumer.wait_for("job.processed", 10, timeout=60)
@@ -124,7 +143,7 @@ def test_a_wrong_password_ends_the_wait_at_once_with_authentication_failed(secur
     names = Names()
     started = time.monotonic()
     wrong = sasl(secure, "consumer") | {"kafka_sasl_password": "not-the-password", "kafka_wait_timeout_s": 60}
-    consumer = ServiceProcess("consumer", **names.settings(**wrong))
+    consumer = start("consumer", **names.settings(**wrong))
     message = refusal(consumer)
     assert "authentication failed" in message, message
     assert time.monotonic() - started < 30, "refused at once, not after KAFKA_WAIT_TIMEOUT_S"
@@ -138,7 +157,7 @@ def test_no_client_certificate_on_a_listener_that_requires_one_is_refused_at_onc
     names = Names()
     without = {name: value for name, value in secure.mtls_settings().items()
                if not name.startswith(("kafka_ssl_certificate", "kafka_ssl_key"))}
-    producer = ServiceProcess("producer", **names.settings(**without, kafka_wait_timeout_s=60))
+    producer = start("producer", **names.settings(**without, kafka_wait_timeout_s=60))
     message = refusal(producer)
     assert "did not accept this client's certificate" in message, message
     assert "KAFKA_SSL_CERTIFICATE_LOCATION" in message, message
@@ -148,7 +167,7 @@ def test_no_client_certificate_on_a_listener_that_requires_one_is_refused_at_onc
 def test_an_untrusted_broker_certificate_is_a_tls_handshake_failure(secure: Security) -> None:
     names = Names()
     untrusted = sasl(secure, "producer", ca=secure.files.other_ca) | {"kafka_wait_timeout_s": 60}
-    producer = ServiceProcess("producer", **names.settings(**untrusted))
+    producer = start("producer", **names.settings(**untrusted))
     message = refusal(producer)
     assert "TLS handshake failed" in message, message
     assert seconds_waited(producer) < 1.5, producer.tail()
@@ -178,7 +197,7 @@ def test_a_missing_acl_is_refused_at_start_naming_the_resource(
                 secure.allow(principal, operation, kind, name)
     settings = secure.sasl_settings(user, "limited-Secret-9")
     secure.wait_until_effective(settings, [])  # authenticates
-    message = refusal(ServiceProcess(service, **names.settings(**settings)))
+    message = refusal(start(service, **names.settings(**settings)))
     assert named.format(topic=names.topic, group=names.group, dlq=names.dlq) in message, message
     assert principal in message
 

@@ -193,9 +193,10 @@ def test_a_cluster_without_share_groups_is_refused_saying_how_to_enable_them() -
     with LocalKafkaCluster(features={"share.version": 0}) as cluster:
         settings = {"kafka_bootstrap_servers": cluster.bootstrap_servers, "jobs_topic": "jobs",
                     "dlq_topic": "jobs.dlq", "consumer_mode": "share", "kafka_wait_timeout_s": 30}
-        for service in (ServiceProcess("topic-admin", "ensure", **settings),
-                        ServiceProcess("consumer", **settings)):
-            assert service.wait(60) == 3, service.tail()
-            failed = service.events("service.failed")
-            assert len(failed) == 1 and "Traceback" not in service.output + service.stderr, service.tail()
-            assert "--feature share.version=1" in failed[0]["message"], failed[0]["message"]
+        for args in (("topic-admin", "ensure"), ("consumer",)):
+            with ServiceProcess(*args, **settings) as service:  # killed if an assertion fails
+                assert service.wait(60) == 3, service.tail()
+                failed = service.events("service.failed")
+                assert len(failed) == 1 and "Traceback" not in service.output + service.stderr, \
+                    service.tail()
+                assert "--feature share.version=1" in failed[0]["message"], failed[0]["message"]

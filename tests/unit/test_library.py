@@ -7,13 +7,16 @@ import itertools
 import json
 import signal
 import socket
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
+from loguru import logger
 
 from jobpipe.errors import ExitCode, StopRequested, exit_code_for
 from jobpipe.handlers import demo_handler
@@ -84,6 +87,16 @@ def test_a_message_that_is_not_a_job_is_refused_naming_the_field(raw: bytes, rea
     assert str(refused.value).startswith(reason)
 
 
+@pytest.fixture
+def own_logging() -> Iterator[None]:
+    """A test that points the process's logging at a buffer: loguru's default sink (stderr) is
+    back afterwards, so later tests in this process do not write into a dead buffer."""
+    yield
+    logger.remove()
+    logger.add(sys.stderr)
+
+
+@pytest.mark.usefixtures("own_logging")
 def test_json_log_lines_have_the_contract_fields_at_top_level() -> None:
     out = io.StringIO()
     configure_logging("consumer", "INFO", "json", out)
@@ -98,6 +111,7 @@ def test_json_log_lines_have_the_contract_fields_at_top_level() -> None:
     assert record["time"].endswith("Z")
 
 
+@pytest.mark.usefixtures("own_logging")
 def test_text_log_lines_read_like_the_seed() -> None:
     out = io.StringIO()
     configure_logging("producer", "INFO", "text", out)
@@ -171,6 +185,7 @@ def test_a_stop_ends_the_wait_for_a_broker_that_is_down() -> None:
     assert exit_code_for(stopped.value) is ExitCode.OK
 
 
+@pytest.mark.usefixtures("own_logging")
 def test_a_signal_that_lands_while_a_line_is_being_logged_loses_nothing(
         capfd: pytest.CaptureFixture[str]) -> None:
     """The handler runs in the main thread between two bytecodes, here inside loguru's sink:
