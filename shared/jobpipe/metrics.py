@@ -155,7 +155,8 @@ class ServedMetrics:
     """The registry as one service serves it: its own families (SERVED_BY), `service_ready`,
     and the runtime's; what `make_wsgi_app` reads (it only calls `collect`)."""
 
-    def __init__(self, service: str, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, service: str, registry: Collector = REGISTRY) -> None:
+        self._service = service
         self._names = {*SERVED_BY.get(service, ()), "service_ready"}
         self._registry = registry
 
@@ -166,7 +167,5 @@ class ServedMetrics:
 
     def restricted_registry(self, names: Iterable[str]) -> ServedMetrics:
         """What /metrics?name[]=... asks for: the registry's own restriction, then ours."""
-        restricted = ServedMetrics.__new__(ServedMetrics)
-        restricted._names = self._names
-        restricted._registry = self._registry.restricted_registry(list(names))  # type: ignore[assignment]
-        return restricted
+        assert isinstance(self._registry, CollectorRegistry)
+        return ServedMetrics(self._service, self._registry.restricted_registry(list(names)))
