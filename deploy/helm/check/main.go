@@ -8,7 +8,9 @@
 //
 //	helmcheck helm lint CHART -f VALUES          # any helm command, as Helm's CLI runs it
 //	helmcheck helm template NAME CHART -f VALUES
-//	helmcheck decode [--keda-scalers JSON] FILE... # strict decoding of multi-document YAML
+//	helmcheck decode [--keda-scalers JSON] [--json-out OUT] FILE...
+//	                                             # strict decoding of multi-document YAML; OUT:
+//	                                             # the objects as one JSON array, for tests
 //
 // KEDA's trigger metadata and authentication parameters are string maps in its Go types, so
 // with --keda-scalers (schema/generated/scalers-schema.json of the pinned KEDA module) each
@@ -19,6 +21,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -190,7 +193,13 @@ func runDecode(args []string) int {
 		return 1
 	}
 	var files []string
+	jsonOut := ""
 	for i := 0; i < len(args); i++ {
+		if args[i] == "--json-out" && i+1 < len(args) {
+			jsonOut = args[i+1]
+			i++
+			continue
+		}
 		if args[i] == "--keda-scalers" && i+1 < len(args) {
 			if scalers, err = loadScalers(args[i+1]); err != nil {
 				fmt.Fprintln(os.Stderr, "decode:", err)
@@ -202,9 +211,11 @@ func runDecode(args []string) int {
 		files = append(files, args[i])
 	}
 	failed, objects := 0, 0
+	var decoded []json.RawMessage
 	for _, file := range files {
-		n, problems := decodeFile(scheme, file)
-		objects += n
+		docs, problems := decodeFile(scheme, file)
+		objects += len(docs)
+		decoded = append(decoded, docs...)
 		for _, problem := range problems {
 			fmt.Fprintf(os.Stderr, "%s: %s\n", file, problem)
 			failed++
@@ -218,20 +229,30 @@ func runDecode(args []string) int {
 		fmt.Fprintln(os.Stderr, "decode: no object found")
 		return 1
 	}
+	if jsonOut != "" {
+		all, err := json.Marshal(decoded)
+		if err == nil {
+			err = os.WriteFile(jsonOut, all, 0o644)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "decode:", err)
+			return 1
+		}
+	}
 	fmt.Printf("decode: %d object(s) decoded strictly, no unknown field\n", objects)
 	return 0
 }
 
 // decodeFile decodes every document of a multi-document YAML file into the Go type its
 // apiVersion and kind name, refusing unknown and duplicate fields.
-func decodeFile(scheme *runtime.Scheme, file string) (int, []string) {
+func decodeFile(scheme *runtime.Scheme, file string) ([]json.RawMessage, []string) {
 	raw, err := os.ReadFile(file)
 	if err != nil {
-		return 0, []string{err.Error()}
+		return nil, []string{err.Error()}
 	}
 	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(raw)))
 	var problems []string
-	objects := 0
+	var objects []json.RawMessage
 	for {
 		doc, err := reader.Read()
 		if errors.Is(err, io.EOF) {
@@ -243,7 +264,11 @@ func decodeFile(scheme *runtime.Scheme, file string) (int, []string) {
 		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
 			continue
 		}
-		objects++
+		asJSON, err := yaml.YAMLToJSON(doc)
+		if err != nil {
+			return objects, append(problems, err.Error())
+		}
+		objects = append(objects, asJSON)
 		if problem := decodeObject(scheme, doc); problem != "" {
 			problems = append(problems, problem)
 		}

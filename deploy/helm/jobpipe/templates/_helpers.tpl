@@ -59,6 +59,9 @@ KAFKA_SSL_CA_LOCATION KAFKA_SSL_CERTIFICATE_LOCATION KAFKA_SSL_KEY_LOCATION
 {{- end -}}
 {{- range $source := list .Values.config .Values.topicAdmin.config .Values.consumer.config .Values.producer.config -}}
 {{- range $name, $_ := $source -}}
+{{- if has $name (list "KAFKA_SASL_PASSWORD" "KAFKA_SSL_KEY_PASSWORD") -}}
+{{- fail (printf "config: %s: secrets never go in values: name a Secret in kafkaAuth.existingSecret and its keys in kafkaAuth" $name) -}}
+{{- end -}}
 {{- if not (has $name $known) -}}
 {{- fail (printf "config: %s is not a setting of any jobpipe service (docs/configuration.md lists them)" $name) -}}
 {{- end -}}
@@ -66,9 +69,6 @@ KAFKA_SSL_CA_LOCATION KAFKA_SSL_CERTIFICATE_LOCATION KAFKA_SSL_KEY_LOCATION
 {{- fail (printf "config: %s is set by the chart from kafkaAuth.tls; set that instead" $name) -}}
 {{- end -}}
 {{- end -}}
-{{- end -}}
-{{- if or (hasKey .Values.config "KAFKA_SASL_PASSWORD") (hasKey .Values.config "KAFKA_SSL_KEY_PASSWORD") -}}
-{{- fail "config: secrets never go in values: name a Secret in kafkaAuth.existingSecret" -}}
 {{- end -}}
 {{- end -}}
 
