@@ -120,3 +120,19 @@ def install_checkov() -> tuple[Path, float]:
             pytest.fail(f"installing checkov into {venv} failed (exit {proc.returncode}):\n"
                         f"{proc.stderr[-3000:]}", pytrace=False)
         return checkov, time.monotonic() - started
+
+
+def main() -> None:
+    """`python -m tests.deploy.helm_tools`: build helmcheck and install checkov now (make test
+    starts this in the background, so the chart's tests find them ready), printing the times."""
+    try:
+        binary, built = build_helmcheck()
+        print(f"helmcheck: {binary} ({built:.0f} s to build)", flush=True)
+        checkov, installed = install_checkov()
+        print(f"checkov: {checkov} ({installed:.0f} s to install)", flush=True)
+    except pytest.fail.Exception as error:
+        sys.exit(f"tests.deploy.helm_tools: {error}")
+
+
+if __name__ == "__main__":
+    main()
