@@ -46,6 +46,9 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "lag-exporter": ConsumerSettings}
 SECRETS = {"KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD"}
 NAMESPACE = "jobpipe"
+# The first test may build helmcheck (a cold Go build: minutes on a busy 2-core machine) or wait
+# for the build `make test` started in the background.
+pytestmark = pytest.mark.timeout(1800)
 
 
 @dataclass(frozen=True)
