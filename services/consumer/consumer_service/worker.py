@@ -5,8 +5,9 @@ jobs start (CONSUMER_CONCURRENCY slots, ORDERING units), when a partition must p
 (MAX_IN_FLIGHT, a retry) and which offsets are safe to store (the watermark: the lowest
 unfinished offset); jobpipe.executor runs the handler calls (threads, or one event loop for an
 `async def` handler) and hands the outcomes back through one queue; consumer_service.runner is
-what a slot does with its run of jobs; consumer_service.dead_lettering owns the dead letters
-while they are out. This loop only carries those decisions out:
+what a slot does with its run of jobs; consumer_service.outgoing owns the records a job's
+outcome publishes (dead letters, parked copies) while they are out. This loop only carries
+those decisions out:
 
 - poll: take the fetched messages (never more than the room left), or wait for outcomes
   (and dead-letter answers) when no fetched message could start now, whichever can move
@@ -50,9 +51,9 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer_service.counts import Counts
-from consumer_service.dead_lettering import DeadLetter, DeadLettering, identify
-from consumer_service.dead_letters import DeadLetterPublisher
+from consumer_service.dead_letters import DeadLetterPublisher, DeadLetters
 from consumer_service.offsets import TP
+from consumer_service.outgoing import Outgoing, Record, identify, job_of
 from consumer_service.runner import TaskRunner
 from consumer_service.scheduler import Run, Scheduler, Task
 from consumer_service.settings import ConsumerSettings
@@ -142,10 +143,11 @@ class ConsumerWorker:
                                                self._concurrency, f"handler-{self.number}")
         self._assigned: set[TP] = set()
         self._runs: set[Run] = set()  # submitted to the executor, its completion not collected yet
-        self._dead_letters = DeadLettering(
-            self._dlq, self._scheduler, policy=self.handler.policy, member=self.name, counts=self.counts,
+        self._outgoing = Outgoing(
+            self._dlq.poll, self._scheduler, policy=self.handler.policy, member=self.name,
             hand_back=self._hand_back, wake=self._executor.wake, stop=self.stop,
-            name=f"dead-letters-{self.number}")
+            name=f"outgoing-{self.number}")
+        self._dead_letter_kind = DeadLetters(self._dlq, self.counts, self.name)
         self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
         self._shutdown: ShutdownBudget | None = None  # from when the stop was seen (see `_budget`)
         self._client_call: ClientCall[Any] | None = None  # a commit or close() still running
@@ -224,7 +226,7 @@ class ConsumerWorker:
         message could be started now (every slot busy, fetching paused, or jobs in hand that
         wait for a running one); otherwise Kafka, and the outcomes that came meanwhile are
         reported after the poll (within POLL_S: nothing in hand waits for them). Dead-letter
-        answers wake the outcome wait (see consumer_service.dead_lettering)."""
+        answers wake the outcome wait (see consumer_service.outgoing)."""
         scheduler = self._scheduler
         wait = self._wait_s()
         messages: list[Message] = []
@@ -244,8 +246,8 @@ class ConsumerWorker:
             self._report_progress()
         if messages:
             self._take(messages)
-        if self._dead_letters.answered:
-            self._dead_letters.report()
+        if self._outgoing.answered:
+            self._outgoing.report()
         self._start(time.monotonic())
         self._store()
         self._apply_flow()
@@ -312,7 +314,7 @@ class ConsumerWorker:
         runs = self._runs
         for run in scheduler.start_runs(now, self._run_length()):
             if any(task.note is not None for task in run.tasks):
-                tasks = self._dead_letters.publish_due(run.tasks)
+                tasks = self._outgoing.send_again(run.tasks)
                 if not tasks:
                     continue
                 run.tasks = tasks
@@ -386,7 +388,7 @@ class ConsumerWorker:
                 else:  # handed back (and counted) when its partition went; its next owner redoes it
                     metrics.handler_stats().processed -= 1  # so jobs_processed_total counts it once
             else:
-                self._dead_letters.give_up(task, DeadLetter(str(result), 0, None))
+                self._outgoing.send(task, Record(self._dead_letter_kind, None, 0, str(result)))
         run.reported = upto
         self.counts.processed += processed
         for task in reversed(not_started):  # back in their places, in order
@@ -413,7 +415,8 @@ class ConsumerWorker:
 
     def _after_failure(self, task: Task, attempt: Attempt) -> None:
         if self.handler.next_step(attempt) is Next.DEAD_LETTER:
-            self._dead_letters.give_up(task, DeadLetter(attempt.error_text, attempt.number, attempt.job))
+            self._outgoing.send(task, Record(self._dead_letter_kind, attempt.job, attempt.number,
+                                             attempt.error_text))
             return
         delay = self.handler.policy.delay_s(attempt.number)
         if self._scheduler.failed(task, time.monotonic() + delay):
@@ -436,8 +439,7 @@ class ConsumerWorker:
 
     def _hand_back_all(self, tasks: Iterable[Task], why: str) -> None:
         for task in tasks:
-            job = task.note.job if isinstance(task.note, DeadLetter) else None
-            self._hand_back(task, job, why)
+            self._hand_back(task, job_of(task), why)
 
     # ---- waiting for jobs in flight -------------------------------------------------------
 
@@ -463,10 +465,10 @@ class ConsumerWorker:
                 completions = self._executor.collect(min(0.05, left))
                 if completions:
                     self._report(completions)
-            if self._dead_letters.out:
-                self._dead_letters.poll(0 if self._scheduler.in_flight else min(0.05, left))
-            if self._dead_letters.answered:
-                self._dead_letters.report()
+            if self._outgoing.out:
+                self._outgoing.poll(0 if self._scheduler.in_flight else min(0.05, left))
+            if self._outgoing.answered:
+                self._outgoing.report()
 
     def _finish_in_flight(self) -> None:
         """On shutdown: the runs stop after the job in hand; wait for those (and for dead
