@@ -116,3 +116,10 @@ def _record_file() -> TextIO:
 async def async_sleep(job: Job) -> None:
     """An `async def` handler that waits 5 ms (I/O-bound work), for the benchmarks."""
     await asyncio.sleep(0.005)
+
+
+def timed(job: Job) -> None:
+    """`scripted`, after appending `start <id> <epoch seconds>` to TEST_RECORD_FILE: when each
+    attempt started, to compare with the job's due time (tests/integration/test_delays.py)."""
+    _record_file().write(f"start {job.id} {time.time():.6f}\n")
+    scripted(job)

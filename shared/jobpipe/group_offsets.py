@@ -12,10 +12,11 @@ plain values, so what is computed from them is pure.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from jobpipe.kafka_clients import admin_config, connection_config, extra_config
@@ -124,6 +125,20 @@ class GroupReader:
         found = self._consumer.offsets_for_times([TopicPartition(topic, p, millis) for p in partitions],
                                                  timeout=self.timeout_s)
         return {tp.partition: tp.offset for tp in found}
+
+    def record_at(self, topic: str, partition: int, offset: int) -> Message | None:
+        """The record at `offset` (or the first one after it) of a partition, or None if none
+        came within the timeout (the reader is assigned to it for the read, never subscribed)."""
+        self._consumer.assign([TopicPartition(topic, partition, offset)])
+        try:
+            deadline = time.monotonic() + self.timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                message = self._consumer.poll(min(left, 1.0))
+                if message is not None and message.error() is None:
+                    return message
+            return None
+        finally:
+            self._consumer.unassign()
 
     def describe(self, topic: str) -> GroupState:
         """The group's state and its members with their partitions of `topic`."""

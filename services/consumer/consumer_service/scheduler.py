@@ -15,6 +15,7 @@ The life of a job (a `Task`):
     fetched --> pending (its unit is busy) --> ready (waits for a free slot) --> running
     running --succeeded--> finished
     running --failed(retry_at)--> waiting --(due)--> ready --> running ...
+    running --wait(until)--> waiting (a delayed job held in memory: no attempt counted)
     running --settling--> settling --settled--> finished   (a record out: a dead letter, a parked copy)
                                 settling --failed(retry_at)--> waiting (the publish is retried)
     running --settled--> finished (a record that needs no wait, as in memory)
@@ -440,6 +441,15 @@ class Scheduler:
         """
         if task._state == RUNNING:
             task.attempt += 1
+        return self.wait(task, retry_at)
+
+    def wait(self, task: Task, until: float) -> bool:
+        """A running (or settling) task may not start before `until`: a delayed job held in
+        memory (its attempt number unchanged), or a failed one (see `failed`). Its unit waits
+        until then, as for a retry.
+
+        False if the job is handed back instead: its partition is being revoked or is gone.
+        """
         part = self._back(task)
         if part is None:
             return False
@@ -447,7 +457,7 @@ class Scheduler:
             self._hand_back(task, part)
             return False
         task._state = WAITING
-        heapq.heappush(self._retries, (retry_at, next(self._seq), task))
+        heapq.heappush(self._retries, (until, next(self._seq), task))
         if not task._failing:
             task._failing = True
             part.retrying += 1

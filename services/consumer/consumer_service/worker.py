@@ -54,11 +54,14 @@ from consumer_service.counts import Counts
 from consumer_service.dead_letters import DeadLetterPublisher, DeadLetters
 from consumer_service.offsets import TP
 from consumer_service.outgoing import Outgoing, Record, identify, job_of
-from consumer_service.runner import TaskRunner
+from consumer_service.parking import ParkedCopies, Parking
+from consumer_service.runner import NotDue, TaskRunner
 from consumer_service.scheduler import Run, Scheduler, Task
 from consumer_service.settings import ConsumerSettings
+from consumer_service.tier_mover import TierMover
 from jobpipe import metrics
 from jobpipe.access import principal
+from jobpipe.delays import Park, decide, tiers_of
 from jobpipe.errors import KafkaRefused
 from jobpipe.executor import Completion, Executor
 from jobpipe.handling import Attempt, JobHandler, Next, label_of, log_processed, log_retry
@@ -148,6 +151,10 @@ class ConsumerWorker:
             hand_back=self._hand_back, wake=self._executor.wake, stop=self.stop,
             name=f"outgoing-{self.number}")
         self._dead_letter_kind = DeadLetters(self._dlq, self.counts, self.name)
+        self._parked_kind = ParkedCopies(self._dlq, self.settings.jobs_topic)
+        self._tiers = tiers_of(self.settings.jobs_topic)
+        self._hold_max_s = self.settings.delay_hold_max_ms / 1000
+        self._mover: TierMover | None = None  # made by `run` (its clients connect at once)
         self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
         self._shutdown: ShutdownBudget | None = None  # from when the stop was seen (see `_budget`)
         self._client_call: ClientCall[Any] | None = None  # a commit or close() still running
@@ -206,17 +213,23 @@ class ConsumerWorker:
 
     def run(self) -> None:
         self._subscribe()
+        mover = self._mover = TierMover(self.settings, self.number, self.stop, self._hold_max_s)
+        moving = threading.Thread(target=mover.run, name=f"delay-mover-{self.number}", daemon=True)
+        moving.start()
         try:
             while not self.stop.is_set():
                 self.heartbeat = time.monotonic()
                 if self._stranded_since is not None and \
                         self.heartbeat - self._stranded_since >= STRANDED_AFTER_S:
                     self._replace_client()
+                if mover.failed is not None:
+                    raise mover.failed
                 self._turn()
             self._finish_in_flight()
             self._commit_before_leaving()
         finally:
             self._close()
+            moving.join(max(0.0, self._budget(time.monotonic()).left("flush", time.monotonic())))
 
     def _turn(self) -> None:
         """One turn: wait for messages or outcomes, report, start, store, pause/resume.
@@ -387,6 +400,8 @@ class ConsumerWorker:
                         log_processed(result, self.name, partition=task.tp[1], offset=task.offset)
                 else:  # handed back (and counted) when its partition went; its next owner redoes it
                     metrics.handler_stats().processed -= 1  # so jobs_processed_total counts it once
+            elif isinstance(result, NotDue):
+                self._wait_for_due(task, result)
             else:
                 self._outgoing.send(task, Record(self._dead_letter_kind, None, 0, str(result)))
         run.reported = upto
@@ -419,12 +434,34 @@ class ConsumerWorker:
                                              attempt.error_text))
             return
         delay = self.handler.policy.delay_s(attempt.number)
+        if delay > self._hold_max_s:  # a long back-off: parked, and the partition moves on
+            now = time.time()
+            park = decide(now, now + delay, self._tiers, self._hold_max_s)
+            if isinstance(park, Park):
+                self.counts.retried += 1
+                log_retry(attempt, delay, self.name, partition=task.tp[1], offset=task.offset)
+                self._outgoing.send(task, Record(self._parked_kind, attempt.job, attempt.number,
+                                                 Parking(park, now + delay, attempt.error_text)))
+                return
         if self._scheduler.failed(task, time.monotonic() + delay):
             self.counts.retried += 1
             log_retry(attempt, delay, self.name, partition=task.tp[1], offset=task.offset)
         elif not task.orphaned:  # else handed back (and counted) when its partition was dropped
             self._hand_back(task, attempt.job,
                             f"attempt {attempt.number} failed while its partition was given up")
+
+    def _wait_for_due(self, task: Task, not_due: NotDue) -> None:
+        """A job whose time has not come: parked in a delay tier, or held in memory until due
+        (jobpipe.delays.decide)."""
+        now = time.time()
+        decision = decide(now, not_due.due, self._tiers, self._hold_max_s)
+        if isinstance(decision, Park):
+            self._outgoing.send(task, Record(self._parked_kind, not_due.job, not_due.attempts,
+                                             Parking(decision, not_due.due)))
+            return
+        if not self._scheduler.wait(task, time.monotonic() + max(0.0, not_due.due - now)) \
+                and not task.orphaned:  # else handed back (and counted) when its partition was dropped
+            self._hand_back(task, not_due.job, "its partition was given up while it waited for its time")
 
     # ---- handing back --------------------------------------------------------------------
 
