@@ -16,7 +16,7 @@ from pathlib import Path
 import local_kafka
 import pytest
 
-from tests.benchmarks import bench, client_bench
+from tests.benchmarks import bench, client_bench, delay_bench
 from tests.benchmarks.bench import Kafka, Report
 from tests.summary_table import SummaryTable
 
@@ -112,3 +112,13 @@ def test_client_submit(produced: str, kafka: Kafka, report: Report) -> None:
     client_bench.client_comparison(kafka, report)
     assert report.keys["client_submit_per_s"] > 0 and report.keys["client_vs_producer"] > 0
     assert 0 < report.keys["client_submit_p99_ms"] <= report.latency_ms["client submit, linger 0"]["p99.9"]
+
+
+def test_delay_fire_lateness(kafka: Kafka, report: Report) -> None:
+    delay_bench.fire_lateness(kafka, report)
+    assert report.keys["delay_fire_p99_ms"] >= 0
+
+
+def test_delay_parked_rss(kafka: Kafka, report: Report) -> None:
+    delay_bench.parked_rss(kafka, report)
+    assert report.keys["delay_parked_rss_mb"] > 0

@@ -47,14 +47,13 @@ def test_delayed_jobs_run_after_their_time_never_before_none_lost_when_a_member_
     member = {"handler": "tests.handlers:timed", "test_record_file": record, "log_level": "DEBUG",
               "kafka_consumer_extra_config": FAST_SESSION, "retry_backoff_initial_ms": BACKOFF_MS,
               "retry_backoff_max_ms": BACKOFF_MS, "max_attempts": 3}
-    first = pipeline.start("consumer", **member)
-    first.wait_for("partitions.assigned", timeout=60)
-
-    # Jobs due in 2 s, 20 s and 2 min, and 1,000 due in 30 s: held (2 s) or parked (in the 5 s
-    # and 1 min tiers, hop after hop); the member dies while they wait.
+    # Jobs due in 2 s, 20 s and 2 min, and 1,000 due in 30 s, sent before the first member
+    # starts: held (2 s) or parked (in the 5 s and 1 min tiers, hop after hop); the member dies
+    # while they wait.
     timely = {seconds: [due_in(seconds, f"due-{seconds}-{n}") for n in range(3)] for seconds in (2, 20, 120)}
     parked = [due_in(30, f"parked-{n % 50}") for n in range(PARKED)]
     pipeline.send([*(job for jobs in timely.values() for job in jobs), *parked])
+    first = pipeline.start("consumer", **member)
     first.wait_for("job.parked", PARKED + 6, timeout=60)
     first.signal(signal.SIGKILL)
     second = pipeline.start("consumer", **member)

@@ -179,3 +179,12 @@ def test_scale_1_3_1_share(new_run: Callable[[str], Run], kafka_bootstrap: str) 
 def test_producer_sigkill(new_run: Callable[[str], Run], kafka_bootstrap: str) -> None:
     run = new_run(kafka_bootstrap)
     check(run, reliability.producer_sigkill(run), graceful=True)
+
+
+def test_delayed_jobs_sigkill(new_run: Callable[[str], Run], kafka_bootstrap: str) -> None:
+    """Issue 23: kill and restart consumers while delayed jobs wait in the tiers. In `make
+    reliability` only (it waits a minute for the jobs' time): skipped in the short profile."""
+    if reliability.current_profile().name == "short":
+        pytest.skip("full profile only (make reliability): the jobs wait a minute in the tiers")
+    run = new_run(kafka_bootstrap)
+    check(run, reliability.delayed_jobs_sigkill(run), graceful=False)

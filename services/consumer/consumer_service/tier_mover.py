@@ -102,6 +102,9 @@ class TierMover:
         self._offsets = OffsetTracker()
         self._assigned: set[TP] = set()
         self._paused: dict[TP, float] = {}  # partition -> when its head is released (epoch s)
+        # Partitions sought back to their head: nothing of them is taken until the head comes
+        # (a message fetched before the seek and handed over after it is dropped: read again).
+        self._expected: dict[TP, int] = {}
         self._answers: deque[tuple[TP, int, KafkaError | None]] = deque()
         self._out = 0  # copies published, not answered yet
         self.moved = 0  # copies acknowledged (for tests and logs)
@@ -153,13 +156,18 @@ class TierMover:
                 event("kafka.error", f"{self.name}: {error.str()}", level="WARNING", code=error.name())
             return
         tp: TP = (message.topic() or "", message.partition() or 0)
+        offset = message.offset() or 0
         if tp in self._paused or tp not in self._assigned:
             return  # fetched before its partition was paused: read again from its head later
+        expected = self._expected.get(tp)
+        if expected is not None:
+            if offset != expected:
+                return  # fetched before the seek: read again after the head
+            del self._expected[tp]
         raw = message.headers() or []
         headers: Headers = list(raw.items()) if isinstance(raw, dict) else list(raw)
         found = dict(headers)
         release_at = header_time(found.get(RELEASE_HEADER))
-        offset = message.offset() or 0
         if release_at is not None and release_at > now:
             self._wait_for_head(tp, offset, release_at)
             return
@@ -185,6 +193,7 @@ class TierMover:
         self._consumer.pause([partition])
         self._consumer.seek(partition)
         self._paused[tp] = until
+        self._expected[tp] = offset
 
     def _on_answer(self, tp: TP, offset: int, error: KafkaError | None, _message: Message) -> None:
         self._answers.append((tp, offset, error))
@@ -259,4 +268,5 @@ class TierMover:
         for tp in partitions:
             self._offsets.drop(tp)
             self._paused.pop(tp, None)
+            self._expected.pop(tp, None)
         self._assigned -= partitions
