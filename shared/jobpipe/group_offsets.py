@@ -77,6 +77,10 @@ class NoSuchTopic(LookupError):
     """The topic does not exist (or its metadata carries an error)."""
 
 
+COORDINATOR_NOT_READY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                         KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+
+
 class GroupReader:
     """Reads one group's offsets and description; every request waits at most `timeout_s`.
 
@@ -142,15 +146,21 @@ class GroupReader:
 
     def describe(self, topic: str) -> GroupState:
         """The group's state and its members with their partitions of `topic`."""
-        asked = self._admin.describe_consumer_groups([self.group], request_timeout=self.timeout_s)
-        future = asked[self.group]
-        try:
-            found = future.result()
-        except KafkaException as error:
-            if error.args and isinstance(error.args[0], KafkaError) and \
-                    error.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
-                return GroupState(self.group, "unknown", ())
-            raise
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            asked = self._admin.describe_consumer_groups([self.group], request_timeout=self.timeout_s)
+            try:
+                found = asked[self.group].result()
+                break
+            except KafkaException as error:
+                code = error.args[0].code() if error.args and isinstance(error.args[0], KafkaError) else None
+                if code == KafkaError.GROUP_ID_NOT_FOUND:
+                    return GroupState(self.group, "unknown", ())
+                # A cluster whose group coordinator is not up yet (its offsets topic being created
+                # at the first group request, more slowly with more topics): asked again, bounded.
+                if code not in COORDINATOR_NOT_READY or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
         members = tuple(Member(member_id=m.member_id, client_id=m.client_id, host=m.host,
                                partitions=_owned(m.assignment.topic_partitions, topic))
                         for m in found.members)
