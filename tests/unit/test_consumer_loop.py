@@ -712,7 +712,7 @@ def test_a_job_due_in_an_hour_is_parked_and_its_offset_committed_only_once_the_c
 def test_a_job_due_in_a_moment_is_held_in_memory_and_holds_back_only_its_key(
         make: Callable[..., Harness]) -> None:
     h = make(fails_when_told)
-    soon = later(0, 0.5, "a")
+    soon = later(0, 2.0, "a")  # long enough that a loaded machine still finds it not due
     h.add(0, soon, job(1, key="a"), job(2, key="b"))
     h.assign(0)
     h.turn_until(lambda: len(h.processed()) == 3, timeout=10)
