@@ -821,9 +821,10 @@ def delayed_jobs_sigkill(run: Run) -> dict[str, Any]:
         run.problems.append(f"{len(early)} delayed job(s) processed before their time, e.g. {early[:3]}")
     row = run.finish(f"{len(ids)} jobs delayed {delay_s} s; "
                      f"{profile.faults} consumers SIGKILLed while parked")
-    # Each delayed job is in the jobs topic twice by design (sent, and back from its last tier).
+    # Here a job processed from two records is a job whose parked copy was moved twice: a killed
+    # mover's successor moves again what it moved since its last commit (at-least-once).
     row["notes"] = row["notes"].replace("written twice to the topic (librdkafka#4953)",
-                                        "back in the jobs topic from the tiers (by design)")
+                                        "run twice from two copies (moved again after a SIGKILL)")
     return row
 
 

@@ -63,8 +63,8 @@ SHARE = {"consumer_mode": "share", "consumer_concurrency": 4}  # the share-group
 
 def check(run: Run, row: dict[str, Any], graceful: bool, leaders_move: bool = False,
           come_back: bool = False) -> None:
-    """`come_back`: the jobs return to the jobs topic by design (delayed jobs, from the delay
-    tiers), so each is in it twice or more."""
+    """`come_back`: the jobs return to the jobs topic from the delay tiers, so a copy moved
+    again after a SIGKILL is a second record of the job (at-least-once, reported)."""
     assert not run.problems, "\n".join(run.problems)
     assert row["lost"] == 0, f"acknowledged jobs lost: {row}"
     if graceful:

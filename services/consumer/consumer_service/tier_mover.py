@@ -59,7 +59,7 @@ QUEUED_KB = 1024
 # Moved offsets are committed this often (not every second, as the jobs consumer's are): a
 # mover moves whole tiers at once, and what it moved since its last commit is moved again,
 # so run twice, after a crash (4000 jobs hopping through the tiers, 5 members SIGKILLed: 2,244
-# ran twice with the 1 s interval).
+# ran twice with the 1 s interval, 1,277 at 0.1 s: a tier's copies move in bursts).
 COMMIT_EVERY_S = 0.1
 Headers = list[tuple[str, str | bytes | None]]
 
