@@ -116,3 +116,16 @@ def _record_file() -> TextIO:
 async def async_sleep(job: Job) -> None:
     """An `async def` handler that waits 5 ms (I/O-bound work), for the benchmarks."""
     await asyncio.sleep(0.005)
+
+
+def timed(job: Job) -> None:
+    """`scripted`, after appending `start <id> <epoch seconds>` to TEST_RECORD_FILE: when each
+    attempt started, to compare with the job's due time (tests/integration/test_delays.py)."""
+    _record_file().write(f"start {job.id} {time.time():.6f}\n")
+    scripted(job)
+
+
+def record_lateness(job: Job) -> None:
+    """Appends `<id> <ms after its not_before>` to BENCH_LATENCY_FILE (tests/benchmarks/delay_bench.py)."""
+    if job.not_before is not None:
+        _latency_file().write(f"{job.id} {(time.time() - job.not_before.timestamp()) * 1000:.3f}\n")

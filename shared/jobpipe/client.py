@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -47,6 +49,7 @@ from jobpipe.kafka_clients import kafka_reason, producer_config, wait_for_broker
 from jobpipe.settings import ClientRole, KafkaSettings, describe_validation_error
 
 Headers = Mapping[str, str | bytes | None] | None
+Delay = float | timedelta | None  # submit's delay=: seconds, or a timedelta
 POLL_S = 0.1  # the longest one poll waits (a waiter then checks its deadline, the report thread `close`)
 FULL_WAIT_S = 0.01  # how long a submit waits for room when librdkafka's local queue is full
 REPORT_EVERY = 1000  # jobs submitted between serving the reports that have come
@@ -82,13 +85,35 @@ def client_settings(**fields: Any) -> ClientSettings:
         raise ConfigError(describe_validation_error(error)) from None
 
 
-def encode_job(payload: Any, job_type: str | None, key: str | None, job_id: str | None) -> Job:
+def encode_job(payload: Any, job_type: str | None, key: str | None, job_id: str | None, *,
+               delay: Delay = None, at: datetime | None = None) -> Job:
     """The job to send, or InvalidJob before anything is sent."""
     if not (_fine(job_type) and _fine(key) and _fine(job_id)):
         for name, value in (("type", job_type), ("key", key), ("id", job_id)):
             if not _fine(value):
                 raise InvalidJob(f"job {name} must be a non-empty string, got {value!r}")
-    return Job.create(payload, type=job_type, key=key, id=job_id)
+    not_before = None if delay is None and at is None else not_before_of(delay, at, datetime.now(UTC))
+    return Job.create(payload, type=job_type, key=key, id=job_id, not_before=not_before)
+
+
+def not_before_of(delay: Delay, at: datetime | None, now: datetime) -> datetime | None:
+    """A job's `not_before` from submit's `delay=` (seconds, or a timedelta, from `now`) or
+    `at=` (a time-zone aware datetime); InvalidJob if they are wrong."""
+    if delay is not None and at is not None:
+        raise InvalidJob("give delay= or at=, not both")
+    if at is not None:
+        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+            raise InvalidJob(f"at= must be a time-zone aware datetime, got {at!r}")
+        return at
+    if isinstance(delay, timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, int | float) and not isinstance(delay, bool) and math.isfinite(delay):
+        seconds = float(delay)
+    else:
+        raise InvalidJob(f"delay= must be seconds (a number) or a timedelta, got {delay!r}")
+    if seconds < 0:
+        raise InvalidJob(f"delay= must not be negative, got {delay!r}")
+    return now + timedelta(seconds=seconds)
 
 
 def _fine(value: object) -> bool:
@@ -136,17 +161,21 @@ class JobClient:
 
     def submit(self, payload: Any = None, *, type: str | None = None,  # noqa: A002 (the job's field)
                key: str | None = None, id: str | None = None,  # noqa: A002
-               headers: Headers = None, timeout: float | None = None) -> str:
+               headers: Headers = None, timeout: float | None = None, delay: Delay = None,
+               at: datetime | None = None) -> str:
         """Send one job and wait for its acknowledgement; return its id. `timeout`: give up
-        waiting (TimeoutError; the job may still be delivered) before the delivery timeout."""
-        return self.submit_async(payload, type=type, key=key, id=id, headers=headers).result(timeout)
+        waiting (TimeoutError; the job may still be delivered) before the delivery timeout.
+        `delay` (seconds or a timedelta) or `at` (an aware datetime): the job's `not_before`,
+        no consumer starts it earlier (docs/delays.md)."""
+        return self.submit_async(payload, type=type, key=key, id=id, headers=headers, delay=delay,
+                                 at=at).result(timeout)
 
     def submit_async(self, payload: Any = None, *, type: str | None = None,  # noqa: A002
                      key: str | None = None, id: str | None = None,  # noqa: A002
-                     headers: Headers = None) -> JobFuture:
+                     headers: Headers = None, delay: Delay = None, at: datetime | None = None) -> JobFuture:
         """Send one job without waiting: the future's result is its id once acknowledged, or
-        SubmitFailed. InvalidJob (nothing sent) is raised here."""
-        job = encode_job(payload, type, key, id)
+        SubmitFailed. InvalidJob (nothing sent) is raised here. `delay`, `at`: as `submit`."""
+        job = encode_job(payload, type, key, id, delay=delay, at=at)
         future = JobFuture(job.id, self)
         self.send(job, headers, future)
         return future  # (the hot path: every line here costs a job about 0.1 us)
@@ -379,17 +408,20 @@ class AsyncJobClient:
 
     async def submit(self, payload: Any = None, *, type: str | None = None,  # noqa: A002
                      key: str | None = None, id: str | None = None,  # noqa: A002
-                     headers: Headers = None) -> str:
-        """Send one job; return its id once acknowledged, or raise SubmitFailed."""
-        return await (await self.submit_async(payload, type=type, key=key, id=id, headers=headers))
+                     headers: Headers = None, delay: Delay = None, at: datetime | None = None) -> str:
+        """Send one job; return its id once acknowledged, or raise SubmitFailed. `delay`, `at`:
+        the job's `not_before`, as JobClient.submit."""
+        return await (await self.submit_async(payload, type=type, key=key, id=id, headers=headers,
+                                              delay=delay, at=at))
 
     async def submit_async(self, payload: Any = None, *, type: str | None = None,  # noqa: A002
                            key: str | None = None, id: str | None = None,  # noqa: A002
-                           headers: Headers = None) -> asyncio.Future[str]:
+                           headers: Headers = None, delay: Delay = None,
+                           at: datetime | None = None) -> asyncio.Future[str]:
         """Send one job without waiting for it: await the returned future for its id."""
         client = self._open_client()
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        job = encode_job(payload, type, key, id)
+        job = encode_job(payload, type, key, id, delay=delay, at=at)
         job_id = job.id
 
         def delivered(error: KafkaError | None, _message: Message) -> None:  # the report thread

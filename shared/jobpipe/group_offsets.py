@@ -12,10 +12,11 @@ plain values, so what is computed from them is pure.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from jobpipe.kafka_clients import admin_config, connection_config, extra_config
@@ -76,6 +77,10 @@ class NoSuchTopic(LookupError):
     """The topic does not exist (or its metadata carries an error)."""
 
 
+COORDINATOR_NOT_READY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                         KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+
+
 class GroupReader:
     """Reads one group's offsets and description; every request waits at most `timeout_s`.
 
@@ -125,17 +130,37 @@ class GroupReader:
                                                  timeout=self.timeout_s)
         return {tp.partition: tp.offset for tp in found}
 
+    def record_at(self, topic: str, partition: int, offset: int) -> Message | None:
+        """The record at `offset` (or the first one after it) of a partition, or None if none
+        came within the timeout (the reader is assigned to it for the read, never subscribed)."""
+        self._consumer.assign([TopicPartition(topic, partition, offset)])
+        try:
+            deadline = time.monotonic() + self.timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                message = self._consumer.poll(min(left, 1.0))
+                if message is not None and message.error() is None:
+                    return message
+            return None
+        finally:
+            self._consumer.unassign()
+
     def describe(self, topic: str) -> GroupState:
         """The group's state and its members with their partitions of `topic`."""
-        asked = self._admin.describe_consumer_groups([self.group], request_timeout=self.timeout_s)
-        future = asked[self.group]
-        try:
-            found = future.result()
-        except KafkaException as error:
-            if error.args and isinstance(error.args[0], KafkaError) and \
-                    error.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
-                return GroupState(self.group, "unknown", ())
-            raise
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            asked = self._admin.describe_consumer_groups([self.group], request_timeout=self.timeout_s)
+            try:
+                found = asked[self.group].result()
+                break
+            except KafkaException as error:
+                code = error.args[0].code() if error.args and isinstance(error.args[0], KafkaError) else None
+                if code == KafkaError.GROUP_ID_NOT_FOUND:
+                    return GroupState(self.group, "unknown", ())
+                # A cluster whose group coordinator is not up yet (its offsets topic being created
+                # at the first group request, more slowly with more topics): asked again, bounded.
+                if code not in COORDINATOR_NOT_READY or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
         members = tuple(Member(member_id=m.member_id, client_id=m.client_id, host=m.host,
                                partitions=_owned(m.assignment.topic_partitions, topic))
                         for m in found.members)

@@ -2,8 +2,9 @@
 
 On the wire a job is a JSON object (UTF-8): `id` (unique), `created_at` (RFC 3339 with its
 zone), `payload` (any JSON; absent = null), and optionally `type` (which handler of a registry
-runs it), `key` (also the Kafka message key and the ordering unit; absent = no key) and the
-seed's `producer` and `seq`, which only the demo producer sets (its keys stay `p{n}-m{seq}`).
+runs it), `key` (also the Kafka message key and the ordering unit; absent = no key),
+`not_before` (RFC 3339 with its zone: no consumer starts the job earlier; see jobpipe.delays)
+and the seed's `producer` and `seq`, which only the demo producer sets (its keys stay `p{n}-m{seq}`).
 Fields left unset are not written. Messages of the earlier format (id, key, producer, seq,
 created_at, payload, all set) decode unchanged. The JSON Schema of this model is checked in
 as job.schema.json (`python -m jobpipe.job_schema` writes it; a unit test compares them).
@@ -48,6 +49,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_
     id: NonEmpty
     type: NonEmpty | None = None
     key: NonEmpty | None = None
+    not_before: Aware | None = None  # not started before then (a delayed job)
     producer: Count | None = None
     seq: Count | None = None
     created_at: Aware
@@ -68,10 +70,12 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_
 
     @classmethod
     def create(cls, payload: Any = None, *, type: str | None = None,  # noqa: A002 (the wire name)
-               key: str | None = None, id: str | None = None) -> Job:  # noqa: A002
-        """An application's job: a new id unless `id` is given (an idempotent resubmit)."""
-        return cls(id=new_id() if id is None else id, type=type, key=key, created_at=datetime.now(UTC),
-                   payload=payload)
+               key: str | None = None, id: str | None = None,  # noqa: A002
+               not_before: datetime | None = None) -> Job:
+        """An application's job: a new id unless `id` is given (an idempotent resubmit);
+        `not_before` (time-zone aware): not started before then."""
+        return cls(id=new_id() if id is None else id, type=type, key=key, not_before=not_before,
+                   created_at=datetime.now(UTC), payload=payload)
 
     @classmethod
     def from_message(cls, raw: bytes | None, headers: Any) -> Job:

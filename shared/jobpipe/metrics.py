@@ -14,7 +14,7 @@ import contextlib
 import threading
 from collections.abc import Iterable, Iterator
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import REGISTRY, CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
@@ -23,6 +23,13 @@ JOBS_PRODUCED = Counter("jobs_produced", "Jobs acknowledged by the broker (or qu
 JOBS_PRODUCE_FAILED = Counter("jobs_produce_failed", "Jobs whose delivery failed.")
 JOBS_RETRIED = Counter("jobs_retried", "Attempts scheduled again after a failure.")
 JOBS_DEAD_LETTERED = Counter("jobs_dead_lettered", "Jobs given up on and sent to the dead-letter topic.")
+JOBS_PARKED = Counter("jobs_parked", "Waiting jobs (delayed, or retries with a long back-off) parked "
+                      "in a delay tier, per tier; a job that hops counts once per tier it enters.",
+                      ["tier"])
+# How long after its due time (not_before, or a parked retry's) a job started: what the tiers cost.
+DELAY_LATE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+DELAY_LATE = Histogram("delayed_job_late_seconds", "From a waiting job's due time to the start of "
+                       "its handler.", buckets=DELAY_LATE_BUCKETS)
 CONSUMER_LAG = Gauge("consumer_lag", "Messages behind the partition's end, per partition this "
                      "replica owns.", ["topic", "partition"])
 PARTITIONS_OWNED = Gauge("consumer_partitions_owned", "Partitions of the jobs topic this replica "
@@ -143,7 +150,8 @@ HANDLER_FAMILIES = ("jobs_processed", "jobs_failed", "jobs_retried", "jobs_dead_
                     "job_processing_seconds")
 SERVED_BY: dict[str, tuple[str, ...]] = {
     "producer": ("jobs_produced", "jobs_produce_failed"),
-    "consumer": (*HANDLER_FAMILIES, "job_end_to_end_seconds", "consumer_lag", "consumer_partitions_owned"),
+    "consumer": (*HANDLER_FAMILIES, "job_end_to_end_seconds", "consumer_lag", "consumer_partitions_owned",
+                 "jobs_parked", "delayed_job_late_seconds"),
     "inmemory": ("jobs_produced", *HANDLER_FAMILIES, "inmemory_queue_depth"),
     "lag-exporter": ("consumer_group_lag", "consumer_group_members",
                      "consumer_group_lag_updated_timestamp_seconds"),

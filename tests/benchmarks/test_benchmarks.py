@@ -9,6 +9,7 @@ is written to benchmark-report.json and printed as tables.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import local_kafka
 import pytest
 
-from tests.benchmarks import bench, client_bench
+from tests.benchmarks import bench, client_bench, delay_bench
 from tests.benchmarks.bench import Kafka, Report
 from tests.summary_table import SummaryTable
 
@@ -123,3 +124,23 @@ def test_client_submit(produced: str, kafka: Kafka, report: Report) -> None:
     client_bench.client_comparison(kafka, report)
     assert report.keys["client_submit_per_s"] > 0 and report.keys["client_vs_producer"] > 0
     assert 0 < report.keys["client_submit_p99_ms"] <= report.latency_ms["client submit, linger 0"]["p99.9"]
+
+
+def skip_delays_in_the_short_profile(report: Report) -> None:
+    """The delay benchmarks wait for due times (about 2 min in all even when small): `make test`
+    (the short profile) leaves them to `make bench`, within the test-time budget; set
+    BENCH_DELAYS=1 to run their short profile anyway."""
+    if report.profile.name == "short" and os.environ.get("BENCH_DELAYS") != "1":
+        pytest.skip("the delay benchmarks run in `make bench` (or with BENCH_DELAYS=1)")
+
+
+def test_delay_fire_lateness(kafka: Kafka, report: Report) -> None:
+    skip_delays_in_the_short_profile(report)
+    delay_bench.fire_lateness(kafka, report)
+    assert report.keys["delay_fire_p99_ms"] >= 0
+
+
+def test_delay_parked_rss(kafka: Kafka, report: Report) -> None:
+    skip_delays_in_the_short_profile(report)
+    delay_bench.parked_rss(kafka, report)
+    assert report.keys["delay_parked_rss_mb"] > 0

@@ -24,6 +24,8 @@ def test_consumer_serves_metrics_health_and_readiness(pipeline: Pipeline) -> Non
     assert metric(body, "job_processing_seconds_count") == 20
     for name in ("jobs_failed_total", "jobs_retried_total", "jobs_dead_lettered_total"):
         assert f"{name} 0.0" in body
+    for family in ("jobs_parked_total", "delayed_job_late_seconds"):  # the delay tiers' (issue 23)
+        assert f"# HELP {family} " in body, family
     wait_until(lambda: "consumer_lag{" in http_get(f"{base}/metrics")[1], 15, "consumer_lag from statistics")
     assert consumer.stop() == 0
 

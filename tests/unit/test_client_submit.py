@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from jobpipe.client import ClientSettings, JobClient, client_settings, encode_job
+from jobpipe.client import ClientSettings, JobClient, client_settings, encode_job, not_before_of
 from jobpipe.errors import ConfigError
 from jobpipe.job import InvalidJob
 from producer_service.submit import BadInput, Submission, parser, read_inputs
@@ -62,3 +63,39 @@ def test_a_payload_that_is_not_json_is_refused_before_the_client_is_needed() -> 
         inputs("--type", "", "1")
     with pytest.raises(InvalidJob, match="job id must be a non-empty string"):
         encode_job(1, None, None, "")
+
+
+def test_delay_and_at_set_not_before() -> None:
+    now = datetime(2030, 1, 1, 9, tzinfo=UTC)
+    assert not_before_of(90, None, now) == now + timedelta(seconds=90)
+    assert not_before_of(timedelta(minutes=2), None, now) == now + timedelta(minutes=2)
+    at = datetime(2030, 1, 2, 9, tzinfo=timezone(timedelta(hours=2)))
+    assert not_before_of(None, at, now) == at
+    job = encode_job({"x": 1}, None, "k", None, delay=30)
+    assert job.not_before is not None
+    assert abs((job.not_before - datetime.now(UTC)).total_seconds() - 30) < 5
+    assert encode_job(1, None, None, None).not_before is None
+    (submitted,) = inputs("--at", "2030-01-01T09:00:00Z", "1")
+    assert submitted.job.not_before == now
+    (later,) = inputs("--delay", "60", "1")
+    assert later.job.not_before is not None
+
+
+@pytest.mark.parametrize(("delay", "at", "named"), [
+    (5, datetime(2030, 1, 1, tzinfo=UTC), "give delay= or at=, not both"),
+    (-1, None, "delay= must not be negative"),
+    ("5", None, "delay= must be seconds"),
+    (float("nan"), None, "delay= must be seconds"),
+    (None, datetime(2030, 1, 1), "at= must be a time-zone aware datetime"),
+])
+def test_a_wrong_delay_or_at_is_refused_before_anything_is_sent(delay: object, at: datetime | None,
+                                                                 named: str) -> None:
+    with pytest.raises(InvalidJob, match=named):
+        encode_job(1, None, None, None, delay=delay, at=at)  # type: ignore[arg-type]
+
+
+def test_a_wrong_at_on_the_command_line_is_named() -> None:
+    with pytest.raises(BadInput, match="argument 1: --at must be an RFC 3339 time"):
+        inputs("--at", "tomorrow", "1")
+    with pytest.raises(BadInput, match="argument 1: at= must be a time-zone aware datetime"):
+        inputs("--at", "2030-01-01T09:00:00", "1")

@@ -16,6 +16,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -676,3 +677,75 @@ def test_the_loop_waits_on_events_not_a_short_timer(make: Callable[..., Harness]
     h.dlq.hold = False
     h.turn_until(lambda: h.settled(0))
     assert len(h.events("job.dead_lettered")) == 1
+
+
+# ---- delays (issue 23) -----------------------------------------------------------------------
+
+
+def later(seq: int, seconds: float, key: str) -> Job:
+    due = datetime.now(UTC) + timedelta(seconds=seconds)
+    return msgspec.structs.replace(job(seq, key=key), not_before=due)
+
+
+def test_a_job_due_in_an_hour_is_parked_and_its_offset_committed_only_once_the_copy_is_acked(
+        make: Callable[..., Harness]) -> None:
+    h = make(fails_when_told)
+    parked = later(0, 3 * 3600, "a")
+    h.add(0, parked, job(1, key="a"), job(2, key="b"))
+    h.dlq.hold = True
+    h.assign(0)
+    h.turn_until(lambda: len(h.dlq.pending) == 1 and len(h.processed()) == 1)
+    assert [e["key"] for e in h.processed()] == ["b"], "its key waits for the copy's ack (milliseconds)"
+    assert not h.settled(0) and h.kafka.committed.get(0, 0) == 0, "nothing committed before the copy's ack"
+    h.dlq.hold = False
+    h.turn_until(lambda: h.settled(0))
+    assert {e["key"] for e in h.processed()} == {"a", "b"}, "then the parked job holds nothing back"
+    (copy,) = h.dlq.published
+    assert copy.topic() == f"{TOPIC}.delay.1h"
+    assert Job.from_bytes(copy.value()).id == parked.id
+    headers = dict(copy.headers())
+    assert headers["delay.tier"] == b"1h"
+    assert float(headers["delay.due_ms"]) / 1000 >= parked.not_before.timestamp()  # type: ignore[union-attr]
+    assert parked.id not in {e["id"] for e in h.processed()}
+
+
+def test_a_job_due_in_a_moment_is_held_in_memory_and_holds_back_only_its_key(
+        make: Callable[..., Harness]) -> None:
+    h = make(fails_when_told)
+    soon = later(0, 2.0, "a")  # long enough that a loaded machine still finds it not due
+    h.add(0, soon, job(1, key="a"), job(2, key="b"))
+    h.assign(0)
+    h.turn_until(lambda: len(h.processed()) == 3, timeout=10)
+    keys = [e["key"] for e in h.processed()]
+    assert keys.index("b") < keys.index("a"), "b ran while a's first job waited"
+    assert next(e for e in h.processed() if e["key"] == "a")["id"] == soon.id, "a's order kept"
+    assert h.dlq.published == []
+    assert h.settled(0)
+
+
+def test_a_long_back_off_parks_the_retry_with_its_attempts_and_error(make: Callable[..., Harness]) -> None:
+    h = make(fails_when_told, retry_backoff_initial_ms=120_000, retry_backoff_max_ms=120_000)
+    failing = job(0, key="a", fail=True)
+    h.add(0, failing, job(1, key="a"))
+    h.assign(0)
+    h.turn_until(lambda: len(h.dlq.published) == 1 and len(h.processed()) == 1)
+    (copy,) = h.dlq.published
+    headers = dict(copy.headers())
+    assert copy.topic() == f"{TOPIC}.delay.1m"
+    assert (headers["retry.attempts"], headers["retry.error"]) == (b"1", b"RuntimeError: a was told to fail")
+    h.turn_until(lambda: h.settled(0))
+    (retry,) = h.events("job.retry")
+    assert retry["id"] == failing.id and retry["delay_ms"] >= 60_000
+
+
+def test_a_parked_retry_back_from_its_tier_counts_its_earlier_attempts(make: Callable[..., Harness]) -> None:
+    h = make(fails_when_told, max_attempts=3)
+    back = job(0, key="a", fail=True)
+    log = h.kafka.logs.setdefault(0, [])
+    log.append(Message(topic=TOPIC, partition=0, offset=0, key=b"a", value=back.to_bytes(),
+                       headers=[("retry.attempts", b"2"), ("delay.due_ms", b"1000")]))
+    h.assign(0)
+    h.turn_until(lambda: len(h.dlq.published) == 1)
+    (letter,) = h.dlq.published
+    assert letter.topic() != f"{TOPIC}.delay.5s"
+    assert dict(letter.headers())["dlq.attempts"] == b"3", "attempt 3 of 3: dead-lettered"

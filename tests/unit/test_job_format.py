@@ -73,12 +73,23 @@ def test_a_bad_optional_field_is_refused_naming_it(raw: bytes, reason: str) -> N
 
 def test_unknown_fields_of_an_application_job_are_kept_and_written_back() -> None:
     sent = {"id": "a", "type": "mail", "created_at": "2026-01-01T00:00:00Z", "payload": [1],
-            "not_before": "2026-01-02T00:00:00Z", "trace": {"span": 3}}
+            "deadline": "2026-01-02T00:00:00Z", "trace": {"span": 3}}
     job = Job.from_bytes(json.dumps(sent).encode())
     assert job.type == "mail"
-    assert dict(job.extra) == {"not_before": "2026-01-02T00:00:00Z", "trace": {"span": 3}}
+    assert dict(job.extra) == {"deadline": "2026-01-02T00:00:00Z", "trace": {"span": 3}}
     assert json.loads(job.to_bytes()) == sent
     VALIDATOR.validate(sent)
+
+
+def test_not_before_is_an_rfc_3339_time_with_its_zone() -> None:
+    sent = {"id": "a", "created_at": "2026-01-01T00:00:00Z", "not_before": "2026-01-02T10:00:00+02:00"}
+    job = Job.from_bytes(json.dumps(sent).encode())
+    assert job.not_before == datetime(2026, 1, 2, 8, tzinfo=UTC)
+    assert Job.from_bytes(job.to_bytes()) == job
+    VALIDATOR.validate(sent)
+    for wrong in ("tomorrow", "2026-01-02T10:00:00", 5):
+        with pytest.raises(InvalidJob, match=r"^not a job: not_before: "):
+            Job.from_bytes(json.dumps(sent | {"not_before": wrong}).encode())
 
 
 def test_the_checked_in_schema_is_the_models() -> None:

@@ -39,7 +39,8 @@ SERVED = {"jobs_produced_total", "jobs_produce_failed_total", "jobs_processed_to
           "jobs_retried_total", "jobs_dead_lettered_total", "job_processing_seconds_bucket",
           "job_end_to_end_seconds_bucket", "consumer_lag", "consumer_partitions_owned",
           "inmemory_queue_depth", "service_ready", "consumer_group_lag", "consumer_group_members",
-          "consumer_group_lag_updated_timestamp_seconds", "up", "ALERTS"}
+          "consumer_group_lag_updated_timestamp_seconds", "up", "ALERTS", "jobs_parked_total",
+          "delayed_job_late_seconds_bucket"}
 PANEL_TYPES = {"timeseries", "stat", "bargauge", "gauge", "table", "state-timeline"}
 SCREEN_ROWS = 24  # grid units of 30 px: one 1080p screen under Grafana's header
 
@@ -196,7 +197,8 @@ def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
               "handler duration percentiles": r"histogram_quantile\(0\.99, sum by \(le\) "
                                               r"\(rate\(job_processing_seconds_bucket",
               "partitions owned per replica": r"consumer_partitions_owned",
-              "up": r"\bup\{", "ready": r"service_ready"}
+              "up": r"\bup\{", "ready": r"service_ready",
+              "parked jobs": r"jobs_parked_total", "late fires": r"delayed_job_late_seconds_bucket"}
     missing = [what for what, pattern in wanted.items() if not re.search(pattern, text)]
     assert not missing, missing
 
@@ -209,7 +211,7 @@ def test_dashboard_queries_parse_and_use_only_served_metrics(promtool: str, tmp_
     check(promtool, "check", "rules", "dashboard.yml", cwd=tmp_path)
     keywords = {"sum", "by", "rate", "histogram_quantile", "count", "or", "vector", "le", "instance",
                 "topic", "partition", "job", "alertstate", "firing", "consumer", "producer", "inmemory",
-                "lag", "exporter", "m"}
+                "lag", "exporter", "m", "tier"}
     for title, expr in expressions():
         names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", re.sub(r'"[^"]*"', "", expr))) - keywords
         assert names <= SERVED, (title, names - SERVED)

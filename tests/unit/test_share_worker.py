@@ -17,8 +17,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import msgspec
 import pytest
 from confluent_kafka import (
     AcknowledgeType,
@@ -374,3 +376,19 @@ def test_while_a_slow_job_holds_one_lane_another_lane_polls_and_runs_quick_jobs(
     member.settle(record(0, job(0)))
     assert sorted(quick) == [1, 2, 3, 4, 5]
     assert first.kinds() == Counter({"ACCEPT": 1}) and second.kinds() == Counter({"ACCEPT": 5})
+
+
+def test_share_mode_dead_letters_a_job_whose_time_has_not_come_and_runs_a_due_one(
+        make: Callable[..., Member]) -> None:
+    """Share mode cannot hold (a record's lock lasts seconds) or park: a delayed job still to
+    come is dead-lettered at once, saying so (docs/delays.md); one whose time is past runs."""
+    ran: list[int] = []
+    member = make(lambda one: ran.append(one.seq))
+    waiting = msgspec.structs.replace(job(0), not_before=datetime.now(UTC) + timedelta(hours=1))
+    due = msgspec.structs.replace(job(1), not_before=datetime.now(UTC) - timedelta(seconds=1))
+    member.settle(record(0, waiting), record(1, due))
+    assert ran == [1]
+    (letter,) = member.dlq.published
+    reason = dict(letter.headers())["dlq.error"].decode()
+    assert reason.startswith("DelayedJobRefused: CONSUMER_MODE=share does not run delayed jobs"), reason
+    assert member.kafka.kinds() == Counter({"ACCEPT": 2})

@@ -2,17 +2,25 @@
 
 The original key, value and headers are kept; `dlq.*` headers name the error, the number
 of attempts and the original topic, partition and offset. The consumer commits the
-original offset only after the broker acknowledged the dead letter.
+original offset only after the broker acknowledged the dead letter (a group member through
+consumer_service.outgoing, with `DeadLetters` as the record kind).
+
+`DeadLetterPublisher` owns a member's producer: the group worker sends its other outgoing
+records (parked copies) on it too (`produce`), so one thread serves all their answers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from consumer_service.outgoing import Record, identify
+from consumer_service.scheduler import Task
 from consumer_service.settings import ConsumerSettings
+from jobpipe.handling import log_dead_lettered
 from jobpipe.kafka_clients import producer_config
 
 # Called (on the thread that polls the publisher) with the broker's answer: None or the error.
@@ -55,9 +63,42 @@ class DeadLetterPublisher:
                                headers=dead_letter_headers(message, reason, attempts, consumer),
                                on_delivery=report)
 
+    def produce(self, topic: str, message: Message, headers: list[tuple[str, str | bytes | None]],
+                report: DeliveryReport, value: bytes | None = None) -> None:
+        """Send a copy of `message` (its key; its value unless `value` is given) to `topic`
+        with `headers`: another kind of outgoing record on the same producer."""
+        self._producer.produce(topic, key=message.key(), value=message.value() if value is None else value,
+                               headers=headers, on_delivery=report)
+
     def poll(self, timeout: float) -> None:
         self._producer.poll(timeout)
 
     def close(self, timeout: float) -> int:
         """Flush; return how many dead letters were still unacknowledged."""
         return self._producer.flush(timeout)
+
+
+class DeadLetterCount(Protocol):
+    dead_lettered: int
+
+
+class DeadLetters:
+    """Dead letters as a kind of outgoing record (consumer_service.outgoing.RecordKind):
+    `Record.detail` is the reason."""
+
+    name = "dead letter"
+
+    def __init__(self, publisher: DeadLetterPublisher, counts: DeadLetterCount, member: str) -> None:
+        self._publisher = publisher
+        self._counts = counts
+        self._member = member
+        self.topic = publisher.topic
+
+    def publish(self, task: Task, record: Record, report: DeliveryReport) -> None:
+        self._publisher.publish(task.payload, record.detail, record.attempts, self._member, report)
+
+    def acknowledged(self, task: Task, record: Record, member: str) -> None:
+        self._counts.dead_lettered += 1
+        key, job_id = identify(task, record.job)
+        log_dead_lettered(key, job_id, reason=record.detail, attempts=record.attempts, consumer=member,
+                          destination=self.topic, partition=task.tp[1], offset=task.offset)

@@ -9,24 +9,51 @@ executor's threads, or its event loop): it starts nothing of a partition being g
 job, nothing more of that job's ordering unit (`Task.same_unit`): those come back as not
 started, in their place, for the poll loop to report.
 
+A job not due yet (its `not_before`, or a parked retry's due time: jobpipe.delays) is not
+run: its result is a `NotDue`, and the run's later tasks of its unit wait behind it, as behind a
+failure. A job back from a delay tier after failed attempts (its `retry.attempts` header) runs
+with its attempt numbered after them.
+
 Each task's result goes into the run as soon as the task ends (`Run.results`, then
 `Run.done`), so the poll loop reports, logs and stores a finished job while a slower job of
 its run is still running: one entry per task, in the run's order: the `Attempt` (the
-handler's outcome), the `InvalidJob` a message that is not a job raised, or None for a task
-not started. The executor's completion for the run (its token is the run) says it ended.
+handler's outcome), the `InvalidJob` a message that is not a job raised, a `NotDue`, or None
+for a task not started. The executor's completion for the run (its token is the run) says it ended.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
+from time import time
 from typing import Any
 
 from consumer_service.scheduler import Run, Task
+from jobpipe import metrics
+from jobpipe.delays import ATTEMPTS_HEADER, due_of
 from jobpipe.handling import Attempt, JobHandler
 from jobpipe.job import InvalidJob, Job
 
-Result = Attempt | InvalidJob | None
+
+@dataclass(frozen=True)
+class NotDue:
+    """A job whose time has not come: due at `due` (epoch seconds); `attempts` made so far."""
+
+    job: Job
+    due: float
+    attempts: int
+
+
+Result = Attempt | InvalidJob | NotDue | None
+
+
+def attempts_before(headers: Mapping[str, bytes | None]) -> int:
+    """Handler attempts a job made before it was parked (its `retry.attempts` header), or 0."""
+    try:
+        return max(0, int(headers.get(ATTEMPTS_HEADER) or 0))
+    except ValueError:
+        return 0
 
 
 class TaskRunner:
@@ -83,7 +110,21 @@ class TaskRunner:
                 run.done = index + 1
                 failed.append(task)
                 continue
-            outcome = results[index] = yield job, task.attempt
+            number = task.attempt
+            if job.not_before is not None or job.headers:  # the rare path: a job that waited
+                earlier = attempts_before(job.headers)
+                due = due_of(job.not_before, job.headers)
+                if due is not None:
+                    late = time() - due
+                    if late < 0:
+                        results[index] = NotDue(job, due, earlier + number - 1)
+                        run.done = index + 1
+                        failed.append(task)
+                        continue
+                    if number == 1:
+                        metrics.DELAY_LATE.observe(late)
+                number += earlier
+            outcome = results[index] = yield job, number
             run.done = index + 1
             if outcome.error is not None:
                 failed.append(task)

@@ -29,6 +29,11 @@ class ConsumerSettings(KafkaSettings, HandlerSettings):
         description="Jobs fetched and not finished per group member; beyond it fetching pauses.")
     dlq_topic: str = Field("jobs.dlq", min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
                            description="Where jobs go after MAX_ATTEMPTS, and messages that are not jobs.")
+    delay_hold_max_ms: int = Field(
+        10_000, ge=0, le=3_600_000,
+        description="A waiting job (a delayed job, or a retry's back-off) due within this many ms is "
+                    "held in memory, holding back its ordering unit; a longer wait is parked in the "
+                    "delay tiers and lets the partition move on.")
     static_membership: bool = Field(
         False, description="Set group.instance.id from the host name, so a restarted replica "
                            "gets its partitions back without a group-wide rebalance.")

@@ -10,6 +10,7 @@ time) as arguments; `share_worker.py` only carries the verdicts out on librdkafk
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 
 DEFAULT_LOCK_S = 30.0  # the broker's group.share.record.lock.duration.ms by default
@@ -72,6 +73,17 @@ def on_delivery(is_job: bool, deliveries: int, dead_letter_delivery: int) -> tup
         return Verdict.DEAD_LETTER, (f"delivered {deliveries} times and never finished (a handler "
                                      "that ends the process, or released unstarted each time?)")
     return Verdict.RUN, ""
+
+
+def refused_delay(due: float | None, now: float) -> str:
+    """Why a share member refuses a job that must wait (its due time, epoch seconds, is still
+    to come), or "": a share group's record is locked to a member for seconds only, so it can
+    neither be held until due nor parked (docs/delays.md); it is dead-lettered at once."""
+    if due is None or due <= now:
+        return ""
+    at = datetime.fromtimestamp(due, UTC).isoformat(timespec="seconds")
+    return (f"DelayedJobRefused: CONSUMER_MODE=share does not run delayed jobs (this one is due at {at}); "
+            "run them with CONSUMER_MODE=group")
 
 
 def before_start(now: float, start_by: float, stopping: bool) -> Verdict:

@@ -64,8 +64,10 @@ from consumer_service.share_decisions import (
     after_dead_letter,
     before_start,
     on_delivery,
+    refused_delay,
 )
 from consumer_service.share_records import RUN_BUDGET_S, Acknowledgements, Lane, Record, RecordRunner
+from jobpipe.delays import due_of
 from jobpipe.executor import Executor
 from jobpipe.handling import (
     Attempt,
@@ -261,12 +263,14 @@ class ShareWorker:
             record = Record(message, lane)
             lane.unsettled += 1
             try:
-                record.job = Job.from_message(message.value(), message.headers())
-                invalid = ""
+                job = record.job = Job.from_message(message.value(), message.headers())
+                invalid = "" if job.not_before is None and not job.headers else \
+                    refused_delay(due_of(job.not_before, job.headers), time.time())
             except InvalidJob as error:
                 invalid = str(error)
             deliveries = message.delivery_count() or 1
-            verdict, why = on_delivery(record.job is not None, deliveries, self._limits.dead_letter_delivery)
+            verdict, why = on_delivery(record.job is not None and not invalid, deliveries,
+                                       self._limits.dead_letter_delivery)
             if verdict is Verdict.DEAD_LETTER:
                 self._dead_letter(record, invalid or why)
             elif deliveries > 1:

@@ -5,8 +5,9 @@ jobs start (CONSUMER_CONCURRENCY slots, ORDERING units), when a partition must p
 (MAX_IN_FLIGHT, a retry) and which offsets are safe to store (the watermark: the lowest
 unfinished offset); jobpipe.executor runs the handler calls (threads, or one event loop for an
 `async def` handler) and hands the outcomes back through one queue; consumer_service.runner is
-what a slot does with its run of jobs; consumer_service.dead_lettering owns the dead letters
-while they are out. This loop only carries those decisions out:
+what a slot does with its run of jobs; consumer_service.outgoing owns the records a job's
+outcome publishes (dead letters, parked copies) while they are out. This loop only carries
+those decisions out:
 
 - poll: take the fetched messages (never more than the room left), or wait for outcomes
   (and dead-letter answers) when no fetched message could start now, whichever can move
@@ -50,14 +51,17 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer_service.counts import Counts
-from consumer_service.dead_lettering import DeadLetter, DeadLettering, identify
-from consumer_service.dead_letters import DeadLetterPublisher
+from consumer_service.dead_letters import DeadLetterPublisher, DeadLetters
 from consumer_service.offsets import TP
-from consumer_service.runner import TaskRunner
+from consumer_service.outgoing import Outgoing, Record, identify, job_of
+from consumer_service.parking import ParkedCopies, Parking
+from consumer_service.runner import NotDue, TaskRunner
 from consumer_service.scheduler import Run, Scheduler, Task
 from consumer_service.settings import ConsumerSettings
+from consumer_service.tier_mover import TierMover
 from jobpipe import metrics
 from jobpipe.access import principal
+from jobpipe.delays import Park, decide, tiers_of
 from jobpipe.errors import KafkaRefused
 from jobpipe.executor import Completion, Executor
 from jobpipe.handling import Attempt, JobHandler, Next, label_of, log_processed, log_retry
@@ -142,10 +146,15 @@ class ConsumerWorker:
                                                self._concurrency, f"handler-{self.number}")
         self._assigned: set[TP] = set()
         self._runs: set[Run] = set()  # submitted to the executor, its completion not collected yet
-        self._dead_letters = DeadLettering(
-            self._dlq, self._scheduler, policy=self.handler.policy, member=self.name, counts=self.counts,
+        self._outgoing = Outgoing(
+            self._dlq.poll, self._scheduler, policy=self.handler.policy, member=self.name,
             hand_back=self._hand_back, wake=self._executor.wake, stop=self.stop,
-            name=f"dead-letters-{self.number}")
+            name=f"outgoing-{self.number}")
+        self._dead_letter_kind = DeadLetters(self._dlq, self.counts, self.name)
+        self._parked_kind = ParkedCopies(self._dlq, self.settings.jobs_topic)
+        self._tiers = tiers_of(self.settings.jobs_topic)
+        self._hold_max_s = self.settings.delay_hold_max_ms / 1000
+        self._mover: TierMover | None = None  # made by `run` (its clients connect at once)
         self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
         self._shutdown: ShutdownBudget | None = None  # from when the stop was seen (see `_budget`)
         self._client_call: ClientCall[Any] | None = None  # a commit or close() still running
@@ -204,17 +213,23 @@ class ConsumerWorker:
 
     def run(self) -> None:
         self._subscribe()
+        mover = self._mover = TierMover(self.settings, self.number, self.stop, self._hold_max_s)
+        moving = threading.Thread(target=mover.run, name=f"delay-mover-{self.number}", daemon=True)
+        moving.start()
         try:
             while not self.stop.is_set():
                 self.heartbeat = time.monotonic()
                 if self._stranded_since is not None and \
                         self.heartbeat - self._stranded_since >= STRANDED_AFTER_S:
                     self._replace_client()
+                if mover.failed is not None:
+                    raise mover.failed
                 self._turn()
             self._finish_in_flight()
             self._commit_before_leaving()
         finally:
             self._close()
+            moving.join(max(0.0, self._budget(time.monotonic()).left("flush", time.monotonic())))
 
     def _turn(self) -> None:
         """One turn: wait for messages or outcomes, report, start, store, pause/resume.
@@ -224,7 +239,7 @@ class ConsumerWorker:
         message could be started now (every slot busy, fetching paused, or jobs in hand that
         wait for a running one); otherwise Kafka, and the outcomes that came meanwhile are
         reported after the poll (within POLL_S: nothing in hand waits for them). Dead-letter
-        answers wake the outcome wait (see consumer_service.dead_lettering)."""
+        answers wake the outcome wait (see consumer_service.outgoing)."""
         scheduler = self._scheduler
         wait = self._wait_s()
         messages: list[Message] = []
@@ -244,8 +259,8 @@ class ConsumerWorker:
             self._report_progress()
         if messages:
             self._take(messages)
-        if self._dead_letters.answered:
-            self._dead_letters.report()
+        if self._outgoing.answered:
+            self._outgoing.report()
         self._start(time.monotonic())
         self._store()
         self._apply_flow()
@@ -312,7 +327,7 @@ class ConsumerWorker:
         runs = self._runs
         for run in scheduler.start_runs(now, self._run_length()):
             if any(task.note is not None for task in run.tasks):
-                tasks = self._dead_letters.publish_due(run.tasks)
+                tasks = self._outgoing.send_again(run.tasks)
                 if not tasks:
                     continue
                 run.tasks = tasks
@@ -385,8 +400,10 @@ class ConsumerWorker:
                         log_processed(result, self.name, partition=task.tp[1], offset=task.offset)
                 else:  # handed back (and counted) when its partition went; its next owner redoes it
                     metrics.handler_stats().processed -= 1  # so jobs_processed_total counts it once
+            elif isinstance(result, NotDue):
+                self._wait_for_due(task, result)
             else:
-                self._dead_letters.give_up(task, DeadLetter(str(result), 0, None))
+                self._outgoing.send(task, Record(self._dead_letter_kind, None, 0, str(result)))
         run.reported = upto
         self.counts.processed += processed
         for task in reversed(not_started):  # back in their places, in order
@@ -413,15 +430,38 @@ class ConsumerWorker:
 
     def _after_failure(self, task: Task, attempt: Attempt) -> None:
         if self.handler.next_step(attempt) is Next.DEAD_LETTER:
-            self._dead_letters.give_up(task, DeadLetter(attempt.error_text, attempt.number, attempt.job))
+            self._outgoing.send(task, Record(self._dead_letter_kind, attempt.job, attempt.number,
+                                             attempt.error_text))
             return
         delay = self.handler.policy.delay_s(attempt.number)
+        if delay > self._hold_max_s:  # a long back-off: parked, and the partition moves on
+            now = time.time()
+            park = decide(now, now + delay, self._tiers, self._hold_max_s)
+            if isinstance(park, Park):
+                self.counts.retried += 1
+                log_retry(attempt, delay, self.name, partition=task.tp[1], offset=task.offset)
+                self._outgoing.send(task, Record(self._parked_kind, attempt.job, attempt.number,
+                                                 Parking(park, now + delay, attempt.error_text)))
+                return
         if self._scheduler.failed(task, time.monotonic() + delay):
             self.counts.retried += 1
             log_retry(attempt, delay, self.name, partition=task.tp[1], offset=task.offset)
         elif not task.orphaned:  # else handed back (and counted) when its partition was dropped
             self._hand_back(task, attempt.job,
                             f"attempt {attempt.number} failed while its partition was given up")
+
+    def _wait_for_due(self, task: Task, not_due: NotDue) -> None:
+        """A job whose time has not come: parked in a delay tier, or held in memory until due
+        (jobpipe.delays.decide)."""
+        now = time.time()
+        decision = decide(now, not_due.due, self._tiers, self._hold_max_s)
+        if isinstance(decision, Park):
+            self._outgoing.send(task, Record(self._parked_kind, not_due.job, not_due.attempts,
+                                             Parking(decision, not_due.due)))
+            return
+        if not self._scheduler.wait(task, time.monotonic() + max(0.0, not_due.due - now)) \
+                and not task.orphaned:  # else handed back (and counted) when its partition was dropped
+            self._hand_back(task, not_due.job, "its partition was given up while it waited for its time")
 
     # ---- handing back --------------------------------------------------------------------
 
@@ -436,8 +476,7 @@ class ConsumerWorker:
 
     def _hand_back_all(self, tasks: Iterable[Task], why: str) -> None:
         for task in tasks:
-            job = task.note.job if isinstance(task.note, DeadLetter) else None
-            self._hand_back(task, job, why)
+            self._hand_back(task, job_of(task), why)
 
     # ---- waiting for jobs in flight -------------------------------------------------------
 
@@ -463,10 +502,10 @@ class ConsumerWorker:
                 completions = self._executor.collect(min(0.05, left))
                 if completions:
                     self._report(completions)
-            if self._dead_letters.out:
-                self._dead_letters.poll(0 if self._scheduler.in_flight else min(0.05, left))
-            if self._dead_letters.answered:
-                self._dead_letters.report()
+            if self._outgoing.out:
+                self._outgoing.poll(0 if self._scheduler.in_flight else min(0.05, left))
+            if self._outgoing.answered:
+                self._outgoing.report()
 
     def _finish_in_flight(self) -> None:
         """On shutdown: the runs stop after the job in hand; wait for those (and for dead

@@ -24,6 +24,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NoReturn, TextIO
 
 from confluent_kafka import KafkaError, Message
@@ -68,6 +69,10 @@ def parser() -> argparse.ArgumentParser:
     commands.add_argument("--type", help="the jobs' type (which handler runs them)")
     commands.add_argument("--key", help="the jobs' key (Kafka message key, ordering unit)")
     commands.add_argument("--id", help="the job's id (one job only; default: a new one)")
+    commands.add_argument("--delay", type=float, metavar="SECONDS",
+                          help="no consumer starts the jobs before SECONDS from now (their not_before)")
+    commands.add_argument("--at", metavar="RFC3339",
+                          help="no consumer starts the jobs before this time, e.g. 2030-01-01T09:00:00Z")
     commands.add_argument("--jobs", action="store_true",
                           help='stdin lines are job objects: {"payload", "type", "key", "id", "headers"}')
     commands.add_argument("--json", action="store_true",
@@ -108,11 +113,24 @@ def _submission(where: str, text: str, options: argparse.Namespace) -> Submissio
         raise BadInput(f"{where}: headers must be an object of strings")
     try:
         job = encode_job(fields.get("payload"), fields.get("type", options.type),
-                         fields.get("key", options.key), fields.get("id", options.id))
+                         fields.get("key", options.key), fields.get("id", options.id),
+                         delay=options.delay, at=_time(options.at))
         job.to_bytes()
     except (InvalidJob, TypeError) as error:
         raise BadInput(f"{where}: {error}") from None
     return Submission(where, job, headers)
+
+
+def _time(text: str | None) -> datetime | None:
+    """--at's RFC 3339 time (InvalidJob if it is not one; a time without its zone is refused
+    by encode_job)."""
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidJob(f"--at must be an RFC 3339 time such as 2030-01-01T09:00:00Z, "
+                         f"got {text!r}") from None
 
 
 def submit(submissions: Sequence[Submission], client: JobClient) -> list[Submission]:

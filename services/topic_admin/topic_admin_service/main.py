@@ -82,6 +82,9 @@ def render_table(description: Description) -> str:
         text.append(tabulate([[m["client_id"], m["host"], ",".join(map(str, m["partitions"])) or "-",
                                m["member_id"]] for m in description.members],
                              headers=["member", "host", "partitions", "member id"], tablefmt="simple"))
+    if description.tiers:
+        text.append("\n" + tabulate([[t.topic, t.waiting, t.next_due or "-"] for t in description.tiers],
+                                    headers=["delay tier", "waiting", "next due"], tablefmt="simple"))
     if description.missing:
         text.append(f"missing topics: {', '.join(description.missing)} (run `topic-admin ensure`)")
     return "\n".join(text)
@@ -356,13 +359,16 @@ def selection_of(filters: dict[str, Any], **more: Any) -> Selection:
               help="Move at most N dead letters per second (spare a downstream that just recovered).")
 @click.option("--batch-size", type=click.IntRange(min=1, max=100_000), default=500, show_default=True,
               metavar="N", help="Dead letters per transaction.")
+@click.option("--delay", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Run the moved jobs no sooner than SECONDS after the move (docs/delays.md).")
 @click.option("--json", "json_output", is_flag=True, help="Print the summary as JSON.")
 def redrive(*, dry_run: bool, limit: int | None, max_redrives: int | None, rate: float | None,
-            batch_size: int, json_output: bool, **filters: Any) -> TopicBody:
+            batch_size: int, delay: float | None, json_output: bool, **filters: Any) -> TopicBody:
     """Move dead letters from DLQ_TOPIC back to JOBS_TOPIC, exactly once.
 
     Each copy keeps its key, value and headers, without the dlq.* headers, and carries
-    redrive.count (how often it has been re-driven) and redrive.source (DLQ/partition/offset).
+    redrive.count (how often it has been re-driven) and redrive.source (DLQ/partition/offset);
+    with --delay, delay.due_ms too (a consumer starts none of them before then).
     Kafka transactions make it safe to stop at any moment and run again: nothing is lost
     or moved twice. A run stopped before it went through everything exits 1.
     """
@@ -372,7 +378,7 @@ def redrive(*, dry_run: bool, limit: int | None, max_redrives: int | None, rate:
         wait_for_broker(settings, stop)
         bar = output.progress("dry run" if dry_run else "re-driving")
         redriver = Redriver(settings, _admin(settings), stop, dry_run=dry_run, batch_size=batch_size,
-                            progress=bar, rate=rate)
+                            progress=bar, rate=rate, delay_s=delay)
         tally = redriver.run(selection)
         if json_output:
             _print_json({"dlq_topic": settings.dlq_topic, "jobs_topic": settings.jobs_topic,

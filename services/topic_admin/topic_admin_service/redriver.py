@@ -36,6 +36,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
+from jobpipe.delays import DUE_HEADER, epoch_ms
 from jobpipe.errors import KafkaUnreachable, StopRequested
 from jobpipe.kafka_clients import Config, consumer_config, kafka_reason, producer_config
 from jobpipe.logs import event
@@ -73,8 +74,9 @@ def _error_of(error: KafkaException) -> KafkaError | None:
 class Redriver:
     def __init__(self, settings: TopicAdminSettings, admin: AdminClient, stop: threading.Event, *,
                  dry_run: bool, batch_size: int, progress: NoProgress | Bar,
-                 rate: float | None = None) -> None:
-        """`rate`: most dead letters moved per second (--rate; None: as fast as it goes)."""
+                 rate: float | None = None, delay_s: float | None = None) -> None:
+        """`rate`: most dead letters moved per second (--rate; None: as fast as it goes);
+        `delay_s`: each copy is due this long after it is moved (--delay; jobpipe.delays)."""
         self._settings = settings
         self._admin = admin
         self._stop = stop
@@ -91,6 +93,7 @@ class Redriver:
         self._jobs_partitions = 0
         self._drained = False  # the last _read reached the end offsets it was given
         self._rate = rate
+        self._delay_s = delay_s
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -393,6 +396,9 @@ class Redriver:
         for letter in letters:
             partition = target_partition(letter, self._jobs, self._jobs_partitions)
             headers: list[tuple[str, str | bytes | None]] = list(redriven_headers(letter, self._dlq))
+            if self._delay_s is not None:  # a consumer holds or parks it until then (docs/delays.md)
+                headers = [(name, value) for name, value in headers if name != DUE_HEADER]
+                headers.append((DUE_HEADER, epoch_ms(time.time() + self._delay_s)))
             self._produce(producer, self._jobs, letter.key, letter.value, headers=headers,
                           partition=-1 if partition is None else partition)  # -1: placed by its key
         record = ledger_record(self._dlq, self._topic_id, letters, datetime.now(UTC))

@@ -7,6 +7,7 @@ fresh start) and only runs when asked for by name.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -21,6 +22,7 @@ from confluent_kafka.admin import (
 )
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
+from jobpipe.delays import RELEASE_HEADER, header_time, tiers_of
 from jobpipe.group_offsets import GroupReader
 from jobpipe.logs import event
 from jobpipe.share_groups import check_share_groups, share_configs
@@ -47,7 +49,9 @@ class TopicAdmin:
         self._settings = settings
         self._timeout_s = timeout_s
         self._reader: GroupReader | None = None  # made by the first describe, kept for --watch
-        self.topics = [settings.jobs_topic, settings.dlq_topic]
+        self._tier_reader: GroupReader | None = None  # the delay movers' group (the same)
+        self.tier_topics = [tier.topic for tier in tiers_of(settings.jobs_topic)]
+        self.topics = [settings.jobs_topic, settings.dlq_topic, *self.tier_topics]
 
     # ---- ensure / reset ---------------------------------------------------------------------
 
@@ -158,6 +162,8 @@ class TopicAdmin:
             if name not in metadata or metadata[name].error is not None:
                 description.missing.append(name)
                 continue
+            if name in self.tier_topics:
+                continue  # shown as tiers (`_tiers`), not partition by partition
             partitions = metadata[name].partitions
             is_jobs = name == self._settings.jobs_topic and not share
             states = reader.states(name, sorted(partitions), committed=is_jobs)
@@ -172,7 +178,34 @@ class TopicAdmin:
         if found is not None:
             description.group_state = found.state
             description.group_exists = found.known or committed_somewhere
+        if not share:
+            description.tiers = self._tiers(metadata)
         return description
+
+    def _tiers(self, metadata: dict[str, Any]) -> list[TierInfo]:
+        """Each delay tier: the jobs waiting there (not yet moved on by the movers' group) and
+        when the first of them is released (the head of each partition, read)."""
+        if self._tier_reader is None:
+            group = f"{self._settings.consumer_group}.delays"  # consumer_service.tier_mover.mover_group
+            self._tier_reader = GroupReader(self._settings, group, "topic-admin-delays", self._timeout_s)
+        reader = self._tier_reader
+        tiers = []
+        for tier in tiers_of(self._settings.jobs_topic):
+            if tier.topic not in metadata or metadata[tier.topic].error is not None:
+                continue
+            waiting = 0
+            heads: list[float] = []
+            for state in reader.states(tier.topic, sorted(metadata[tier.topic].partitions)):
+                if state.lag:
+                    waiting += state.lag
+                    head = reader.record_at(tier.topic, state.partition, state.position)
+                    released = header_time(dict(head.headers() or []).get(RELEASE_HEADER)) if head else None
+                    if released is not None:
+                        heads.append(released)
+            tiers.append(TierInfo(tier=tier.name, topic=tier.topic, seconds=tier.seconds, waiting=waiting,
+                                  next_due=datetime.fromtimestamp(min(heads), UTC).isoformat(
+                                      timespec="seconds") if heads else None))
+        return tiers
 
 
 @dataclass
@@ -194,6 +227,17 @@ class TopicInfo:
 
 
 @dataclass
+class TierInfo:
+    """A delay tier in `describe`: jobs waiting in it, and when its first one is released."""
+
+    tier: str
+    topic: str
+    seconds: int
+    waiting: int
+    next_due: str | None  # RFC 3339; None: nothing waiting (or its head not read in time)
+
+
+@dataclass
 class Description:
     group: str
     members: list[dict[str, Any]]
@@ -203,6 +247,7 @@ class Description:
     group_exists: bool = True  # False: no members and no committed offsets (a typo?)
     group_state: str = ""  # the broker's state of the group (group mode), e.g. stable, empty
     share_configs: dict[str, str] = field(default_factory=dict)  # mode share: the group's configs
+    tiers: list[TierInfo] = field(default_factory=list)  # the delay tiers (group mode)
 
     @property
     def total_lag(self) -> int:
