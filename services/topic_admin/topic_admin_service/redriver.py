@@ -22,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import (
@@ -64,6 +65,15 @@ SINCE_MARGIN = timedelta(minutes=5)  # --since: start reading this much before, 
 READ_BATCH = 500
 COMMIT_WAIT_S = 5.0  # one commit_transaction call; retried while Kafka answers "try again"
 READER_GROUP = "topic-admin-redrive"  # librdkafka wants a group.id; it is never joined nor committed
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of `Redriver.page`: the letters, where the next page starts, whether one may."""
+
+    letters: list[tuple[DeadLetter, bool]]
+    after: dict[int, int]  # per DLQ partition, the first offset not read yet
+    more: bool  # some partition was not read to its end
 
 
 def _error_of(error: KafkaException) -> KafkaError | None:
@@ -124,6 +134,12 @@ class Redriver:
     def browse(self, selection: Selection, limit: int) -> list[tuple[DeadLetter, bool]]:
         """Up to `limit` dead letters that `selection`'s filters match, oldest first per DLQ
         partition, each with whether an earlier run re-drove it (read only: nothing moves)."""
+        return self.page(selection, limit).letters
+
+    def page(self, selection: Selection, limit: int, after: Mapping[int, int] | None = None) -> Page:
+        """`browse` from a cursor: per DLQ partition, the offset to read from (`Page.after` of
+        the page before; partitions it leaves out start at their beginning). Reads no further
+        than `limit` matches, so a page of a large DLQ costs what the page holds."""
         topics = self._admin.list_topics(timeout=REQUEST_TIMEOUT_S).topics
         if self._dlq not in topics or topics[self._dlq].error is not None:
             raise Refused(f"DLQ_TOPIC={self._dlq!r}: no such topic (`topic-admin ensure` creates it)")
@@ -134,15 +150,21 @@ class Redriver:
         consumer = Consumer(self._consumer_config())
         try:
             starts, ends = self._bounds(consumer, partitions, selection)
+            if after and selection.at is None:
+                starts = {p: min(ends[p], max(start, after.get(p, start))) for p, start in starts.items()}
+            next_from = dict(starts)
             for message in self._read(consumer, self._dlq, starts, ends):
                 letter = DeadLetter.from_message(message)
+                next_from[letter.partition] = letter.offset + 1
                 if selection.matches(letter):
                     found.append((letter, letter in self._ledger))
                     if len(found) >= limit:
                         break
         finally:
             consumer.close()
-        return found
+        if len(found) < limit and not self._stop.is_set():
+            next_from = dict(ends)  # read to the end: nothing further matches
+        return Page(found, next_from, more=any(next_from[p] < ends[p] for p in ends))
 
     def _scan(self, selection: Selection, tally: Tally, partitions: list[int]) -> None:
         consumer = Consumer(self._consumer_config())
