@@ -1,0 +1,142 @@
+"""The console in a real browser (headless chromium under Selenium; tests/browser.py installs
+it where missing): the overview shows a running pipeline's live numbers, a dead letter opens
+with its headers, a re-drive from the browser moves exactly the filtered letters (read back from
+the topics), and an action without the token is refused.
+
+JOBPIPE_SCREENSHOTS=<folder> (e.g. docs/img) saves the overview and a dead letter there, as
+README and docs/console.md show them; otherwise they go to the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from tests.browser import chromium
+from tests.integration.conftest import Pipeline
+from tests.integration.console_helpers import TOKEN, dead_letters, redriven_ids, running_console
+from tests.service_runner import wait_until
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    driver = chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def fresh(browser: WebDriver) -> WebDriver:
+    """The browser with no cookie of an earlier test (signed out)."""
+    browser.delete_all_cookies()
+    return browser
+
+
+def screenshot(driver: WebDriver, name: str, tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("JOBPIPE_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    assert driver.save_screenshot(str(path)), path
+    return path
+
+
+def text_of(driver: WebDriver, element_id: str) -> str:
+    """An element's text, read in one script (htmx replaces the live part while we look)."""
+    text = driver.execute_script("const e = document.getElementById(arguments[0]); "
+                                 "return e ? e.textContent.trim() : '';", element_id)
+    return str(text)
+
+
+def number(text: str) -> float:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return 0.0
+
+
+def sign_in(driver: WebDriver, url: str) -> None:
+    driver.get(f"{url}/login")
+    driver.find_element(By.NAME, "token").send_keys(TOKEN)
+    driver.find_element(By.CSS_SELECTOR, "#login button").click()
+    wait_until(lambda: driver.current_url.endswith("/dead-letters"), 10, "signed in")
+
+
+def test_the_overview_shows_the_live_numbers_of_a_running_pipeline(
+        pipeline: Pipeline, fresh: WebDriver, tmp_path: Path) -> None:
+    pipeline.ensure_topics(3)
+    dead_letters(pipeline, ["timeout", "malformed"] * 3)
+    producer = pipeline.start("producer", messages_per_worker=0, produce_rate=40)
+    consumer = pipeline.start("consumer", handler="tests.handlers:noop")
+    with running_console(pipeline) as (_service, url):
+        fresh.get(url)
+
+        def live() -> bool:  # the numbers change by themselves (htmx), no reload
+            return (number(text_of(fresh, "rate-produced")) > 0 and number(text_of(fresh, "rate-processed")) > 0
+                    and "0, 1, 2" in text_of(fresh, "members"))
+
+        wait_until(live, 60, "produced/s, processed/s and a member on the overview", poll=0.5)
+        # the one member owns the three partitions (waited for above)
+        assert fresh.find_elements(By.CSS_SELECTOR, "#lag-chart canvas"), "the lag chart is drawn"
+        assert text_of(fresh, "rate-dead-lettered") != ""
+        screenshot(fresh, "console-overview.png", tmp_path)
+    assert producer.stop() == 0 and consumer.stop() == 0
+
+
+def test_a_dead_letter_opens_with_its_headers(pipeline: Pipeline, fresh: WebDriver, tmp_path: Path) -> None:
+    pipeline.ensure_topics(3)
+    jobs = dead_letters(pipeline, ["timeout", "malformed"] * 5)
+    with running_console(pipeline) as (_service, url):
+        fresh.get(f"{url}/dead-letters")
+        rows = fresh.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr")
+        assert len(rows) == 10
+        fresh.find_element(By.CSS_SELECTOR, "#dead-letters tbody tr a").click()
+        wait_until(lambda: fresh.find_elements(By.ID, "headers"), 10, "the letter's page")
+        headers = fresh.find_element(By.ID, "headers").text
+        for name in ("dlq.error", "dlq.attempts", "dlq.original.topic", "dlq.failed_at", "trace-id"):
+            assert name in headers, headers
+        assert any(job.id in fresh.find_element(By.ID, "body").text for job in jobs)
+        screenshot(fresh, "console-dead-letter.png", tmp_path)
+
+
+def test_a_redrive_from_the_browser_moves_exactly_the_filtered_letters(
+        pipeline: Pipeline, fresh: WebDriver) -> None:
+    pipeline.ensure_topics(3)
+    jobs = dead_letters(pipeline, ["timeout", "malformed", "malformed"] * 4)
+    wanted = {job.id for job in jobs if job.key and job.key.startswith("timeout-")}
+    with running_console(pipeline) as (_service, url):
+        sign_in(fresh, url)
+        fresh.find_element(By.NAME, "key").send_keys("timeout-*")
+        fresh.find_element(By.CSS_SELECTOR, "#filters button").click()
+        wait_until(lambda: len(fresh.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr a")) == 4, 10,
+                   "the 4 filtered letters")
+        fresh.find_element(By.CSS_SELECTOR, "#redrive-filtered button").click()
+        outcome = fresh.find_element(By.ID, "outcome")
+        assert (outcome.get_attribute("data-moved"), outcome.get_attribute("data-dry-run")) == ("4", "true")
+        fresh.find_element(By.CSS_SELECTOR, "#confirm-redrive button").click()
+        outcome = fresh.find_element(By.ID, "outcome")
+        assert (outcome.get_attribute("data-moved"), outcome.get_attribute("data-dry-run")) == ("4", "false")
+    assert sorted(redriven_ids(pipeline, 4)) == sorted(wanted), "exactly the filtered letters, once"
+
+
+def test_an_action_without_credentials_is_refused(pipeline: Pipeline, fresh: WebDriver) -> None:
+    pipeline.ensure_topics(3)
+    dead_letters(pipeline, ["timeout"] * 2)
+    with running_console(pipeline) as (_service, url):
+        fresh.get(f"{url}/dead-letters")
+        assert not fresh.find_elements(By.ID, "redrive-filtered"), "no re-drive button signed out"
+        fresh.get(f"{url}/login")  # a form this session's page made, sent without signing in
+        fresh.execute_script("""
+            const form = document.createElement('form');
+            form.method = 'post'; form.action = '/dead-letters/redrive';
+            const csrf = document.querySelector('input[name=csrf_token]').cloneNode();
+            form.appendChild(csrf); document.body.appendChild(form); form.submit();""")
+        wait_until(lambda: fresh.find_elements(By.ID, "refused"), 10, "the refusal")
+        assert "sign in first" in fresh.find_element(By.ID, "refused").text
+    assert pipeline.read(pipeline.topic, 0, timeout=5) == [], "nothing moved"
