@@ -49,7 +49,8 @@ def ensure_chromium() -> tuple[str, str]:
         print(f"installed {', '.join(PACKAGES)} in {time.monotonic() - started:.0f} s")
     found = _found()
     if not found:
-        raise RuntimeError(f"apt-get installed {' '.join(PACKAGES)} but chromium or chromedriver is not on PATH")
+        raise RuntimeError(f"apt-get installed {' '.join(PACKAGES)}, but chromium or chromedriver "
+                           "is not on PATH")
     return found
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from jobpipe.job import Job
 from tests.integration.conftest import Pipeline
@@ -65,6 +65,17 @@ def dead_letters(pipeline: Pipeline, kinds: list[str], *, failed_at: datetime | 
 def redriven_ids(pipeline: Pipeline, expected: int) -> list[str]:
     """The ids of the jobs in the jobs topic (exactly `expected` of them, read committed)."""
     return [json.loads(m.value() or b"")["id"] for m in pipeline.read(pipeline.topic, expected, timeout=60)]
+
+
+def jobs_in(pipeline: Pipeline) -> int:
+    """How many messages the jobs topic holds (its end offsets, summed): nothing moved is 0."""
+    consumer = Consumer({"bootstrap.servers": pipeline.bootstrap, "group.id": "console-test-reader"})
+    try:
+        partitions = consumer.list_topics(pipeline.topic, timeout=10).topics[pipeline.topic].partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(pipeline.topic, p), timeout=10)[1]
+                   for p in partitions)
+    finally:
+        consumer.close()
 
 
 def csrf_of(html: str) -> str:

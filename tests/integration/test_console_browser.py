@@ -19,7 +19,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.browser import chromium
 from tests.integration.conftest import Pipeline
-from tests.integration.console_helpers import TOKEN, dead_letters, redriven_ids, running_console
+from tests.integration.console_helpers import TOKEN, dead_letters, jobs_in, redriven_ids, running_console
 from tests.service_runner import wait_until
 
 
@@ -78,8 +78,8 @@ def test_the_overview_shows_the_live_numbers_of_a_running_pipeline(
         fresh.get(url)
 
         def live() -> bool:  # the numbers change by themselves (htmx), no reload
-            return (number(text_of(fresh, "rate-produced")) > 0 and number(text_of(fresh, "rate-processed")) > 0
-                    and "0, 1, 2" in text_of(fresh, "members"))
+            rates = [number(text_of(fresh, name)) for name in ("rate-produced", "rate-processed")]
+            return min(rates) > 0 and "0, 1, 2" in text_of(fresh, "members")
 
         wait_until(live, 60, "produced/s, processed/s and a member on the overview", poll=0.5)
         # the one member owns the three partitions (waited for above)
@@ -139,4 +139,4 @@ def test_an_action_without_credentials_is_refused(pipeline: Pipeline, fresh: Web
             form.appendChild(csrf); document.body.appendChild(form); form.submit();""")
         wait_until(lambda: fresh.find_elements(By.ID, "refused"), 10, "the refusal")
         assert "sign in first" in fresh.find_element(By.ID, "refused").text
-    assert pipeline.read(pipeline.topic, 0, timeout=5) == [], "nothing moved"
+    assert jobs_in(pipeline) == 0, "nothing moved"

@@ -25,7 +25,11 @@ from jobpipe.logs import event
 COORDINATOR_ERRORS = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
                       KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
 HISTORY = 150  # samples kept: 5 minutes at the default 2 s
-REQUEST_TIMEOUT_S = 5.0
+
+def request_timeout_s(refresh_s: float) -> float:
+    """How long one request of a sample may wait: two refreshes, within 1 to 5 s (a broker
+    that went away shows within seconds, and a stop never waits long for an answer)."""
+    return min(5.0, max(1.0, 2 * refresh_s))
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class Sampler:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(REQUEST_TIMEOUT_S * 4)
+        self._thread.join(request_timeout_s(self._settings.console_refresh_s) * 4)
         if self._reader is not None:
             self._reader.close()
 
@@ -83,7 +87,7 @@ class Sampler:
         try:
             if self._reader is None:
                 self._reader = GroupReader(self._settings, self._settings.consumer_group, "console",
-                                           REQUEST_TIMEOUT_S)
+                                           request_timeout_s(self._settings.console_refresh_s))
             sample, missing = self._take(self._reader)
         except (KafkaException, RuntimeError) as error:
             self._failed(kafka_reason(error) if isinstance(error, KafkaException) else str(error))
