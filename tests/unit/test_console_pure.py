@@ -137,7 +137,7 @@ def test_the_page_cursor_reads_back_what_it_wrote(cursor: dict[int, int]) -> Non
 
 @pytest.mark.parametrize("text", ["0", "a:1", "1:-2", "0:1;1:2"])
 def test_a_bad_cursor_is_refused(text: str) -> None:
-    with pytest.raises(BadFilter, match="^after"):
+    with pytest.raises(BadFilter, match=r"^after"):
         parse_cursor(text)
 
 
