@@ -16,7 +16,7 @@ from pathlib import Path
 import local_kafka
 import pytest
 
-from tests.benchmarks import bench, client_bench
+from tests.benchmarks import bench, client_bench, console_bench
 from tests.benchmarks.bench import Kafka, Report
 from tests.summary_table import SummaryTable
 
@@ -112,3 +112,8 @@ def test_client_submit(produced: str, kafka: Kafka, report: Report) -> None:
     client_bench.client_comparison(kafka, report)
     assert report.keys["client_submit_per_s"] > 0 and report.keys["client_vs_producer"] > 0
     assert 0 < report.keys["client_submit_p99_ms"] <= report.latency_ms["client submit, linger 0"]["p99.9"]
+
+
+def test_console_dlq_page(kafka: Kafka, report: Report) -> None:
+    console_bench.console_dlq_page(kafka, report)
+    assert report.keys["console_dlq_page_ms"] > 0 and report.keys["console_dlq_filtered_page_ms"] > 0

@@ -33,13 +33,22 @@ class DeadLetters:
         self._stop = stop
         self._admin = AdminClient(admin_config(settings, "console"))
         self._running = threading.Lock()
+        # Pages are read by one Redriver that keeps its consumer connected between pages (a
+        # page then costs what it reads, not a new connection); one page at a time.
+        self._browser = self._redriver(dry_run=True, keep_reader=True)
+        self._browsing = threading.Lock()
 
-    def _redriver(self, *, dry_run: bool) -> Redriver:
+    def _redriver(self, *, dry_run: bool, keep_reader: bool = False) -> Redriver:
         return Redriver(self._settings, self._admin, self._stop, dry_run=dry_run, batch_size=BATCH_SIZE,
-                        progress=NoProgress())
+                        progress=NoProgress(), keep_reader=keep_reader)
 
     def page(self, selection: Selection, limit: int, after: Mapping[int, int] | None = None) -> Page:
-        return self._redriver(dry_run=True).page(selection, limit, after)
+        with self._browsing:
+            return self._browser.page(selection, limit, after)
+
+    def close(self) -> None:
+        with self._browsing:
+            self._browser.close()
 
     def redrive(self, selection: Selection, *, dry_run: bool, who: str) -> Tally:
         """`topic-admin redrive [--dry-run]` with `selection`; Busy if one is running."""

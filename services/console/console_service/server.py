@@ -46,3 +46,4 @@ class ConsoleServer:
         self._server.should_exit = True
         self._thread.join(self.settings.shutdown_timeout_s)
         self.sampler.close()
+        self.console.letters.close()

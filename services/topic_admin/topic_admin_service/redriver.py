@@ -83,8 +83,9 @@ def _error_of(error: KafkaException) -> KafkaError | None:
 class Redriver:
     def __init__(self, settings: TopicAdminSettings, admin: AdminClient, stop: threading.Event, *,
                  dry_run: bool, batch_size: int, progress: NoProgress | Bar,
-                 rate: float | None = None) -> None:
-        """`rate`: most dead letters moved per second (--rate; None: as fast as it goes)."""
+                 rate: float | None = None, keep_reader: bool = False) -> None:
+        """`rate`: most dead letters moved per second (--rate; None: as fast as it goes).
+        `keep_reader`: keep the reading consumer between calls (the console's pages; `close`)."""
         self._settings = settings
         self._admin = admin
         self._stop = stop
@@ -101,6 +102,8 @@ class Redriver:
         self._jobs_partitions = 0
         self._drained = False  # the last _read reached the end offsets it was given
         self._rate = rate
+        self._keep_reader = keep_reader
+        self._kept: Consumer | None = None
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -147,8 +150,7 @@ class Redriver:
         if self._ledger_topic in topics:
             self._read_ledger()
         found: list[tuple[DeadLetter, bool]] = []
-        consumer = Consumer(self._consumer_config())
-        try:
+        with self._reader() as consumer:
             starts, ends = self._bounds(consumer, partitions, selection)
             if after and selection.at is None:
                 starts = {p: min(ends[p], max(start, after.get(p, start))) for p, start in starts.items()}
@@ -160,8 +162,6 @@ class Redriver:
                     found.append((letter, letter in self._ledger))
                     if len(found) >= limit:
                         break
-        finally:
-            consumer.close()
         if len(found) < limit and not self._stop.is_set():
             next_from = dict(ends)  # read to the end: nothing further matches
         return Page(found, next_from, more=any(next_from[p] < ends[p] for p in ends))
@@ -197,6 +197,30 @@ class Redriver:
             consumer.close()
 
     # ---- reading --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Consumer]:
+        """A consumer for the ledger and the DLQ: a new one each time, or with `keep_reader`
+        the one kept from the last time (a browser of pages then skips connecting again; it is
+        dropped after an error, and closed by `close`)."""
+        consumer = self._kept or Consumer(self._consumer_config())
+        self._kept = None
+        try:
+            yield consumer
+        except BaseException:
+            consumer.close()
+            raise
+        if self._keep_reader:
+            consumer.unassign()
+            self._kept = consumer
+        else:
+            consumer.close()
+
+    def close(self) -> None:
+        """Close the consumer `keep_reader` kept (nothing to do otherwise)."""
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
 
     def _consumer_config(self) -> Config:
         # The service's consumer settings (connection, extra properties), then what reading the
@@ -275,8 +299,7 @@ class Redriver:
 
     def _read_ledger(self) -> None:
         self._ledger = Ledger()
-        consumer = Consumer(self._consumer_config())
-        try:
+        with self._reader() as consumer:
             partitions = consumer.list_topics(self._ledger_topic, timeout=REQUEST_TIMEOUT_S) \
                 .topics[self._ledger_topic].partitions
             starts, ends = {}, {}
@@ -287,8 +310,6 @@ class Redriver:
                 value = message.value()
                 raw = value.encode() if isinstance(value, str) else value
                 self._ledger.add_ranges(read_ledger_record(raw, self._topic_id))
-        finally:
-            consumer.close()
         if self._stop.is_set():
             raise StopRequested("stopped while reading the redrive ledger")
         event("redrive.ledger", f"{len(self._ledger)} dead letter(s) of {self._dlq} were re-driven before",
