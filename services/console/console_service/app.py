@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -39,6 +40,7 @@ from console_service.rates import lag_series, member_rows, rates
 from console_service.sampler import Sampler, Status
 from console_service.settings import ConsoleSettings
 from jobpipe.errors import ServiceError
+from jobpipe.kafka_clients import kafka_reason
 from jobpipe.logs import event
 from topic_admin_service.output import dead_letter_detail, dead_letter_summary
 from topic_admin_service.redrive import Tally, Verdict
@@ -73,6 +75,10 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _reason(error: Exception) -> str:
+    return kafka_reason(error) if isinstance(error, KafkaException) else str(error)
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:
@@ -217,7 +223,7 @@ class Console:
             after = parse_cursor(request.query_params.get("after"))
         except BadFilter as error:
             return self._page(request, "dead_letters.html", status_code=400, filters=None, texts=dict(
-                request.query_params), problem=str(error), rows=[], next_query=None)
+                request.query_params), problem=_reason(error), rows=[], next_query=None)
         status = self.sampler.status()
         if status.broker_error is not None:
             return self._page(request, "dead_letters.html", status_code=503, filters=filters,
@@ -225,9 +231,9 @@ class Console:
         try:
             page = await run_in_threadpool(self.letters.page, filters.selection,
                                            self.settings.console_page_size, after)
-        except ServiceError as error:
+        except (ServiceError, KafkaException) as error:
             return self._page(request, "dead_letters.html", status_code=503, filters=filters,
-                              texts=filters.texts, problem=str(error), rows=[], next_query=None)
+                              texts=filters.texts, problem=_reason(error), rows=[], next_query=None)
         rows = [dead_letter_summary(letter, redriven) for letter, redriven in page.letters]
         next_query = filters.query(after=format_cursor(page.after)) if page.more else None
         return self._page(request, "dead_letters.html", filters=filters, texts=filters.texts, problem=None,
@@ -238,9 +244,9 @@ class Console:
         filters = self._filters({"at": f"{partition}:{offset}"})
         try:
             page = await run_in_threadpool(self.letters.page, filters.selection, 1)
-        except ServiceError as error:
-            return self._page(request, "dead_letter.html", status_code=404, letter=None, problem=str(error),
-                              at=f"{partition}:{offset}")
+        except (ServiceError, KafkaException) as error:
+            return self._page(request, "dead_letter.html", status_code=503, letter=None,
+                              problem=_reason(error), at=f"{partition}:{offset}")
         if not page.letters:
             return self._page(request, "dead_letter.html", status_code=404, letter=None,
                               problem="no dead letter there", at=f"{partition}:{offset}")
@@ -269,8 +275,8 @@ class Console:
             tally = await run_in_threadpool(self.letters.redrive, filters.selection, dry_run=dry_run, who=who)
         except Busy as error:
             return self._refused(request, str(error), status_code=409)
-        except ServiceError as error:
-            return self._refused(request, f"the re-drive failed: {error}", status_code=503)
+        except (ServiceError, KafkaException) as error:
+            return self._refused(request, f"the re-drive failed: {_reason(error)}", status_code=503)
         return self._page(request, "redrive.html", tally=tally, rows=tally_rows(tally), dry_run=dry_run,
                           filters=filters, texts=filters.texts)
 

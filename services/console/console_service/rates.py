@@ -6,7 +6,7 @@ Kafka keeps no counters of jobs, but its offsets are counters:
   successfully or dead-lettered after its last attempt (the consumer commits both);
 - dead-lettered: the dead-letter topic's end offsets grow by one per job given up.
 A failed attempt that is retried moves no offset, so it is not seen here (the consumer's
-`jobpipe_jobs_failed_total` metric counts those). Consumers commit about once a second, so
+`jobs_failed_total` metric counts those). Consumers commit about once a second, so
 rates are taken over a window of several samples rather than between the last two.
 """
 
