@@ -1,7 +1,7 @@
 """The console against the session's real Kafka, over HTTP (the browser tests are in
 test_console_browser.py): dead letters paged and filtered, one letter, the re-drive with its
-dry run (the same code as `topic-admin redrive`), the access rules, and the banner while the
-broker is away."""
+dry run (the same code as `topic-admin redrive`), and the banner while the broker is away. The
+access rules need no broker: tests/unit/test_console_pure.py checks them."""
 
 from __future__ import annotations
 
@@ -85,38 +85,6 @@ def test_a_redrive_moves_exactly_the_filtered_letters_after_its_dry_run(pipeline
         logged = service.output + service.stderr
     assert TOKEN not in logged, "the token is never logged"
     assert any(e["dry_run"] is False and e["moved"] == 10 for e in service.events("console.redrive"))
-
-
-def test_actions_are_refused_without_the_token_or_the_forms_csrf_token(pipeline: Pipeline) -> None:
-    pipeline.ensure_topics(3)
-    dead_letters(pipeline, ["timeout"] * 3)
-    with running_console(pipeline) as (_service, url):
-        with httpx.Client(base_url=url, timeout=30) as stranger:
-            csrf = csrf_of(stranger.get("/login").text)
-            refused = stranger.post("/dead-letters/redrive", data={"csrf_token": csrf})
-            assert refused.status_code == 401 and "sign in first" in refused.text
-            wrong = stranger.post("/login", data={"csrf_token": csrf, "token": "not-the-token"})
-            assert wrong.status_code == 401
-            assert stranger.post("/dead-letters/redrive", data={"csrf_token": csrf}).status_code == 401
-        with httpx.Client(base_url=url, timeout=30) as member:
-            sign_in(member)
-            forged = member.post("/dead-letters/redrive", data={"csrf_token": "forged"})
-            assert forged.status_code == 403 and "CSRF" in forged.text
-            assert member.post("/dead-letters/redrive", data={}).status_code == 403
-            page = member.get("/dead-letters").text
-            assert TOKEN not in page
-    assert jobs_in(pipeline) == 0, "nothing moved"
-
-
-def test_a_console_without_a_token_is_read_only(pipeline: Pipeline) -> None:
-    pipeline.ensure_topics(3)
-    with running_console(pipeline, console_token="") as (_service, url), \
-            httpx.Client(base_url=url, timeout=30) as client:
-        assert "read-only" in client.get("/").text
-        page = client.get("/login")
-        assert "read-only" in page.text and 'name="token"' not in page.text
-        refused = client.post("/dead-letters/redrive", data={"csrf_token": "any"})
-        assert refused.status_code == 403 and "read-only" in refused.text
 
 
 def test_the_console_serves_with_a_banner_while_the_broker_is_away(pipeline: Pipeline) -> None:

@@ -85,15 +85,20 @@ def test_the_overview_shows_the_live_numbers_of_a_running_pipeline(
         # the one member owns the three partitions (waited for above)
         assert fresh.find_elements(By.CSS_SELECTOR, "#lag-chart canvas"), "the lag chart is drawn"
         assert text_of(fresh, "rate-dead-lettered") != ""
+        fresh.set_window_size(1280, 1350)  # the chart too
+        wait_until(lambda: len(fresh.find_elements(By.CSS_SELECTOR, "#lag-chart canvas")) == 1, 10, "chart")
         screenshot(fresh, "console-overview.png", tmp_path)
+        fresh.set_window_size(1280, 900)
     assert producer.stop() == 0 and consumer.stop() == 0
 
 
-def test_a_dead_letter_opens_with_its_headers(pipeline: Pipeline, fresh: WebDriver, tmp_path: Path) -> None:
+def test_a_dead_letter_opens_with_its_headers_and_an_action_without_credentials_is_refused(
+        pipeline: Pipeline, fresh: WebDriver, tmp_path: Path) -> None:
     pipeline.ensure_topics(3)
     jobs = dead_letters(pipeline, ["timeout", "malformed"] * 5)
     with running_console(pipeline) as (_service, url):
         fresh.get(f"{url}/dead-letters")
+        assert not fresh.find_elements(By.ID, "redrive-filtered"), "no re-drive button signed out"
         rows = fresh.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr")
         assert len(rows) == 10
         fresh.find_element(By.CSS_SELECTOR, "#dead-letters tbody tr a").click()
@@ -103,6 +108,16 @@ def test_a_dead_letter_opens_with_its_headers(pipeline: Pipeline, fresh: WebDriv
             assert name in headers, headers
         assert any(job.id in fresh.find_element(By.ID, "body").text for job in jobs)
         screenshot(fresh, "console-dead-letter.png", tmp_path)
+
+        fresh.get(f"{url}/login")  # a form of this session's page, sent without signing in
+        fresh.execute_script("""
+            const form = document.createElement('form');
+            form.method = 'post'; form.action = '/dead-letters/redrive';
+            form.appendChild(document.querySelector('input[name=csrf_token]').cloneNode());
+            document.body.appendChild(form); form.submit();""")
+        wait_until(lambda: fresh.find_elements(By.ID, "refused"), 10, "the refusal")
+        assert "sign in first" in fresh.find_element(By.ID, "refused").text
+    assert jobs_in(pipeline) == 0, "nothing moved"
 
 
 def test_a_redrive_from_the_browser_moves_exactly_the_filtered_letters(
@@ -123,20 +138,3 @@ def test_a_redrive_from_the_browser_moves_exactly_the_filtered_letters(
         outcome = fresh.find_element(By.ID, "outcome")
         assert (outcome.get_attribute("data-moved"), outcome.get_attribute("data-dry-run")) == ("4", "false")
     assert sorted(redriven_ids(pipeline, 4)) == sorted(wanted), "exactly the filtered letters, once"
-
-
-def test_an_action_without_credentials_is_refused(pipeline: Pipeline, fresh: WebDriver) -> None:
-    pipeline.ensure_topics(3)
-    dead_letters(pipeline, ["timeout"] * 2)
-    with running_console(pipeline) as (_service, url):
-        fresh.get(f"{url}/dead-letters")
-        assert not fresh.find_elements(By.ID, "redrive-filtered"), "no re-drive button signed out"
-        fresh.get(f"{url}/login")  # a form this session's page made, sent without signing in
-        fresh.execute_script("""
-            const form = document.createElement('form');
-            form.method = 'post'; form.action = '/dead-letters/redrive';
-            const csrf = document.querySelector('input[name=csrf_token]').cloneNode();
-            form.appendChild(csrf); document.body.appendChild(form); form.submit();""")
-        wait_until(lambda: fresh.find_elements(By.ID, "refused"), 10, "the refusal")
-        assert "sign in first" in fresh.find_element(By.ID, "refused").text
-    assert jobs_in(pipeline) == 0, "nothing moved"

@@ -208,3 +208,48 @@ def test_the_vendored_libraries_are_the_npm_packages_files() -> None:
     assert len(rows) == 3
     for name, digest in rows:
         assert hashlib.sha256((VENDOR / name).read_bytes()).hexdigest() == digest, name
+
+
+def csrf_in(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_actions_need_the_token_and_the_forms_csrf_token_and_a_tokenless_console_is_read_only() -> None:
+    """Refusals come before anything is read from Kafka, so no broker is needed here."""
+    from starlette.testclient import TestClient
+
+    token = "the-console-token-123"
+    config = ConsoleSettings(kafka_bootstrap_servers="127.0.0.1:1", console_token=token)
+    console = Console(config, Sampler(config), threading.Event())
+    with TestClient(console.app(), follow_redirects=False) as stranger:
+        csrf = csrf_in(stranger.get("/login").text)
+        refused = stranger.post("/dead-letters/redrive", data={"csrf_token": csrf})
+        assert refused.status_code == 401 and "sign in first" in refused.text
+        assert stranger.post("/dead-letters/preview", data={"csrf_token": csrf}).status_code == 401
+        wrong = stranger.post("/login", data={"csrf_token": csrf, "token": "not-the-token"})
+        assert wrong.status_code == 401 and "not the token" in wrong.text
+        assert stranger.post("/dead-letters/redrive", data={"csrf_token": csrf}).status_code == 401
+    with TestClient(console.app(), follow_redirects=False) as member:
+        csrf = csrf_in(member.get("/login").text)
+        assert member.post("/login", data={"csrf_token": "forged", "token": token}).status_code == 403
+        signed = member.post("/login", data={"csrf_token": csrf, "token": token})
+        assert signed.status_code == 303
+        page = member.get("/")
+        assert token not in page.text and "Sign out" in page.text
+        fresh = csrf_in(page.text)
+        assert fresh != csrf, "a new CSRF token once signed in"
+        for form in ({"csrf_token": "forged"}, {}, {"csrf_token": csrf}):
+            forged = member.post("/dead-letters/redrive", data=form)
+            assert forged.status_code == 403 and "CSRF" in forged.text, form
+        assert member.post("/logout", data={"csrf_token": fresh}).status_code == 303
+        assert member.post("/dead-letters/redrive", data={"csrf_token": fresh}).status_code in (401, 403)
+    tokenless = ConsoleSettings(kafka_bootstrap_servers="127.0.0.1:1")
+    with TestClient(Console(tokenless, Sampler(tokenless), threading.Event()).app()) as reader:
+        assert "read-only" in reader.get("/").text
+        login = reader.get("/login").text
+        assert "read-only" in login and 'name="token"' not in login
+        refused = reader.post("/dead-letters/redrive", data={"csrf_token": "any"})
+        assert refused.status_code == 403 and "read-only" in refused.text
