@@ -42,6 +42,7 @@ from console_service.settings import ConsoleSettings
 from jobpipe.errors import ServiceError
 from jobpipe.kafka_clients import kafka_reason
 from jobpipe.logs import event
+from topic_admin_service.errors import Refused
 from topic_admin_service.output import dead_letter_detail, dead_letter_summary
 from topic_admin_service.redrive import Tally, Verdict
 
@@ -244,6 +245,9 @@ class Console:
         filters = self._filters({"at": f"{partition}:{offset}"})
         try:
             page = await run_in_threadpool(self.letters.page, filters.selection, 1)
+        except Refused:  # no such offset in the DLQ
+            return self._page(request, "dead_letter.html", status_code=404, letter=None,
+                              problem="no dead letter there", at=f"{partition}:{offset}")
         except (ServiceError, KafkaException) as error:
             return self._page(request, "dead_letter.html", status_code=503, letter=None,
                               problem=_reason(error), at=f"{partition}:{offset}")
