@@ -9,6 +9,7 @@ README and docs/console.md show them; otherwise they go to the test's temporary 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +86,9 @@ def test_the_overview_shows_the_live_numbers_of_a_running_pipeline(
         # the one member owns the three partitions (waited for above)
         assert fresh.find_elements(By.CSS_SELECTOR, "#lag-chart canvas"), "the lag chart is drawn"
         assert text_of(fresh, "rate-dead-lettered") != ""
+        if os.environ.get("JOBPIPE_SCREENSHOTS"):  # for the docs: a chart of some seconds
+            wait_until(lambda: len(json.loads(text_of(fresh, "lag-data") or "{}").get("times", [])) >= 20,
+                       60, "20 samples in the chart", poll=0.5)
         fresh.set_window_size(1280, 1350)  # the chart too
         wait_until(lambda: len(fresh.find_elements(By.CSS_SELECTOR, "#lag-chart canvas")) == 1, 10, "chart")
         screenshot(fresh, "console-overview.png", tmp_path)

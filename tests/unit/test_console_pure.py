@@ -75,6 +75,8 @@ def test_a_partitions_progress_is_when_its_committed_offset_last_moved() -> None
     assert known == {0: second.wall}
     third = sample(2, [12, 10], [7, 5])
     assert progress_times(known, second, third) == {0: second.wall}, "no move: the time stays"
+    first_commit = sample(3, [12, 10, 4], [7, 5, 2])
+    assert progress_times(known, sample(2, [12, 10, 4], [7, 5, None]), first_commit)[2] == first_commit.wall
 
 
 def test_member_rows_tell_progress_and_caught_up_apart() -> None:

@@ -88,14 +88,15 @@ def rates(history: Sequence[Sample], window_s: float = RATE_WINDOW_S) -> Rates:
 def progress_times(previous: Mapping[int, datetime], before: Sample | None,
                    after: Sample) -> dict[int, datetime]:
     """Per partition, when the group's committed offset last moved forward, given the times
-    known before and two successive samples. A partition seen for the first time has none."""
+    known before and two successive samples (a first commit counts). Before a second sample,
+    nothing is known."""
     known = dict(previous)
     if before is None:
         return known
     was = {p.partition: p.committed for p in before.jobs}
     for state in after.jobs:
         old = was.get(state.partition)
-        if state.committed is not None and old is not None and state.committed > old:
+        if state.committed is not None and (old is None or state.committed > old):  # None: its first commit
             known[state.partition] = after.wall
     return known
 
