@@ -5,13 +5,10 @@ them, and the topics read back."""
 from __future__ import annotations
 
 import json
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
-import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from jobpipe.job import Job
@@ -76,25 +73,3 @@ def jobs_in(pipeline: Pipeline) -> int:
                    for p in partitions)
     finally:
         consumer.close()
-
-
-def csrf_of(html: str) -> str:
-    marker = 'name="csrf_token" value="'
-    start = html.index(marker) + len(marker)
-    return html[start:html.index('"', start)]
-
-
-def sign_in(client: httpx.Client) -> str:
-    """Sign in with the token; returns the session's CSRF token for the next forms."""
-    page = client.get("/login")
-    answer = client.post("/login", data={"csrf_token": csrf_of(page.text), "token": TOKEN})
-    assert answer.status_code == 303, answer.text
-    return csrf_of(client.get("/dead-letters").text)
-
-
-def query(**params: Any) -> str:
-    return urllib.parse.urlencode(params)
-
-
-def an_hour_ago() -> datetime:
-    return datetime.now(UTC) - timedelta(hours=1)

@@ -1,7 +1,7 @@
 """The console against the session's real Kafka, over HTTP (the browser tests are in
-test_console_browser.py): dead letters paged and filtered, one letter, the re-drive with its
-dry run (the same code as `topic-admin redrive`), and the banner while the broker is away. The
-access rules need no broker: tests/unit/test_console_pure.py checks them."""
+test_console_browser.py, which also re-drives): dead letters paged and filtered, one letter,
+and the banner while the broker is away. The access rules need no broker:
+tests/unit/test_console_pure.py checks them."""
 
 from __future__ import annotations
 
@@ -12,13 +12,8 @@ import httpx
 from tests.integration.conftest import Pipeline
 from tests.integration.console_helpers import (
     ERRORS,
-    TOKEN,
-    csrf_of,
     dead_letters,
-    jobs_in,
-    redriven_ids,
     running_console,
-    sign_in,
 )
 from tests.service_runner import ServiceProcess, free_port, wait_until
 
@@ -61,30 +56,6 @@ def test_dead_letters_are_paged_filtered_and_shown_one_by_one(pipeline: Pipeline
         assert ERRORS["timeout"] in letter.text
         assert any(job.id in letter.text for job in jobs), "the body"
         assert client.get("/dead-letters/0/99999").status_code == 404
-
-
-def test_a_redrive_moves_exactly_the_filtered_letters_after_its_dry_run(pipeline: Pipeline) -> None:
-    pipeline.ensure_topics(3)
-    jobs = dead_letters(pipeline, ["timeout", "malformed"] * 10)
-    timeouts = {job.id for job in jobs if job.payload["error"] == "timeout"}  # type: ignore[index]
-    with running_console(pipeline) as (service, url), httpx.Client(base_url=url, timeout=60) as client:
-        csrf = sign_in(client)
-        form = {"csrf_token": csrf, "error": "timed out"}
-        dry = client.post("/dead-letters/preview", data=form)
-        assert dry.status_code == 200, dry.text
-        assert 'data-moved="10" data-dry-run="true"' in dry.text
-        assert jobs_in(pipeline) == 0, "a dry run moves nothing"
-        done = client.post("/dead-letters/redrive", data={**form, "csrf_token": csrf_of(dry.text)})
-        assert 'data-moved="10" data-dry-run="false"' in done.text, done.text
-        assert sorted(redriven_ids(pipeline, 10)) == sorted(timeouts), "exactly the filtered ones"
-        again = client.post("/dead-letters/redrive", data={**form, "csrf_token": csrf_of(done.text)})
-        assert 'data-moved="0"' in again.text and re.search(r"already re-driven</th><td[^>]*>10<", again.text)
-        one = client.post("/dead-letters/redrive", data={"csrf_token": csrf_of(again.text), "at": "1:0"})
-        assert 'data-moved="1"' in one.text
-        assert len(redriven_ids(pipeline, 11)) == 11
-        logged = service.output + service.stderr
-    assert TOKEN not in logged, "the token is never logged"
-    assert any(e["dry_run"] is False and e["moved"] == 10 for e in service.events("console.redrive"))
 
 
 def test_the_console_serves_with_a_banner_while_the_broker_is_away(pipeline: Pipeline) -> None:

@@ -124,21 +124,45 @@ def test_a_dead_letter_opens_with_its_headers_and_an_action_without_credentials_
     assert jobs_in(pipeline) == 0, "nothing moved"
 
 
+def outcome(driver: WebDriver) -> tuple[str | None, str | None]:
+    """What the re-drive page says: (letters moved or that would move, whether a dry run)."""
+    found = driver.find_element(By.ID, "outcome")
+    return found.get_attribute("data-moved"), found.get_attribute("data-dry-run")
+
+
 def test_a_redrive_from_the_browser_moves_exactly_the_filtered_letters(
         pipeline: Pipeline, fresh: WebDriver) -> None:
+    """The filtered set, after its dry run; then again (the ledger: nothing moves twice); then
+    one letter from its own page. Read back from the jobs topic: exactly those, once each."""
     pipeline.ensure_topics(3)
     jobs = dead_letters(pipeline, ["timeout", "malformed", "malformed"] * 4)
     wanted = {job.id for job in jobs if job.key and job.key.startswith("timeout-")}
-    with running_console(pipeline) as (_service, url):
+    with running_console(pipeline) as (service, url):
         sign_in(fresh, url)
         fresh.find_element(By.NAME, "key").send_keys("timeout-*")
         fresh.find_element(By.CSS_SELECTOR, "#filters button").click()
         wait_until(lambda: len(fresh.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr a")) == 4, 10,
                    "the 4 filtered letters")
+        filtered = fresh.current_url
         fresh.find_element(By.CSS_SELECTOR, "#redrive-filtered button").click()
-        outcome = fresh.find_element(By.ID, "outcome")
-        assert (outcome.get_attribute("data-moved"), outcome.get_attribute("data-dry-run")) == ("4", "true")
+        assert outcome(fresh) == ("4", "true")
+        assert jobs_in(pipeline) == 0, "a dry run moves nothing"
         fresh.find_element(By.CSS_SELECTOR, "#confirm-redrive button").click()
-        outcome = fresh.find_element(By.ID, "outcome")
-        assert (outcome.get_attribute("data-moved"), outcome.get_attribute("data-dry-run")) == ("4", "false")
-    assert sorted(redriven_ids(pipeline, 4)) == sorted(wanted), "exactly the filtered letters, once"
+        assert outcome(fresh) == ("4", "false")
+        assert sorted(redriven_ids(pipeline, 4)) == sorted(wanted), "exactly the filtered letters, once"
+
+        fresh.get(filtered)  # the same again: the ledger says they were moved
+        fresh.find_element(By.CSS_SELECTOR, "#redrive-filtered button").click()
+        assert outcome(fresh) == ("0", "true")
+        assert "already re-driven" in fresh.find_element(By.ID, "tally").text
+
+        one = next(job for job in jobs if job.key == "malformed-1")  # DLQ partition 1, offset 0
+        fresh.get(f"{url}/dead-letters/1/0")
+        fresh.find_element(By.CSS_SELECTOR, "#redrive-one button").click()
+        assert outcome(fresh) == ("1", "true")
+        fresh.find_element(By.CSS_SELECTOR, "#confirm-redrive button").click()
+        assert outcome(fresh) == ("1", "false")
+        logged = service.output + service.stderr
+    assert sorted(redriven_ids(pipeline, 5)) == sorted([*wanted, one.id])
+    assert TOKEN not in logged, "the token is never logged"
+    assert [e["moved"] for e in service.events("console.redrive") if not e["dry_run"]] == [4, 1]
