@@ -149,7 +149,6 @@ def test_a_redrive_from_the_browser_moves_exactly_the_filtered_letters(
         assert jobs_in(pipeline) == 0, "a dry run moves nothing"
         fresh.find_element(By.CSS_SELECTOR, "#confirm-redrive button").click()
         assert outcome(fresh) == ("4", "false")
-        assert sorted(redriven_ids(pipeline, 4)) == sorted(wanted), "exactly the filtered letters, once"
 
         fresh.get(filtered)  # the same again: the ledger says they were moved
         fresh.find_element(By.CSS_SELECTOR, "#redrive-filtered button").click()
@@ -163,6 +162,7 @@ def test_a_redrive_from_the_browser_moves_exactly_the_filtered_letters(
         fresh.find_element(By.CSS_SELECTOR, "#confirm-redrive button").click()
         assert outcome(fresh) == ("1", "false")
         logged = service.output + service.stderr
+    # exactly the filtered letters and the one, once each (an extra message fails the read)
     assert sorted(redriven_ids(pipeline, 5)) == sorted([*wanted, one.id])
     assert TOKEN not in logged, "the token is never logged"
     assert [e["moved"] for e in service.events("console.redrive") if not e["dry_run"]] == [4, 1]
