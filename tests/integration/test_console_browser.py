@@ -66,7 +66,7 @@ def sign_in(driver: WebDriver, url: str) -> None:
     driver.get(f"{url}/login")
     driver.find_element(By.NAME, "token").send_keys(TOKEN)
     driver.find_element(By.CSS_SELECTOR, "#login button").click()
-    wait_until(lambda: driver.current_url.endswith("/dead-letters"), 10, "signed in")
+    wait_until(lambda: driver.current_url.endswith("/dead-letters"), 30, "signed in")
 
 
 def test_the_overview_shows_the_live_numbers_of_a_running_pipeline(
@@ -90,7 +90,7 @@ def test_the_overview_shows_the_live_numbers_of_a_running_pipeline(
             wait_until(lambda: len(json.loads(text_of(fresh, "lag-data") or "{}").get("times", [])) >= 20,
                        60, "20 samples in the chart", poll=0.5)
         fresh.set_window_size(1280, 1350)  # the chart too
-        wait_until(lambda: len(fresh.find_elements(By.CSS_SELECTOR, "#lag-chart canvas")) == 1, 10, "chart")
+        wait_until(lambda: len(fresh.find_elements(By.CSS_SELECTOR, "#lag-chart canvas")) == 1, 30, "chart")
         screenshot(fresh, "console-overview.png", tmp_path)
         fresh.set_window_size(1280, 900)
     assert producer.stop() == 0 and consumer.stop() == 0
@@ -106,7 +106,7 @@ def test_a_dead_letter_opens_with_its_headers_and_an_action_without_credentials_
         rows = fresh.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr")
         assert len(rows) == 10
         fresh.find_element(By.CSS_SELECTOR, "#dead-letters tbody tr a").click()
-        wait_until(lambda: fresh.find_elements(By.ID, "headers"), 10, "the letter's page")
+        wait_until(lambda: fresh.find_elements(By.ID, "headers"), 30, "the letter's page")
         headers = fresh.find_element(By.ID, "headers").text
         for name in ("dlq.error", "dlq.attempts", "dlq.original.topic", "dlq.failed_at", "trace-id"):
             assert name in headers, headers
@@ -119,15 +119,18 @@ def test_a_dead_letter_opens_with_its_headers_and_an_action_without_credentials_
             form.method = 'post'; form.action = '/dead-letters/redrive';
             form.appendChild(document.querySelector('input[name=csrf_token]').cloneNode());
             document.body.appendChild(form); form.submit();""")
-        wait_until(lambda: fresh.find_elements(By.ID, "refused"), 10, "the refusal")
+        wait_until(lambda: fresh.find_elements(By.ID, "refused"), 30, "the refusal")
         assert "sign in first" in fresh.find_element(By.ID, "refused").text
     assert jobs_in(pipeline) == 0, "nothing moved"
 
 
-def outcome(driver: WebDriver) -> tuple[str | None, str | None]:
-    """What the re-drive page says: (letters moved or that would move, whether a dry run)."""
-    found = driver.find_element(By.ID, "outcome")
-    return found.get_attribute("data-moved"), found.get_attribute("data-dry-run")
+def outcome(driver: WebDriver) -> tuple[str, str]:
+    """What the re-drive page says, once it is there: (letters moved or that would move,
+    whether a dry run)."""
+    script = ("const e = document.getElementById('outcome'); "
+              "return e ? [e.dataset.moved, e.dataset.dryRun] : null;")
+    found = wait_until(lambda: driver.execute_script(script), 60, "the re-drive's outcome", poll=0.2)
+    return str(found[0]), str(found[1])
 
 
 def test_a_redrive_from_the_browser_moves_exactly_the_filtered_letters(
@@ -141,7 +144,7 @@ def test_a_redrive_from_the_browser_moves_exactly_the_filtered_letters(
         sign_in(fresh, url)
         fresh.find_element(By.NAME, "key").send_keys("timeout-*")
         fresh.find_element(By.CSS_SELECTOR, "#filters button").click()
-        wait_until(lambda: len(fresh.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr a")) == 4, 10,
+        wait_until(lambda: len(fresh.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr a")) == 4, 30,
                    "the 4 filtered letters")
         filtered = fresh.current_url
         fresh.find_element(By.CSS_SELECTOR, "#redrive-filtered button").click()
