@@ -172,6 +172,15 @@ def test_settings_refuse_bad_values_naming_the_variable_and_never_show_the_token
         load_settings(ConsoleSettings)
 
 
+def test_compose_s_empty_variables_are_unset_as_for_every_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker-compose.yml passes every KAFKA_* and CONSOLE_TOKEN*, empty when not set."""
+    for name in ("KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
+                 "KAFKA_SSL_CA_LOCATION", "CONSOLE_TOKEN", "CONSOLE_TOKEN_FILE", "KAFKA_EXTRA_CONFIG"):
+        monkeypatch.setenv(name, "")
+    settings = load_settings(ConsoleSettings)
+    assert settings.kafka_sasl_mechanism is None and settings.token() is None
+
+
 def test_sample_requests_wait_two_refreshes_within_1_to_5_seconds() -> None:
     assert [request_timeout_s(r) for r in (0.2, 1.0, 2.0, 60)] == [1.0, 2.0, 4.0, 5.0]
 

@@ -23,9 +23,11 @@ class ConsoleSettings(TopicAdminSettings):
                                      description="Seconds between two samples of offsets and members.")
     console_page_size: int = Field(50, ge=1, le=1000, description="Dead letters per page.")
 
+    # (not named `_empty_is_unset`: that would replace KafkaSettings' validator of the same name,
+    # and compose's empty KAFKA_SASL_MECHANISM= would be refused)
     @field_validator("console_token", "console_token_file", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
+    def _empty_token_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
     @model_validator(mode="after")
