@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PACKAGES := -e shared -e services/producer -e services/consumer -e services/topic_admin -e services/inmemory
+PACKAGES := -e shared -e services/producer -e services/consumer -e services/topic_admin -e services/inmemory -e services/console
 STAMP := $(VENV)/.installed
 
 .PHONY: help install lint typecheck check test unit integration e2e reliability bench kafka kafka-jars lock clean

@@ -233,8 +233,9 @@ def describe_validation_error(error: ValidationError) -> str:
         if location:
             name = location[0].upper()
             raw = problem.get("input")
-            hidden = isinstance(raw, dict) or "password" in name.lower() or name.endswith("EXTRA_CONFIG")
-            shown = "" if hidden else f"={raw!r}"  # extra configs may hold secrets
+            # extra configs may hold secrets; passwords and tokens are secrets
+            hidden = isinstance(raw, dict) or is_secret_property(name) or name.endswith("EXTRA_CONFIG")
+            shown = "" if hidden else f"={raw!r}"
             lines.append(f"{name}{shown}: {message}")
         else:
             lines.append(message)

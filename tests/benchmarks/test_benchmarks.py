@@ -17,7 +17,7 @@ from pathlib import Path
 import local_kafka
 import pytest
 
-from tests.benchmarks import bench, client_bench, delay_bench
+from tests.benchmarks import bench, client_bench, console_bench, delay_bench
 from tests.benchmarks.bench import Kafka, Report
 from tests.summary_table import SummaryTable
 
@@ -144,3 +144,8 @@ def test_delay_parked_rss(kafka: Kafka, report: Report) -> None:
     skip_delays_in_the_short_profile(report)
     delay_bench.parked_rss(kafka, report)
     assert report.keys["delay_parked_rss_mb"] > 0
+
+
+def test_console_dlq_page(kafka: Kafka, report: Report) -> None:
+    console_bench.console_dlq_page(kafka, report)
+    assert report.keys["console_dlq_page_ms"] > 0 and report.keys["console_dlq_filtered_page_ms"] > 0

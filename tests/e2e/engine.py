@@ -27,7 +27,7 @@ idempotently:
    Compose is pointed at them through the knobs a user has: the Dockerfiles' PYTHON_IMAGE build
    argument and docker-compose.yml's KAFKA_IMAGE and PROMETHEUS_IMAGE variables. Debootstrap
    root file systems are cached as tarballs, keyed by the content of their recipe;
-4. the four service images from their Dockerfiles (names and Dockerfiles read from
+4. the service images from their Dockerfiles, every profile's (names and Dockerfiles read from
    `docker compose config`), with `--network host` and the host's CA bundle mounted read-only at
    build time only;
 5. `podman system service` on a unix socket of its own, exposed as DOCKER_HOST.
@@ -930,8 +930,9 @@ def build_images(engine: Engine, files: Sequence[Path] = (COMPOSE_FILE,)) -> dic
     images on the chosen Python base; returns seconds per image built."""
     images = choose_images(engine, make=True)
     check_kafka_image_knob(engine.compose[0], images["kafka"].ref, files)
-    # The names the tests' stacks run: resolved with the same clean environment.
-    config = compose_config(engine.compose[0], engine.environ(clean=True), files)
+    # The names the tests' stacks run: resolved with the same clean environment, every profile
+    # on (the console's image is built, as the consumer's is for the monitoring profile).
+    config = compose_config(engine.compose[0], engine.environ(clean=True) | {"COMPOSE_PROFILES": "*"}, files)
     timings: dict[str, float] = {}
     built: set[str] = set()
     for name, service in sorted(config["services"].items()):

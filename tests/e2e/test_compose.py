@@ -4,7 +4,8 @@
 partition; (c) a replica stopped mid-stream hands its partitions over and no job is lost;
 (d) `stop`/`down` end every container with SIGTERM inside its grace period; (e) with the
 3-broker override, a broker stopped mid-stream loses no job; (f) in share mode, six replicas on
-three partitions all do work.
+three partitions all do work; (g) the console profile, started with (a), serves its pages on
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -28,10 +31,12 @@ from tests.e2e.engine import (
     run,
 )
 from tests.observing import owned_by_member, wait_until
+from tests.service_runner import free_port
 
 pytestmark = pytest.mark.e2e
 
 SEED_KEYS = {f"p{worker}-m{seq}" for worker in (1, 2) for seq in range(10)}
+CONSOLE_TOKEN = "e2e-console-token-1234"
 GRACE_S = 20  # docker-compose.yml's default stop_grace_period of the jobpipe services
 KAFKA_GRACE_S = 30
 
@@ -123,9 +128,49 @@ def test_long_running_services_restart_on_failure_and_share_one_extra_config_sch
     assert "CONSUMER_KAFKA_EXTRA_CONFIG" not in text and "PRODUCER_KAFKA_EXTRA_CONFIG" not in text
 
 
+def check_console(stack: Stack, port: int) -> None:
+    """(g) The console profile's console (its image built from services/console/Dockerfile,
+    non-root) is published on 127.0.0.1 only and shows the seed's pipeline: its overview, the
+    dead-letter list, the sign-in page; an action without the token is refused; the token is
+    never logged."""
+    (console,) = stack.containers("console")
+    published = {(p.get("URL"), p.get("PublishedPort")) for p in console.get("Publishers") or []}
+    assert published == {("127.0.0.1", port)}, console.get("Publishers")
+    base = f"http://127.0.0.1:{port}"
+
+    def overview() -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"{base}/api/overview", timeout=5) as answer:
+                found: dict[str, Any] = json.loads(answer.read())
+        except OSError:
+            return None
+        done = found["produced_total"] == 20 and found["total_lag"] == 0 and len(found["members"]) == 2
+        return found if done else None
+
+    found = wait_until(overview, 120, "the console's overview: 20 jobs, lag 0, 2 members", poll=2.0)
+    assert sorted(p["partition"] for p in found["partitions"]) == [0, 1, 2]
+    for path, expected in (("/", 'id="rate-produced"'), ("/dead-letters", 'id="dead-letters"'),
+                           ("/login", 'name="token"')):
+        with urllib.request.urlopen(f"{base}{path}", timeout=30) as answer:
+            assert answer.status == 200 and expected in answer.read().decode(), path
+    refused = urllib.request.Request(f"{base}/dead-letters/redrive", data=b"csrf_token=x", method="POST")
+    try:
+        urllib.request.urlopen(refused, timeout=30)
+        raise AssertionError("a re-drive without the token was accepted")
+    except urllib.error.HTTPError as error:
+        assert error.code in (401, 403), error.code
+    user = stack.compose("exec", "-T", "console", "id", "-u", timeout=60).stdout.strip()
+    assert user == "10001", user
+    logs = "\n".join(line for found in stack.logs("console").values() for line in found)
+    assert CONSOLE_TOKEN not in logs, "the token is never logged"
+
+
 def test_up_with_defaults_reproduces_the_seed(make_stack: Any, engine: Engine) -> None:
-    """(a) 20 jobs produced and processed across the 2 replicas; inmemory 20; one-shots exit 0."""
-    stack = make_stack()
+    """(a) 20 jobs produced and processed across the 2 replicas; inmemory 20; one-shots exit 0.
+    With the console profile on: (g) the console shows it."""
+    console_port = free_port()
+    stack = make_stack(COMPOSE_PROFILES="console", CONSOLE_HOST_PORT=console_port,
+                       CONSOLE_TOKEN=CONSOLE_TOKEN, CONSOLE_REFRESH_S=1)
     stack.up()
     # The broker runs the image the engine chose (the pinned one, or its stand-in: KAFKA_IMAGE).
     brokers = stack.containers("kafka")
@@ -154,6 +199,7 @@ def test_up_with_defaults_reproduces_the_seed(make_stack: Any, engine: Engine) -
     assert {e["key"] for e in inmemory} == SEED_KEYS and len(inmemory) == 20
     stopped = [e for found in stack.events("inmemory", "service.stopped").values() for e in found]
     assert stopped and stopped[-1]["processed"] == 20 and stopped[-1]["exit_code"] == 0
+    check_console(stack, console_port)
 
 
 def test_scale_consumer_to_3_gives_each_replica_one_partition(make_stack: Any) -> None:

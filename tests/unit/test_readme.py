@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic.fields import FieldInfo
 
+from console_service.settings import ConsoleSettings
 from consumer_service.settings import ConsumerSettings
 from inmemory_service.settings import InMemorySettings
 from producer_service.settings import ProducerSettings
@@ -17,7 +18,7 @@ from topic_admin_service.settings import TopicAdminSettings
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 CONFIGURATION = REPO / "docs" / "configuration.md"
-CLASSES = [ProducerSettings, ConsumerSettings, TopicAdminSettings, InMemorySettings]
+CLASSES = [ProducerSettings, ConsumerSettings, TopicAdminSettings, InMemorySettings, ConsoleSettings]
 
 
 def default_text(field: FieldInfo) -> str:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import (
@@ -67,6 +68,15 @@ COMMIT_WAIT_S = 5.0  # one commit_transaction call; retried while Kafka answers 
 READER_GROUP = "topic-admin-redrive"  # librdkafka wants a group.id; it is never joined nor committed
 
 
+@dataclass(frozen=True)
+class Page:
+    """One page of `Redriver.page`: the letters, where the next page starts, whether one may."""
+
+    letters: list[tuple[DeadLetter, bool]]
+    after: dict[int, int]  # per DLQ partition, the first offset not read yet
+    more: bool  # some partition was not read to its end
+
+
 def _error_of(error: KafkaException) -> KafkaError | None:
     return error.args[0] if error.args and isinstance(error.args[0], KafkaError) else None
 
@@ -74,9 +84,11 @@ def _error_of(error: KafkaException) -> KafkaError | None:
 class Redriver:
     def __init__(self, settings: TopicAdminSettings, admin: AdminClient, stop: threading.Event, *,
                  dry_run: bool, batch_size: int, progress: NoProgress | Bar,
-                 rate: float | None = None, delay_s: float | None = None) -> None:
+                 rate: float | None = None, delay_s: float | None = None,
+                 keep_reader: bool = False) -> None:
         """`rate`: most dead letters moved per second (--rate; None: as fast as it goes);
-        `delay_s`: each copy is due this long after it is moved (--delay; jobpipe.delays)."""
+        `delay_s`: each copy is due this long after it is moved (--delay; jobpipe.delays);
+        `keep_reader`: keep the reading consumer between calls (the console's pages; `close`)."""
         self._settings = settings
         self._admin = admin
         self._stop = stop
@@ -94,6 +106,8 @@ class Redriver:
         self._drained = False  # the last _read reached the end offsets it was given
         self._rate = rate
         self._delay_s = delay_s
+        self._keep_reader = keep_reader
+        self._kept: Consumer | None = None
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -127,6 +141,12 @@ class Redriver:
     def browse(self, selection: Selection, limit: int) -> list[tuple[DeadLetter, bool]]:
         """Up to `limit` dead letters that `selection`'s filters match, oldest first per DLQ
         partition, each with whether an earlier run re-drove it (read only: nothing moves)."""
+        return self.page(selection, limit).letters
+
+    def page(self, selection: Selection, limit: int, after: Mapping[int, int] | None = None) -> Page:
+        """`browse` from a cursor: per DLQ partition, the offset to read from (`Page.after` of
+        the page before; partitions it leaves out start at their beginning). Reads no further
+        than `limit` matches, so a page of a large DLQ costs what the page holds."""
         topics = self._admin.list_topics(timeout=REQUEST_TIMEOUT_S).topics
         if self._dlq not in topics or topics[self._dlq].error is not None:
             raise Refused(f"DLQ_TOPIC={self._dlq!r}: no such topic (`topic-admin ensure` creates it)")
@@ -134,18 +154,21 @@ class Redriver:
         if self._ledger_topic in topics:
             self._read_ledger()
         found: list[tuple[DeadLetter, bool]] = []
-        consumer = Consumer(self._consumer_config())
-        try:
+        with self._reader() as consumer:
             starts, ends = self._bounds(consumer, partitions, selection)
+            if after and selection.at is None:
+                starts = {p: min(ends[p], max(start, after.get(p, start))) for p, start in starts.items()}
+            next_from = dict(starts)
             for message in self._read(consumer, self._dlq, starts, ends):
                 letter = DeadLetter.from_message(message)
+                next_from[letter.partition] = letter.offset + 1
                 if selection.matches(letter):
                     found.append((letter, letter in self._ledger))
                     if len(found) >= limit:
                         break
-        finally:
-            consumer.close()
-        return found
+        if len(found) < limit and not self._stop.is_set():
+            next_from = dict(ends)  # read to the end: nothing further matches
+        return Page(found, next_from, more=any(next_from[p] < ends[p] for p in ends))
 
     def _scan(self, selection: Selection, tally: Tally, partitions: list[int]) -> None:
         consumer = Consumer(self._consumer_config())
@@ -178,6 +201,30 @@ class Redriver:
             consumer.close()
 
     # ---- reading --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Consumer]:
+        """A consumer for the ledger and the DLQ: a new one each time, or with `keep_reader`
+        the one kept from the last time (a browser of pages then skips connecting again; it is
+        dropped after an error, and closed by `close`)."""
+        consumer = self._kept or Consumer(self._consumer_config())
+        self._kept = None
+        try:
+            yield consumer
+        except BaseException:
+            consumer.close()
+            raise
+        if self._keep_reader:
+            consumer.unassign()
+            self._kept = consumer
+        else:
+            consumer.close()
+
+    def close(self) -> None:
+        """Close the consumer `keep_reader` kept (nothing to do otherwise)."""
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
 
     def _consumer_config(self) -> Config:
         # The service's consumer settings (connection, extra properties), then what reading the
@@ -256,8 +303,7 @@ class Redriver:
 
     def _read_ledger(self) -> None:
         self._ledger = Ledger()
-        consumer = Consumer(self._consumer_config())
-        try:
+        with self._reader() as consumer:
             partitions = consumer.list_topics(self._ledger_topic, timeout=REQUEST_TIMEOUT_S) \
                 .topics[self._ledger_topic].partitions
             starts, ends = {}, {}
@@ -268,8 +314,6 @@ class Redriver:
                 value = message.value()
                 raw = value.encode() if isinstance(value, str) else value
                 self._ledger.add_ranges(read_ledger_record(raw, self._topic_id))
-        finally:
-            consumer.close()
         if self._stop.is_set():
             raise StopRequested("stopped while reading the redrive ledger")
         event("redrive.ledger", f"{len(self._ledger)} dead letter(s) of {self._dlq} were re-driven before",
