@@ -48,6 +48,8 @@ class TopicAdmin:
         self._timeout_s = timeout_s
         self._reader: GroupReader | None = None  # made by the first describe, kept for --watch
         self.topics = [settings.jobs_topic, settings.dlq_topic]
+        if settings.results_topic is not None:  # created, grown and reset beside the others
+            self.topics.append(settings.results_topic)
 
     # ---- ensure / reset ---------------------------------------------------------------------
 
