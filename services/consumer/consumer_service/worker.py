@@ -47,20 +47,22 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer_service.counts import Counts
 from consumer_service.dead_lettering import DeadLetter, DeadLettering, identify
 from consumer_service.dead_letters import DeadLetterPublisher
 from consumer_service.offsets import TP
+from consumer_service.result_records import dead_lettered_records, result_record
 from consumer_service.runner import TaskRunner
 from consumer_service.scheduler import Run, Scheduler, Task
 from consumer_service.settings import ConsumerSettings
+from consumer_service.transactions import Transactions
 from jobpipe import metrics
 from jobpipe.access import principal
 from jobpipe.errors import KafkaRefused
 from jobpipe.executor import Completion, Executor
-from jobpipe.handling import Attempt, JobHandler, Next, label_of, log_processed, log_retry
+from jobpipe.handling import Attempt, JobHandler, Next, label_of, log_dead_lettered, log_processed, log_retry
 from jobpipe.job import Job
 from jobpipe.kafka_clients import consumer_config
 from jobpipe.logs import enabled, event
@@ -130,6 +132,14 @@ class ConsumerWorker:
         instance_id = f"{host}-{self.number}" if self.settings.static_membership else None
         self._config = consumer_config(self.settings, client_id, self.settings.consumer_group, instance_id,
                                        max_in_flight=self.settings.max_in_flight)
+        # PROCESSING_GUARANTEE=exactly_once: offsets are committed only in the member's
+        # transactions, with the records of the jobs below them (consumer_service.transactions).
+        self._eos: Transactions | None = None
+        if self.settings.processing_guarantee == "exactly_once":
+            self._config["enable.auto.commit"] = False
+            self._eos = Transactions(self.settings, f"{client_id}-tx", self.number, self.name)
+        self._results_topic = self.settings.results_topic
+        self._rewind: set[TP] = set()  # partitions whose transaction was aborted: read them again
         self._generation = 0  # which librdkafka client is current (see `_replace_client`)
         self._stranded_since: float | None = None
         self._broker_lost = False  # no broker answered in the last statistics: not ready
@@ -248,6 +258,8 @@ class ConsumerWorker:
             self._dead_letters.report()
         self._start(time.monotonic())
         self._store()
+        if self._eos is not None:
+            self._transaction_turn()
         self._apply_flow()
 
     def _wait_s(self) -> float:
@@ -322,7 +334,7 @@ class ConsumerWorker:
 
     def _store(self) -> None:
         moved = self._scheduler.offsets()
-        if not moved:
+        if not moved or self._eos is not None:  # exactly-once: the transactions commit the offsets
             return
         try:
             self._consumer.store_offsets(
@@ -381,12 +393,14 @@ class ConsumerWorker:
                     self._after_failure(task, result)
                 elif succeeded(task):
                     processed += 1
+                    if self._results_topic is not None:
+                        self._publish_result(task, result)
                     if logged:
                         log_processed(result, self.name, partition=task.tp[1], offset=task.offset)
                 else:  # handed back (and counted) when its partition went; its next owner redoes it
                     metrics.handler_stats().processed -= 1  # so jobs_processed_total counts it once
             else:
-                self._dead_letters.give_up(task, DeadLetter(str(result), 0, None))
+                self._give_up(task, DeadLetter(str(result), 0, None))
         run.reported = upto
         self.counts.processed += processed
         for task in reversed(not_started):  # back in their places, in order
@@ -413,7 +427,7 @@ class ConsumerWorker:
 
     def _after_failure(self, task: Task, attempt: Attempt) -> None:
         if self.handler.next_step(attempt) is Next.DEAD_LETTER:
-            self._dead_letters.give_up(task, DeadLetter(attempt.error_text, attempt.number, attempt.job))
+            self._give_up(task, DeadLetter(attempt.error_text, attempt.number, attempt.job))
             return
         delay = self.handler.policy.delay_s(attempt.number)
         if self._scheduler.failed(task, time.monotonic() + delay):
@@ -422,6 +436,79 @@ class ConsumerWorker:
         elif not task.orphaned:  # else handed back (and counted) when its partition was dropped
             self._hand_back(task, attempt.job,
                             f"attempt {attempt.number} failed while its partition was given up")
+
+    # ---- results and transactions (issue 24) -----------------------------------------------
+
+    def _publish_result(self, task: Task, attempt: Attempt) -> None:
+        """A succeeded job's result (RESULTS_TOPIC set): held for the member's next transaction."""
+        assert self._results_topic is not None
+        if self._eos is not None:
+            record = result_record(self._results_topic, attempt.job, attempt.value, attempt.number)
+            self._eos.hold(task.tp, task.offset, [record])
+
+    def _give_up(self, task: Task, why: DeadLetter) -> None:
+        """Dead-letter a job: at-least-once publishes and waits for the acknowledgement
+        (consumer_service.dead_lettering); exactly-once finishes the job now and holds its
+        dead letter (and failure result) for the member's next transaction."""
+        if self._eos is None:
+            self._dead_letters.give_up(task, why)
+            return
+        if not self._scheduler.dead_lettered(task):
+            return  # its partition was dropped: handed back (and counted) then
+        self._eos.hold(task.tp, task.offset, dead_lettered_records(
+            self.settings.dlq_topic, self._results_topic, task.payload, job=why.job, reason=why.reason,
+            attempts=why.attempts, member=self.name))
+        self.counts.dead_lettered += 1
+        key, job_id = identify(task, why.job)
+        log_dead_lettered(key, job_id, reason=why.reason, attempts=why.attempts, consumer=self.name,
+                          destination=self.settings.dlq_topic, partition=task.tp[1], offset=task.offset)
+
+    def _transaction_turn(self) -> None:
+        """Exactly-once, each turn: read again what an aborted transaction covered, then commit
+        once the interval has passed."""
+        if self._rewind:
+            self._read_again()
+        assert self._eos is not None
+        if self._eos.due(time.monotonic()):
+            self._commit_transaction()
+
+    def _commit_transaction(self) -> None:
+        """One transaction with the watermark of every partition held here (not while a
+        partition whose transaction was aborted still waits to be read again)."""
+        assert self._eos is not None
+        if self._rewind:
+            return
+        scheduler = self._scheduler
+        watermarks = {tp: mark for tp in self._assigned if (mark := scheduler.committable(tp)) is not None}
+        committed = self._eos.commit(self._consumer, watermarks)
+        if not committed.ok:
+            self._rewind |= committed.aborted & self._assigned
+
+    def _read_again(self) -> None:
+        """Partitions whose transaction was aborted: their finished jobs' records were lost with
+        it, so the jobs since the committed offset are fetched and run again (as after a lost
+        partition, but this member keeps it)."""
+        tps, self._rewind = self._rewind & self._assigned, set()
+        if not tps:
+            return
+        self._forget(tps, "its transaction was aborted")
+        try:
+            committed = self._consumer.committed([TopicPartition(*tp) for tp in sorted(tps)], timeout=10)
+        except KafkaException as error:
+            event("transaction.rewind_failed", f"{self.name} could not read the committed offsets "
+                  f"({error.args[0].str()}); leaving the group to start over", level="ERROR",
+                  consumer=self.name)
+            raise
+        self._assigned |= tps
+        self._hand_back_all(self._scheduler.assign(sorted(tps)), "partition read again")
+        self._consumer.resume([TopicPartition(*tp) for tp in sorted(tps)])
+        for position in committed:
+            offset = position.offset if position.offset >= 0 else OFFSET_BEGINNING
+            try:
+                self._consumer.seek(TopicPartition(position.topic, position.partition, offset))
+            except KafkaException as error:
+                event("transaction.rewind_failed", f"{self.name} could not seek partition "
+                      f"{position.partition}: {error.args[0].str()}", level="WARNING", consumer=self.name)
 
     # ---- handing back --------------------------------------------------------------------
 
@@ -515,12 +602,18 @@ class ConsumerWorker:
               owned=sorted(p for _, p in self._assigned))
 
     def _forget(self, partitions: set[TP], why: str) -> None:
+        if self._eos is not None:
+            self._eos.forget(partitions)
+            self._rewind -= partitions
         self._hand_back_all(self._scheduler.drop(partitions), why)
         metrics.partitions_forgotten(partitions, len(partitions & self._assigned))  # drops their lag
         self._assigned -= partitions
 
     def _commit(self, quiet: tuple[int, ...] = ()) -> KafkaError | None:
         """Commit the stored offsets now; return the error (logged unless its code is `quiet`)."""
+        if self._eos is not None:
+            self._commit_transaction()
+            return None  # an aborted transaction's partitions are read again (`_rewind`)
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException as error:
@@ -638,6 +731,8 @@ class ConsumerWorker:
                       "clean LeaveGroup (the group drops this member at its session timeout)",
                       level="WARNING", consumer=self.name)
         finally:
+            if self._eos is not None:
+                self._eos.close()
             left = self._dlq.close(budget.left("flush", time.monotonic()))
             if left:
                 event("dead_letters.unflushed", f"{self.name}: {left} dead letter(s) unacknowledged",
