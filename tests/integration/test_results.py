@@ -4,15 +4,21 @@ transaction never shows, and a client waits for its job's value."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from jobpipe.client import AsyncJobClient, JobClient
+from jobpipe.errors import ConfigError
 from jobpipe.job import Job
+from jobpipe.result_waiter import JobFailed, ResultTimeout
 from jobpipe.results import Result
 from tests.integration.conftest import Pipeline
 from tests.observing import wait_until
@@ -84,3 +90,94 @@ def test_every_job_has_exactly_one_result_with_its_value(pipeline: Pipeline, con
         assert message.key() == job.id.encode()
         assert (result.ok, result.value, result.key, result.attempts) == (
             True, {"id": job.id, "square": job.payload["n"] ** 2}, job.key, 1)
+
+
+def test_a_dead_lettered_job_publishes_its_dead_letter_and_its_failure_result(pipeline: Pipeline) -> None:
+    topic = ensure_with_results(pipeline)
+    sent = jobs(20)
+    failing = [Job.create({"fail": True}, key=f"bad{n}") for n in range(5)]
+    pipeline.send(sent + failing)
+    consumer = pipeline.start("consumer", handler=HANDLER, results_topic=topic, max_attempts=2,
+                              processing_guarantee="exactly_once", retry_backoff_initial_ms=10,
+                              retry_backoff_max_ms=10)
+    results = [Result.from_bytes(m.value()) for m in read_committed(pipeline, topic, 25)]
+    letters = read_committed(pipeline, pipeline.dlq, 5, settle_s=0.5)
+    assert consumer.stop() == 0, consumer.tail()
+    failed = {r.id: r for r in results if not r.ok}
+    assert set(failed) == {j.id for j in failing}
+    assert all(r.attempts == 2 and r.error == f"Refused: job {r.id} fails" for r in failed.values())
+    assert sorted(Job.from_bytes(m.value()).id for m in letters) == sorted(failed)
+    assert all(dict(m.headers())["dlq.attempts"] == b"2" for m in letters)
+    assert sorted(r.id for r in results if r.ok) == sorted(j.id for j in sent)
+
+
+def test_a_member_frozen_past_its_session_cannot_commit_its_results(pipeline: Pipeline,
+                                                                    tmp_path: Path) -> None:
+    """Member A is frozen (SIGSTOP) with finished jobs in hand; B takes its partitions over and
+    re-runs them; A resumes (SIGCONT): its transaction is refused (its generation is stale) or
+    its partitions are found lost first. Either way a read_committed reader sees one result per job."""
+    topic = ensure_with_results(pipeline)
+    sent = jobs(240)
+    pipeline.send(sent)
+    runs = tmp_path / "runs.txt"
+    settings = {"handler": HANDLER, "results_topic": topic, "processing_guarantee": "exactly_once",
+                "test_handler_sleep_ms": 25, "test_record_file": runs,
+                "kafka_consumer_extra_config": "session.timeout.ms=6000,heartbeat.interval.ms=1000"}
+    frozen = pipeline.start("consumer", **settings)
+    frozen.wait_for("job.processed", 30, timeout=60)
+    frozen.process.send_signal(signal.SIGSTOP)
+    try:
+        other = pipeline.start("consumer", **settings)
+        wait_until(lambda: any(len(e["owned"]) == 3 for e in other.events("partitions.assigned")), 60,
+                   "the other member owning every partition")
+    finally:
+        frozen.process.send_signal(signal.SIGCONT)
+    wait_until(lambda: frozen.events("transaction.aborted") or
+               any(e.get("lost") for e in frozen.events("partitions.revoked")), 30,
+               "the resumed member's transaction refused, or its partitions found lost")
+    results = [Result.from_bytes(m.value()) for m in read_committed(pipeline, topic, len(sent), settle_s=3)]
+    assert frozen.stop() == 0 and other.stop() == 0, frozen.tail() + other.tail()
+    assert Counter(r.id for r in results) == Counter({j.id: 1 for j in sent}), "one result per job"
+    handler_runs = Counter(runs.read_text().split())
+    assert set(handler_runs) == {j.id for j in sent}
+    print(f"handler runs: {sum(handler_runs.values())} for {len(sent)} jobs; "
+          f"aborted transactions: {len(frozen.events('transaction.aborted'))}")
+
+
+def test_a_client_waits_for_its_jobs_value_and_learns_of_a_failure(pipeline: Pipeline) -> None:
+    topic = ensure_with_results(pipeline)
+    consumer = pipeline.start("consumer", handler=HANDLER, results_topic=topic, max_attempts=1,
+                              consumer_concurrency=4)
+    with JobClient(kafka_bootstrap_servers=pipeline.bootstrap, jobs_topic=pipeline.topic,
+                   results_topic=topic, kafka_wait_timeout_s=20) as client:
+        assert client.submit_and_wait({"n": 7}, timeout=60)["square"] == 49
+        futures = [client.submit_for_result({"n": n}, key=f"k{n}") for n in range(30)]
+        assert [f.result(timeout=30)["square"] for f in futures] == [n * n for n in range(30)]
+        with pytest.raises(JobFailed, match="after 1 attempt") as failure:
+            client.submit_for_result({"fail": True}).result(timeout=30)
+        assert failure.value.error is not None and failure.value.error.startswith("Refused")
+        slow = client.submit_for_result({"n": 1, "sleep_s": 2})
+        started = time.monotonic()
+        with pytest.raises(ResultTimeout, match=r"no result on .* within 0.5 s"):
+            slow.result(timeout=0.5)
+        assert time.monotonic() - started < 2.5
+
+    async def waits() -> list[int]:
+        async with AsyncJobClient(kafka_bootstrap_servers=pipeline.bootstrap, jobs_topic=pipeline.topic,
+                                  results_topic=topic, kafka_wait_timeout_s=20) as client:
+            first = await client.submit_and_wait({"n": 3}, timeout=30)
+            pending = [await client.submit_for_result({"n": n}) for n in range(5)]
+            rest = [value["square"] for value in await asyncio.gather(*(p.result(30) for p in pending))]
+            with pytest.raises(ResultTimeout):
+                await (await client.submit_for_result({"sleep_s": 2})).result(timeout=0.3)
+            return [first["square"], *rest]
+
+    assert asyncio.run(waits()) == [9, 0, 1, 4, 9, 16]
+    assert consumer.stop() == 0, consumer.tail()
+
+
+def test_waiting_needs_the_results_topic(pipeline: Pipeline) -> None:
+    pipeline.ensure_topics()
+    with JobClient(kafka_bootstrap_servers=pipeline.bootstrap, jobs_topic=pipeline.topic,
+                   kafka_wait_timeout_s=20) as client, pytest.raises(ConfigError, match="RESULTS_TOPIC"):
+        client.submit_for_result({"n": 1})

@@ -24,6 +24,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 
 from consumer_service.dead_letters import DeadLetterPublisher
 from consumer_service.scheduler import Scheduler, Task
+from consumer_service.transactions import OutRecord
 from jobpipe.handling import label_of, log_dead_lettered
 from jobpipe.job import InvalidJob, Job
 from jobpipe.logs import event
@@ -34,11 +35,30 @@ ANSWER_WAIT_S = 0.2  # the answer thread's longest poll (and a fifth of its idle
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """Why a job is being dead-lettered (kept on its task, `Task.note`, while it is out)."""
+    """Why a job is being dead-lettered (kept on its task, `Task.note`, while it is out);
+    `also`: records published with it (its failure result, RESULTS_TOPIC set)."""
 
     reason: str
     attempts: int
     job: Job | None
+    also: tuple[OutRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A succeeded job's records (its result, RESULTS_TOPIC set), kept on its task while out:
+    at-least-once commits the job's offset only once the broker acknowledged them."""
+
+    records: tuple[OutRecord, ...]
+    attempts: int
+    job: Job
+
+    @property
+    def reason(self) -> str:  # for the log line of a publish that failed
+        return "its result"
+
+
+Note = DeadLetter | Publication
 
 
 class DeadLetterCount(Protocol):
@@ -83,9 +103,10 @@ class DeadLettering:
         """Answers came back and wait for `report`."""
         return bool(self._answers)
 
-    def give_up(self, task: Task, why: DeadLetter) -> None:
-        """Publish a running task's job to the DLQ; it stays unfinished (holding its unit and
-        the watermark) until the broker acknowledged it."""
+    def give_up(self, task: Task, why: Note) -> None:
+        """Publish a running task's job to the DLQ (or, a `Publication`, a succeeded job's
+        result); it stays unfinished (holding its unit and the watermark) until the broker
+        acknowledged it."""
         if not self._scheduler.dead_lettering(task):
             return  # its partition was dropped: handed back (and counted) then
         task.note = why
@@ -118,8 +139,8 @@ class DeadLettering:
             if error is not None:
                 self._failed(task, error.str())
                 continue
-            why: DeadLetter = task.note
-            if self._scheduler.dead_lettered(task):
+            why: Note = task.note
+            if self._scheduler.dead_lettered(task) and isinstance(why, DeadLetter):
                 self._counts.dead_lettered += 1
                 key, job_id = identify(task, why.job)
                 log_dead_lettered(key, job_id, reason=why.reason, attempts=why.attempts,
@@ -132,10 +153,13 @@ class DeadLettering:
         self._publisher.poll(timeout)
 
     def _publish(self, task: Task) -> None:
-        why: DeadLetter = task.note
+        why: Note = task.note
         try:
-            self._publisher.publish(task.payload, why.reason, why.attempts, self._member,
-                                    partial(self._on_answer, task))
+            if isinstance(why, Publication):
+                self._publisher.send(why.records, partial(self._on_answer, task))
+            else:
+                self._publisher.publish(task.payload, why.reason, why.attempts, self._member,
+                                        partial(self._on_answer, task), also=why.also)
         except (BufferError, KafkaException) as error:
             self._failed(task, str(error))
             return
@@ -155,13 +179,14 @@ class DeadLettering:
         self._wake()
 
     def _failed(self, task: Task, error: str) -> None:
-        why: DeadLetter = task.note
+        why: Note = task.note
         key, job_id = identify(task, why.job)
         delay = self._policy.delay_s(max(1, why.attempts))
         again = self._scheduler.failed(task, time.monotonic() + delay)
         what = f"trying again in {delay * 1000:.0f} ms" if again else "handed back uncommitted"
         event("job.dead_letter_failed",
-              f"{self._member} could not publish {label_of(key, job_id)} to {self._publisher.topic} "
+              f"{self._member} could not publish {label_of(key, job_id)} "
+              f"{'result' if isinstance(why, Publication) else 'to ' + self._publisher.topic} "
               f"({error}); {what}",
               level="ERROR", id=job_id, key=key, error=error, partition=task.tp[1],
               offset=task.offset, consumer=self._member)

@@ -7,12 +7,14 @@ original offset only after the broker acknowledged the dead letter.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer_service.settings import ConsumerSettings
+from consumer_service.transactions import OutRecord
 from jobpipe.kafka_clients import producer_config
 
 # Called (on the thread that polls the publisher) with the broker's answer: None or the error.
@@ -48,12 +50,30 @@ class DeadLetterPublisher:
         self._producer = Producer(config)
 
     def publish(self, message: Message, reason: str, attempts: int, consumer: str,
-                report: DeliveryReport) -> None:
-        """Send `message` to the DLQ; `report` gets the broker's answer from `poll`. Raises
-        BufferError (the local queue is full) or KafkaException if it cannot even be queued."""
-        self._producer.produce(self.topic, key=message.key(), value=message.value(),
-                               headers=dead_letter_headers(message, reason, attempts, consumer),
-                               on_delivery=report)
+                report: DeliveryReport, *, also: Sequence[OutRecord] = ()) -> None:
+        """Send `message` to the DLQ (and the records `also`: its failure result); `report` gets
+        the broker's answer from `poll`, once for all of them. Raises BufferError (the local
+        queue is full) or KafkaException if it cannot even be queued."""
+        letter = OutRecord(self.topic, message.key(), message.value(),
+                           dead_letter_headers(message, reason, attempts, consumer))
+        self.send([letter, *also], report)
+
+    def send(self, records: Sequence[OutRecord], report: DeliveryReport) -> None:
+        """Send `records` (on the same producer: one thread serves every answer); `report` once
+        all are answered: None, or the first error. Raises (nothing then queued) if the first
+        cannot even be queued; one after it that cannot is reported as failed."""
+        if len(records) > 1:
+            report = _AllAnswered(len(records), report).one
+        for index, record in enumerate(records):
+            try:
+                self._producer.produce(record.topic, key=record.key, value=record.value,
+                                       headers=record.headers, on_delivery=report)
+            except (BufferError, KafkaException) as error:
+                if index == 0:
+                    raise
+                for _ in records[index:]:  # the first ones are out: the whole lot is published again
+                    report(KafkaError(KafkaError._FAIL, f"not queued: {error}"), None)  # type: ignore[arg-type]
+                return
 
     def poll(self, timeout: float) -> None:
         self._producer.poll(timeout)
@@ -61,3 +81,23 @@ class DeadLetterPublisher:
     def close(self, timeout: float) -> int:
         """Flush; return how many dead letters were still unacknowledged."""
         return self._producer.flush(timeout)
+
+
+class _AllAnswered:
+    """One report for several records: after the last answer, with the first error if any
+    (answers may come on two threads that poll the producer at once)."""
+
+    def __init__(self, count: int, report: DeliveryReport) -> None:
+        self._left = count
+        self._error: KafkaError | None = None
+        self._report = report
+        self._lock = threading.Lock()
+
+    def one(self, error: KafkaError | None, message: Message) -> None:
+        with self._lock:
+            self._left -= 1
+            if error is not None and self._error is None:
+                self._error = error
+            last = self._left == 0
+        if last:
+            self._report(self._error, message)

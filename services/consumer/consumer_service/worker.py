@@ -50,10 +50,10 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer_service.counts import Counts
-from consumer_service.dead_lettering import DeadLetter, DeadLettering, identify
+from consumer_service.dead_lettering import DeadLetter, DeadLettering, Publication, identify
 from consumer_service.dead_letters import DeadLetterPublisher
 from consumer_service.offsets import TP
-from consumer_service.result_records import dead_lettered_records, result_record
+from consumer_service.result_records import dead_lettered_records, failure_record, result_record
 from consumer_service.runner import TaskRunner
 from consumer_service.scheduler import Run, Scheduler, Task
 from consumer_service.settings import ConsumerSettings
@@ -391,10 +391,12 @@ class ConsumerWorker:
             elif isinstance(result, Attempt):
                 if result.error is not None:
                     self._after_failure(task, result)
+                elif self._results_topic is not None:
+                    processed += self._publish_result(task, result)
+                    if logged:
+                        log_processed(result, self.name, partition=task.tp[1], offset=task.offset)
                 elif succeeded(task):
                     processed += 1
-                    if self._results_topic is not None:
-                        self._publish_result(task, result)
                     if logged:
                         log_processed(result, self.name, partition=task.tp[1], offset=task.offset)
                 else:  # handed back (and counted) when its partition went; its next owner redoes it
@@ -439,18 +441,33 @@ class ConsumerWorker:
 
     # ---- results and transactions (issue 24) -----------------------------------------------
 
-    def _publish_result(self, task: Task, attempt: Attempt) -> None:
-        """A succeeded job's result (RESULTS_TOPIC set): held for the member's next transaction."""
+    def _publish_result(self, task: Task, attempt: Attempt) -> int:
+        """A succeeded job's result (RESULTS_TOPIC set): exactly-once finishes the job and holds
+        the result for the member's next transaction; at-least-once publishes it, and the job
+        finishes once the broker acknowledged it. Returns 1 if the job counts as processed."""
         assert self._results_topic is not None
+        record = result_record(self._results_topic, attempt.job, attempt.value, attempt.number)
         if self._eos is not None:
-            record = result_record(self._results_topic, attempt.job, attempt.value, attempt.number)
+            if not self._scheduler.succeeded(task):
+                metrics.handler_stats().processed -= 1  # handed back when its partition went
+                return 0
             self._eos.hold(task.tp, task.offset, [record])
+            return 1
+        if task.orphaned:  # its partition went while it ran: handed back then
+            self._scheduler.succeeded(task)
+            metrics.handler_stats().processed -= 1
+            return 0
+        self._dead_letters.give_up(task, Publication((record,), attempt.number, attempt.job))
+        return 1
 
     def _give_up(self, task: Task, why: DeadLetter) -> None:
         """Dead-letter a job: at-least-once publishes and waits for the acknowledgement
         (consumer_service.dead_lettering); exactly-once finishes the job now and holds its
         dead letter (and failure result) for the member's next transaction."""
         if self._eos is None:
+            if self._results_topic is not None and why.job is not None:
+                why = DeadLetter(why.reason, why.attempts, why.job,
+                                 (failure_record(self._results_topic, why.job, why.reason, why.attempts),))
             self._dead_letters.give_up(task, why)
             return
         if not self._scheduler.dead_lettered(task):
@@ -523,7 +540,7 @@ class ConsumerWorker:
 
     def _hand_back_all(self, tasks: Iterable[Task], why: str) -> None:
         for task in tasks:
-            job = task.note.job if isinstance(task.note, DeadLetter) else None
+            job = task.note.job if isinstance(task.note, DeadLetter | Publication) else None
             self._hand_back(task, job, why)
 
     # ---- waiting for jobs in flight -------------------------------------------------------
