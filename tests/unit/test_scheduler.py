@@ -203,13 +203,13 @@ def test_a_dead_letter_frees_its_slot_but_holds_its_key_and_the_watermark() -> N
     s = scheduler("key", concurrency=1)
     a0, b1, a2 = feed(s, P0, [b"a", b"b", b"a"])
     assert start(s, 0.0) == [a0]
-    assert s.dead_lettering(a0)
+    assert s.settling(a0)
     assert (a0.state, s.in_flight) == ("settling", 0)
     assert start(s, 0.0) == [b1], "the slot is free"
     s.succeeded(b1)
     assert start(s, 0.0) == [], "a2 waits for a0's dead letter"
     assert s.offsets() == []
-    assert s.dead_lettered(a0)
+    assert s.settled(a0)
     assert s.offsets() == [(P0, 2)]
     assert start(s, 0.0) == [a2]
 
@@ -218,14 +218,14 @@ def test_a_failed_dead_letter_publish_is_retried_with_the_same_attempt() -> None
     s = scheduler("key", concurrency=1)
     (a0,) = feed(s, P0, [b"a"])
     start(s, 0.0)
-    s.dead_lettering(a0)
+    s.settling(a0)
     a0.note = "dead letter: bad payload"
     assert s.failed(a0, retry_at=2.0)
     assert (a0.state, a0.attempt) == ("waiting", 1)
     assert start(s, 2.0) == [a0]
     assert a0.note == "dead letter: bad payload", "the caller's note tells it to publish again"
-    s.dead_lettering(a0)
-    s.dead_lettered(a0)
+    s.settling(a0)
+    s.settled(a0)
     assert s.offsets() == [(P0, 1)]
 
 
@@ -233,7 +233,7 @@ def test_a_dead_letter_that_needs_no_wait_finishes_from_running() -> None:
     s = scheduler("key", concurrency=1)
     (a0,) = feed(s, P0, [b"a"])
     start(s, 0.0)
-    assert s.dead_lettered(a0)
+    assert s.settled(a0)
     assert (s.in_flight, s.held, a0.state) == (0, 0, "finished")
     assert s.offsets() == [(P0, 1)]
 
@@ -246,7 +246,7 @@ def test_reporting_an_outcome_for_a_task_that_is_not_running_is_a_bug() -> None:
     with pytest.raises(ValueError, match="not running"):
         s.succeeded(a0)
     with pytest.raises(ValueError, match="not running"):
-        s.dead_lettering(b1)
+        s.settling(b1)
     with pytest.raises(ValueError, match="neither running nor settling"):
         s.failed(b1, 1.0)
 
@@ -388,14 +388,14 @@ def test_jobs_still_running_when_a_partition_is_dropped_are_handed_back() -> Non
     a0, b1, c2 = feed(s, P0, [b"a", b"b", b"c"])
     (x0,) = feed(s, P1, [b"x"])
     assert start(s, 0.0) == [a0, b1]
-    s.dead_lettering(b1)
+    s.settling(b1)
     assert start(s, 0.0) == [c2]
     assert set(s.drop([P0])) == {a0, b1, c2}, "lost: nothing waited for"
     assert s.held == 1
     assert s.in_flight == 2, "a0's and c2's handler calls still run and hold their slots"
     assert start(s, 0.0) == [], "so x0 cannot start yet"
     assert not s.succeeded(a0), "its outcome changes nothing but the slot"
-    assert not s.dead_lettered(b1)
+    assert not s.settled(b1)
     assert not s.failed(c2, retry_at=1.0)
     assert s.offsets() == []
     assert s.next_due() is None
@@ -565,7 +565,7 @@ class ConsumerModel(RuleBasedStateMachine):
             if task not in run:
                 continue  # went back already, behind an earlier dead letter of its unit
             run.remove(task)
-            assert self.s.dead_lettering(task)
+            assert self.s.settling(task)
             self.settling.append(task)
             self._after_failure(task, run)
         return run
@@ -645,7 +645,7 @@ class ConsumerModel(RuleBasedStateMachine):
             if self.s.succeeded(task):
                 self._finished(task, self.processed)
         elif task.attempt >= MAX_ATTEMPTS:
-            if self.s.dead_lettering(task):
+            if self.s.settling(task):
                 task.note = "dead letter"
                 self.settling.append(task)
         elif not self.s.failed(task, self.now + delay):
@@ -653,7 +653,7 @@ class ConsumerModel(RuleBasedStateMachine):
 
     def _settle(self, task: Task, published: bool, delay: float) -> None:
         if published:
-            if self.s.dead_lettered(task):
+            if self.s.settled(task):
                 self._finished(task, self.dead)
         else:
             self.s.failed(task, self.now + delay)
@@ -711,7 +711,7 @@ class ConsumerModel(RuleBasedStateMachine):
             if outcome == "stuck":
                 continue
             self.settling.remove(task)
-            if outcome == "ok" and self.s.dead_lettered(task):
+            if outcome == "ok" and self.s.settled(task):
                 self._finished(task, self.dead)
             elif outcome == "fail":
                 assert not self.s.failed(task, self.now)

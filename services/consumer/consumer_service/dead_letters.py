@@ -2,7 +2,11 @@
 
 The original key, value and headers are kept; `dlq.*` headers name the error, the number
 of attempts and the original topic, partition and offset. The consumer commits the
-original offset only after the broker acknowledged the dead letter.
+original offset only after the broker acknowledged the dead letter (a group member through
+consumer_service.outgoing, with `DeadLetters` as the record kind).
+
+`DeadLetterPublisher` owns a member's producer: the group worker sends its other outgoing
+records (parked copies) on it too (`produce`), so one thread serves all their answers.
 """
 
 from __future__ import annotations
@@ -10,11 +14,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from consumer_service.outgoing import Record, identify
+from consumer_service.scheduler import Task
 from consumer_service.settings import ConsumerSettings
 from consumer_service.transactions import OutRecord
+from jobpipe.handling import log_dead_lettered
 from jobpipe.kafka_clients import producer_config
 
 # Called (on the thread that polls the publisher) with the broker's answer: None or the error.
@@ -50,16 +58,22 @@ class DeadLetterPublisher:
         self._producer = Producer(config)
 
     def publish(self, message: Message, reason: str, attempts: int, consumer: str,
-                report: DeliveryReport, *, also: Sequence[OutRecord] = ()) -> None:
-        """Send `message` to the DLQ (and the records `also`: its failure result); `report` gets
-        the broker's answer from `poll`, once for all of them. Raises BufferError (the local
-        queue is full) or KafkaException if it cannot even be queued."""
-        letter = OutRecord(self.topic, message.key(), message.value(),
-                           dead_letter_headers(message, reason, attempts, consumer))
-        self.send([letter, *also], report)
+                report: DeliveryReport) -> None:
+        """Send `message` to the DLQ; `report` gets the broker's answer from `poll`. Raises
+        BufferError (the local queue is full) or KafkaException if it cannot even be queued."""
+        self._producer.produce(self.topic, key=message.key(), value=message.value(),
+                               headers=dead_letter_headers(message, reason, attempts, consumer),
+                               on_delivery=report)
+
+    def produce(self, topic: str, message: Message, headers: list[tuple[str, str | bytes | None]],
+                report: DeliveryReport, value: bytes | None = None) -> None:
+        """Send a copy of `message` (its key; its value unless `value` is given) to `topic`
+        with `headers`: another kind of outgoing record on the same producer."""
+        self._producer.produce(topic, key=message.key(), value=message.value() if value is None else value,
+                               headers=headers, on_delivery=report)
 
     def send(self, records: Sequence[OutRecord], report: DeliveryReport) -> None:
-        """Send `records` (on the same producer: one thread serves every answer); `report` once
+        """Send `records` (a job's result; a dead letter and its failure result); `report` once
         all are answered: None, or the first error. Raises (nothing then queued) if the first
         cannot even be queued; one after it that cannot is reported as failed."""
         if len(records) > 1:
@@ -81,6 +95,32 @@ class DeadLetterPublisher:
     def close(self, timeout: float) -> int:
         """Flush; return how many dead letters were still unacknowledged."""
         return self._producer.flush(timeout)
+
+
+class DeadLetterCount(Protocol):
+    dead_lettered: int
+
+
+class DeadLetters:
+    """Dead letters as a kind of outgoing record (consumer_service.outgoing.RecordKind):
+    `Record.detail` is the reason."""
+
+    name = "dead letter"
+
+    def __init__(self, publisher: DeadLetterPublisher, counts: DeadLetterCount, member: str) -> None:
+        self._publisher = publisher
+        self._counts = counts
+        self._member = member
+        self.topic = publisher.topic
+
+    def publish(self, task: Task, record: Record, report: DeliveryReport) -> None:
+        self._publisher.publish(task.payload, record.detail, record.attempts, self._member, report)
+
+    def acknowledged(self, task: Task, record: Record, member: str) -> None:
+        self._counts.dead_lettered += 1
+        key, job_id = identify(task, record.job)
+        log_dead_lettered(key, job_id, reason=record.detail, attempts=record.attempts, consumer=member,
+                          destination=self.topic, partition=task.tp[1], offset=task.offset)
 
 
 class _AllAnswered:

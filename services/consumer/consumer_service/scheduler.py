@@ -15,9 +15,9 @@ The life of a job (a `Task`):
     fetched --> pending (its unit is busy) --> ready (waits for a free slot) --> running
     running --succeeded--> finished
     running --failed(retry_at)--> waiting --(due)--> ready --> running ...
-    running --dead_lettering--> settling --dead_lettered--> finished
+    running --settling--> settling --settled--> finished   (a record out: a dead letter, a parked copy)
                                 settling --failed(retry_at)--> waiting (the publish is retried)
-    running --dead_lettered--> finished (a dead letter that needs no wait, as in memory)
+    running --settled--> finished (a record that needs no wait, as in memory)
 
 Ordering units: `key` mode: the partition's messages with the same key (a message without a
 key waits for nothing); `partition` mode: the whole partition; `none`: nothing waits. A unit
@@ -126,7 +126,7 @@ class Task:
     @property
     def state(self) -> str:
         """pending (behind its unit), ready (for a slot), running, waiting (for its retry),
-        settling (being dead-lettered), finished, or dropped (revoked or lost)."""
+        settling (its record being published), finished, or dropped (revoked or lost)."""
         state = self._state
         if state in (PENDING, READY, WAITING) and self._part.closed:
             state = DROPPED  # its partition went; tasks are not visited when that happens
@@ -433,7 +433,7 @@ class Scheduler:
         return True
 
     def failed(self, task: Task, retry_at: float) -> bool:
-        """The handler call failed (or, for a settling task, the dead-letter publish did):
+        """The handler call failed (or, for a settling task, the record's publish did):
         try again at `retry_at`. Its unit waits until then.
 
         False if the job is handed back instead: its partition is being revoked or is gone.
@@ -454,10 +454,11 @@ class Scheduler:
             self._flow_dirty.add(part)
         return True
 
-    def dead_lettering(self, task: Task) -> bool:
-        """The handler call failed for the last time (or the message is not a job) and the
-        job is being published to the dead-letter topic: its slot is free, but it stays
-        unfinished, holding its unit, until `dead_lettered` (or `failed`, to publish again).
+    def settling(self, task: Task) -> bool:
+        """A record for the job is being published (a dead letter after its last attempt or
+        for a message that is not a job; a parked copy in a delay tier; see
+        consumer_service.outgoing): its slot is free, but it stays unfinished, holding its unit
+        and the watermark, until `settled` (or `failed`, to publish again).
 
         False if its partition was dropped meanwhile (the job is handed back).
         """
@@ -470,9 +471,9 @@ class Scheduler:
         task._state = SETTLING
         return True
 
-    def dead_lettered(self, task: Task) -> bool:
-        """The job is in the dead-letter topic: finished (from settling, or straight from
-        running when the dead letter needs no wait). False if its partition was dropped."""
+    def settled(self, task: Task) -> bool:
+        """The broker acknowledged the job's record: finished (from settling, or straight from
+        running when the record needs no wait). False if its partition was dropped."""
         part = self._back(task)
         if part is None:
             return False

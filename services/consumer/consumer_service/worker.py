@@ -5,8 +5,9 @@ jobs start (CONSUMER_CONCURRENCY slots, ORDERING units), when a partition must p
 (MAX_IN_FLIGHT, a retry) and which offsets are safe to store (the watermark: the lowest
 unfinished offset); jobpipe.executor runs the handler calls (threads, or one event loop for an
 `async def` handler) and hands the outcomes back through one queue; consumer_service.runner is
-what a slot does with its run of jobs; consumer_service.dead_lettering owns the dead letters
-while they are out. This loop only carries those decisions out:
+what a slot does with its run of jobs; consumer_service.outgoing owns the records a job's
+outcome publishes (dead letters, parked copies) while they are out. This loop only carries
+those decisions out:
 
 - poll: take the fetched messages (never more than the room left), or wait for outcomes
   (and dead-letter answers) when no fetched message could start now, whichever can move
@@ -50,10 +51,11 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer_service.counts import Counts
-from consumer_service.dead_lettering import DeadLetter, DeadLettering, Publication, identify
-from consumer_service.dead_letters import DeadLetterPublisher
+from consumer_service.dead_letters import DeadLetterPublisher, DeadLetters
 from consumer_service.offsets import TP
-from consumer_service.result_records import dead_lettered_records, failure_record, result_record
+from consumer_service.outgoing import Outgoing, Record, RecordKind, identify, job_of
+from consumer_service.result_kinds import DeadLettersWithResults, Results
+from consumer_service.result_records import dead_lettered_records, result_record
 from consumer_service.runner import TaskRunner
 from consumer_service.scheduler import Run, Scheduler, Task
 from consumer_service.settings import ConsumerSettings
@@ -62,7 +64,7 @@ from jobpipe import metrics
 from jobpipe.access import principal
 from jobpipe.errors import KafkaRefused
 from jobpipe.executor import Completion, Executor
-from jobpipe.handling import Attempt, JobHandler, Next, label_of, log_dead_lettered, log_processed, log_retry
+from jobpipe.handling import Attempt, JobHandler, Next, label_of, log_processed, log_retry
 from jobpipe.job import Job
 from jobpipe.kafka_clients import consumer_config
 from jobpipe.logs import enabled, event
@@ -152,10 +154,16 @@ class ConsumerWorker:
                                                self._concurrency, f"handler-{self.number}")
         self._assigned: set[TP] = set()
         self._runs: set[Run] = set()  # submitted to the executor, its completion not collected yet
-        self._dead_letters = DeadLettering(
-            self._dlq, self._scheduler, policy=self.handler.policy, member=self.name, counts=self.counts,
+        self._outgoing = Outgoing(
+            self._dlq.poll, self._scheduler, policy=self.handler.policy, member=self.name,
             hand_back=self._hand_back, wake=self._executor.wake, stop=self.stop,
-            name=f"dead-letters-{self.number}")
+            name=f"outgoing-{self.number}")
+        self._dead_letter_kind = DeadLetters(self._dlq, self.counts, self.name)
+        # RESULTS_TOPIC set, at-least-once: results, and dead letters with their failure result,
+        # are records the job waits for (exactly-once: they go in its transactions instead).
+        self._result_kind = None if self._results_topic is None else Results(self._dlq, self._results_topic)
+        self._give_up_kind: RecordKind = self._dead_letter_kind if self._results_topic is None else \
+            DeadLettersWithResults(self._dead_letter_kind, self._dlq, self._results_topic, self.name)
         self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
         self._shutdown: ShutdownBudget | None = None  # from when the stop was seen (see `_budget`)
         self._client_call: ClientCall[Any] | None = None  # a commit or close() still running
@@ -234,7 +242,7 @@ class ConsumerWorker:
         message could be started now (every slot busy, fetching paused, or jobs in hand that
         wait for a running one); otherwise Kafka, and the outcomes that came meanwhile are
         reported after the poll (within POLL_S: nothing in hand waits for them). Dead-letter
-        answers wake the outcome wait (see consumer_service.dead_lettering)."""
+        answers wake the outcome wait (see consumer_service.outgoing)."""
         scheduler = self._scheduler
         wait = self._wait_s()
         messages: list[Message] = []
@@ -254,8 +262,8 @@ class ConsumerWorker:
             self._report_progress()
         if messages:
             self._take(messages)
-        if self._dead_letters.answered:
-            self._dead_letters.report()
+        if self._outgoing.answered:
+            self._outgoing.report()
         self._start(time.monotonic())
         self._store()
         if self._eos is not None:
@@ -324,7 +332,7 @@ class ConsumerWorker:
         runs = self._runs
         for run in scheduler.start_runs(now, self._run_length()):
             if any(task.note is not None for task in run.tasks):
-                tasks = self._dead_letters.publish_due(run.tasks)
+                tasks = self._outgoing.send_again(run.tasks)
                 if not tasks:
                     continue
                 run.tasks = tasks
@@ -402,7 +410,7 @@ class ConsumerWorker:
                 else:  # handed back (and counted) when its partition went; its next owner redoes it
                     metrics.handler_stats().processed -= 1  # so jobs_processed_total counts it once
             else:
-                self._give_up(task, DeadLetter(str(result), 0, None))
+                self._give_up(task, None, 0, str(result))
         run.reported = upto
         self.counts.processed += processed
         for task in reversed(not_started):  # back in their places, in order
@@ -429,7 +437,7 @@ class ConsumerWorker:
 
     def _after_failure(self, task: Task, attempt: Attempt) -> None:
         if self.handler.next_step(attempt) is Next.DEAD_LETTER:
-            self._give_up(task, DeadLetter(attempt.error_text, attempt.number, attempt.job))
+            self._give_up(task, attempt.job, attempt.number, attempt.error_text)
             return
         delay = self.handler.policy.delay_s(attempt.number)
         if self._scheduler.failed(task, time.monotonic() + delay):
@@ -457,28 +465,24 @@ class ConsumerWorker:
             self._scheduler.succeeded(task)
             metrics.handler_stats().processed -= 1
             return 0
-        self._dead_letters.give_up(task, Publication((record,), attempt.number, attempt.job))
+        assert self._result_kind is not None
+        self._outgoing.send(task, Record(self._result_kind, attempt.job, attempt.number, (record,)))
         return 1
 
-    def _give_up(self, task: Task, why: DeadLetter) -> None:
-        """Dead-letter a job: at-least-once publishes and waits for the acknowledgement
-        (consumer_service.dead_lettering); exactly-once finishes the job now and holds its
-        dead letter (and failure result) for the member's next transaction."""
+    def _give_up(self, task: Task, job: Job | None, attempts: int, reason: str) -> None:
+        """Dead-letter a job (and publish its failure result, RESULTS_TOPIC set): at-least-once
+        publishes and waits for the acknowledgement (consumer_service.outgoing); exactly-once
+        finishes the job now and holds its records for the member's next transaction."""
+        record = Record(self._give_up_kind, job, attempts, reason)
         if self._eos is None:
-            if self._results_topic is not None and why.job is not None:
-                why = DeadLetter(why.reason, why.attempts, why.job,
-                                 (failure_record(self._results_topic, why.job, why.reason, why.attempts),))
-            self._dead_letters.give_up(task, why)
+            self._outgoing.send(task, record)
             return
-        if not self._scheduler.dead_lettered(task):
+        if not self._scheduler.settled(task):
             return  # its partition was dropped: handed back (and counted) then
         self._eos.hold(task.tp, task.offset, dead_lettered_records(
-            self.settings.dlq_topic, self._results_topic, task.payload, job=why.job, reason=why.reason,
-            attempts=why.attempts, member=self.name))
-        self.counts.dead_lettered += 1
-        key, job_id = identify(task, why.job)
-        log_dead_lettered(key, job_id, reason=why.reason, attempts=why.attempts, consumer=self.name,
-                          destination=self.settings.dlq_topic, partition=task.tp[1], offset=task.offset)
+            self.settings.dlq_topic, self._results_topic, task.payload, job=job, reason=reason,
+            attempts=attempts, member=self.name))
+        self._dead_letter_kind.acknowledged(task, record, self.name)  # counted and logged
 
     def _transaction_turn(self) -> None:
         """Exactly-once, each turn: read again what an aborted transaction covered, then commit
@@ -540,8 +544,7 @@ class ConsumerWorker:
 
     def _hand_back_all(self, tasks: Iterable[Task], why: str) -> None:
         for task in tasks:
-            job = task.note.job if isinstance(task.note, DeadLetter | Publication) else None
-            self._hand_back(task, job, why)
+            self._hand_back(task, job_of(task), why)
 
     # ---- waiting for jobs in flight -------------------------------------------------------
 
@@ -567,10 +570,10 @@ class ConsumerWorker:
                 completions = self._executor.collect(min(0.05, left))
                 if completions:
                     self._report(completions)
-            if self._dead_letters.out:
-                self._dead_letters.poll(0 if self._scheduler.in_flight else min(0.05, left))
-            if self._dead_letters.answered:
-                self._dead_letters.report()
+            if self._outgoing.out:
+                self._outgoing.poll(0 if self._scheduler.in_flight else min(0.05, left))
+            if self._outgoing.answered:
+                self._outgoing.report()
 
     def _finish_in_flight(self) -> None:
         """On shutdown: the runs stop after the job in hand; wait for those (and for dead
