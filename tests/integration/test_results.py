@@ -80,7 +80,10 @@ def test_every_job_has_exactly_one_result_with_its_value(pipeline: Pipeline, con
     consumer = pipeline.start("consumer", handler=HANDLER, results_topic=topic,
                               processing_guarantee=guarantee, consumer_concurrency=concurrency,
                               test_handler_sleep_ms=1)
-    records = read_committed(pipeline, topic, len(sent))
+    try:
+        records = read_committed(pipeline, topic, len(sent))
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{consumer.tail(30)}") from None
     assert consumer.stop() == 0, consumer.tail()
     results = [Result.from_bytes(m.value()) for m in records]
     assert Counter(r.id for r in results) == Counter({j.id: 1 for j in sent}), "one result per job"

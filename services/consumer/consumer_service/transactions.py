@@ -45,6 +45,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from consumer_service.offsets import TP
 from consumer_service.settings import ConsumerSettings
+from jobpipe.errors import KafkaRefused, KafkaUnreachable
 from jobpipe.kafka_clients import kafka_reason, producer_config
 from jobpipe.logs import event
 
@@ -157,6 +158,7 @@ class Transactions:
             "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
         }
         self._member = member
+        self._wait_s = settings.kafka_wait_timeout_s
         self.held = HeldRecords()
         self._committed: dict[TP, int] = {}  # the offset last committed per partition
         self._last = time.monotonic()
@@ -164,9 +166,26 @@ class Transactions:
         self._producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
+        """A transactional producer, ready. init_transactions waits for the transaction
+        coordinator: on a new cluster its topic (__transaction_state) is created on first use,
+        which took more than 10 s here; retried while Kafka says so, up to KAFKA_WAIT_TIMEOUT_S.
+        Exit 3 when the broker refuses (a missing TransactionalId ACL) or never gets ready."""
         producer = Producer(self._config)
-        producer.init_transactions(CALL_TIMEOUT_S)
-        return producer
+        deadline = time.monotonic() + self._wait_s
+        while True:
+            try:
+                producer.init_transactions(max(1.0, min(CALL_TIMEOUT_S, deadline - time.monotonic())))
+                return producer
+            except KafkaException as exception:
+                error: KafkaError = exception.args[0]
+                reason = kafka_reason(exception)
+                if error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+                    raise KafkaRefused(f"Kafka refused the exactly-once producer's transactional id "
+                                       f"({reason}); grant WRITE and DESCRIBE on TransactionalId "
+                                       "prefix jobpipe.") from None
+                if not error.retriable() or time.monotonic() >= deadline:
+                    raise KafkaUnreachable(f"could not start the exactly-once producer "
+                                           f"(PROCESSING_GUARANTEE=exactly_once): {reason}") from None
 
     def hold(self, tp: TP, offset: int, records: list[OutRecord]) -> None:
         self.held.hold(tp, offset, records)

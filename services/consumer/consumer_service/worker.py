@@ -53,9 +53,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from consumer_service.counts import Counts
 from consumer_service.dead_letters import DeadLetterPublisher, DeadLetters
 from consumer_service.offsets import TP
-from consumer_service.outgoing import Outgoing, Record, RecordKind, identify, job_of
-from consumer_service.result_kinds import DeadLettersWithResults, Results
-from consumer_service.result_records import dead_lettered_records, result_record
+from consumer_service.outgoing import Outgoing, Record, identify, job_of
+from consumer_service.result_kinds import DeadLettersWithResults, Results, TransactionalKind
+from consumer_service.result_records import result_record
 from consumer_service.runner import TaskRunner
 from consumer_service.scheduler import Run, Scheduler, Task
 from consumer_service.settings import ConsumerSettings
@@ -162,8 +162,8 @@ class ConsumerWorker:
         # RESULTS_TOPIC set, at-least-once: results, and dead letters with their failure result,
         # are records the job waits for (exactly-once: they go in its transactions instead).
         self._result_kind = None if self._results_topic is None else Results(self._dlq, self._results_topic)
-        self._give_up_kind: RecordKind = self._dead_letter_kind if self._results_topic is None else \
-            DeadLettersWithResults(self._dead_letter_kind, self._dlq, self._results_topic, self.name)
+        self._give_up_kind = DeadLettersWithResults(self._dead_letter_kind, self._dlq, self._results_topic,
+                                                    self.name)
         self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
         self._shutdown: ShutdownBudget | None = None  # from when the stop was seen (see `_budget`)
         self._client_call: ClientCall[Any] | None = None  # a commit or close() still running
@@ -450,39 +450,35 @@ class ConsumerWorker:
     # ---- results and transactions (issue 24) -----------------------------------------------
 
     def _publish_result(self, task: Task, attempt: Attempt) -> int:
-        """A succeeded job's result (RESULTS_TOPIC set): exactly-once finishes the job and holds
-        the result for the member's next transaction; at-least-once publishes it, and the job
-        finishes once the broker acknowledged it. Returns 1 if the job counts as processed."""
-        assert self._results_topic is not None
+        """A succeeded job's result (RESULTS_TOPIC set), sent as its record (`_send`).
+        Returns 1 if the job counts as processed."""
+        assert self._result_kind is not None and self._results_topic is not None
         record = result_record(self._results_topic, attempt.job, attempt.value, attempt.number)
-        if self._eos is not None:
-            if not self._scheduler.succeeded(task):
-                metrics.handler_stats().processed -= 1  # handed back when its partition went
-                return 0
-            self._eos.hold(task.tp, task.offset, [record])
-            return 1
-        if task.orphaned:  # its partition went while it ran: handed back then
-            self._scheduler.succeeded(task)
-            metrics.handler_stats().processed -= 1
+        if task.orphaned:  # its partition went while it ran: handed back (and counted) then
+            self._scheduler.succeeded(task)  # reported back: its slot is free
+            metrics.handler_stats().processed -= 1  # so jobs_processed_total counts it once
             return 0
-        assert self._result_kind is not None
-        self._outgoing.send(task, Record(self._result_kind, attempt.job, attempt.number, (record,)))
+        self._send(task, Record(self._result_kind, attempt.job, attempt.number, (record,)))
         return 1
 
     def _give_up(self, task: Task, job: Job | None, attempts: int, reason: str) -> None:
-        """Dead-letter a job (and publish its failure result, RESULTS_TOPIC set): at-least-once
-        publishes and waits for the acknowledgement (consumer_service.outgoing); exactly-once
-        finishes the job now and holds its records for the member's next transaction."""
-        record = Record(self._give_up_kind, job, attempts, reason)
+        """Dead-letter a job (and publish its failure result, RESULTS_TOPIC set)."""
+        self._send(task, Record(self._give_up_kind, job, attempts, reason))
+
+    def _send(self, task: Task, record: Record) -> bool:
+        """A running task's record: at-least-once publishes it and the job finishes once the
+        broker acknowledged it (consumer_service.outgoing); exactly-once finishes the job now
+        and holds the kind's records for the member's next transaction. False if the task's
+        partition was dropped meanwhile (handed back then)."""
         if self._eos is None:
             self._outgoing.send(task, record)
-            return
+            return True
         if not self._scheduler.settled(task):
-            return  # its partition was dropped: handed back (and counted) then
-        self._eos.hold(task.tp, task.offset, dead_lettered_records(
-            self.settings.dlq_topic, self._results_topic, task.payload, job=job, reason=reason,
-            attempts=attempts, member=self.name))
-        self._dead_letter_kind.acknowledged(task, record, self.name)  # counted and logged
+            return False
+        kind: TransactionalKind = record.kind  # type: ignore[assignment]
+        self._eos.hold(task.tp, task.offset, kind.records(task, record))
+        kind.acknowledged(task, record, self.name)  # counted and logged as the publish would be
+        return True
 
     def _transaction_turn(self) -> None:
         """Exactly-once, each turn: read again what an aborted transaction covered, then commit
