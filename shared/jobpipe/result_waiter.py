@@ -134,10 +134,13 @@ class ResultWaiter:
         self._consumer.close()
 
     def _serve(self) -> None:
+        """Wait for the first record only (consume() with a timeout waits for a whole batch or
+        the timeout: every result would be up to POLL_S late), then take what else has come."""
+        consumer = self._consumer
         while not self._closed.is_set():
-            messages = self._consumer.consume(FETCH, POLL_S)
-            if messages:
-                self._deliver(messages)
+            first = consumer.poll(POLL_S)
+            if first is not None:
+                self._deliver([first, *consumer.consume(FETCH - 1, 0)])
             self._let_go_idle(time.monotonic())
 
     def _deliver(self, messages: list[Any]) -> None:
@@ -188,8 +191,10 @@ class ResultFuture:
         self._submitted = submitted  # the job's JobFuture: its acknowledgement
         self._outcome: Result | None = None
         self._came = threading.Event()
+        self.settled_at: float | None = None  # time.monotonic() when the result was read
 
     def _settle(self, result: Result) -> None:  # the waiter's thread
+        self.settled_at = time.monotonic()
         self._outcome = result
         self._came.set()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import local_kafka
 import pytest
 
-from tests.benchmarks import bench, client_bench
+from tests.benchmarks import bench, client_bench, results_bench
 from tests.benchmarks.bench import Kafka, Report
 from tests.summary_table import SummaryTable
 
@@ -112,3 +112,12 @@ def test_client_submit(produced: str, kafka: Kafka, report: Report) -> None:
     client_bench.client_comparison(kafka, report)
     assert report.keys["client_submit_per_s"] > 0 and report.keys["client_vs_producer"] > 0
     assert 0 < report.keys["client_submit_p99_ms"] <= report.latency_ms["client submit, linger 0"]["p99.9"]
+
+
+def test_results(kafka: Kafka, report: Report) -> None:
+    """Issue 24: exactly-once's cost with results on, and the wait for a result (both guarantees)."""
+    results_bench.eos_comparison(kafka, report)
+    results_bench.wait_latency(kafka, report)
+    assert report.keys["eos_vs_at_least_once"] > 0
+    assert report.keys["result_wait_p99_ms"] > 0
+    assert report.keys["result_wait_p99_ms_eos"] > 0
