@@ -48,7 +48,7 @@ from jobpipe.client_check import check_client_configs
 from jobpipe.errors import ConfigError, DeliveryFailed, KafkaUnreachable
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import kafka_reason, producer_config, wait_for_broker
-from jobpipe.result_waiter import JobFailed, ResultFuture, ResultTimeout, ResultWaiter
+from jobpipe.result_waiter import JobFailed, ResultFuture, ResultTimeout, ResultWaiter, value_of  # noqa: F401
 from jobpipe.results import Result
 from jobpipe.settings import ClientRole, KafkaSettings, ResultsSettings, describe_validation_error
 
@@ -544,21 +544,12 @@ class AsyncResultFuture:
             if self._submitted is not None:
                 await self._submitted
             return await asyncio.shield(self._came)
-        try:
+        with self._waiter.waiting_for(self.id, timeout):
             return await asyncio.wait_for(both(), timeout)
-        except TimeoutError:
-            self._waiter.forget(self.id)
-            raise ResultTimeout(self.id, timeout, self._waiter.topic) from None
-        except BaseException:
-            self._waiter.forget(self.id)
-            raise
 
     async def result(self, timeout: float | None = None) -> Any:
         """The handler's return value; JobFailed, SubmitFailed or ResultTimeout."""
-        outcome = await self.outcome(timeout)
-        if not outcome.ok:
-            raise JobFailed(outcome)
-        return outcome.value
+        return value_of(await self.outcome(timeout))
 
 
 def _set_once(future: asyncio.Future[Result], result: Result) -> None:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
@@ -61,6 +62,13 @@ class JobFailed(Exception):
 
 
 Settle = Callable[[Result], None]
+
+
+def value_of(outcome: Result) -> Any:
+    """A result's value, or JobFailed for a failure result."""
+    if not outcome.ok:
+        raise JobFailed(outcome)
+    return outcome.value
 
 
 class ResultWaiter:
@@ -126,6 +134,19 @@ class ResultWaiter:
             waiting = self._waiting.get(partition)
             if waiting is not None and waiting.pop(job_id, None) is not None and not waiting:
                 self._idle_since[partition] = time.monotonic()
+
+    @contextmanager
+    def waiting_for(self, job_id: str, timeout: float | None) -> Iterator[None]:
+        """A caller's wait for `job_id`: given up (`forget`) if it ends in an error; a
+        TimeoutError becomes ResultTimeout."""
+        try:
+            yield
+        except TimeoutError:
+            self.forget(job_id)
+            raise ResultTimeout(job_id, timeout, self.topic) from None
+        except BaseException:
+            self.forget(job_id)
+            raise
 
     def close(self) -> None:
         self._closed.set()
@@ -206,28 +227,18 @@ class ResultFuture:
         acknowledged, ResultTimeout if no result came within `timeout` seconds (the wait is
         given up then: the result, should it come later, is not read for this job)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
+        with self._waiter.waiting_for(self.id, timeout):
             self._submitted.result(timeout)
-        except TimeoutError:
-            self._waiter.forget(self.id)
-            raise ResultTimeout(self.id, timeout, self._waiter.topic) from None
-        except BaseException:
-            self._waiter.forget(self.id)
-            raise
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not self._came.wait(left):
-            self._waiter.forget(self.id)
-            raise ResultTimeout(self.id, timeout, self._waiter.topic)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._came.wait(left):
+                raise TimeoutError
         assert self._outcome is not None
         return self._outcome
 
     def result(self, timeout: float | None = None) -> Any:
         """The handler's return value; JobFailed if the job was dead-lettered; SubmitFailed if
         it was never acknowledged; ResultTimeout after `timeout` seconds."""
-        outcome = self.outcome(timeout)
-        if not outcome.ok:
-            raise JobFailed(outcome)
-        return outcome.value
+        return value_of(self.outcome(timeout))
 
     def __repr__(self) -> str:
         state = "pending" if self._outcome is None else "ok" if self._outcome.ok else "failed"

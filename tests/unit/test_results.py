@@ -1,5 +1,6 @@
 """The result record, where it lands (the same partition librdkafka picks), and the settings
-that turn results and exactly-once on (a bad or contradictory value: exit 2, one line)."""
+that turn results and exactly-once on (exit 2 for a bad or contradictory value: with the
+consumer's other cases in test_settings.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from consumer_service.settings import ConsumerSettings
 from jobpipe.errors import ConfigError
 from jobpipe.results import Result, partition_for, result_bytes
 from jobpipe.settings import load_settings
-from tests.service_runner import run_to_end
 
 
 def test_a_result_is_published_where_librdkafka_puts_its_key() -> None:
@@ -80,17 +80,3 @@ def test_a_bad_results_topic_names_the_variable(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("RESULTS_TOPIC", "my results")
     with pytest.raises(ConfigError, match=r"^RESULTS_TOPIC='my results'"):
         load_settings(ConsumerSettings)
-
-
-@pytest.mark.parametrize(("settings", "complaint"), [
-    ({"CONSUMER_MODE": "share", "PROCESSING_GUARANTEE": "exactly_once"},
-     "PROCESSING_GUARANTEE=exactly_once does not go with CONSUMER_MODE=share"),
-    ({"PROCESSING_GUARANTEE": "twice"}, "PROCESSING_GUARANTEE='twice'"),
-])
-def test_the_consumer_refuses_a_guarantee_it_cannot_keep_with_exit_2_and_one_line(
-        settings: dict[str, str], complaint: str) -> None:
-    run = run_to_end("consumer", timeout=30, kafka_bootstrap_servers="127.0.0.1:1", **settings)
-    assert run.process.returncode == 2
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and complaint in lines[0], run.stderr
-    assert run.output == "", "nothing started"
