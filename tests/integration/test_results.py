@@ -75,7 +75,7 @@ def test_every_job_has_exactly_one_result_with_its_value(pipeline: Pipeline, con
                                                          guarantee: str) -> None:
     topic = results_topic(pipeline)
     ensure_with_results(pipeline)
-    sent = jobs(600)
+    sent = jobs(300)
     pipeline.send(sent)
     consumer = pipeline.start("consumer", handler=HANDLER, results_topic=topic,
                               processing_guarantee=guarantee, consumer_concurrency=concurrency,
