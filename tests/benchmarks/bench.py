@@ -112,7 +112,10 @@ TARGETS = {"producer_vs_kcat": (">=", 0.3), "producer_vs_go": (">=", 0.65),
            # issue 11: CONSUMER_CONCURRENCY
            "concurrency_speedup": (">=", 20.0), "async_jobs_per_s": (">=", 20_000.0),
            # issue 15: CONSUMER_MODE=share
-           "share_scaling_1_to_4": (">=", 3.5)}
+           "share_scaling_1_to_4": (">=", 3.5),
+           # issue 22: share mode's own speed, and memory against docs/concurrency.md's bound
+           "share_jobs_per_s": (">=", 50_000.0),
+           "peak_rss_mb_mif100": ("<=", 68.1), "peak_rss_mb_mif1000": ("<=", 69.0)}
 # Keys reported without a target: references that do not compare like with like.
 REFERENCE_KEYS = ("consumer_vs_go_raw",)
 # Same producer settings for every tool (the service's own are in jobpipe.kafka_clients).
@@ -132,14 +135,19 @@ class Profile:
     inmemory_jobs: int
     scaling_jobs: int  # per run, 5 ms each
     async_jobs: int  # the async handler's run (the 32-slot run takes 10 x scaling_jobs)
+    share_jobs: int  # one share-mode member, no-op handler
+    waiting_jobs: int  # 1 KB jobs waiting while the memory row runs
+    memory_jobs: int  # jobs the memory row processes (5 ms each) before it reads the peak
     repeats: int  # runs of each tool behind a headline consumer key (median, and the spread)
 
 
 PROFILES = {
     "short": Profile("short", jobs=20_000, latency_rate=1000, latency_s=5, inmemory_jobs=20_000,
-                     scaling_jobs=600, async_jobs=20_000, repeats=2),
+                     scaling_jobs=600, async_jobs=20_000, share_jobs=20_000, waiting_jobs=20_000,
+                     memory_jobs=200, repeats=2),
     "full": Profile("full", jobs=1_000_000, latency_rate=1000, latency_s=30, inmemory_jobs=2_000_000,
-                    scaling_jobs=3000, async_jobs=200_000, repeats=3),
+                    scaling_jobs=3000, async_jobs=200_000, share_jobs=500_000,
+                    waiting_jobs=100_000, memory_jobs=1000, repeats=3),
 }
 
 
@@ -949,3 +957,77 @@ def _assignment_settled(kafka: Kafka, group: str, members: int) -> bool:
     return (len(owned) == members and all(owned) and sum(len(o) for o in owned) == PARTITIONS
             and len(set().union(*owned)) == PARTITIONS)
 
+
+
+def share_throughput(kafka: Kafka, report: Report) -> None:
+    """One consumer process in share mode, no-op handler, 6 partitions: jobs/s from the first to
+    the last processed. The jobs are produced first, in full record batches (linger 5 ms), so
+    the member reads batches as a consumer group would."""
+    jobs = report.profile.share_jobs
+    group = f"bench-share-noop-{uuid.uuid4().hex[:8]}"
+    topic = kafka.topic(report, "share-noop", consumer_mode="share", consumer_group=group)
+    _produce_jobs(kafka, topic, jobs, payload_bytes=0)
+    consumer = Service("consumer", kafka_bootstrap_servers=kafka.bootstrap, jobs_topic=topic,
+                       dlq_topic=f"{topic}.dlq", consumer_group=group, consumer_mode="share", handler=NOOP)
+    with running(consumer):
+        seconds = time_counter([consumer], "jobs_processed_total", jobs, timeout=jobs / 2000 + 60)
+        if consumer.stop() != 0:
+            raise BenchmarkError(f"consumer exited {consumer.returncode}:\n{consumer.tail()}")
+    report.keys["share_jobs_per_s"] = jobs / seconds
+    report.rows.append(Row("share", "1 consumer process, share mode, 6 partitions, no-op handler", jobs,
+                           seconds, 0, consumer.peak_mb, "first to last processed"))
+
+
+# docs/concurrency.md's memory bound: the process (about 55 MB; 60 here), librdkafka's prefetch
+# of max(4 MB, 4 KB x MAX_IN_FLIGHT) capped at 64 MB plus one fetch response of that size, and
+# the jobs held (MAX_IN_FLIGHT x job size).
+PROCESS_MB = 60.0
+WAITING_JOB_BYTES = 1024
+
+
+def memory_bound_mb(max_in_flight: int, job_bytes: int = WAITING_JOB_BYTES) -> float:
+    prefetch = min(max(4.0, 4 * max_in_flight / 1024), 64.0)
+    return PROCESS_MB + 2 * prefetch + max_in_flight * job_bytes / 2**20
+
+
+def memory(kafka: Kafka, report: Report) -> None:
+    """Peak RSS of one consumer member with many 1 KB jobs waiting and a 5 ms handler, at
+    MAX_IN_FLIGHT 100 and 1000 (keys peak_rss_mb_mif100 / _mif1000, against memory_bound_mb).
+    Each run ends after the profile's memory_jobs (1,000 in the full profile: 5 s): by then the
+    member holds its in-flight budget and librdkafka its prefetch, with most of the backlog still
+    waiting on the broker."""
+    topic = kafka.topic(report, "memory")
+    _produce_jobs(kafka, topic, report.profile.waiting_jobs, payload_bytes=WAITING_JOB_BYTES)
+    for max_in_flight in (100, 1000):
+        consumer = Service("consumer", kafka_bootstrap_servers=kafka.bootstrap, jobs_topic=topic,
+                           dlq_topic=f"{topic}.dlq", consumer_group=f"bench-mem-{uuid.uuid4().hex[:8]}",
+                           handler="tests.handlers:paced", test_handler_sleep_ms=5,
+                           max_in_flight=max_in_flight)
+        with running(consumer):
+            seconds = time_counter([consumer], "jobs_processed_total", report.profile.memory_jobs,
+                                   timeout=120)
+            if consumer.stop() != 0:
+                raise BenchmarkError(f"consumer exited {consumer.returncode}:\n{consumer.tail()}")
+        assert consumer.peak_mb is not None
+        report.keys[f"peak_rss_mb_mif{max_in_flight}"] = consumer.peak_mb
+        report.rows.append(Row("memory", f"1 consumer process, MAX_IN_FLIGHT={max_in_flight}, "
+                               f"{report.profile.waiting_jobs:,} x 1 KB jobs waiting, 5 ms handler",
+                               report.profile.memory_jobs,
+                               seconds, 0, consumer.peak_mb,
+                               f"bound {memory_bound_mb(max_in_flight):.1f} MB (docs/concurrency.md)"))
+
+
+def _produce_jobs(kafka: Kafka, topic: str, jobs: int, payload_bytes: int) -> None:
+    """`jobs` jobs with distinct keys, each with a payload of about `payload_bytes`."""
+    filler = "x" * payload_bytes
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 5, **PRODUCER_PROPS})
+    for seq in range(jobs):
+        job = Job.create({"pad": filler} if payload_bytes else {}, key=f"k{seq}")
+        while True:
+            try:
+                producer.produce(topic, key=job.key, value=job.to_bytes())
+                break
+            except BufferError:
+                producer.poll(0.1)
+    if producer.flush(60) != 0:
+        raise BenchmarkError(f"{topic}: jobs not acknowledged within 60 s")

@@ -108,6 +108,17 @@ def test_share_scaling_1_to_4(kafka: Kafka, report: Report) -> None:
     assert report.keys["share_scaling_1_to_4"] > 0
 
 
+def test_share_throughput(kafka: Kafka, report: Report) -> None:
+    bench.share_throughput(kafka, report)
+    assert report.keys["share_jobs_per_s"] > 0
+
+
+def test_memory(kafka: Kafka, report: Report) -> None:
+    bench.memory(kafka, report)
+    for max_in_flight in (100, 1000):
+        assert 0 < report.keys[f"peak_rss_mb_mif{max_in_flight}"] < 4096
+
+
 def test_client_submit(produced: str, kafka: Kafka, report: Report) -> None:
     client_bench.client_comparison(kafka, report)
     assert report.keys["client_submit_per_s"] > 0 and report.keys["client_vs_producer"] > 0
