@@ -10,6 +10,10 @@ once the broker acknowledged the job, or raises: nothing is dropped silently.
     with JobClient() as client:
         job_id = client.submit({"width": 640}, type="resize", key="image-42")
         futures = [client.submit_async(p, type="resize") for p in payloads]  # no wait per job
+        size = client.submit_for_result({"width": 640}, type="resize").result(timeout=30)
+
+`submit_for_result` (with RESULTS_TOPIC set) waits for the handler's return value, read from
+RESULTS_TOPIC (jobpipe.result_waiter); `submit_and_wait` is the one-call form.
 
 Errors: ConfigError (a bad setting, before anything is sent), KafkaUnreachable / KafkaRefused
 (no broker within KAFKA_WAIT_TIMEOUT_S, or it refuses this client), InvalidJob (a payload that
@@ -46,7 +50,9 @@ from jobpipe.client_check import check_client_configs
 from jobpipe.errors import ConfigError, DeliveryFailed, KafkaUnreachable
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import kafka_reason, producer_config, wait_for_broker
-from jobpipe.settings import ClientRole, KafkaSettings, describe_validation_error
+from jobpipe.result_waiter import JobFailed, ResultFuture, ResultTimeout, ResultWaiter, value_of  # noqa: F401
+from jobpipe.results import Result
+from jobpipe.settings import ClientRole, KafkaSettings, ResultsSettings, describe_validation_error
 
 Headers = Mapping[str, str | bytes | None] | None
 Delay = float | timedelta | None  # submit's delay=: seconds, or a timedelta
@@ -55,8 +61,9 @@ FULL_WAIT_S = 0.01  # how long a submit waits for room when librdkafka's local q
 REPORT_EVERY = 1000  # jobs submitted between serving the reports that have come
 
 
-class ClientSettings(KafkaSettings):
-    """What a client reads from the environment: the Kafka connection and JOBS_TOPIC."""
+class ClientSettings(KafkaSettings, ResultsSettings):
+    """What a client reads from the environment: the Kafka connection, JOBS_TOPIC and
+    RESULTS_TOPIC (where `submit_for_result` waits)."""
 
     kafka_client_roles: ClassVar[tuple[ClientRole, ...]] = ("producer", "admin")  # admin: the wait
 
@@ -152,6 +159,9 @@ class JobClient:
         self._after_reports: list[Callable[[], None]] = []  # AsyncJobClient's hand-over to its loop
         self._unserved = 0  # jobs submitted since reports were last served (approximate: no lock)
         self._reports: threading.Thread | None = None
+        self._client_id = client_id
+        self._results: ResultWaiter | None = None  # made by the first submit_for_result
+        self._results_made = threading.Lock()
         if report_thread:
             self._reports = threading.Thread(target=self._serve_reports, name="jobs-client-reports",
                                              daemon=True)
@@ -179,6 +189,41 @@ class JobClient:
         future = JobFuture(job.id, self)
         self.send(job, headers, future)
         return future  # (the hot path: every line here costs a job about 0.1 us)
+
+    def submit_for_result(self, payload: Any = None, *, type: str | None = None,  # noqa: A002
+                          key: str | None = None, id: str | None = None,  # noqa: A002
+                          headers: Headers = None) -> ResultFuture:
+        """Send one job and wait for nothing yet: the future's `result(timeout)` is the
+        handler's return value, read from RESULTS_TOPIC (JobFailed if the job was
+        dead-lettered, SubmitFailed if it was not acknowledged, ResultTimeout). ConfigError
+        if RESULTS_TOPIC is not set."""
+        job = encode_job(payload, type, key, id)
+        future = ResultFuture(job.id, self.result_waiter(), JobFuture(job.id, self))
+        future._waiter.expect(job.id, future._settle)  # before the job is sent: see ResultWaiter
+        try:
+            self.send(job, headers, future._submitted)
+        except BaseException:
+            future._waiter.forget(job.id)
+            raise
+        return future
+
+    def submit_and_wait(self, payload: Any = None, *, type: str | None = None,  # noqa: A002
+                        key: str | None = None, id: str | None = None,  # noqa: A002
+                        headers: Headers = None, timeout: float | None = None) -> Any:
+        """`submit_for_result(...).result(timeout)`: the handler's return value."""
+        return self.submit_for_result(payload, type=type, key=key, id=id, headers=headers).result(timeout)
+
+    def result_waiter(self) -> ResultWaiter:
+        """The reader of RESULTS_TOPIC, made on first use; ConfigError if it is not set."""
+        if self._results is None:
+            with self._results_made:
+                if self._results is None:
+                    topic = getattr(self.settings, "results_topic", None)
+                    if topic is None:
+                        raise ConfigError("RESULTS_TOPIC is not set: waiting for a job's result reads "
+                                          "it (set it here and on the consumer)")
+                    self._results = ResultWaiter(self.settings, topic, f"{self._client_id}-results")
+        return self._results
 
     def submit_many(self, payloads: Iterable[Any], *, type: str | None = None,  # noqa: A002
                     headers: Headers = None) -> list[str]:
@@ -253,6 +298,8 @@ class JobClient:
         self._closed.set()
         if self._reports is not None:
             self._reports.join()
+        if self._results is not None:
+            self._results.close()
 
     def wait_for(self, done: Callable[[], bool], timeout: float | None) -> bool:
         """Serve reports (or wait while another thread does) until `done()`, at most `timeout`
@@ -434,6 +481,33 @@ class AsyncJobClient:
             except BufferError:
                 await asyncio.sleep(FULL_WAIT_S)
 
+    async def submit_for_result(self, payload: Any = None, *, type: str | None = None,  # noqa: A002
+                                key: str | None = None, id: str | None = None,  # noqa: A002
+                                headers: Headers = None) -> AsyncResultFuture:
+        """Send one job: `await future.result(timeout)` is the handler's return value (see
+        JobClient.submit_for_result). The first call reads RESULTS_TOPIC's metadata on a thread."""
+        client = self._open_client()
+        loop = asyncio.get_running_loop()
+        waiter = await asyncio.to_thread(client.result_waiter) if client._results is None else client._results
+        job = encode_job(payload, type, key, id)
+        future = AsyncResultFuture(job.id, waiter, loop)
+        # Registering may read the partition's end offset from the broker: on a thread.
+        await asyncio.to_thread(waiter.expect, job.id, future._settle)
+        try:
+            future._submitted = await self.submit_async(payload, type=type, key=key, id=job.id,
+                                                        headers=headers)
+        except BaseException:
+            waiter.forget(job.id)
+            raise
+        return future
+
+    async def submit_and_wait(self, payload: Any = None, *, type: str | None = None,  # noqa: A002
+                              key: str | None = None, id: str | None = None,  # noqa: A002
+                              headers: Headers = None, timeout: float | None = None) -> Any:
+        """`await (await submit_for_result(...)).result(timeout)`."""
+        future = await self.submit_for_result(payload, type=type, key=key, id=id, headers=headers)
+        return await future.result(timeout)
+
     async def submit_many(self, payloads: Iterable[Any], *, type: str | None = None,  # noqa: A002
                           headers: Headers = None) -> list[str]:
         """Send a job for each payload and wait for all; their ids in order, or the first
@@ -480,3 +554,36 @@ def _settle(batch: list[tuple[asyncio.Future[str], str, KafkaError | None]]) -> 
             future.set_result(job_id)
         else:
             future.set_exception(SubmitFailed(job_id, error.str()))
+
+
+class AsyncResultFuture:
+    """`ResultFuture` for asyncio: `await future.result(timeout)`."""
+
+    def __init__(self, job_id: str, waiter: ResultWaiter, loop: asyncio.AbstractEventLoop) -> None:
+        self.id = job_id
+        self._waiter = waiter
+        self._loop = loop
+        self._came: asyncio.Future[Result] = loop.create_future()
+        self._submitted: asyncio.Future[str] | None = None
+
+    def _settle(self, result: Result) -> None:  # the waiter's thread
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            self._loop.call_soon_threadsafe(_set_once, self._came, result)
+
+    async def outcome(self, timeout: float | None = None) -> Result:
+        """The whole result record; SubmitFailed, or ResultTimeout after `timeout` seconds."""
+        async def both() -> Result:
+            if self._submitted is not None:
+                await self._submitted
+            return await asyncio.shield(self._came)
+        with self._waiter.waiting_for(self.id, timeout):
+            return await asyncio.wait_for(both(), timeout)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The handler's return value; JobFailed, SubmitFailed or ResultTimeout."""
+        return value_of(await self.outcome(timeout))
+
+
+def _set_once(future: asyncio.Future[Result], result: Result) -> None:
+    if not future.done():
+        future.set_result(result)

@@ -36,6 +36,7 @@ class Attempt(msgspec.Struct, gc=False):
     number: int
     duration_ms: float
     error: BaseException | None = None
+    value: Any = None  # what the handler returned (published as the job's result, jobpipe.results)
 
     @property
     def error_text(self) -> str:
@@ -77,28 +78,29 @@ class JobHandler:
         stats.record(elapsed, ok=True)
         if self._end_to_end:
             stats.record_end_to_end(time() - job.created_at.timestamp())  # 0.4 us (timeit)
-        return Attempt(job, number, elapsed * 1000)
+        return Attempt(job, number, elapsed * 1000, None, result)
 
     async def attempt_async(self, job: Job, number: int) -> Attempt:
         """`attempt` for an `async def` handler, awaited on the caller's event loop."""
         stats = metrics.handler_stats()
         started = perf_counter()
         try:
-            await self._function(job)  # type: ignore[misc]
+            value = await self._function(job)  # type: ignore[misc]
         except KeyboardInterrupt:
             raise
         except BaseException as error:  # the handler contract, as in `attempt` (a CancelledError too)
             elapsed = perf_counter() - started
             stats.record(elapsed, ok=False)
             return Attempt(job, number, elapsed * 1000, error)
-        return self._succeeded(job, number, stats, perf_counter() - started)
+        return self._succeeded(job, number, stats, perf_counter() - started, value)
 
-    def _succeeded(self, job: Job, number: int, stats: metrics.HandlerStats, elapsed: float) -> Attempt:
+    def _succeeded(self, job: Job, number: int, stats: metrics.HandlerStats, elapsed: float,
+                   value: Any) -> Attempt:
         """The success path of `attempt_async` (`attempt` has it inline)."""
         stats.record(elapsed, ok=True)
         if self._end_to_end:
             stats.record_end_to_end(time() - job.created_at.timestamp())
-        return Attempt(job, number, elapsed * 1000)
+        return Attempt(job, number, elapsed * 1000, None, value)
 
     def next_step(self, attempt: Attempt) -> Next:
         """Done, retry, or dead-letter: after MAX_ATTEMPTS, or at once for a job whose type no

@@ -221,6 +221,21 @@ class HandlerSettings(BaseSettings):
         5, ge=1, le=1000, description="Attempts per job before it is dead-lettered.")
 
 
+class ResultsSettings(BaseSettings):
+    """Where handlers' return values go (jobpipe.results): the consumer publishes there, a
+    client waits there, topic-admin `ensure` creates it. Unset: results are not published."""
+
+    results_topic: str | None = Field(
+        None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
+        description="Topic a handler's return value is published to, keyed by job id (and a "
+                    "failure result for a dead-lettered job); unset = off.")
+
+    @field_validator("results_topic", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
 Settings = TypeVar("Settings", bound=BaseSettings)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import local_kafka
 import pytest
 
-from tests.benchmarks import bench, client_bench, console_bench, delay_bench
+from tests.benchmarks import bench, client_bench, console_bench, delay_bench, results_bench
 from tests.benchmarks.bench import Kafka, Report
 from tests.summary_table import SummaryTable
 
@@ -149,3 +149,12 @@ def test_delay_parked_rss(kafka: Kafka, report: Report) -> None:
 def test_console_dlq_page(kafka: Kafka, report: Report) -> None:
     console_bench.console_dlq_page(kafka, report)
     assert report.keys["console_dlq_page_ms"] > 0 and report.keys["console_dlq_filtered_page_ms"] > 0
+
+
+def test_results(kafka: Kafka, report: Report) -> None:
+    """Issue 24: exactly-once's cost with results on, and the wait for a result (both guarantees)."""
+    results_bench.eos_comparison(kafka, report)
+    results_bench.wait_latency(kafka, report)
+    assert report.keys["eos_vs_at_least_once"] > 0
+    assert report.keys["result_wait_p99_ms"] > 0
+    assert report.keys["result_wait_p99_ms_eos"] > 0

@@ -88,6 +88,10 @@ def test_console_script_refuses_bad_setting_with_exit_2_and_one_line(
     ({"CONSUMER_MODE": "queue"}, "CONSUMER_MODE='queue'"),
     ({"CONSUMER_MODE": "share", "STATIC_MEMBERSHIP": "true"},
      "CONSUMER_MODE=share does not go with STATIC_MEMBERSHIP=true"),
+    # issue 24: share groups have no transactional acknowledgement
+    ({"CONSUMER_MODE": "share", "PROCESSING_GUARANTEE": "exactly_once"},
+     "PROCESSING_GUARANTEE=exactly_once does not go with CONSUMER_MODE=share"),
+    ({"PROCESSING_GUARANTEE": "twice"}, "PROCESSING_GUARANTEE='twice'"),
 ])
 def test_consumer_refuses_a_bad_concurrency_setting_with_exit_2_and_one_line(
         settings: dict[str, str], complaint: str) -> None:

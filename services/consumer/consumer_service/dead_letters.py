@@ -11,15 +11,17 @@ records (parked copies) on it too (`produce`), so one thread serves all their an
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer_service.outgoing import Record, identify
 from consumer_service.scheduler import Task
 from consumer_service.settings import ConsumerSettings
+from consumer_service.transactions import OutRecord
 from jobpipe.handling import log_dead_lettered
 from jobpipe.kafka_clients import producer_config
 
@@ -63,12 +65,22 @@ class DeadLetterPublisher:
                                headers=dead_letter_headers(message, reason, attempts, consumer),
                                on_delivery=report)
 
-    def produce(self, topic: str, message: Message, headers: list[tuple[str, str | bytes | None]],
-                report: DeliveryReport, value: bytes | None = None) -> None:
-        """Send a copy of `message` (its key; its value unless `value` is given) to `topic`
-        with `headers`: another kind of outgoing record on the same producer."""
-        self._producer.produce(topic, key=message.key(), value=message.value() if value is None else value,
-                               headers=headers, on_delivery=report)
+    def send(self, records: Sequence[OutRecord], report: DeliveryReport) -> None:
+        """Send `records` (a job's result; a dead letter and its failure result); `report` once
+        all are answered: None, or the first error. Raises (nothing then queued) if the first
+        cannot even be queued; one after it that cannot is reported as failed."""
+        if len(records) > 1:
+            report = _AllAnswered(len(records), report).one
+        for index, record in enumerate(records):
+            try:
+                self._producer.produce(record.topic, key=record.key, value=record.value,
+                                       headers=record.headers, on_delivery=report)
+            except (BufferError, KafkaException) as error:
+                if index == 0:
+                    raise
+                for _ in records[index:]:  # the first ones are out: the whole lot is published again
+                    report(KafkaError(KafkaError._FAIL, f"not queued: {error}"), None)  # type: ignore[arg-type]
+                return
 
     def poll(self, timeout: float) -> None:
         self._producer.poll(timeout)
@@ -102,3 +114,23 @@ class DeadLetters:
         key, job_id = identify(task, record.job)
         log_dead_lettered(key, job_id, reason=record.detail, attempts=record.attempts, consumer=member,
                           destination=self.topic, partition=task.tp[1], offset=task.offset)
+
+
+class _AllAnswered:
+    """One report for several records: after the last answer, with the first error if any
+    (answers may come on two threads that poll the producer at once)."""
+
+    def __init__(self, count: int, report: DeliveryReport) -> None:
+        self._left = count
+        self._error: KafkaError | None = None
+        self._report = report
+        self._lock = threading.Lock()
+
+    def one(self, error: KafkaError | None, message: Message) -> None:
+        with self._lock:
+            self._left -= 1
+            if error is not None and self._error is None:
+                self._error = error
+            last = self._left == 0
+        if last:
+            self._report(self._error, message)

@@ -18,6 +18,7 @@ from confluent_kafka import Message
 from consumer_service.dead_letters import DeadLetterPublisher, DeliveryReport
 from consumer_service.outgoing import Record, identify
 from consumer_service.scheduler import Task
+from consumer_service.transactions import OutRecord
 from jobpipe import metrics
 from jobpipe.delays import (
     ATTEMPTS_HEADER,
@@ -66,13 +67,17 @@ class ParkedCopies:
         self._publisher = publisher
         self.topic = f"{jobs_topic}.delay.*"
 
-    def publish(self, task: Task, record: Record, report: DeliveryReport) -> None:
+    def records(self, task: Task, record: Record) -> list[OutRecord]:
+        """The copy (under PROCESSING_GUARANTEE=exactly_once it goes in the member's transaction)."""
         parking: Parking = record.detail
         message: Message = task.payload
         headers = message.headers()
         pairs = list(headers.items()) if isinstance(headers, dict) else headers
-        self._publisher.produce(parking.park.tier.topic, message,
-                                parked_headers(pairs, parking, record.attempts), report)
+        return [OutRecord(parking.park.tier.topic, message.key(), message.value(),
+                          parked_headers(pairs, parking, record.attempts))]
+
+    def publish(self, task: Task, record: Record, report: DeliveryReport) -> None:
+        self._publisher.send(self.records(task, record), report)
 
     def acknowledged(self, task: Task, record: Record, member: str) -> None:
         parking: Parking = record.detail

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from jobpipe.settings import HandlerSettings, KafkaSettings
+from jobpipe.settings import HandlerSettings, KafkaSettings, ResultsSettings
 
 
-class ConsumerSettings(KafkaSettings, HandlerSettings):
+class ConsumerSettings(KafkaSettings, HandlerSettings, ResultsSettings):
     consumer_group: str = Field("worker-group", min_length=1, description="Consumer group id.")
     consumer_mode: Literal["group", "share"] = Field(
         "group", description="`group`: a consumer group (partitions spread over members, order kept); "
@@ -34,6 +34,12 @@ class ConsumerSettings(KafkaSettings, HandlerSettings):
         description="A waiting job (a delayed job, or a retry's back-off) due within this many ms is "
                     "held in memory, holding back its ordering unit; a longer wait is parked in the "
                     "delay tiers and lets the partition move on.")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="`at_least_once`: results, dead letters and offsets published one by one "
+                    "(a crash can publish a job's result twice); `exactly_once`: they go in one "
+                    "Kafka transaction per member per commit interval, so a read_committed reader "
+                    "sees one result per job whatever happens to members.")
     static_membership: bool = Field(
         False, description="Set group.instance.id from the host name, so a restarted replica "
                            "gets its partitions back without a group-wide rebalance.")
@@ -42,6 +48,19 @@ class ConsumerSettings(KafkaSettings, HandlerSettings):
     @classmethod
     def _lower_choices(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("processing_guarantee", mode="before")
+    @classmethod
+    def _guarantee_spelling(cls, value: object) -> object:
+        """`exactly-once`, `EXACTLY_ONCE` and `exactly_once` are one value."""
+        return value.lower().replace("-", "_") if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _exactly_once_needs_a_group(self) -> ConsumerSettings:
+        if self.consumer_mode == "share" and self.processing_guarantee == "exactly_once":
+            raise ValueError("PROCESSING_GUARANTEE=exactly_once does not go with CONSUMER_MODE=share: "
+                             "a share group has no transactional acknowledgement (use CONSUMER_MODE=group)")
+        return self
 
     @model_validator(mode="after")
     def _share_mode_alone(self) -> ConsumerSettings:

@@ -48,17 +48,20 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer_service.counts import Counts
 from consumer_service.dead_letters import DeadLetterPublisher, DeadLetters
 from consumer_service.offsets import TP
 from consumer_service.outgoing import Outgoing, Record, identify, job_of
 from consumer_service.parking import ParkedCopies, Parking
+from consumer_service.result_kinds import DeadLettersWithResults, Results, TransactionalKind
+from consumer_service.result_records import result_record
 from consumer_service.runner import NotDue, TaskRunner
 from consumer_service.scheduler import Run, Scheduler, Task
 from consumer_service.settings import ConsumerSettings
 from consumer_service.tier_mover import TierMover
+from consumer_service.transactions import Transactions
 from jobpipe import metrics
 from jobpipe.access import principal
 from jobpipe.delays import Park, decide, tiers_of
@@ -134,6 +137,14 @@ class ConsumerWorker:
         instance_id = f"{host}-{self.number}" if self.settings.static_membership else None
         self._config = consumer_config(self.settings, client_id, self.settings.consumer_group, instance_id,
                                        max_in_flight=self.settings.max_in_flight)
+        # PROCESSING_GUARANTEE=exactly_once: offsets are committed only in the member's
+        # transactions, with the records of the jobs below them (consumer_service.transactions).
+        self._eos: Transactions | None = None
+        if self.settings.processing_guarantee == "exactly_once":
+            self._config["enable.auto.commit"] = False
+            self._eos = Transactions(self.settings, f"{client_id}-tx", self.number, self.name)
+        self._results_topic = self.settings.results_topic
+        self._rewind: set[TP] = set()  # partitions whose transaction was aborted: read them again
         self._generation = 0  # which librdkafka client is current (see `_replace_client`)
         self._stranded_since: float | None = None
         self._broker_lost = False  # no broker answered in the last statistics: not ready
@@ -155,6 +166,11 @@ class ConsumerWorker:
         self._tiers = tiers_of(self.settings.jobs_topic)
         self._hold_max_s = self.settings.delay_hold_max_ms / 1000
         self._mover: TierMover | None = None  # made by `run` (its clients connect at once)
+        # RESULTS_TOPIC set, at-least-once: results, and dead letters with their failure result,
+        # are records the job waits for (exactly-once: they go in its transactions instead).
+        self._result_kind = None if self._results_topic is None else Results(self._dlq, self._results_topic)
+        self._give_up_kind = DeadLettersWithResults(self._dead_letter_kind, self._dlq, self._results_topic,
+                                                    self.name)
         self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
         self._shutdown: ShutdownBudget | None = None  # from when the stop was seen (see `_budget`)
         self._client_call: ClientCall[Any] | None = None  # a commit or close() still running
@@ -263,6 +279,8 @@ class ConsumerWorker:
             self._outgoing.report()
         self._start(time.monotonic())
         self._store()
+        if self._eos is not None:
+            self._transaction_turn()
         self._apply_flow()
 
     def _wait_s(self) -> float:
@@ -337,7 +355,7 @@ class ConsumerWorker:
 
     def _store(self) -> None:
         moved = self._scheduler.offsets()
-        if not moved:
+        if not moved or self._eos is not None:  # exactly-once: the transactions commit the offsets
             return
         try:
             self._consumer.store_offsets(
@@ -394,6 +412,10 @@ class ConsumerWorker:
             elif isinstance(result, Attempt):
                 if result.error is not None:
                     self._after_failure(task, result)
+                elif self._results_topic is not None:
+                    processed += self._publish_result(task, result)
+                    if logged:
+                        log_processed(result, self.name, partition=task.tp[1], offset=task.offset)
                 elif succeeded(task):
                     processed += 1
                     if logged:
@@ -403,7 +425,7 @@ class ConsumerWorker:
             elif isinstance(result, NotDue):
                 self._wait_for_due(task, result)
             else:
-                self._outgoing.send(task, Record(self._dead_letter_kind, None, 0, str(result)))
+                self._give_up(task, None, 0, str(result))
         run.reported = upto
         self.counts.processed += processed
         for task in reversed(not_started):  # back in their places, in order
@@ -430,8 +452,7 @@ class ConsumerWorker:
 
     def _after_failure(self, task: Task, attempt: Attempt) -> None:
         if self.handler.next_step(attempt) is Next.DEAD_LETTER:
-            self._outgoing.send(task, Record(self._dead_letter_kind, attempt.job, attempt.number,
-                                             attempt.error_text))
+            self._give_up(task, attempt.job, attempt.number, attempt.error_text)
             return
         delay = self.handler.policy.delay_s(attempt.number)
         if delay > self._hold_max_s:  # a long back-off: parked, and the partition moves on
@@ -440,8 +461,8 @@ class ConsumerWorker:
             if isinstance(park, Park):
                 self.counts.retried += 1
                 log_retry(attempt, delay, self.name, partition=task.tp[1], offset=task.offset)
-                self._outgoing.send(task, Record(self._parked_kind, attempt.job, attempt.number,
-                                                 Parking(park, now + delay, attempt.error_text)))
+                self._send(task, Record(self._parked_kind, attempt.job, attempt.number,
+                                        Parking(park, now + delay, attempt.error_text)))
                 return
         if self._scheduler.failed(task, time.monotonic() + delay):
             self.counts.retried += 1
@@ -456,12 +477,92 @@ class ConsumerWorker:
         now = time.time()
         decision = decide(now, not_due.due, self._tiers, self._hold_max_s)
         if isinstance(decision, Park):
-            self._outgoing.send(task, Record(self._parked_kind, not_due.job, not_due.attempts,
-                                             Parking(decision, not_due.due)))
+            self._send(task, Record(self._parked_kind, not_due.job, not_due.attempts,
+                                    Parking(decision, not_due.due)))
             return
         if not self._scheduler.wait(task, time.monotonic() + max(0.0, not_due.due - now)) \
                 and not task.orphaned:  # else handed back (and counted) when its partition was dropped
             self._hand_back(task, not_due.job, "its partition was given up while it waited for its time")
+
+    # ---- results and transactions (issue 24) -----------------------------------------------
+
+    def _publish_result(self, task: Task, attempt: Attempt) -> int:
+        """A succeeded job's result (RESULTS_TOPIC set), sent as its record (`_send`).
+        Returns 1 if the job counts as processed."""
+        assert self._result_kind is not None and self._results_topic is not None
+        record = result_record(self._results_topic, attempt.job, attempt.value, attempt.number)
+        if task.orphaned:  # its partition went while it ran: handed back (and counted) then
+            self._scheduler.succeeded(task)  # reported back: its slot is free
+            metrics.handler_stats().processed -= 1  # so jobs_processed_total counts it once
+            return 0
+        self._send(task, Record(self._result_kind, attempt.job, attempt.number, (record,)))
+        return 1
+
+    def _give_up(self, task: Task, job: Job | None, attempts: int, reason: str) -> None:
+        """Dead-letter a job (and publish its failure result, RESULTS_TOPIC set)."""
+        self._send(task, Record(self._give_up_kind, job, attempts, reason))
+
+    def _send(self, task: Task, record: Record) -> bool:
+        """A running task's record: at-least-once publishes it and the job finishes once the
+        broker acknowledged it (consumer_service.outgoing); exactly-once finishes the job now
+        and holds the kind's records for the member's next transaction. False if the task's
+        partition was dropped meanwhile (handed back then)."""
+        if self._eos is None:
+            self._outgoing.send(task, record)
+            return True
+        if not self._scheduler.settled(task):
+            return False
+        kind: TransactionalKind = record.kind  # type: ignore[assignment]
+        self._eos.hold(task.tp, task.offset, kind.records(task, record))
+        kind.acknowledged(task, record, self.name)  # counted and logged as the publish would be
+        return True
+
+    def _transaction_turn(self) -> None:
+        """Exactly-once, each turn: read again what an aborted transaction covered, then commit
+        once the interval has passed."""
+        if self._rewind:
+            self._read_again()
+        assert self._eos is not None
+        if self._eos.due(time.monotonic()):
+            self._commit_transaction()
+
+    def _commit_transaction(self) -> None:
+        """One transaction with the watermark of every partition held here (not while a
+        partition whose transaction was aborted still waits to be read again)."""
+        assert self._eos is not None
+        if self._rewind:
+            return
+        scheduler = self._scheduler
+        watermarks = {tp: mark for tp in self._assigned if (mark := scheduler.committable(tp)) is not None}
+        committed = self._eos.commit(self._consumer, watermarks)
+        if not committed.ok:
+            self._rewind |= committed.aborted & self._assigned
+
+    def _read_again(self) -> None:
+        """Partitions whose transaction was aborted: their finished jobs' records were lost with
+        it, so the jobs since the committed offset are fetched and run again (as after a lost
+        partition, but this member keeps it)."""
+        tps, self._rewind = self._rewind & self._assigned, set()
+        if not tps:
+            return
+        self._forget(tps, "its transaction was aborted")
+        try:
+            committed = self._consumer.committed([TopicPartition(*tp) for tp in sorted(tps)], timeout=10)
+        except KafkaException as error:
+            event("transaction.rewind_failed", f"{self.name} could not read the committed offsets "
+                  f"({error.args[0].str()}); leaving the group to start over", level="ERROR",
+                  consumer=self.name)
+            raise
+        self._assigned |= tps
+        self._hand_back_all(self._scheduler.assign(sorted(tps)), "partition read again")
+        self._consumer.resume([TopicPartition(*tp) for tp in sorted(tps)])
+        for position in committed:
+            offset = position.offset if position.offset >= 0 else OFFSET_BEGINNING
+            try:
+                self._consumer.seek(TopicPartition(position.topic, position.partition, offset))
+            except KafkaException as error:
+                event("transaction.rewind_failed", f"{self.name} could not seek partition "
+                      f"{position.partition}: {error.args[0].str()}", level="WARNING", consumer=self.name)
 
     # ---- handing back --------------------------------------------------------------------
 
@@ -554,12 +655,18 @@ class ConsumerWorker:
               owned=sorted(p for _, p in self._assigned))
 
     def _forget(self, partitions: set[TP], why: str) -> None:
+        if self._eos is not None:
+            self._eos.forget(partitions)
+            self._rewind -= partitions
         self._hand_back_all(self._scheduler.drop(partitions), why)
         metrics.partitions_forgotten(partitions, len(partitions & self._assigned))  # drops their lag
         self._assigned -= partitions
 
     def _commit(self, quiet: tuple[int, ...] = ()) -> KafkaError | None:
         """Commit the stored offsets now; return the error (logged unless its code is `quiet`)."""
+        if self._eos is not None:
+            self._commit_transaction()
+            return None  # an aborted transaction's partitions are read again (`_rewind`)
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException as error:
@@ -677,6 +784,8 @@ class ConsumerWorker:
                       "clean LeaveGroup (the group drops this member at its session timeout)",
                       level="WARNING", consumer=self.name)
         finally:
+            if self._eos is not None:
+                self._eos.close()
             left = self._dlq.close(budget.left("flush", time.monotonic()))
             if left:
                 event("dead_letters.unflushed", f"{self.name}: {left} dead letter(s) unacknowledged",

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from jobpipe.settings import KafkaSettings
+from jobpipe.settings import KafkaSettings, ResultsSettings
 
 
-class TopicAdminSettings(KafkaSettings):
+class TopicAdminSettings(KafkaSettings, ResultsSettings):
     jobs_partitions: int = Field(3, ge=1, le=10_000,
                                  description="Partitions of JOBS_TOPIC and DLQ_TOPIC (grown, never shrunk).")
     replication_factor: int = Field(1, ge=1, le=100,

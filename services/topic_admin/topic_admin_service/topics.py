@@ -52,6 +52,8 @@ class TopicAdmin:
         self._tier_reader: GroupReader | None = None  # the delay movers' group (the same)
         self.tier_topics = [tier.topic for tier in tiers_of(settings.jobs_topic)]
         self.topics = [settings.jobs_topic, settings.dlq_topic, *self.tier_topics]
+        if settings.results_topic is not None:  # created, grown and reset beside the others
+            self.topics.append(settings.results_topic)
 
     # ---- ensure / reset ---------------------------------------------------------------------
 
