@@ -146,7 +146,7 @@ SERVED_BY: dict[str, tuple[str, ...]] = {
     "consumer": (*HANDLER_FAMILIES, "job_end_to_end_seconds", "consumer_lag", "consumer_partitions_owned"),
     "inmemory": ("jobs_produced", *HANDLER_FAMILIES, "inmemory_queue_depth"),
     "lag-exporter": ("consumer_group_lag", "consumer_group_members",
-                     "consumer_group_lag_updated_timestamp_seconds"),
+                     "consumer_group_lag_updated_timestamp_seconds", "jobs_dead_letters_waiting"),
 }
 RUNTIME_PREFIXES = ("process_", "python_")
 

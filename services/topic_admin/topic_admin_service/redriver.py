@@ -39,6 +39,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 from jobpipe.errors import KafkaUnreachable, StopRequested
 from jobpipe.kafka_clients import Config, consumer_config, kafka_reason, producer_config
 from jobpipe.logs import event
+from jobpipe.redrive_ledger import ledger_topic, read_ledger_record
 from topic_admin_service.errors import RedriveFailed, Refused
 from topic_admin_service.output import Bar, NoProgress
 from topic_admin_service.redrive import (
@@ -48,9 +49,7 @@ from topic_admin_service.redrive import (
     Tally,
     Verdict,
     ledger_record,
-    ledger_topic,
     pace,
-    read_ledger_record,
     redriven_headers,
     target_partition,
 )
