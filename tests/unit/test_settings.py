@@ -192,20 +192,26 @@ def test_a_secret_and_its_file_together_are_refused(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize(("kind", "complaint"), [
-    ("missing", "cannot read the file (No such file or directory)"),
     ("folder", "cannot read the file (Is a directory)"),
     ("empty", "the file is empty"),
 ])
-def test_a_secret_file_that_cannot_be_read_exits_2_naming_its_variable(
-        tmp_path: Path, kind: str, complaint: str) -> None:
+def test_a_secret_file_that_cannot_be_read_or_is_empty_is_refused(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str, complaint: str) -> None:
     path = tmp_path if kind == "folder" else tmp_path / kind
     if kind == "empty":
         path.write_text("\n")
+    monkeypatch.setenv("KAFKA_SSL_KEY_PASSWORD_FILE", str(path))
+    with pytest.raises(ConfigError) as refused:
+        load_settings(ProducerSettings)
+    assert str(refused.value) == f"KAFKA_SSL_KEY_PASSWORD_FILE='{path}': {complaint}"
+
+
+def test_a_secret_file_that_cannot_be_read_exits_2_naming_its_variable(tmp_path: Path) -> None:
+    path = tmp_path / "missing"
     run = run_to_end("producer", timeout=30, kafka_bootstrap_servers="127.0.0.1:1",
                      kafka_sasl_password_file=str(path))
     assert run.process.returncode == 2
     lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1, run.stderr
-    assert lines[0].startswith(f"producer: configuration error: KAFKA_SASL_PASSWORD_FILE='{path}': ")
-    assert complaint in lines[0]
-    assert "Traceback" not in run.stderr + run.output and run.output == ""
+    assert lines == [f"producer: configuration error: KAFKA_SASL_PASSWORD_FILE='{path}': "
+                     "cannot read the file (No such file or directory)"], run.stderr
+    assert run.output == ""
