@@ -21,6 +21,7 @@ from local_kafka import LocalKafkaCluster
 from jobpipe.job import Job
 from tests.integration.conftest import Pipeline
 from tests.service_runner import ServiceProcess, wait_until
+from topic_admin_service.redriver import TRANSACTION_TIMEOUT_MS
 
 FAILS = "tests.integration.operation_handlers:fails_by_payload"
 NOOP = "tests.handlers:noop"
@@ -209,6 +210,7 @@ def test_an_interrupted_redrive_then_a_second_run_moves_every_dead_letter_exactl
     first.wait_for("redrive.progress", 5, timeout=90)
     if signum == signal.SIGKILL:
         stop_inside_a_transaction(pipeline, first)  # a crash with a transaction open
+    seen_open = datetime.now(UTC)
     first.signal(signum)
     code = first.wait(60)
     if signum == signal.SIGKILL:
@@ -227,10 +229,15 @@ def test_an_interrupted_redrive_then_a_second_run_moves_every_dead_letter_exactl
     assert second["moved"] + second["already_redriven"] == total, second
     assert second["already_redriven"] >= committed_before
     aborted = rerun.events("redrive.aborted_earlier")
-    if signum == signal.SIGKILL:  # the re-run says what it found and aborted, in its own words
+    looked = datetime.fromisoformat(str(rerun.events("redrive.ledger")[0]["time"]).replace("Z", "+00:00"))
+    # The broker itself aborts an abandoned transaction TRANSACTION_TIMEOUT_MS (10 s) after it
+    # began (a moment before it was seen open: 2 s of margin): a re-run that looked later (a very
+    # loaded machine) may rightly find nothing open.
+    if signum == signal.SIGKILL and (looked - seen_open).total_seconds() < TRANSACTION_TIMEOUT_MS / 1000 - 2:
+        # the re-run says what it found and aborted, in its own words
         assert len(aborted) == 1 and 1 <= aborted[0]["not_committed"] <= 10, rerun.tail()
         assert "aborted the open transaction of an interrupted earlier re-drive" in aborted[0]["message"]
-    else:
+    elif signum == signal.SIGTERM:
         assert aborted == [], "SIGTERM commits the batch in hand: nothing is left open"
 
     assert_each_once(pipeline, jobs)
