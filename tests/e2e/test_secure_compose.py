@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import OVERRIDE_SECURE, Stack
-from tests.e2e.engine import COMPOSE_FILE, ensure_compose, run
+from tests.e2e.engine import COMPOSE_FILE, ensure_compose, log, run
 from tests.e2e.test_compose import SEED_KEYS, wait_processed
 from tests.observing import wait_until
 
@@ -76,6 +76,7 @@ def committed_offsets(stack: Stack) -> dict[int, tuple[int, int | None]]:
 def test_the_seed_runs_over_sasl_ssl_with_a_user_per_service(make_stack: Any) -> None:
     values = {name: secrets.token_hex(16) for name in SECRETS}
     stack = make_stack(files=(COMPOSE_FILE, OVERRIDE_SECURE), **values)
+    log("secure seed: up")
     stack.up(timeout=600)  # kafka-users: ten JVM starts of Kafka's tools, slow on a loaded machine
     codes = stack.wait_exited("kafka-certs", "kafka-users", "topic-admin", "producer", timeout=240)
     assert codes and all(code == 0 for code in codes.values()), codes
@@ -90,6 +91,7 @@ def test_the_seed_runs_over_sasl_ssl_with_a_user_per_service(make_stack: Any) ->
             assert (config["kafka_security_protocol"], config["kafka_sasl_username"]) == ("SASL_SSL", user)
             assert config["kafka_bootstrap_servers"] == "kafka:19093"
 
+    log("secure seed: processed; the redrive and offsets steps start")
     # Compose secrets: no password in any container's environment (what `docker inspect` shows).
     for container in stack.containers():
         inspect = [*stack.engine.cli, "inspect", "--format", "{{json .Config.Env}}", str(container["ID"])]
@@ -114,6 +116,7 @@ def test_the_seed_runs_over_sasl_ssl_with_a_user_per_service(make_stack: Any) ->
     offsets = committed_offsets(stack)
     assert offsets and all(committed == start for start, committed in offsets.values()), offsets
 
+    log("secure seed: the redrive and offsets steps done")
     lines = [line for found in stack.logs().values() for line in found]
     leaked = [name for name, value in values.items() if any(value in line for line in lines)]
     assert not leaked, f"secrets in the logs: {leaked}"
