@@ -3,8 +3,8 @@
 # namespace): a SCRAM-SHA-512 user per service and the least ACLs each needs
 # (docs/security.md). It talks to the broker's LOCAL listener, plaintext on 127.0.0.1 inside
 # the broker's container only, whose principal (User:ANONYMOUS) is the broker's super user.
-# Passwords come from the environment and are never printed. Running it again only re-sets the
-# same.
+# Passwords come from files (compose secrets) named by JOBPIPE_<USER>_PASSWORD_FILE and are never
+# printed. Running it again only re-sets the same.
 set -eu
 bootstrap=127.0.0.1:19092
 jobs="${JOBS_TOPIC:-jobs}"
@@ -23,13 +23,34 @@ allow() {  # principal, then kafka-acls.sh's resource and operation flags
     echo "kafka-users: User:$principal may $*"
 }
 
-user jobpipe-admin "${JOBPIPE_ADMIN_PASSWORD:?JOBPIPE_ADMIN_PASSWORD is not set}"
-user jobpipe-producer "${JOBPIPE_PRODUCER_PASSWORD:?JOBPIPE_PRODUCER_PASSWORD is not set}"
-user jobpipe-consumer "${JOBPIPE_CONSUMER_PASSWORD:?JOBPIPE_CONSUMER_PASSWORD is not set}"
+password() {  # a *_FILE variable's name and value -> the password in that file
+    if [ -z "$2" ] || [ ! -r "$2" ] || [ ! -s "$2" ]; then
+        echo "kafka-users: $1='$2': cannot read the password" >&2
+        exit 2
+    fi
+    cat "$2"
+}
+# Assignments, so that `set -e` stops the script when a file cannot be read.
+admin=$(password JOBPIPE_ADMIN_PASSWORD_FILE "${JOBPIPE_ADMIN_PASSWORD_FILE:-}")
+producer=$(password JOBPIPE_PRODUCER_PASSWORD_FILE "${JOBPIPE_PRODUCER_PASSWORD_FILE:-}")
+consumer=$(password JOBPIPE_CONSUMER_PASSWORD_FILE "${JOBPIPE_CONSUMER_PASSWORD_FILE:-}")
+user jobpipe-admin "$admin"
+user jobpipe-producer "$producer"
+user jobpipe-consumer "$consumer"
 
+# Each kafka-acls.sh is a JVM start (seconds): one call per principal and set of operations.
 allow jobpipe-admin --operation Create --operation Describe --operation DescribeConfigs \
     --operation AlterConfigs --topic '*'
 allow jobpipe-admin --operation Describe --group '*'
+# `topic-admin redrive`: read the DLQ, copy to the jobs topic and record the copies in the
+# ledger (<DLQ_TOPIC>.redriven, made by the first run: Create above) in one transaction, under
+# the transactional id topic-admin-redrive.<DLQ_TOPIC> (Write implies Describe).
+# `topic-admin offsets --execute`: an offset commit needs Read on the group and on the topic.
+allow jobpipe-admin --operation Read --topic "$dlq" --topic "$dlq.redriven" --topic "$jobs" --group "$group"
+allow jobpipe-admin --operation Write --topic "$jobs" --topic "$dlq.redriven" \
+    --transactional-id "topic-admin-redrive.$dlq"
 allow jobpipe-producer --operation Write --topic "$jobs"
-allow jobpipe-consumer --operation Read --topic "$jobs" --group "$group"
+# The consumer; the lag exporter (as jobpipe-consumer) also reads the ledger, to count the dead
+# letters waiting.
+allow jobpipe-consumer --operation Read --topic "$jobs" --topic "$dlq.redriven" --group "$group"
 allow jobpipe-consumer --operation Write --topic "$dlq"

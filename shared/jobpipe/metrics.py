@@ -154,7 +154,7 @@ SERVED_BY: dict[str, tuple[str, ...]] = {
                  "jobs_parked", "delayed_job_late_seconds"),
     "inmemory": ("jobs_produced", *HANDLER_FAMILIES, "inmemory_queue_depth"),
     "lag-exporter": ("consumer_group_lag", "consumer_group_members",
-                     "consumer_group_lag_updated_timestamp_seconds"),
+                     "consumer_group_lag_updated_timestamp_seconds", "jobs_dead_letters_waiting"),
 }
 RUNTIME_PREFIXES = ("process_", "python_")
 

@@ -12,6 +12,7 @@ runs it; the imports go one way (settings <- kafka_clients <- client_check <- se
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -114,6 +115,11 @@ class KafkaSettings(BaseServiceSettings):
         None, description="Mutual TLS: path of the certificate's private key (PEM).")
     kafka_ssl_key_password: SecretStr | None = Field(
         None, description="Password of an encrypted private key; a secret, never logged.")
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="File holding the SASL password (a compose or Kubernetes secret), "
+                          "instead of KAFKA_SASL_PASSWORD.")
+    kafka_ssl_key_password_file: Path | None = Field(
+        None, description="File holding the private key's password, instead of KAFKA_SSL_KEY_PASSWORD.")
     kafka_extra_config: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="Any other librdkafka properties, for every client of the service: `key=value` "
@@ -137,6 +143,24 @@ class KafkaSettings(BaseServiceSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """Each secret X may be given as a file instead, named by X_FILE (compose and
+        Kubernetes mount secrets as files: then they are not in the environment, where
+        `docker inspect` shows them)."""
+        if not isinstance(data, dict):
+            return data
+        given = dict(data)
+        for name in cls.model_fields:
+            secret = name.removesuffix("_file")
+            if secret == name or secret not in cls.model_fields or given.get(name) in (None, ""):
+                continue
+            if given.get(secret) not in (None, ""):
+                raise ValueError(f"{secret.upper()} and {name.upper()} are both set: set one of them")
+            given[secret] = read_secret_file(name.upper(), Path(given[name]))
+        return given
 
     @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_ssl_ca_location",
                      "kafka_sasl_password", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
@@ -204,6 +228,21 @@ def parse_pairs(text: str) -> dict[str, str]:
         previous = name.strip()
         pairs[previous] = setting.strip()
     return pairs
+
+
+def read_secret_file(variable: str, path: Path) -> str:
+    """The secret in `path` (named by the environment variable `variable`), without the line
+    end a file usually has; a file that cannot be read, or holds nothing, is a configuration
+    error naming `variable` (never the content)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        raise ValueError(f"{variable}={str(path)!r}: cannot read the file ({reason})") from None
+    secret = text.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        raise ValueError(f"{variable}={str(path)!r}: the file is empty")
+    return secret
 
 
 def masked(properties: dict[str, str]) -> dict[str, str]:

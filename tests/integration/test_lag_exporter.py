@@ -1,11 +1,15 @@
 """Lag metrics against the real broker: consumer_service.lag_exporter reads the group's lag per
 partition and its members without joining the group (so it keeps reporting when every consumer
-is down); each consumer replica reports consumer_lag only for the partitions it owns."""
+is down) and how many dead letters wait (not yet re-driven); each consumer replica reports
+consumer_lag only for the partitions it owns."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Callable
 
+from confluent_kafka import KafkaException
 from local_kafka import LocalKafkaCluster
 from prometheus_client import REGISTRY
 
@@ -13,8 +17,17 @@ from consumer_service.lag_exporter import LagReader
 from consumer_service.settings import ConsumerSettings
 from jobpipe.job import Job
 from tests.integration.conftest import Pipeline
+from tests.integration.test_operations import produce
 from tests.observing import http_get, metric, samples, wait_until
 from tests.service_runner import free_port
+
+
+def answered(reader: LagReader) -> bool:
+    try:
+        reader.read()
+    except KafkaException:
+        return False
+    return True
 
 
 def group_lag(pipeline: Pipeline) -> dict[int, float]:
@@ -33,7 +46,9 @@ def test_lag_exporter_reports_the_groups_lag_from_the_broker(pipeline: Pipeline)
     settings = ConsumerSettings(**pipeline.settings())  # type: ignore[arg-type]
     reader = LagReader(settings)
     try:
-        reader.read()  # nothing committed yet: everything in the topic is lag
+        # Nothing committed yet: everything in the topic is lag. A broker just started may answer
+        # NOT_COORDINATOR at first (the exporter's loop reads again): so does this.
+        wait_until(lambda: answered(reader), 30, "the group's coordinator to answer", poll=0.5)
         per_partition = {p: sum(1 for q, _ in placed if q == p) for p in range(3)}
         assert group_lag(pipeline) == {p: float(n) for p, n in per_partition.items()}
         assert REGISTRY.get_sample_value("consumer_group_members", {"group": pipeline.group}) == 0
@@ -54,6 +69,41 @@ def test_lag_exporter_reports_the_groups_lag_from_the_broker(pipeline: Pipeline)
             reader.read()
             return sum(group_lag(pipeline).values()) == 4
         wait_until(behind, 30, "lag 4 with no consumer running", poll=0.5)
+    finally:
+        reader.close()
+
+
+def dead_letters_waiting(pipeline: Pipeline) -> dict[int, float]:
+    found = {}
+    for partition in range(3):
+        value = REGISTRY.get_sample_value("jobs_dead_letters_waiting", {
+            "topic": pipeline.dlq, "partition": str(partition)})
+        if value is not None:
+            found[partition] = value
+    return found
+
+
+def test_dead_letters_waiting_are_the_dlq_less_what_redrive_moved(pipeline: Pipeline) -> None:
+    """jobs_dead_letters_waiting (docs/operations.md): 10 dead letters wait; a re-drive of 4
+    leaves 6, on the partitions `topic-admin dlq list` shows them not yet re-driven."""
+    pipeline.ensure_topics(3)
+    produce(pipeline, pipeline.dlq, [(Job.new(1, seq), [("dlq.error", b"ValueError: x")], seq % 3)
+                                     for seq in range(10)])
+    reader = LagReader(ConsumerSettings(**pipeline.settings()))  # type: ignore[arg-type]
+    try:
+        def waiting(expected: dict[int, float]) -> bool:
+            return answered(reader) and dead_letters_waiting(pipeline) == expected
+        wait_until(lambda: waiting({0: 4.0, 1: 3.0, 2: 3.0}), 30, "10 dead letters waiting", poll=0.5)
+
+        moved = pipeline.run("topic-admin", "redrive", "--limit", "4", "--json")
+        assert moved.process.returncode == 0 and json.loads(moved.output)["moved"] == 4, moved.tail()
+        listed = pipeline.run("topic-admin", "dlq", "list", "--json")
+        assert listed.process.returncode == 0, listed.tail()
+        rows = [json.loads(line) for line in listed.output.splitlines() if line.startswith("{")]
+        left = Counter(int(row["at"].split(":")[0]) for row in rows if not row["redriven"])
+        assert sum(left.values()) == 6
+        wait_until(lambda: waiting({p: float(left[p]) for p in range(3)}), 30,
+                   f"6 dead letters waiting, as `dlq list` shows them: {dict(left)}", poll=0.5)
     finally:
         reader.close()
 

@@ -111,8 +111,14 @@ def test_the_seed_scenario_runs_over_sasl_ssl_with_the_least_acls(secure: Securi
                                                     Need("WRITE", "topic", names.dlq, "DLQ_TOPIC")])
     port = free_port()
     consumer = start("consumer", **names.settings(**consumer_settings, metrics_port=port))
-    producer = start("producer", **names.settings(**sasl(secure, "producer"), producer_workers=2,
-                                                           messages_per_worker=10))
+    # The producer's password from a file (KAFKA_SASL_PASSWORD_FILE, as compose's secrets give it).
+    password_file = secure.files.ca.parent / "producer-password"
+    password_file.write_text(PASSWORDS["producer"] + "\n")
+    producer_settings = sasl(secure, "producer")
+    del producer_settings["kafka_sasl_password"]
+    producer = start("producer", **names.settings(**producer_settings, producer_workers=2,
+                                                  messages_per_worker=10,
+                                                  kafka_sasl_password_file=str(password_file)))
     assert producer.wait(60) == 0, producer.tail()
     consumer.wait_for("job.processed", 20, timeout=60)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
@@ -131,6 +137,10 @@ def test_mutual_tls_with_an_encrypted_client_key(secure: Security) -> None:
     secure.allow_consumer(MTLS_PRINCIPAL, names.topic, names.group, names.dlq)
     mtls = secure.mtls_settings()
     consumer = start("consumer", **names.settings(**mtls))
+    # The producer's key password from a file (KAFKA_SSL_KEY_PASSWORD_FILE).
+    key_password_file = secure.files.ca.parent / "key-password"
+    key_password_file.write_text(str(mtls.pop("kafka_ssl_key_password")))
+    mtls["kafka_ssl_key_password_file"] = str(key_password_file)
     producer = start("producer", **names.settings(**mtls, producer_workers=1,
                                                            messages_per_worker=10))
     assert producer.wait(60) == 0, producer.tail()

@@ -7,6 +7,7 @@ import json
 import re
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ DOCUMENTED = {
     "service_ready": "gauge",
     # consumer_service.lag_exporter (compose profile `monitoring`)
     "consumer_group_lag": "gauge", "consumer_group_members": "gauge",
-    "consumer_group_lag_updated_timestamp_seconds": "gauge",
+    "consumer_group_lag_updated_timestamp_seconds": "gauge", "jobs_dead_letters_waiting": "gauge",
 }
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 # Labels Prometheus sets on every target (or keeps for itself): a metric's own label of that
@@ -53,12 +54,14 @@ def test_metric_and_label_names_follow_prometheus_conventions() -> None:
     lag_exporter.GROUP_LAG.labels("g", "t", "0").set(0)  # a labelled family shows once it has a series
     lag_exporter.GROUP_MEMBERS.labels("g").set(0)
     lag_exporter.UPDATED.labels("g").set(0)
+    lag_exporter.DEAD_LETTERS_WAITING.labels("t.dlq", "0").set(0)
     metrics.CONSUMER_LAG.labels("t", "0").set(0)
     try:
         families = {f.name: f for f in text_string_to_metric_families(generate_latest(REGISTRY).decode())}
     finally:
         metrics.CONSUMER_LAG.remove("t", "0")
         lag_exporter.GROUP_LAG.remove("g", "t", "0")
+        lag_exporter.DEAD_LETTERS_WAITING.remove("t.dlq", "0")
     ours = {name: family for name, family in families.items() if name in DOCUMENTED}
     assert {name: f.type for name, f in ours.items()} == DOCUMENTED
     for name, family in ours.items():
@@ -72,6 +75,19 @@ def test_metric_and_label_names_follow_prometheus_conventions() -> None:
                 assert NAME.match(label) and not label.startswith("__"), (name, label)
                 if label not in ("le",):
                     assert label not in RESERVED_LABELS, (name, label)
+
+
+def test_the_metrics_table_says_which_service_serves_each_metric() -> None:
+    """docs/operations.md's table, "served by" column: what each service's /metrics serves."""
+    text = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in text.splitlines()
+            if re.match(r"^\| `[a-z_]+` \| (counter|gauge|histogram) \|", line)]
+    documented = {row[0].strip("`").removesuffix("_total"): {s.strip() for s in row[3].split(",")}
+                  for row in rows}
+    assert set(documented) == set(DOCUMENTED)
+    for name, services in documented.items():
+        serving = {service for service, families in metrics.SERVED_BY.items() if name in families}
+        assert services == (set(metrics.SERVED_BY) if name == "service_ready" else serving), name
 
 
 def test_end_to_end_histogram_counts_successes_from_created_at() -> None:

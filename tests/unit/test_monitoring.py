@@ -39,8 +39,8 @@ SERVED = {"jobs_produced_total", "jobs_produce_failed_total", "jobs_processed_to
           "jobs_retried_total", "jobs_dead_lettered_total", "job_processing_seconds_bucket",
           "job_end_to_end_seconds_bucket", "consumer_lag", "consumer_partitions_owned",
           "inmemory_queue_depth", "service_ready", "consumer_group_lag", "consumer_group_members",
-          "consumer_group_lag_updated_timestamp_seconds", "up", "ALERTS", "jobs_parked_total",
-          "delayed_job_late_seconds_bucket"}
+          "consumer_group_lag_updated_timestamp_seconds", "jobs_dead_letters_waiting", "up", "ALERTS",
+          "jobs_parked_total", "delayed_job_late_seconds_bucket"}
 PANEL_TYPES = {"timeseries", "stat", "bargauge", "gauge", "table", "state-timeline"}
 SCREEN_ROWS = 24  # grid units of 30 px: one 1080p screen under Grafana's header
 

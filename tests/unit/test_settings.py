@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -169,3 +170,52 @@ def test_extra_config_must_be_key_value_pairs(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("KAFKA_EXTRA_CONFIG", "linger.ms=5,oops")
     with pytest.raises(ConfigError, match=r"KAFKA_EXTRA_CONFIG.*key=value"):
         load_settings(ProducerSettings)
+
+
+@pytest.mark.parametrize("secret", ["KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD"])
+def test_a_secret_may_come_from_the_file_its_file_variable_names(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, secret: str) -> None:
+    """As compose and Kubernetes mount secrets: the file's line end is not part of the secret."""
+    path = tmp_path / "secret"
+    path.write_text("s3cr3t, with a comma\n")
+    monkeypatch.setenv(f"{secret}_FILE", str(path))
+    monkeypatch.setenv("KAFKA_SSL_KEY_LOCATION", str(tmp_path / "key.pem"))
+    monkeypatch.setenv("KAFKA_SSL_CERTIFICATE_LOCATION", str(tmp_path / "cert.pem"))
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SSL")
+    settings = load_settings(ProducerSettings)
+    assert getattr(settings, secret.lower()).get_secret_value() == "s3cr3t, with a comma"
+    assert "s3cr3t" not in str(settings.effective())
+
+
+def test_a_secret_and_its_file_together_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("one")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "other")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD_FILE", str(tmp_path / "secret"))
+    with pytest.raises(ConfigError, match="KAFKA_SASL_PASSWORD and KAFKA_SASL_PASSWORD_FILE are both set"):
+        load_settings(ProducerSettings)
+
+
+@pytest.mark.parametrize(("kind", "complaint"), [
+    ("folder", "cannot read the file (Is a directory)"),
+    ("empty", "the file is empty"),
+])
+def test_a_secret_file_that_cannot_be_read_or_is_empty_is_refused(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str, complaint: str) -> None:
+    path = tmp_path if kind == "folder" else tmp_path / kind
+    if kind == "empty":
+        path.write_text("\n")
+    monkeypatch.setenv("KAFKA_SSL_KEY_PASSWORD_FILE", str(path))
+    with pytest.raises(ConfigError) as refused:
+        load_settings(ProducerSettings)
+    assert str(refused.value) == f"KAFKA_SSL_KEY_PASSWORD_FILE='{path}': {complaint}"
+
+
+def test_a_secret_file_that_cannot_be_read_exits_2_naming_its_variable(tmp_path: Path) -> None:
+    path = tmp_path / "missing"
+    run = run_to_end("producer", timeout=30, kafka_bootstrap_servers="127.0.0.1:1",
+                     kafka_sasl_password_file=str(path))
+    assert run.process.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert lines == [f"producer: configuration error: KAFKA_SASL_PASSWORD_FILE='{path}': "
+                     "cannot read the file (No such file or directory)"], run.stderr
+    assert run.output == ""

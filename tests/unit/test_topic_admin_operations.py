@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from jobpipe.group_offsets import PartitionState
+from jobpipe.redrive_ledger import dead_letters_waiting, merged, offset_ranges, read_ledger_record
 from topic_admin_service.main import parse
 from topic_admin_service.offset_plan import (
     Move,
@@ -30,9 +32,7 @@ from topic_admin_service.redrive import (
     Tally,
     Verdict,
     ledger_record,
-    offset_ranges,
     pace,
-    read_ledger_record,
     redriven_headers,
     target_partition,
 )
@@ -374,3 +374,16 @@ def test_good_input_gives_a_service_body(argv: list[str]) -> None:
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert parse(["redrive", "--help"]) == 0
     assert "--error-contains" in capsys.readouterr().out
+
+
+@given(st.integers(0, 40), st.integers(0, 40),
+       st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), max_size=8))
+def test_dead_letters_waiting_are_those_in_the_partition_no_redrive_lists(
+        start: int, length: int, ranges: list[tuple[int, int]]) -> None:
+    """The DLQ backlog the lag exporter serves (jobs_dead_letters_waiting): counted on offsets."""
+    end = start + length
+    redriven = {o for first, last in ranges for o in range(first, last + 1)}
+    assert dead_letters_waiting(start, end, ranges) == len(set(range(start, end)) - redriven)
+    joined = merged(ranges)
+    assert {o for first, last in joined for o in range(first, last + 1)} == redriven
+    assert all(a[1] + 1 < b[0] for a, b in pairwise(joined))

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from jobpipe.redrive_ledger import offset_ranges
+
 DLQ_HEADER_PREFIX = "dlq."
 REDRIVE_HEADER_PREFIX = "redrive."
 REDRIVE_COUNT = "redrive.count"
@@ -240,21 +242,6 @@ def target_partition(letter: DeadLetter, jobs_topic: str, jobs_partitions: int) 
 
 # ---- the ledger: which dead letters committed transactions moved --------------------------
 
-def ledger_topic(dlq_topic: str) -> str:
-    return f"{dlq_topic}.redriven"
-
-
-def offset_ranges(offsets: Iterable[int]) -> list[list[int]]:
-    """Sorted offsets as inclusive [first, last] runs: [3, 4, 5, 9] -> [[3, 5], [9, 9]]."""
-    runs: list[list[int]] = []
-    for offset in sorted(set(offsets)):
-        if runs and runs[-1][1] == offset - 1:
-            runs[-1][1] = offset
-        else:
-            runs.append([offset, offset])
-    return runs
-
-
 def ledger_record(dlq_topic: str, topic_id: str, moved: Sequence[DeadLetter], at: datetime) -> bytes:
     """One ledger record per transaction: the DLQ offsets it moved, by partition. `topic_id`
     is the DLQ's Kafka topic id, so a DLQ deleted and created again starts with a clean slate."""
@@ -266,27 +253,6 @@ def ledger_record(dlq_topic: str, topic_id: str, moved: Sequence[DeadLetter], at
                        "moved": {str(p): offset_ranges(offsets)
                                 for p, offsets in sorted(by_partition.items())}},
                       separators=(",", ":")).encode()
-
-
-def read_ledger_record(value: bytes | None, topic_id: str) -> dict[int, list[tuple[int, int]]]:
-    """The offset ranges a ledger record lists for the DLQ with `topic_id` ({} for another
-    topic id, or a record that is not one of ours)."""
-    try:
-        record = json.loads(value or b"")
-    except ValueError:
-        return {}
-    if not isinstance(record, dict) or record.get("topic_id") != topic_id:
-        return {}
-    moved = record.get("moved")
-    if not isinstance(moved, Mapping):
-        return {}
-    found: dict[int, list[tuple[int, int]]] = {}
-    for partition, runs in moved.items():
-        try:
-            found[int(partition)] = [(int(first), int(last)) for first, last in runs]
-        except (TypeError, ValueError):
-            continue
-    return found
 
 
 class Ledger:

@@ -41,18 +41,18 @@ from jobpipe.delays import DUE_HEADER, epoch_ms
 from jobpipe.errors import KafkaUnreachable, StopRequested
 from jobpipe.kafka_clients import Config, consumer_config, kafka_reason, producer_config
 from jobpipe.logs import event
+from jobpipe.redrive_ledger import ledger_topic, read_ledger_record
 from topic_admin_service.errors import RedriveFailed, Refused
 from topic_admin_service.output import Bar, NoProgress
 from topic_admin_service.redrive import (
+    REDRIVE_SOURCE,
     DeadLetter,
     Ledger,
     Selection,
     Tally,
     Verdict,
     ledger_record,
-    ledger_topic,
     pace,
-    read_ledger_record,
     redriven_headers,
     target_partition,
 )
@@ -128,7 +128,14 @@ class Redriver:
                     self._read_ledger()
             else:
                 created = self._ensure_ledger(replicas, exists=self._ledger_topic in topics)
+                left_open = self._copies_left_open()
                 self._start_producer()  # aborts what a killed run left open, fences that run
+                if left_open:
+                    event("redrive.aborted_earlier",
+                          f"aborted the open transaction of an interrupted earlier re-drive of {self._dlq} "
+                          f"({left_open} dead letter(s) copied but not committed); no consumer saw "
+                          "those copies, and this run moves those dead letters if its filters select them",
+                          level="WARNING", not_committed=left_open)
                 if not created:
                     self._read_ledger()  # after init_transactions: it shows every commit
             self._scan(selection, tally, partitions)
@@ -300,6 +307,27 @@ class Redriver:
                 self._drained = not pending
                 yield message
         self._drained = not pending
+
+    def _copies_left_open(self) -> int:
+        """Copies of this DLQ's dead letters that an earlier run wrote to JOBS_TOPIC in a
+        transaction still open now (a run killed mid-transaction): they lie between a
+        partition's last stable offset and its end. init_transactions aborts them next."""
+        committed, everything = (Consumer(self._consumer_config() | {"isolation.level": level})
+                                 for level in ("read_committed", "read_uncommitted"))
+        try:
+            starts, ends = {}, {}
+            for partition in range(self._jobs_partitions):
+                tp = TopicPartition(self._jobs, partition)
+                stable = committed.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S, cached=False)[1]
+                end = everything.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S, cached=False)[1]
+                if stable < end:
+                    starts[partition], ends[partition] = stable, end
+            return sum(1 for message in self._read(everything, self._jobs, starts, ends)
+                       if (DeadLetter.from_message(message).header(REDRIVE_SOURCE) or "")
+                       .startswith(f"{self._dlq}/"))
+        finally:
+            committed.close()
+            everything.close()
 
     def _read_ledger(self) -> None:
         self._ledger = Ledger()
