@@ -44,7 +44,11 @@ VALUE_FILES = {"demo": VALUES / "demo.yaml", "secured": VALUES / "secured.yaml",
 SETTINGS: dict[str, type[BaseSettings]] = {
     "topic-admin": TopicAdminSettings, "consumer": ConsumerSettings, "producer": ProducerSettings,
     "lag-exporter": ConsumerSettings}
+# The services' secrets: the chart passes only the files (a Secret's keys mounted read-only),
+# never the values in the environment.
 SECRETS = {"KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD"}
+SECRET_FILES = {"KAFKA_SASL_PASSWORD_FILE": "/etc/jobpipe/secrets/sasl-password",
+                "KAFKA_SSL_KEY_PASSWORD_FILE": "/etc/jobpipe/secrets/ssl-key-password"}
 NAMESPACE = "jobpipe"
 # The first test may build helmcheck (a cold Go build: minutes on a busy 2-core machine) or wait
 # for the build `make test` started in the background.
@@ -166,7 +170,7 @@ def environment(shape: Rendered, container: dict[str, Any]) -> dict[str, str | N
         config_map = shape.one("ConfigMap", source["configMapRef"]["name"])
         variables.update(config_map["data"])
     for item in container.get("env", []):
-        assert "secretKeyRef" in item.get("valueFrom", {}), f"{item['name']}: only secrets go in env"
+        assert SECRET_FILES.get(item["name"]) == item.get("value"), f"{item['name']}: only secret files go in env"
         variables[item["name"]] = None
     return variables
 
@@ -179,7 +183,7 @@ def test_environment_is_exactly_the_services_settings(rendered: dict[str, Render
         seen.add(component)
         settings = {name.upper() for name in SETTINGS[component].model_fields}
         names = set(environment(shape, container))
-        unset_secrets = set() if values == "mtls" else SECRETS - names
+        unset_secrets = SECRETS | (set() if values == "mtls" else set(SECRET_FILES) - names)
         assert names == settings - unset_secrets, (
             f"{values}/{component}: missing from the chart {sorted(settings - unset_secrets - names)}, "
             f"not a setting {sorted(names - settings)} "
@@ -191,7 +195,8 @@ def test_environment_is_exactly_the_services_settings(rendered: dict[str, Render
 def test_rendered_settings_are_valid_for_the_services(rendered: dict[str, Rendered], values: str) -> None:
     shape = rendered[values]
     for component, _, container in containers(shape):
-        variables = {name.lower(): ("a-secret" if value is None else value)
+        # a password file the chart names stands for the password the service would read from it
+        variables = {name.removesuffix("_FILE").lower(): ("a-secret" if name in SECRET_FILES else value)
                      for name, value in environment(shape, container).items()}
         SETTINGS[component](**variables)  # raises on any value the service would refuse (exit 2)
 

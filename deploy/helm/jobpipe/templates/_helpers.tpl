@@ -59,7 +59,7 @@ KAFKA_SSL_CA_LOCATION KAFKA_SSL_CERTIFICATE_LOCATION KAFKA_SSL_KEY_LOCATION
 {{- end -}}
 {{- range $source := list .Values.config .Values.topicAdmin.config .Values.consumer.config .Values.producer.config -}}
 {{- range $name, $_ := $source -}}
-{{- if has $name (list "KAFKA_SASL_PASSWORD" "KAFKA_SSL_KEY_PASSWORD") -}}
+{{- if has $name (list "KAFKA_SASL_PASSWORD" "KAFKA_SSL_KEY_PASSWORD" "KAFKA_SASL_PASSWORD_FILE" "KAFKA_SSL_KEY_PASSWORD_FILE") -}}
 {{- fail (printf "config: %s: secrets never go in values: name a Secret in kafkaAuth.existingSecret and its keys in kafkaAuth" $name) -}}
 {{- end -}}
 {{- if not (has $name $known) -}}
@@ -93,7 +93,9 @@ KAFKA_SSL_CA_LOCATION KAFKA_SSL_CERTIFICATE_LOCATION KAFKA_SSL_KEY_LOCATION
 {{- end }}
 {{- end -}}
 
-{{/* Secret environment variables of a service (.key: topicAdmin, consumer, producer). */}}
+{{/* A service's secrets (.key: topicAdmin, consumer, producer) reach it as files, never as
+     environment values: KAFKA_SASL_PASSWORD_FILE / KAFKA_SSL_KEY_PASSWORD_FILE point into the
+     kafka-secrets volume ("jobpipe.volumes"), mounted from the Secret the user names. */}}
 {{- define "jobpipe.secretEnv" -}}
 {{- $auth := .root.Values.kafkaAuth -}}
 {{- $passwordKey := get $auth.saslPasswordKey .key -}}
@@ -103,18 +105,12 @@ KAFKA_SSL_CA_LOCATION KAFKA_SSL_CERTIFICATE_LOCATION KAFKA_SSL_KEY_LOCATION
 {{- end -}}
 {{- end -}}
 {{- if $passwordKey }}
-- name: KAFKA_SASL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ $auth.existingSecret }}
-      key: {{ $passwordKey }}
+- name: KAFKA_SASL_PASSWORD_FILE
+  value: /etc/jobpipe/secrets/sasl-password
 {{- end }}
 {{- if $auth.tls.keyPasswordKey }}
-- name: KAFKA_SSL_KEY_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ $auth.existingSecret }}
-      key: {{ $auth.tls.keyPasswordKey }}
+- name: KAFKA_SSL_KEY_PASSWORD_FILE
+  value: /etc/jobpipe/secrets/ssl-key-password
 {{- end }}
 {{- end -}}
 
@@ -130,30 +126,53 @@ true
 
 {{/* Volumes: /tmp (the images' WORKDIR; the root filesystem is read-only) and the TLS files. */}}
 {{- define "jobpipe.volumes" -}}
+{{- $auth := .root.Values.kafkaAuth -}}
+{{- $passwordKey := get $auth.saslPasswordKey .key -}}
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi
-{{- if include "jobpipe.usesTls" . }}
+{{- if include "jobpipe.usesTls" .root }}
 - name: kafka-tls
   secret:
-    secretName: {{ .Values.kafkaAuth.existingSecret }}
+    secretName: {{ $auth.existingSecret }}
     defaultMode: 0440
     items:
-{{- range $key := list .Values.kafkaAuth.tls.caKey .Values.kafkaAuth.tls.certificateKey .Values.kafkaAuth.tls.privateKeyKey }}
+{{- range $key := list $auth.tls.caKey $auth.tls.certificateKey $auth.tls.privateKeyKey }}
 {{- if $key }}
       - key: {{ $key }}
         path: {{ $key }}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if or $passwordKey $auth.tls.keyPasswordKey }}
+- name: kafka-passwords
+  secret:
+    secretName: {{ $auth.existingSecret }}
+    defaultMode: 0440
+    items:
+{{- if $passwordKey }}
+      - key: {{ $passwordKey }}
+        path: sasl-password
+{{- end }}
+{{- if $auth.tls.keyPasswordKey }}
+      - key: {{ $auth.tls.keyPasswordKey }}
+        path: ssl-key-password
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "jobpipe.volumeMounts" -}}
+{{- $auth := .root.Values.kafkaAuth -}}
 - name: tmp
   mountPath: /tmp
-{{- if include "jobpipe.usesTls" . }}
+{{- if include "jobpipe.usesTls" .root }}
 - name: kafka-tls
   mountPath: /etc/jobpipe/tls
+  readOnly: true
+{{- end }}
+{{- if or (get $auth.saslPasswordKey .key) $auth.tls.keyPasswordKey }}
+- name: kafka-passwords
+  mountPath: /etc/jobpipe/secrets
   readOnly: true
 {{- end }}
 {{- end -}}
