@@ -15,8 +15,9 @@ The rules (all times are wall-clock seconds since the epoch, passed in):
   memory until due;
 - otherwise park it in the longest tier that is no longer than the wait: it is released after
   that tier's time, so never after its due time, and never before either (release <= due);
-- a released job is decided again with the time left: a lower (or the same) tier, or back to
-  the jobs topic, where the consumer holds it in memory for what is left of its wait.
+- a released job is decided again with the time left: a lower (or the same) tier while one
+  fits, or back to the jobs topic, where the consumer holds it in memory for what is left of its
+  wait (under the smallest tier's 5 s).
 So a job hops down the tiers, never waits in one longer than its remaining wait, and its number
 of hops is at most about its wait / 1 h + the number of tiers.
 
@@ -98,10 +99,13 @@ def decide(now: float, due: float, tiers: tuple[Tier, ...], hold_max_s: float) -
     return Hold(due)
 
 
-def release(now: float, due: float, tiers: tuple[Tier, ...], hold_max_s: float) -> Park | None:
-    """A parked job whose release time came (at `now`): the tier it goes to next, or None: back
-    to the jobs topic (due, or near enough to be held in memory there)."""
-    decision = decide(now, due, tiers, hold_max_s)
+def release(now: float, due: float, tiers: tuple[Tier, ...]) -> Park | None:
+    """A parked job whose release time came (at `now`): the tier it goes to next, as long as one
+    fits in its remaining wait, or None: back to the jobs topic, with less than the smallest
+    tier (5 s) left to wait in memory there. (Not the in-memory threshold: a job back from the
+    tiers is held by the consumer, and counts against MAX_IN_FLIGHT, as briefly as the tiers
+    allow; with 10 s, 10,000 jobs due over a minute kept a member full and made them late.)"""
+    decision = decide(now, due, tiers, 0.0)
     return decision if isinstance(decision, Park) else None
 
 

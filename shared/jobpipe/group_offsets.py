@@ -130,12 +130,13 @@ class GroupReader:
                                                  timeout=self.timeout_s)
         return {tp.partition: tp.offset for tp in found}
 
-    def record_at(self, topic: str, partition: int, offset: int) -> Message | None:
+    def record_at(self, topic: str, partition: int, offset: int, wait_s: float) -> Message | None:
         """The record at `offset` (or the first one after it) of a partition, or None if none
-        came within the timeout (the reader is assigned to it for the read, never subscribed)."""
+        came within `wait_s` (at most the timeout; the reader is assigned to the partition for
+        the read, never subscribed)."""
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         try:
-            deadline = time.monotonic() + self.timeout_s
+            deadline = time.monotonic() + min(wait_s, self.timeout_s)
             while (left := deadline - time.monotonic()) > 0:
                 message = self._consumer.poll(min(left, 1.0))
                 if message is not None and message.error() is None:

@@ -75,6 +75,8 @@ def test_a_job_never_starts_early_hops_down_and_never_outwaits_its_wait_in_a_tie
         if isinstance(decision, Hold):
             assert decision.until == due
             assert due - now <= max(hold_max, TIERS[0].seconds), "held in memory past the threshold"
+            if tiers_seen:
+                assert due - now < TIERS[0].seconds, "back from the tiers with a tier's time left"
             now = due + lateness  # held until due, then run (a run never starts before `until`)
             decision = decide(now, due, TIERS, hold_max)
             continue
@@ -84,6 +86,6 @@ def test_a_job_never_starts_early_hops_down_and_never_outwaits_its_wait_in_a_tie
         assert not tiers_seen or decision.tier.seconds <= tiers_seen[-1], "it hopped up a tier"
         tiers_seen.append(decision.tier.seconds)
         now = decision.release_at + lateness  # the tier's partition resumes at the head's release time
-        onward = release(now, due, TIERS, hold_max)
+        onward = release(now, due, TIERS)
         decision = onward if onward is not None else decide(now, due, TIERS, hold_max)  # the jobs topic
     raise AssertionError(f"still waiting after {len(late)} steps (tiers {tiers_seen})")

@@ -78,7 +78,7 @@ def mover(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[tier_mover.TierMove
     monkeypatch.setattr(tier_mover, "Producer", FakeProducer)
     settings, _handler = member_parts(lambda _job: None)
     clock = Clock()
-    made = tier_mover.TierMover(settings, 1, threading.Event(), hold_max_s=10.0, clock=clock)
+    made = tier_mover.TierMover(settings, 1, threading.Event(), clock=clock)
     made._on_assign(None, [TopicPartition(TIER, 0)])  # type: ignore[arg-type]
     yield made, clock
 
@@ -123,14 +123,14 @@ def test_a_released_job_near_its_time_goes_back_to_the_jobs_topic_with_its_due_t
         mover: tuple[tier_mover.TierMover, Clock]) -> None:
     made, _clock = mover
     kafka, producer = parts(made)
-    kafka.log = [parked(0, NOW + 8, NOW - 1)]
+    kafka.log = [parked(0, NOW + 4, NOW - 1)]
     made._turn()
     producer.poll(0)
     made._report()
     (copy,) = producer.published
     assert (copy.topic(), copy.key()) == (TOPIC, b"k")
     headers = dict(copy.headers())
-    assert headers[DUE_HEADER] == epoch_ms(NOW + 8) and RELEASE_HEADER not in headers
+    assert headers[DUE_HEADER] == epoch_ms(NOW + 4) and RELEASE_HEADER not in headers
     assert kafka.stored == [1]
 
 

@@ -183,6 +183,15 @@ def test_the_copy_keeps_original_headers_drops_dlq_ones_and_counts_redrives() ->
                        ("redrive.source", b"jobs.dlq/1/7")]
 
 
+def test_redrive_delay_sets_the_due_time_in_place_of_an_earlier_one() -> None:
+    dead = letter(extra=(("delay.due_ms", b"5"), ("retry.attempts", b"3")))
+    headers = redriven_headers(dead, "jobs.dlq", due=1000.0004)
+    assert [name for name, _ in headers].count("delay.due_ms") == 1
+    assert dict(headers)["delay.due_ms"] == b"1000001", "rounded up: never read earlier"
+    assert dict(headers)["retry.attempts"] == b"3"
+    assert dict(redriven_headers(dead, "jobs.dlq"))["delay.due_ms"] == b"5", "no --delay: kept"
+
+
 def test_a_first_redrive_counts_one() -> None:
     assert dict(redriven_headers(letter(), "jobs.dlq"))["redrive.count"] == b"1"
 

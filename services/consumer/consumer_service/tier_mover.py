@@ -88,13 +88,12 @@ def moved_headers(original: Headers, onward: Tier | None, release_at: float | No
 class TierMover:
     """One member's mover: `run` until `stop` is set (on a thread of its own)."""
 
-    def __init__(self, settings: ConsumerSettings, number: int, stop: threading.Event, hold_max_s: float,
+    def __init__(self, settings: ConsumerSettings, number: int, stop: threading.Event,
                  clock: Callable[[], float] = time.time) -> None:
         host = socket.gethostname()
         self.name = f"delay mover {number}@{host}"
         self.settings = settings
         self._stop = stop
-        self._hold_max_s = hold_max_s
         self._clock = clock
         self._tiers = tiers_of(settings.jobs_topic)
         client_id = f"consumer-{number}-{host}-delays"
@@ -178,7 +177,7 @@ class TierMover:
             self._wait_for_head(tp, offset, release_at)
             return
         due = header_time(found.get(DUE_HEADER))
-        onward = release(now, due, self._tiers, self._hold_max_s) if due is not None else None
+        onward = release(now, due, self._tiers) if due is not None else None
         topic = self.settings.jobs_topic if onward is None else onward.tier.topic
         try:
             self._producer.produce(

@@ -229,7 +229,7 @@ class ConsumerWorker:
 
     def run(self) -> None:
         self._subscribe()
-        mover = self._mover = TierMover(self.settings, self.number, self.stop, self._hold_max_s)
+        mover = self._mover = TierMover(self.settings, self.number, self.stop)
         moving = threading.Thread(target=mover.run, name=f"delay-mover-{self.number}", daemon=True)
         moving.start()
         try:

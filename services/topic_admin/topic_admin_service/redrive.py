@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from jobpipe.delays import DUE_HEADER, epoch_ms
 from jobpipe.redrive_ledger import offset_ranges
 
 DLQ_HEADER_PREFIX = "dlq."
@@ -218,13 +219,19 @@ class Tally:
                 "moved_by_error": dict(self.moved_by_error.most_common())}
 
 
-def redriven_headers(letter: DeadLetter, dlq_topic: str) -> list[Header]:
+def redriven_headers(letter: DeadLetter, dlq_topic: str, due: float | None = None) -> list[Header]:
     """The copy's headers: the original ones, without `dlq.*` (and an earlier redrive's
-    `redrive.*`), plus `redrive.count` (one more than before) and `redrive.source`."""
+    `redrive.*`), plus `redrive.count` (one more than before) and `redrive.source`; with `due`
+    (epoch seconds, `--delay`), `delay.due_ms` instead of any earlier one: no consumer starts
+    the job before then (jobpipe.delays)."""
     kept = [(name, value) for name, value in letter.headers
-            if not name.startswith((DLQ_HEADER_PREFIX, REDRIVE_HEADER_PREFIX))]
-    return [*kept, (REDRIVE_COUNT, str(letter.redrives + 1).encode()),
-            (REDRIVE_SOURCE, f"{dlq_topic}/{letter.partition}/{letter.offset}".encode())]
+            if not name.startswith((DLQ_HEADER_PREFIX, REDRIVE_HEADER_PREFIX))
+            and (due is None or name != DUE_HEADER)]
+    ours: list[Header] = [(REDRIVE_COUNT, str(letter.redrives + 1).encode()),
+                          (REDRIVE_SOURCE, f"{dlq_topic}/{letter.partition}/{letter.offset}".encode())]
+    if due is not None:
+        ours.append((DUE_HEADER, epoch_ms(due)))
+    return [*kept, *ours]
 
 
 def target_partition(letter: DeadLetter, jobs_topic: str, jobs_partitions: int) -> int | None:

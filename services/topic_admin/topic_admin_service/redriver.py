@@ -37,7 +37,6 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from jobpipe.delays import DUE_HEADER, epoch_ms
 from jobpipe.errors import KafkaUnreachable, StopRequested
 from jobpipe.kafka_clients import Config, consumer_config, kafka_reason, producer_config
 from jobpipe.logs import event
@@ -467,10 +466,8 @@ class Redriver:
         producer.begin_transaction()
         for letter in letters:
             partition = target_partition(letter, self._jobs, self._jobs_partitions)
-            headers: list[tuple[str, str | bytes | None]] = list(redriven_headers(letter, self._dlq))
-            if self._delay_s is not None:  # a consumer holds or parks it until then (docs/delays.md)
-                headers = [(name, value) for name, value in headers if name != DUE_HEADER]
-                headers.append((DUE_HEADER, epoch_ms(time.time() + self._delay_s)))
+            due = None if self._delay_s is None else time.time() + self._delay_s  # held or parked till then
+            headers: list[tuple[str, str | bytes | None]] = list(redriven_headers(letter, self._dlq, due))
             self._produce(producer, self._jobs, letter.key, letter.value, headers=headers,
                           partition=-1 if partition is None else partition)  # -1: placed by its key
         record = ledger_record(self._dlq, self._topic_id, letters, datetime.now(UTC))

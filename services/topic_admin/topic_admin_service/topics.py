@@ -29,6 +29,7 @@ from jobpipe.share_groups import check_share_groups, share_configs
 from topic_admin_service.settings import TopicAdminSettings
 
 REQUEST_TIMEOUT_S = 30.0
+HEAD_WAIT_S = 2.0  # describe: the longest it waits to read a delay tier partition's head
 
 
 def _kafka_code(error: BaseException) -> int | None:
@@ -200,7 +201,7 @@ class TopicAdmin:
             for state in reader.states(tier.topic, sorted(metadata[tier.topic].partitions)):
                 if state.lag:
                     waiting += state.lag
-                    head = reader.record_at(tier.topic, state.partition, state.position)
+                    head = reader.record_at(tier.topic, state.partition, state.position, HEAD_WAIT_S)
                     released = header_time(dict(head.headers() or []).get(RELEASE_HEADER)) if head else None
                     if released is not None:
                         heads.append(released)
