@@ -170,7 +170,8 @@ def environment(shape: Rendered, container: dict[str, Any]) -> dict[str, str | N
         config_map = shape.one("ConfigMap", source["configMapRef"]["name"])
         variables.update(config_map["data"])
     for item in container.get("env", []):
-        assert SECRET_FILES.get(item["name"]) == item.get("value"), f"{item['name']}: only secret files go in env"
+        assert SECRET_FILES.get(item["name"]) == item.get("value"), (
+            f"{item['name']}: only secret files go in env")
         variables[item["name"]] = None
     return variables
 
