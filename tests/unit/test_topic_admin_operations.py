@@ -11,6 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consumer_service.runner import attempts_before
+from jobpipe.delays import PARKED_HEADERS
 from jobpipe.group_offsets import PartitionState
 from topic_admin_service.main import parse
 from topic_admin_service.offset_plan import (
@@ -181,6 +183,18 @@ def test_the_copy_keeps_original_headers_drops_dlq_ones_and_counts_redrives() ->
     headers = redriven_headers(dead, "jobs.dlq")
     assert headers == [("trace-id", b"abc"), ("empty", None), ("redrive.count", b"2"),
                        ("redrive.source", b"jobs.dlq/1/7")]
+
+
+def test_a_redriven_job_starts_its_attempts_afresh_not_after_a_parked_retrys() -> None:
+    """A job dead-lettered after a parked retry (docs/delays.md) carries that copy's retry.* and
+    delay.* headers; kept on the re-driven copy, its first attempt would be numbered after them
+    (consumer_service.runner) and it would be dead-lettered again after one attempt."""
+    dead = letter(extra=(("trace-id", b"abc"), ("retry.attempts", b"4"), ("retry.error", b"boom"),
+                         ("delay.due_ms", b"1000"), ("delay.release_ms", b"1000"), ("delay.tier", b"1m")))
+    headers = dict(redriven_headers(dead, "jobs.dlq"))
+    assert attempts_before(headers) == 0
+    assert not set(headers) & set(PARKED_HEADERS)
+    assert headers["trace-id"] == b"abc"
 
 
 def test_a_first_redrive_counts_one() -> None:

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from jobpipe.delays import PARKED_HEADERS
+
 DLQ_HEADER_PREFIX = "dlq."
 REDRIVE_HEADER_PREFIX = "redrive."
 REDRIVE_COUNT = "redrive.count"
@@ -218,9 +220,11 @@ class Tally:
 
 def redriven_headers(letter: DeadLetter, dlq_topic: str) -> list[Header]:
     """The copy's headers: the original ones, without `dlq.*` (and an earlier redrive's
-    `redrive.*`), plus `redrive.count` (one more than before) and `redrive.source`."""
+    `redrive.*`, and a parked copy's `delay.*`/`retry.*`: kept, a retry's attempt count would
+    number the re-driven job's attempts after it), plus `redrive.count` (one more than before)
+    and `redrive.source`."""
     kept = [(name, value) for name, value in letter.headers
-            if not name.startswith((DLQ_HEADER_PREFIX, REDRIVE_HEADER_PREFIX))]
+            if not name.startswith((DLQ_HEADER_PREFIX, REDRIVE_HEADER_PREFIX)) and name not in PARKED_HEADERS]
     return [*kept, (REDRIVE_COUNT, str(letter.redrives + 1).encode()),
             (REDRIVE_SOURCE, f"{dlq_topic}/{letter.partition}/{letter.offset}".encode())]
 
