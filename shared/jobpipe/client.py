@@ -120,7 +120,10 @@ def not_before_of(delay: Delay, at: datetime | None, now: datetime) -> datetime 
         raise InvalidJob(f"delay= must be seconds (a number) or a timedelta, got {delay!r}")
     if seconds < 0:
         raise InvalidJob(f"delay= must not be negative, got {delay!r}")
-    return now + timedelta(seconds=seconds)
+    try:
+        return now + timedelta(seconds=seconds)
+    except OverflowError:
+        raise InvalidJob(f"delay= is too long (past the year 9999), got {delay!r}") from None
 
 
 def _fine(value: object) -> bool:

@@ -86,6 +86,8 @@ def test_delay_and_at_set_not_before() -> None:
     (-1, None, "delay= must not be negative"),
     ("5", None, "delay= must be seconds"),
     (float("nan"), None, "delay= must be seconds"),
+    (1e12, None, "delay= is too long"),  # past year 9999: `producer submit --delay 1e12` exited 1
+    (timedelta(days=999_999_999), None, "delay= is too long"),
     (None, datetime(2030, 1, 1), "at= must be a time-zone aware datetime"),
 ])
 def test_a_wrong_delay_or_at_is_refused_before_anything_is_sent(delay: object, at: datetime | None,

@@ -93,6 +93,9 @@ def test_console_script_refuses_bad_setting_with_exit_2_and_one_line(
     ({"CONSUMER_MODE": "share", "PROCESSING_GUARANTEE": "exactly_once"},
      "PROCESSING_GUARANTEE=exactly_once does not go with CONSUMER_MODE=share"),
     ({"PROCESSING_GUARANTEE": "twice"}, "PROCESSING_GUARANTEE='twice'"),
+    # the share worker publishes no results: a client waiting for one would only time out
+    ({"CONSUMER_MODE": "share", "RESULTS_TOPIC": "jobs.results"},
+     "RESULTS_TOPIC does not go with CONSUMER_MODE=share"),
 ])
 def test_consumer_refuses_a_bad_concurrency_setting_with_exit_2_and_one_line(
         settings: dict[str, str], complaint: str) -> None:

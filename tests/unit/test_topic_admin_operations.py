@@ -12,6 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consumer_service.runner import attempts_before
+from jobpipe.delays import PARKED_HEADERS
 from jobpipe.group_offsets import PartitionState
 from jobpipe.redrive_ledger import dead_letters_waiting, merged, offset_ranges, read_ledger_record
 from topic_admin_service.main import parse
@@ -188,8 +190,19 @@ def test_redrive_delay_sets_the_due_time_in_place_of_an_earlier_one() -> None:
     headers = redriven_headers(dead, "jobs.dlq", due=1000.0004)
     assert [name for name, _ in headers].count("delay.due_ms") == 1
     assert dict(headers)["delay.due_ms"] == b"1000001", "rounded up: never read earlier"
-    assert dict(headers)["retry.attempts"] == b"3"
-    assert dict(redriven_headers(dead, "jobs.dlq"))["delay.due_ms"] == b"5", "no --delay: kept"
+    assert "delay.due_ms" not in dict(redriven_headers(dead, "jobs.dlq")), "no --delay: due now"
+
+
+def test_a_redriven_job_starts_its_attempts_afresh_not_after_a_parked_retrys() -> None:
+    """A job dead-lettered after a parked retry (docs/delays.md) carries that copy's retry.* and
+    delay.* headers; kept on the re-driven copy, its first attempt would be numbered after them
+    (consumer_service.runner) and it would be dead-lettered again after one attempt."""
+    dead = letter(extra=(("trace-id", b"abc"), ("retry.attempts", b"4"), ("retry.error", b"boom"),
+                         ("delay.due_ms", b"1000"), ("delay.release_ms", b"1000"), ("delay.tier", b"1m")))
+    headers = dict(redriven_headers(dead, "jobs.dlq"))
+    assert attempts_before(headers) == 0
+    assert not set(headers) & set(PARKED_HEADERS)
+    assert headers["trace-id"] == b"abc"
 
 
 def test_a_first_redrive_counts_one() -> None:

@@ -60,6 +60,10 @@ class ConsumerSettings(KafkaSettings, HandlerSettings, ResultsSettings):
         if self.consumer_mode == "share" and self.processing_guarantee == "exactly_once":
             raise ValueError("PROCESSING_GUARANTEE=exactly_once does not go with CONSUMER_MODE=share: "
                              "a share group has no transactional acknowledgement (use CONSUMER_MODE=group)")
+        if self.consumer_mode == "share" and self.results_topic is not None:
+            raise ValueError("RESULTS_TOPIC does not go with CONSUMER_MODE=share: the share worker "
+                             "publishes no results, so a client waiting for one would time out "
+                             "(use CONSUMER_MODE=group)")
         return self
 
     @model_validator(mode="after")

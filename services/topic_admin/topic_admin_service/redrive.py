@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from jobpipe.delays import DUE_HEADER, epoch_ms
+from jobpipe.delays import DUE_HEADER, PARKED_HEADERS, epoch_ms
 from jobpipe.redrive_ledger import offset_ranges
 
 DLQ_HEADER_PREFIX = "dlq."
@@ -221,12 +221,12 @@ class Tally:
 
 def redriven_headers(letter: DeadLetter, dlq_topic: str, due: float | None = None) -> list[Header]:
     """The copy's headers: the original ones, without `dlq.*` (and an earlier redrive's
-    `redrive.*`), plus `redrive.count` (one more than before) and `redrive.source`; with `due`
-    (epoch seconds, `--delay`), `delay.due_ms` instead of any earlier one: no consumer starts
-    the job before then (jobpipe.delays)."""
+    `redrive.*`, and a parked copy's `delay.*`/`retry.*`: kept, a retry's attempt count would
+    number the re-driven job's attempts after it), plus `redrive.count` (one more than before)
+    and `redrive.source`; with `due` (epoch seconds, `--delay`), `delay.due_ms`: no consumer
+    starts the job before then (jobpipe.delays)."""
     kept = [(name, value) for name, value in letter.headers
-            if not name.startswith((DLQ_HEADER_PREFIX, REDRIVE_HEADER_PREFIX))
-            and (due is None or name != DUE_HEADER)]
+            if not name.startswith((DLQ_HEADER_PREFIX, REDRIVE_HEADER_PREFIX)) and name not in PARKED_HEADERS]
     ours: list[Header] = [(REDRIVE_COUNT, str(letter.redrives + 1).encode()),
                           (REDRIVE_SOURCE, f"{dlq_topic}/{letter.partition}/{letter.offset}".encode())]
     if due is not None:
