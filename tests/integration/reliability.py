@@ -671,6 +671,9 @@ def broker_down_at_start(run: Run, start_cluster: Callable[[], Any]) -> dict[str
     run.producer(**waiting)
     quitters = [run.consumer(**waiting), run.producer(**waiting)]
     _pause(profile.broker_down_s / 2)
+    for quitter in quitters:  # SIGTERM while it waits for the broker, not before its handlers are in
+        wait_until(lambda q=quitter: bool(run.ledger.events("kafka.waiting", [q])), 60,
+                   f"{quitter.name} to wait for the broker in {run.scenario}", poll=0.2)
     for quitter in quitters:
         run.signal_stop(quitter)
     signalled = time.monotonic()
