@@ -144,17 +144,20 @@ class Committed:
     error: str = ""
 
 
-def transactional_id(settings: ConsumerSettings, number: int) -> str:
+def transactional_id(group: str, number: int) -> str:
+    """Unique per process and member number (`group`: the consumer group, or the delay mover's
+    sibling group, so a member's two producers never fence each other)."""
     host = socket.gethostname()
-    return f"jobpipe.{settings.consumer_group}.{host}.{os.getpid()}.{number}"
+    return f"jobpipe.{group}.{host}.{os.getpid()}.{number}"
 
 
 class Transactions:
     """One member's transactional producer and what it holds (the loop thread's only)."""
 
-    def __init__(self, settings: ConsumerSettings, client_id: str, number: int, member: str) -> None:
+    def __init__(self, settings: ConsumerSettings, client_id: str, number: int, member: str,
+                 group: str | None = None) -> None:
         self._config = producer_config(settings, client_id, linger_ms=5) | {
-            "transactional.id": transactional_id(settings, number),
+            "transactional.id": transactional_id(group or settings.consumer_group, number),
             "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
         }
         self._member = member
