@@ -18,8 +18,8 @@ def turns(draw: st.DrawFn) -> tuple[dict[TP, int], list[tuple[list[tuple[TP, boo
     """Records per partition, and turns: each takes records in order from some partitions
     (each released or a waiting head), then its transaction commits or is aborted."""
     sizes = {tp: draw(st.integers(0, 15)) for tp in TPS}
-    history = [(draw(st.lists(st.tuples(st.sampled_from(TPS), st.booleans()), max_size=12)), draw(st.booleans()))
-               for _ in range(draw(st.integers(1, 25)))]
+    steps = st.lists(st.tuples(st.sampled_from(TPS), st.booleans()), max_size=12)
+    history = [(draw(steps), draw(st.booleans())) for _ in range(draw(st.integers(1, 25)))]
     return sizes, history
 
 
