@@ -26,6 +26,10 @@ again from their committed offsets (`Committed.aborted` lists them; the worker r
 before anything else is committed). A fatal error (the producer was fenced by another one
 with its transactional.id) is handled the same way with a new producer.
 
+What a job's records stand for in counters and logs (a dead letter's jobs_dead_lettered_total
+and job.dead_lettered, a parked copy's job.parked) is done once their transaction committed
+(`hold`'s `after`), never for an aborted one, whose jobs run again and are counted then.
+
 The transactional.id is unique per member (group, host, process, member number): with KIP-447
 the group generation, not the transactional.id, fences zombies, so it need not follow
 partitions; a transaction a killed member left open is aborted by the broker after
