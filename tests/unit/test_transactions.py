@@ -4,11 +4,15 @@ records only with an offset commit past the job. Checked against the real waterm
 
 from __future__ import annotations
 
+import pytest
+from confluent_kafka import KafkaError, KafkaException
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consumer_service import transactions
 from consumer_service.offsets import TP, OffsetTracker
 from consumer_service.transactions import HeldRecords, OutRecord, plan
+from tests.unit.consumer_stand_ins import member_parts
 
 TPS: list[TP] = [("jobs", 0), ("jobs", 1), ("jobs", 2)]
 
@@ -85,3 +89,58 @@ def test_a_partition_that_went_drops_its_held_records() -> None:
     held.hold(TPS[1], 0, [record(TPS[1], 0), record(TPS[1], 0)])
     assert held.drop([TPS[1]]) == 2
     assert plan(held, {TPS[1]: 1}, {}).records == []
+
+
+class StandInProducer:
+    """A transactional producer whose commit fails while `refuse` is set (an abortable error)."""
+
+    refuse = False
+
+    def __init__(self, _config: object) -> None:
+        self.written: list[object] = []
+
+    def init_transactions(self, _timeout: float) -> None: ...
+    def begin_transaction(self) -> None: ...
+    def abort_transaction(self, _timeout: float) -> None: ...
+    def flush(self, _timeout: float) -> int:
+        return 0
+
+    def produce(self, topic: str, value: object, key: object, headers: object = None) -> None:
+        self.written.append(key)
+
+    def send_offsets_to_transaction(self, offsets: object, metadata: object, timeout: float) -> None: ...
+
+    def commit_transaction(self, _timeout: float) -> None:
+        if StandInProducer.refuse:
+            raise KafkaException(KafkaError(KafkaError._STATE, "aborted by the stand-in",
+                                            txn_requires_abort=True))
+
+
+class StandInConsumer:
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+
+def test_what_a_job_counts_is_done_once_its_transaction_commits_never_for_an_aborted_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """jobs_dead_lettered_total and job.dead_lettered (and job.parked) under exactly_once: a
+    dead letter is counted when it is visible, not when it is held; an aborted one is not."""
+    monkeypatch.setattr(transactions, "Producer", StandInProducer)
+    settings, _ = member_parts(lambda job: None, processing_guarantee="exactly_once")
+    member = transactions.Transactions(settings, "test-tx", 1, "consumer 1@test")
+    done: list[int] = []
+    tp = TPS[0]
+    for offset in range(3):
+        member.hold(tp, offset, [record(tp, offset)], lambda offset=offset: done.append(offset))
+    assert member.commit(StandInConsumer(), {tp: 1}).ok  # type: ignore[arg-type]
+    assert done == [0], "only the job below the committed offset"
+    StandInProducer.refuse = True
+    try:
+        aborted = member.commit(StandInConsumer(), {tp: 3})  # type: ignore[arg-type]
+    finally:
+        StandInProducer.refuse = False
+    assert not aborted.ok and aborted.aborted == {tp}
+    assert done == [0], "an aborted transaction's jobs are not counted (they are run again)"
+    member.hold(tp, 1, [record(tp, 1)], lambda: done.append(1))  # run again after the rewind
+    assert member.commit(StandInConsumer(), {tp: 2}).ok  # type: ignore[arg-type]
+    assert done == [0, 1]

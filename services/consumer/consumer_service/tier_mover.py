@@ -21,6 +21,17 @@ At-least-once: a tier offset is stored (committed in the background, on revoke a
 only once the broker acknowledged the record's copy, and in offset order (the watermark of
 consumer_service.offsets), so a crash makes the next owner move the unacknowledged ones again
 (a job may then run twice, as any job after a crash; never zero times, never early).
+
+PROCESSING_GUARANTEE=exactly_once: the copies a turn moved and the tier offsets past them are
+written in one Kafka transaction (a transactional producer of the mover's own, the offsets sent
+with `send_offsets_to_transaction` and the mover consumer's group metadata, KIP-447), so a copy
+is moved once or not at all: a killed mover's open transaction is aborted by the broker, and a
+mover thrown out of its group (frozen past its session) cannot commit, since the coordinator
+refuses its stale generation. An aborted transaction's partitions are sought back to the first
+offset it moved (the committed one) and moved again; a fenced producer is replaced (one that
+cannot be made stops the member). The tiers are read read_committed (as every jobpipe consumer:
+jobpipe.client_check): a member's parked copies are written in its transactions too. Which
+offsets a move may commit is consumer_service.move_batch (pure).
 """
 
 from __future__ import annotations
@@ -35,8 +46,10 @@ from re import escape
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from consumer_service.move_batch import MoveBatch
 from consumer_service.offsets import TP, OffsetTracker
 from consumer_service.settings import ConsumerSettings
+from consumer_service.transactions import OutRecord, Transactions
 from jobpipe.delays import (
     DUE_HEADER,
     RELEASE_HEADER,
@@ -48,6 +61,7 @@ from jobpipe.delays import (
     release,
     tiers_of,
 )
+from jobpipe.errors import KafkaRefused, KafkaUnreachable
 from jobpipe.kafka_clients import consumer_config, producer_config
 from jobpipe.logs import event
 
@@ -100,7 +114,15 @@ class TierMover:
         config = consumer_config(settings, client_id, mover_group(settings.consumer_group)) | {
             "queued.max.messages.kbytes": QUEUED_KB, "fetch.max.bytes": QUEUED_KB * 1024,
             "enable.partition.eof": False, "topic.metadata.refresh.interval.ms": 10_000,
+            "isolation.level": "read_committed",  # members' parked copies are transactional
         }
+        # exactly_once: each turn's moves and the tier offsets past them in one transaction.
+        self._eos: Transactions | None = None
+        self._batch = MoveBatch()
+        if settings.processing_guarantee == "exactly_once":
+            config["enable.auto.commit"] = False
+            self._eos = Transactions(settings, f"{client_id}-tx", number, self.name,
+                                     group=mover_group(settings.consumer_group))
         self._consumer = Consumer(config)
         self._producer = Producer(producer_config(settings, client_id))
         self._offsets = OffsetTracker()
@@ -113,7 +135,9 @@ class TierMover:
         self._out = 0  # copies published, not answered yet
         self._committed_at = 0.0  # monotonic
         self.moved = 0  # copies acknowledged (for tests and logs)
-        self.failed: KafkaException | None = None  # why the mover stopped early: the member stops too
+        # Why the mover stopped early: the member stops too (exit 1; 3 if Kafka refused or
+        # could not give a new exactly-once producer).
+        self.failed: KafkaException | KafkaUnreachable | KafkaRefused | None = None
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -124,9 +148,11 @@ class TierMover:
             while not self._stop.is_set():
                 self._turn()
             self._finish(time.monotonic() + self.settings.shutdown_timeout_s * 0.8)
-        except KafkaException as error:  # the member's loop sees it and stops the service
+        except (KafkaException, KafkaUnreachable, KafkaRefused) as error:  # the member's loop stops
             self.failed = error
         finally:
+            if self._eos is not None:
+                self._eos.close()
             closing = threading.Thread(target=self._consumer.close, name="close-delay-mover", daemon=True)
             closing.start()
             closing.join(self.settings.shutdown_timeout_s * 0.1)
@@ -142,6 +168,9 @@ class TierMover:
         now = self._clock()
         for message in messages:
             self._take(message, now)
+        if self._eos is not None:
+            self._commit_moves()
+            return
         self._producer.poll(0)
         self._report()
 
@@ -179,6 +208,13 @@ class TierMover:
         due = header_time(found.get(DUE_HEADER))
         onward = release(now, due, self._tiers) if due is not None else None
         topic = self.settings.jobs_topic if onward is None else onward.tier.topic
+        if self._eos is not None:  # written with the tier offset past it at the end of the turn
+            if self._batch.move(tp, offset):
+                self._eos.hold(tp, offset, [OutRecord(
+                    topic, message.key(), message.value(),
+                    moved_headers(headers, None if onward is None else onward.tier,
+                                  None if onward is None else onward.release_at))])
+            return
         try:
             self._producer.produce(
                 topic, key=message.key(), value=message.value(),
@@ -195,6 +231,7 @@ class TierMover:
         """Pause `tp` with its position back at `offset` (its head) until `until`. A seek that
         fails raises: the mover stops (and its member with it) rather than skip the head."""
         partition = TopicPartition(tp[0], tp[1], offset)
+        self._batch.wait(tp, offset)
         self._consumer.pause([partition])
         self._consumer.seek(partition)
         self._paused[tp] = until
@@ -244,6 +281,27 @@ class TierMover:
                     event("commit.failed", f"{self.name} commit failed: {error.args[0].str()}",
                           level="WARNING", error=error.args[0].str())
 
+    def _commit_moves(self) -> None:
+        """exactly_once: one transaction with this turn's copies and, per partition, the offset
+        past its last one. Aborted: its partitions are read again from the first offset it
+        moved (what the group has committed) before anything else of them is moved."""
+        assert self._eos is not None
+        batch = self._batch
+        if not batch:
+            batch.clear()
+            return
+        moved = batch.offsets()
+        rewind = batch.rewind()
+        batch.clear()
+        count = len(self._eos.held)
+        committed = self._eos.commit(self._consumer, moved)
+        if committed.ok:
+            self.moved += count
+            return
+        for tp in sorted(committed.aborted & self._assigned):
+            self._wait_for_head(tp, rewind[tp], self._clock())
+        self._batch.clear()  # the rewind's heads are not waiting: they are moved again next turn
+
     def _finish(self, until: float) -> None:
         """Wait (until `until`, monotonic) for the copies out, store and commit what they allow."""
         while self._out and time.monotonic() < until:
@@ -252,6 +310,8 @@ class TierMover:
         self._commit()
 
     def _commit(self) -> None:
+        if self._eos is not None:
+            return  # exactly_once: every turn's moves were committed in its transaction
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException as error:
@@ -280,6 +340,8 @@ class TierMover:
         self._forget({(tp.topic, tp.partition) for tp in partitions})
 
     def _forget(self, partitions: set[TP]) -> None:
+        if self._eos is not None:
+            self._eos.forget(partitions)
         for tp in partitions:
             self._offsets.drop(tp)
             self._paused.pop(tp, None)

@@ -26,6 +26,10 @@ again from their committed offsets (`Committed.aborted` lists them; the worker r
 before anything else is committed). A fatal error (the producer was fenced by another one
 with its transactional.id) is handled the same way with a new producer.
 
+What a job's records stand for in counters and logs (a dead letter's jobs_dead_lettered_total
+and job.dead_lettered, a parked copy's job.parked) is done once their transaction committed
+(`hold`'s `after`), never for an aborted one, whose jobs run again and are counted then.
+
 The transactional.id is unique per member (group, host, process, member number): with KIP-447
 the group generation, not the transactional.id, fences zombies, so it need not follow
 partitions; a transaction a killed member left open is aborted by the broker after
@@ -38,8 +42,9 @@ import bisect
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -64,14 +69,19 @@ class OutRecord:
     headers: list[tuple[str, str | bytes | None]] | None = None
 
 
-class HeldRecords:
-    """Finished jobs' records not yet written, per partition, by the job's offset. Pure."""
+Held = TypeVar("Held")
+AfterCommit = Callable[[], None]  # what a job's commit makes true: its counters and log lines
+
+
+class HeldRecords(Generic[Held]):
+    """Finished jobs' records (or what to do once they are committed) not yet written, per
+    partition, by the job's offset. Pure."""
 
     def __init__(self) -> None:
         self._offsets: dict[TP, list[int]] = {}  # sorted offsets with records, per partition
-        self._records: dict[TP, dict[int, list[OutRecord]]] = {}
+        self._records: dict[TP, dict[int, list[Held]]] = {}
 
-    def hold(self, tp: TP, offset: int, records: list[OutRecord]) -> None:
+    def hold(self, tp: TP, offset: int, records: list[Held]) -> None:
         offsets = self._offsets.setdefault(tp, [])
         by_offset = self._records.setdefault(tp, {})
         if offset in by_offset:
@@ -80,7 +90,7 @@ class HeldRecords:
         bisect.insort(offsets, offset)
         by_offset[offset] = list(records)
 
-    def due(self, tp: TP, watermark: int) -> list[OutRecord]:
+    def due(self, tp: TP, watermark: int) -> list[Held]:
         """Take the records of tp's jobs below `watermark` (the offset the transaction commits),
         in offset order; those of jobs at or above it stay held."""
         offsets = self._offsets.get(tp)
@@ -120,7 +130,7 @@ class Plan:
         return bool(self.records or self.offsets)
 
 
-def plan(held: HeldRecords, watermarks: dict[TP, int], committed: dict[TP, int]) -> Plan:
+def plan(held: HeldRecords[OutRecord], watermarks: dict[TP, int], committed: dict[TP, int]) -> Plan:
     """The next transaction, given each partition's watermark now and what was committed last:
     every partition whose watermark moved commits it, with the records below it. Takes the
     records out of `held` (they are written, or lost with an abort, which rewinds the partition)."""
@@ -144,22 +154,28 @@ class Committed:
     error: str = ""
 
 
-def transactional_id(settings: ConsumerSettings, number: int) -> str:
+def transactional_id(group: str, number: int) -> str:
+    """Unique per process and member number (`group`: the consumer group, or the delay mover's
+    sibling group, so a member's two producers never fence each other)."""
     host = socket.gethostname()
-    return f"jobpipe.{settings.consumer_group}.{host}.{os.getpid()}.{number}"
+    return f"jobpipe.{group}.{host}.{os.getpid()}.{number}"
 
 
 class Transactions:
     """One member's transactional producer and what it holds (the loop thread's only)."""
 
-    def __init__(self, settings: ConsumerSettings, client_id: str, number: int, member: str) -> None:
+    def __init__(self, settings: ConsumerSettings, client_id: str, number: int, member: str,
+                 group: str | None = None) -> None:
         self._config = producer_config(settings, client_id, linger_ms=5) | {
-            "transactional.id": transactional_id(settings, number),
+            "transactional.id": transactional_id(group or settings.consumer_group, number),
             "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
         }
         self._member = member
         self._wait_s = settings.kafka_wait_timeout_s
-        self.held = HeldRecords()
+        self.held: HeldRecords[OutRecord] = HeldRecords()
+        # Per job, what its commit makes true (jobs_dead_lettered_total, job.dead_lettered,
+        # job.parked...): done once its transaction committed, never for an aborted one.
+        self._after: HeldRecords[AfterCommit] = HeldRecords()
         self._committed: dict[TP, int] = {}  # the offset last committed per partition
         self._last = time.monotonic()
         self.transactions = 0
@@ -187,8 +203,12 @@ class Transactions:
                     raise KafkaUnreachable(f"could not start the exactly-once producer "
                                            f"(PROCESSING_GUARANTEE=exactly_once): {reason}") from None
 
-    def hold(self, tp: TP, offset: int, records: list[OutRecord]) -> None:
+    def hold(self, tp: TP, offset: int, records: list[OutRecord], after: AfterCommit | None = None) -> None:
+        """Hold a job's records for the transaction that commits past it; `after` runs once
+        that transaction committed (not if it is aborted: the job is run again)."""
         self.held.hold(tp, offset, records)
+        if after is not None:
+            self._after.hold(tp, offset, [after])
 
     def due(self, now: float) -> bool:
         return now - self._last >= INTERVAL_S
@@ -197,6 +217,7 @@ class Transactions:
         """Partitions gone (revoked after the commit, or lost): their held records dropped."""
         tps = list(tps)
         self.held.drop(tps)
+        self._after.drop(tps)
         for tp in tps:
             self._committed.pop(tp, None)
 
@@ -207,6 +228,7 @@ class Transactions:
         work = plan(self.held, watermarks, self._committed)
         if not work:
             return Committed(True)
+        after = [done for tp, offset in work.offsets.items() for done in self._after.due(tp, offset)]
         producer = self._producer
         try:
             producer.begin_transaction()
@@ -220,6 +242,8 @@ class Transactions:
             return self._failed(exception.args[0], set(work.offsets))
         self._committed.update(work.offsets)
         self.transactions += 1
+        for done in after:
+            done()
         return Committed(True)
 
     def _produce(self, record: OutRecord) -> None:

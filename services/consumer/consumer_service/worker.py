@@ -513,8 +513,9 @@ class ConsumerWorker:
         if not self._scheduler.settled(task):
             return False
         kind: TransactionalKind = record.kind  # type: ignore[assignment]
-        self._eos.hold(task.tp, task.offset, kind.records(task, record))
-        kind.acknowledged(task, record, self.name)  # counted and logged as the publish would be
+        # Counted and logged (a dead letter, a parked copy) once its transaction committed.
+        self._eos.hold(task.tp, task.offset, kind.records(task, record),
+                       partial(kind.acknowledged, task, record, self.name))
         return True
 
     def _transaction_turn(self) -> None:
