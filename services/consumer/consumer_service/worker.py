@@ -164,6 +164,8 @@ class ConsumerWorker:
         self._dead_letter_kind = DeadLetters(self._dlq, self.counts, self.name)
         self._parked_kind = ParkedCopies(self._dlq, self.settings.jobs_topic)
         self._tiers = tiers_of(self.settings.jobs_topic)
+        for tier in self._tiers:  # every tier's series from the start (0), not from its first job
+            metrics.JOBS_PARKED.labels(tier.name)
         self._hold_max_s = self.settings.delay_hold_max_ms / 1000
         self._mover: TierMover | None = None  # made by `run` (its clients connect at once)
         # RESULTS_TOPIC set, at-least-once: results, and dead letters with their failure result,
