@@ -2,11 +2,11 @@
 
 - `delay_fire_p99_ms`: jobs whose `not_before` is spread evenly over a window (full profile:
   10,000 jobs due between 60 and 120 s from now, so each passes the 1 min tier, the 5 s tier and
-  memory; short: 1,000 due between 15 and 25 s) are submitted at once to one consumer (the
+  memory; short, in `make test`: 300 due between 12 and 16 s) are submitted at once to one consumer (the
   default settings); the handler (tests.handlers:record_lateness) writes how long after its
   `not_before` each job started. The key is the 99th percentile of that lateness of each job's
   first start, in ms (target <= 1000). Timed on the machine's one clock.
-- `delay_parked_rss_mb`: one consumer parks jobs due in 3 h (full: 100,000; short: 10,000);
+- `delay_parked_rss_mb`: one consumer parks jobs due in 3 h (full: 100,000; short: 2,000);
   its peak RSS (VmHWM) once a tenth of them are parked and once all are: the key is the peak with
   all of them, the row's notes give both (flat: the parked jobs live in the tier topics, the
   consumer holds none).
@@ -39,7 +39,7 @@ class DelayProfile:
     parked: int
 
 
-DELAY_PROFILES = {"short": DelayProfile(1000, 15, 10, 10_000), "full": DelayProfile(10_000, 60, 60, 100_000)}
+DELAY_PROFILES = {"short": DelayProfile(300, 12, 4, 2_000), "full": DelayProfile(10_000, 60, 60, 100_000)}
 
 
 def submit_due(kafka: Kafka, topic: str, dues: list[datetime]) -> None:

@@ -9,7 +9,6 @@ is written to benchmark-report.json and printed as tables.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,22 +125,12 @@ def test_client_submit(produced: str, kafka: Kafka, report: Report) -> None:
     assert 0 < report.keys["client_submit_p99_ms"] <= report.latency_ms["client submit, linger 0"]["p99.9"]
 
 
-def skip_delays_in_the_short_profile(report: Report) -> None:
-    """The delay benchmarks wait for due times (about 2 min in all even when small): `make test`
-    (the short profile) leaves them to `make bench`, within the test-time budget; set
-    BENCH_DELAYS=1 to run their short profile anyway."""
-    if report.profile.name == "short" and os.environ.get("BENCH_DELAYS") != "1":
-        pytest.skip("the delay benchmarks run in `make bench` (or with BENCH_DELAYS=1)")
-
-
 def test_delay_fire_lateness(kafka: Kafka, report: Report) -> None:
-    skip_delays_in_the_short_profile(report)
     delay_bench.fire_lateness(kafka, report)
     assert report.keys["delay_fire_p99_ms"] >= 0
 
 
 def test_delay_parked_rss(kafka: Kafka, report: Report) -> None:
-    skip_delays_in_the_short_profile(report)
     delay_bench.parked_rss(kafka, report)
     assert report.keys["delay_parked_rss_mb"] > 0
 
