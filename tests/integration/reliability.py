@@ -801,7 +801,7 @@ def delayed_jobs_sigkill(run: Run) -> dict[str, Any]:
     (each kill takes a member of the jobs group and of the tiers' mover group): every job runs,
     none before its time (issue 23)."""
     profile = run.profile
-    delay_s = 30 if profile.name == "short" else 60
+    delay_s = 15 if profile.name == "short" else 60
     run.ensure_topics()
     for consumer in [run.killable_consumer() for _ in range(2)]:
         run.wait_assigned(consumer)

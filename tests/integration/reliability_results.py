@@ -22,7 +22,7 @@ from tests.integration.reliability import RESULTS, SHORT_SESSION, Run
 from tests.observing import wait_until
 
 HANDLER = "tests.integration.result_handlers:square"
-JOBS = {"short": 3000, "full": 20_000}
+JOBS = {"short": 1000, "full": 20_000}
 KILLS = {"short": 2, "full": 6}
 PARTITIONS = 6
 
