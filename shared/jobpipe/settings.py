@@ -264,6 +264,10 @@ class ResultsSettings(BaseSettings):
     """Where handlers' return values go (jobpipe.results): the consumer publishes there, a
     client waits there, topic-admin `ensure` creates it. Unset: results are not published."""
 
+    # as BaseServiceSettings': mixed into ClientSettings, BaseSettings' own (extra="forbid") would
+    # refuse the other services' settings a client is given (DLQ_TOPIC, CONSUMER_GROUP...)
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
     results_topic: str | None = Field(
         None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
         description="Topic a handler's return value is published to, keyed by job id (and a "

@@ -488,3 +488,14 @@ def test_a_group_members_prefetch_is_sized_from_max_in_flight(
 def test_the_users_own_prefetch_properties_win(monkeypatch: pytest.MonkeyPatch) -> None:
     config = member_config(monkeypatch, kafka_consumer_extra_config="queued.max.messages.kbytes=100000")
     assert config["queued.max.messages.kbytes"] == "100000"
+
+
+def test_a_client_takes_the_services_settings_it_does_not_use() -> None:
+    """An application gives its client the same settings as the services (one .env, or the
+    services' keyword arguments): DLQ_TOPIC, CONSUMER_GROUP and the like are ignored, as the
+    services ignore each other's, not refused (RESULTS_TOPIC's settings once refused them)."""
+    from jobpipe.client import ClientSettings
+
+    settings = ClientSettings(jobs_topic="jobs", dlq_topic="jobs.dlq", consumer_group="worker-group",
+                              results_topic="jobs.results")
+    assert (settings.jobs_topic, settings.results_topic) == ("jobs", "jobs.results")
