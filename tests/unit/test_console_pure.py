@@ -155,7 +155,7 @@ def test_settings_refuse_bad_values_naming_the_variable_and_never_show_the_token
     secret.write_text("from-a-secrets-file\n")
     monkeypatch.setenv("CONSOLE_TOKEN_FILE", str(secret))
     monkeypatch.setenv("CONSOLE_TOKEN", "also-a-long-token")
-    with pytest.raises(ConfigError, match="not both"):
+    with pytest.raises(ConfigError, match="CONSOLE_TOKEN and CONSOLE_TOKEN_FILE are both set"):
         load_settings(ConsoleSettings)
     monkeypatch.delenv("CONSOLE_TOKEN")
     settings = load_settings(ConsoleSettings)

@@ -32,6 +32,8 @@ DOCUMENTED = {
     "job_processing_seconds": "histogram", "job_end_to_end_seconds": "histogram",
     "consumer_lag": "gauge", "consumer_partitions_owned": "gauge", "inmemory_queue_depth": "gauge",
     "service_ready": "gauge",
+    # the delay tiers (issue 23)
+    "jobs_parked": "counter", "delayed_job_late_seconds": "histogram",
     # consumer_service.lag_exporter (compose profile `monitoring`)
     "consumer_group_lag": "gauge", "consumer_group_members": "gauge",
     "consumer_group_lag_updated_timestamp_seconds": "gauge", "jobs_dead_letters_waiting": "gauge",
