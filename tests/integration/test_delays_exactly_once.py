@@ -24,7 +24,7 @@ from tests.integration.test_results import ensure_with_results, read_committed
 from tests.observing import wait_until
 
 DELAYED = 400
-BACKOFF_MS = 8000  # > DELAY_HOLD_MAX_MS: the retry is parked in the 5 s tier (with jitter)
+BACKOFF_MS = 12000  # equal jitter: 6-12 s, past the 5 s tier (a wait under it is held in memory)
 
 
 @contextmanager
