@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Message, TopicPartition
 
-from consumer_service import tier_mover
+from consumer_service import tier_mover, transactions
 from jobpipe.delays import DUE_HEADER, RELEASE_HEADER, TIER_HEADER, epoch_ms
 from tests.unit.consumer_stand_ins import TOPIC, FakeProducer, member_parts
 
@@ -150,3 +150,26 @@ def test_a_refused_copy_is_read_again_and_its_offset_not_stored(
     made._report()
     assert kafka.stored == [2]
     assert len(producer.published) == 3, "the second record went twice (at-least-once), the first once"
+
+
+@pytest.mark.parametrize(("guarantee", "transactional"), [("at_least_once", False), ("exactly_once", True)])
+def test_a_mover_makes_only_the_producer_its_guarantee_uses(monkeypatch: pytest.MonkeyPatch,
+                                                            guarantee: str, transactional: bool) -> None:
+    """Each librdkafka client is connections and threads: under exactly_once the mover's copies
+    go through its transactional producer, so it makes that one and no plain one beside it."""
+    made: list[dict[str, Any]] = []
+
+    class CountedProducer(FakeProducer):
+        def __init__(self, config: dict[str, Any]) -> None:
+            super().__init__(config)
+            made.append(config)
+
+        def init_transactions(self, _timeout: float = -1) -> None:
+            return None
+
+    monkeypatch.setattr(tier_mover, "Consumer", FakeTierConsumer)
+    monkeypatch.setattr(tier_mover, "Producer", CountedProducer)
+    monkeypatch.setattr(transactions, "Producer", CountedProducer)
+    settings, _handler = member_parts(lambda _job: None, processing_guarantee=guarantee)
+    tier_mover.TierMover(settings, 1, threading.Event(), clock=Clock())
+    assert ["transactional.id" in config for config in made] == [transactional]

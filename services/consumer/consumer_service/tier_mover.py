@@ -124,7 +124,10 @@ class TierMover:
             self._eos = Transactions(settings, f"{client_id}-tx", number, self.name,
                                      group=mover_group(settings.consumer_group))
         self._consumer = Consumer(config)
-        self._producer = Producer(producer_config(settings, client_id))
+        # at_least_once: copies go out through a plain producer, acknowledged one by one. Under
+        # exactly_once the transactional one above carries them: no second client (its
+        # connections and threads would do nothing).
+        self._producer = None if self._eos is not None else Producer(producer_config(settings, client_id))
         self._offsets = OffsetTracker()
         self._assigned: set[TP] = set()
         self._paused: dict[TP, float] = {}  # partition -> when its head is released (epoch s)
@@ -171,8 +174,7 @@ class TierMover:
         if self._eos is not None:
             self._commit_moves()
             return
-        self._producer.poll(0)
-        self._report()
+        self._serve_answers(0)
 
     def _resume_due(self, now: float) -> None:
         due = [tp for tp, at in self._paused.items() if at <= now]
@@ -208,19 +210,15 @@ class TierMover:
         due = header_time(found.get(DUE_HEADER))
         onward = release(now, due, self._tiers) if due is not None else None
         topic = self.settings.jobs_topic if onward is None else onward.tier.topic
-        if self._eos is not None:  # written with the tier offset past it at the end of the turn
-            if self._batch.move(tp, offset):
-                self._eos.hold(tp, offset, [OutRecord(
-                    topic, message.key(), message.value(),
-                    moved_headers(headers, None if onward is None else onward.tier,
-                                  None if onward is None else onward.release_at))])
+        moved = moved_headers(headers, None if onward is None else onward.tier,
+                              None if onward is None else onward.release_at)
+        if self._producer is None:  # exactly_once: held, written with the tier offset past it at turn end
+            if self._eos is not None and self._batch.move(tp, offset):
+                self._eos.hold(tp, offset, [OutRecord(topic, message.key(), message.value(), moved)])
             return
         try:
-            self._producer.produce(
-                topic, key=message.key(), value=message.value(),
-                headers=moved_headers(headers, None if onward is None else onward.tier,
-                                      None if onward is None else onward.release_at),
-                on_delivery=partial(self._on_answer, tp, offset))
+            self._producer.produce(topic, key=message.key(), value=message.value(), headers=moved,
+                                   on_delivery=partial(self._on_answer, tp, offset))
         except (BufferError, KafkaException):
             self._wait_for_head(tp, offset, now + RETRY_S)  # read it again shortly
             return
@@ -305,9 +303,14 @@ class TierMover:
     def _finish(self, until: float) -> None:
         """Wait (until `until`, monotonic) for the copies out, store and commit what they allow."""
         while self._out and time.monotonic() < until:
-            self._producer.poll(min(0.1, max(0.0, until - time.monotonic())))
-            self._report()
+            self._serve_answers(min(0.1, max(0.0, until - time.monotonic())))
         self._commit()
+
+    def _serve_answers(self, timeout: float) -> None:
+        """at_least_once: poll the producer for the copies' answers and report them."""
+        if self._producer is not None:
+            self._producer.poll(timeout)
+            self._report()
 
     def _commit(self) -> None:
         if self._eos is not None:
@@ -331,8 +334,7 @@ class TierMover:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         until = time.monotonic() + min(5.0, self.settings.shutdown_timeout_s / 2)
         while self._out and time.monotonic() < until:
-            self._producer.poll(0.05)
-            self._report()
+            self._serve_answers(0.05)
         self._commit()
         self._forget(revoked)
 
