@@ -195,12 +195,14 @@ class JobClient:
 
     def submit_for_result(self, payload: Any = None, *, type: str | None = None,  # noqa: A002
                           key: str | None = None, id: str | None = None,  # noqa: A002
-                          headers: Headers = None) -> ResultFuture:
+                          headers: Headers = None, delay: Delay = None,
+                          at: datetime | None = None) -> ResultFuture:
         """Send one job and wait for nothing yet: the future's `result(timeout)` is the
         handler's return value, read from RESULTS_TOPIC (JobFailed if the job was
         dead-lettered, SubmitFailed if it was not acknowledged, ResultTimeout). ConfigError
-        if RESULTS_TOPIC is not set."""
-        job = encode_job(payload, type, key, id)
+        if RESULTS_TOPIC is not set. `delay`, `at`: as `submit`; a `result(timeout)` waits
+        through the delay too, so give a timeout longer than it."""
+        job = encode_job(payload, type, key, id, delay=delay, at=at)
         future = ResultFuture(job.id, self.result_waiter(), JobFuture(job.id, self))
         future._waiter.expect(job.id, future._settle)  # before the job is sent: see ResultWaiter
         try:
@@ -212,9 +214,12 @@ class JobClient:
 
     def submit_and_wait(self, payload: Any = None, *, type: str | None = None,  # noqa: A002
                         key: str | None = None, id: str | None = None,  # noqa: A002
-                        headers: Headers = None, timeout: float | None = None) -> Any:
-        """`submit_for_result(...).result(timeout)`: the handler's return value."""
-        return self.submit_for_result(payload, type=type, key=key, id=id, headers=headers).result(timeout)
+                        headers: Headers = None, timeout: float | None = None, delay: Delay = None,
+                        at: datetime | None = None) -> Any:
+        """`submit_for_result(...).result(timeout)`: the handler's return value (`timeout`
+        includes the delay)."""
+        return self.submit_for_result(payload, type=type, key=key, id=id, headers=headers, delay=delay,
+                                      at=at).result(timeout)
 
     def result_waiter(self) -> ResultWaiter:
         """The reader of RESULTS_TOPIC, made on first use; ConfigError if it is not set."""
@@ -469,9 +474,12 @@ class AsyncJobClient:
                            headers: Headers = None, delay: Delay = None,
                            at: datetime | None = None) -> asyncio.Future[str]:
         """Send one job without waiting for it: await the returned future for its id."""
-        client = self._open_client()
+        return await self._send(self._open_client(), encode_job(payload, type, key, id, delay=delay, at=at),
+                                headers)
+
+    async def _send(self, client: JobClient, job: Job, headers: Headers) -> asyncio.Future[str]:
+        """Hand `job` to librdkafka (waiting on the loop while its queue is full): a future of its id."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        job = encode_job(payload, type, key, id, delay=delay, at=at)
         job_id = job.id
 
         def delivered(error: KafkaError | None, _message: Message) -> None:  # the report thread
@@ -486,19 +494,20 @@ class AsyncJobClient:
 
     async def submit_for_result(self, payload: Any = None, *, type: str | None = None,  # noqa: A002
                                 key: str | None = None, id: str | None = None,  # noqa: A002
-                                headers: Headers = None) -> AsyncResultFuture:
+                                headers: Headers = None, delay: Delay = None,
+                                at: datetime | None = None) -> AsyncResultFuture:
         """Send one job: `await future.result(timeout)` is the handler's return value (see
-        JobClient.submit_for_result). The first call reads RESULTS_TOPIC's metadata on a thread."""
+        JobClient.submit_for_result; `delay`, `at` as `submit`, and the wait includes the
+        delay). The first call reads RESULTS_TOPIC's metadata on a thread."""
         client = self._open_client()
         loop = asyncio.get_running_loop()
+        job = encode_job(payload, type, key, id, delay=delay, at=at)  # InvalidJob before any wait
         waiter = await asyncio.to_thread(client.result_waiter) if client._results is None else client._results
-        job = encode_job(payload, type, key, id)
         future = AsyncResultFuture(job.id, waiter, loop)
         # Registering may read the partition's end offset from the broker: on a thread.
         await asyncio.to_thread(waiter.expect, job.id, future._settle)
         try:
-            future._submitted = await self.submit_async(payload, type=type, key=key, id=job.id,
-                                                        headers=headers)
+            future._submitted = await self._send(client, job, headers)
         except BaseException:
             waiter.forget(job.id)
             raise
@@ -506,9 +515,11 @@ class AsyncJobClient:
 
     async def submit_and_wait(self, payload: Any = None, *, type: str | None = None,  # noqa: A002
                               key: str | None = None, id: str | None = None,  # noqa: A002
-                              headers: Headers = None, timeout: float | None = None) -> Any:
+                              headers: Headers = None, timeout: float | None = None, delay: Delay = None,
+                              at: datetime | None = None) -> Any:
         """`await (await submit_for_result(...)).result(timeout)`."""
-        future = await self.submit_for_result(payload, type=type, key=key, id=id, headers=headers)
+        future = await self.submit_for_result(payload, type=type, key=key, id=id, headers=headers,
+                                              delay=delay, at=at)
         return await future.result(timeout)
 
     async def submit_many(self, payloads: Iterable[Any], *, type: str | None = None,  # noqa: A002

@@ -47,3 +47,8 @@ async def async_square(job: Job) -> Any:
 
 
 _SLEEP_S = float(os.environ.get("TEST_HANDLER_SLEEP_MS", "0")) / 1000
+
+
+def started_at(job: Job) -> Any:
+    """The value is when the handler started (epoch seconds): no job may start before its time."""
+    return {"id": job.id, "started_at": time.time()}

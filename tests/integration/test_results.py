@@ -9,6 +9,7 @@ import signal
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from jobpipe.client import AsyncJobClient, JobClient
 from jobpipe.errors import ConfigError
-from jobpipe.job import Job
+from jobpipe.job import InvalidJob, Job
 from jobpipe.result_waiter import JobFailed, ResultTimeout
 from jobpipe.results import Result
 from tests.integration.conftest import Pipeline
@@ -176,6 +177,34 @@ def test_a_client_waits_for_its_jobs_value_and_learns_of_a_failure(pipeline: Pip
             return [first["square"], *rest]
 
     assert asyncio.run(waits()) == [9, 0, 1, 4, 9, 16]
+    assert consumer.stop() == 0, consumer.tail()
+
+
+def test_a_client_waits_for_a_delayed_jobs_value_which_comes_no_earlier_than_its_time(
+        pipeline: Pipeline) -> None:
+    """submit_for_result takes submit's delay= and at=: the wait for the value includes the
+    delay, and the handler starts no earlier than the job's not_before."""
+    topic = ensure_with_results(pipeline)
+    consumer = pipeline.start("consumer", handler="tests.integration.result_handlers:started_at",
+                              results_topic=topic)
+    with JobClient(kafka_bootstrap_servers=pipeline.bootstrap, jobs_topic=pipeline.topic,
+                   results_topic=topic, kafka_wait_timeout_s=20) as client:
+        with pytest.raises(InvalidJob, match="delay= must not be negative"):
+            client.submit_for_result({"n": 1}, delay=-1)
+        submitted = time.time()
+        delayed = client.submit_for_result({"n": 1}, delay=3)
+        at = datetime.now(UTC) + timedelta(seconds=3)
+
+        async def waits() -> Result:
+            async with AsyncJobClient(kafka_bootstrap_servers=pipeline.bootstrap, jobs_topic=pipeline.topic,
+                                      results_topic=topic, kafka_wait_timeout_s=20) as async_client:
+                return await (await async_client.submit_for_result({"n": 2}, at=at)).outcome(timeout=30)
+
+        timed = asyncio.run(waits())
+        outcome = delayed.outcome(timeout=30)
+    assert outcome.ok and outcome.value["started_at"] >= submitted + 3, (outcome, submitted)
+    assert outcome.finished_at.timestamp() >= submitted + 3
+    assert timed.ok and timed.value["started_at"] >= at.timestamp(), (timed, at)
     assert consumer.stop() == 0, consumer.tail()
 
 
