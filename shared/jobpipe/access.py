@@ -8,12 +8,15 @@ would count every job as failed. So each service names the operations it needs (
 (DescribeTopics / DescribeGroups with authorized operations, KIP-430): anything missing ends
 the service with exit 3 (KafkaRefused) and one line naming the operation, the resource and
 the variable that names it. A cluster without an authorizer reports nothing, and nothing is
-refused here.
+refused here. `refusals_named` gives the same line for an authorization error a request meets
+later (an ACL removed after the check, say) instead of librdkafka's exception.
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,7 +36,7 @@ REFUSALS = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATIO
 class Need:
     """An operation this service needs on a resource, and the variable that names it."""
 
-    operation: Literal["READ", "WRITE"]
+    operation: Literal["READ", "WRITE", "DESCRIBE"]
     kind: Literal["topic", "group"]
     name: str
     variable: str
@@ -69,10 +72,32 @@ def check_access(settings: KafkaSettings, needs: list[Need]) -> None:
         del admin  # destroyed here, not by the garbage collector on another client's thread
         gc.collect()
     if missing:
-        raise KafkaRefused(
-            f"Kafka does not authorize {principal(settings)} to "
-            f"{'; '.join(need.describe() for need in missing)}: grant it with an ACL "
-            "(see docs/security.md)")
+        raise refusal(settings, missing)
+
+
+def refusal(settings: KafkaSettings, missing: list[Need]) -> KafkaRefused:
+    """The one line (exit 3) for operations the broker does not allow this principal."""
+    return KafkaRefused(f"Kafka does not authorize {principal(settings)} to "
+                        f"{'; '.join(need.describe() for need in missing)}: grant it with an ACL "
+                        "(see docs/security.md)")
+
+
+@contextmanager
+def refusals_named(settings: KafkaSettings, needs: list[Need]) -> Iterator[None]:
+    """An authorization error raised inside (a KafkaException with GROUP_ or
+    TOPIC_AUTHORIZATION_FAILED: an ACL removed after `check_access`, or a request it does not
+    cover) becomes the same one-line refusal, naming the `needs` of that kind of resource."""
+    try:
+        yield
+    except KafkaException as error:
+        first = error.args[0] if error.args else None
+        code = first.code() if isinstance(first, KafkaError) else None
+        kind = ("group" if code == KafkaError.GROUP_AUTHORIZATION_FAILED
+                else "topic" if code == KafkaError.TOPIC_AUTHORIZATION_FAILED else None)
+        named = [need for need in needs if need.kind == kind]
+        if not named:
+            raise
+        raise refusal(settings, named) from None
 
 
 def _missing(admin: AdminClient, needs: list[Need]) -> list[Need]:

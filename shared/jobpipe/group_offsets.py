@@ -98,8 +98,12 @@ class GroupReader:
         self._admin = AdminClient(admin_config(settings, client_id))
 
     def partitions(self, topic: str) -> list[int]:
-        """The topic's partitions, in order; NoSuchTopic if it does not exist."""
+        """The topic's partitions, in order; NoSuchTopic if it does not exist (KafkaException
+        if this principal may not describe it: that is no reason to think it missing)."""
         found = self._consumer.list_topics(topic, timeout=self.timeout_s).topics.get(topic)
+        if found is not None and found.error is not None \
+                and found.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise KafkaException(found.error)
         if found is None or found.error is not None:
             raise NoSuchTopic(topic)
         return sorted(found.partitions)

@@ -238,3 +238,28 @@ def test_the_client_submits_over_sasl_ssl_with_write_on_the_topic_only(secure: S
     with pytest.raises(KafkaRefused, match=r"WRITE.*JOBS_TOPIC") as refused:
         JobClient(**other.settings(**producer_settings))  # type: ignore[arg-type]
     assert_no_secret(str(refused.value))
+
+
+def test_topic_admin_offsets_names_the_acl_it_lacks_in_one_line(secure: Security) -> None:
+    """`topic-admin offsets` reads with DESCRIBE on the group and the topic and moves with READ on
+    both: each missing ACL ends it with exit 3 and one line naming it, not a librdkafka traceback."""
+    names = Names()
+    ensure_topics(secure, names)
+    user = f"offsets-{uuid.uuid4().hex[:6]}"
+    secure.add_user(user, "limited-Secret-9")
+    settings = names.settings(**secure.sasl_settings(user, "limited-Secret-9"))
+    secure.wait_until_effective(settings, [])  # authenticates
+    message = refusal(start("topic-admin", "offsets", **settings))
+    assert f"DESCRIBE group '{names.group}' (CONSUMER_GROUP); DESCRIBE topic '{names.topic}' (JOBS_TOPIC)" \
+        in message, message
+    assert f"User:{user}" in message
+
+    principal = f"User:{user}"
+    secure.allow(principal, AclOperation.DESCRIBE, ResourceType.GROUP, names.group)
+    secure.allow(principal, AclOperation.READ, ResourceType.TOPIC, names.topic)
+    secure.wait_until_effective(settings, [Need("READ", "topic", names.topic, "JOBS_TOPIC")])
+    dry_run = start("topic-admin", "offsets", "--to-earliest", **settings)
+    assert dry_run.wait(60) == 0, dry_run.tail()  # DESCRIBE is all a dry run needs
+    message = refusal(start("topic-admin", "offsets", "--to-earliest", "--execute", **settings))
+    assert message.endswith(f"to READ group '{names.group}' (CONSUMER_GROUP): grant it with an ACL "
+                            "(see docs/security.md)"), message

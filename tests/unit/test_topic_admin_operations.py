@@ -9,11 +9,14 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer_service.runner import attempts_before
+from jobpipe.access import refusals_named
 from jobpipe.delays import PARKED_HEADERS
+from jobpipe.errors import KafkaRefused, exit_code_for
 from jobpipe.group_offsets import PartitionState
 from jobpipe.redrive_ledger import dead_letters_waiting, merged, offset_ranges, read_ledger_record
 from topic_admin_service.main import parse
@@ -26,6 +29,7 @@ from topic_admin_service.offset_plan import (
     plan,
     totals,
 )
+from topic_admin_service.offsets import offsets_needs
 from topic_admin_service.redrive import (
     NO_ERROR,
     DeadLetter,
@@ -38,6 +42,7 @@ from topic_admin_service.redrive import (
     redriven_headers,
     target_partition,
 )
+from topic_admin_service.settings import TopicAdminSettings
 from topic_admin_service.watch import PartitionSample, Sample, sparkline, watch_rows
 from topic_admin_service.when import BadTime, parse_duration, parse_when
 
@@ -409,3 +414,23 @@ def test_dead_letters_waiting_are_those_in_the_partition_no_redrive_lists(
     joined = merged(ranges)
     assert {o for first, last in joined for o in range(first, last + 1)} == redriven
     assert all(a[1] + 1 < b[0] for a, b in pairwise(joined))
+
+
+@pytest.mark.parametrize(("code", "named"), [
+    (KafkaError.GROUP_AUTHORIZATION_FAILED, "READ group 'workers' (CONSUMER_GROUP)"),
+    (KafkaError.TOPIC_AUTHORIZATION_FAILED, "READ topic 'jobs' (--topic)"),
+])
+def test_a_move_the_broker_refuses_is_one_line_naming_the_acl(code: int, named: str) -> None:
+    """`offsets --execute` past the start-up check (an ACL removed meanwhile): librdkafka's
+    authorization error becomes the refusal (exit 3) naming what is missing, not a traceback."""
+    settings = TopicAdminSettings(kafka_bootstrap_servers="127.0.0.1:1", kafka_security_protocol="SASL_SSL",
+                                  kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="ops",
+                                  kafka_sasl_password="secret")
+    needs = offsets_needs("workers", "CONSUMER_GROUP", "jobs", "--topic", execute=True)
+    with pytest.raises(KafkaRefused) as refused, refusals_named(settings, needs):
+        raise KafkaException(KafkaError(code))
+    assert str(refused.value) == f"Kafka does not authorize User:ops to {named}: grant it with an ACL " \
+        "(see docs/security.md)"
+    assert exit_code_for(refused.value) == 3
+    with pytest.raises(KafkaException), refusals_named(settings, needs):  # not a refusal: as it was
+        raise KafkaException(KafkaError(KafkaError.REQUEST_TIMED_OUT))

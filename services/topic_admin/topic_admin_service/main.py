@@ -35,6 +35,7 @@ from confluent_kafka.admin import AdminClient
 from rich.live import Live
 from tabulate import tabulate
 
+from jobpipe.access import check_access, refusals_named
 from jobpipe.errors import ExitCode
 from jobpipe.group_offsets import GroupReader
 from jobpipe.kafka_clients import admin_config, wait_for_broker
@@ -43,7 +44,7 @@ from jobpipe.service import Body, Outcome, Probes, run_service
 from topic_admin_service import output
 from topic_admin_service.errors import Refused
 from topic_admin_service.offset_plan import Target, TargetKind, offsets_csv, parse_offsets_csv, plan, totals
-from topic_admin_service.offsets import OffsetAdmin, active_members_refusal
+from topic_admin_service.offsets import OffsetAdmin, active_members_refusal, offsets_needs
 from topic_admin_service.redrive import Selection, Verdict
 from topic_admin_service.redriver import Redriver
 from topic_admin_service.settings import TopicAdminSettings
@@ -508,7 +509,6 @@ def offsets(*, earliest: bool, latest: bool, current: bool, moment: datetime | N
                 target = replace(target, offsets=parse_offsets_csv(file_text, topic_name))
             except ValueError as error:
                 raise Refused(f"--from-file {from_file}: {error}") from None
-        wait_for_broker(settings, stop)
         admin = OffsetAdmin(_admin(settings), GroupReader(settings, name, "topic-admin", REQUEST_TIMEOUT_S))
         chosen = tuple(sorted(target.offsets)) if target is not None and target.offsets else partitions
         found = admin.read(name, topic_name, chosen)
@@ -549,7 +549,23 @@ def offsets(*, earliest: bool, latest: bool, current: bool, moment: datetime | N
             output.console().print(*output.plan_table(name, topic_name, target, moves, execute), sep="\n")
         return Outcome(ExitCode.OK, summary | {"executed": int(execute)})
 
-    return body
+    return refusals_of_offsets(body, group, topic, execute=execute)
+
+
+def refusals_of_offsets(body: TopicBody, group: str | None, topic: str | None, *, execute: bool) -> TopicBody:
+    """`offsets`' body once the broker answers and allows it: every authorization refusal is
+    one line and exit 3 naming the ACL (docs/security.md), checked before anything is read
+    and mapped if the broker refuses a request later."""
+    def checked(settings: TopicAdminSettings, stop: threading.Event, probes: Probes) -> Outcome:
+        wait_for_broker(settings, stop)
+        needs = offsets_needs(group or settings.consumer_group, "--group" if group else "CONSUMER_GROUP",
+                              topic or settings.jobs_topic, "--topic" if topic else "JOBS_TOPIC",
+                              execute=execute)
+        check_access(settings, needs)
+        with refusals_named(settings, needs):
+            return body(settings, stop, probes)
+
+    return checked
 
 
 def _read_text(path: Path) -> str:

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from jobpipe.access import Need
 from jobpipe.group_offsets import GroupReader, GroupState, NoSuchTopic, PartitionState
 from jobpipe.logs import event
 from topic_admin_service.errors import Refused
@@ -33,6 +35,14 @@ class GroupOffsets:
     states: list[PartitionState]
     members: list[str] = field(default_factory=list)  # client ids of the active members
     exists: bool = True
+
+
+def offsets_needs(group: str, group_variable: str, topic: str, topic_variable: str, *,
+                  execute: bool) -> list[Need]:
+    """The ACLs `offsets` needs: DESCRIBE on the group and the topic to read where the group is;
+    READ on both to move it (Kafka asks both of an offset commit)."""
+    operation: Literal["READ", "DESCRIBE"] = "READ" if execute else "DESCRIBE"
+    return [Need(operation, "group", group, group_variable), Need(operation, "topic", topic, topic_variable)]
 
 
 def active_members_refusal(group: str, members: Sequence[str]) -> Refused:
