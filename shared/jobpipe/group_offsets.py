@@ -98,12 +98,8 @@ class GroupReader:
         self._admin = AdminClient(admin_config(settings, client_id))
 
     def partitions(self, topic: str) -> list[int]:
-        """The topic's partitions, in order; NoSuchTopic if it does not exist (KafkaException
-        if this principal may not describe it: that is no reason to think it missing)."""
+        """The topic's partitions, in order; NoSuchTopic if it does not exist."""
         found = self._consumer.list_topics(topic, timeout=self.timeout_s).topics.get(topic)
-        if found is not None and found.error is not None \
-                and found.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-            raise KafkaException(found.error)
         if found is None or found.error is not None:
             raise NoSuchTopic(topic)
         return sorted(found.partitions)
@@ -124,9 +120,17 @@ class GroupReader:
         """The group's committed offset per partition (only those it committed)."""
         if not partitions:
             return {}
-        found = self._consumer.committed([TopicPartition(topic, p) for p in partitions],
-                                         timeout=self.timeout_s)
-        return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                found = self._consumer.committed([TopicPartition(topic, p) for p in partitions],
+                                                 timeout=self.timeout_s)
+                return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+            except KafkaException as error:  # a coordinator not up yet, as in `describe`: asked again
+                code = error.args[0].code() if error.args and isinstance(error.args[0], KafkaError) else None
+                if code not in COORDINATOR_NOT_READY or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
 
     def at_time(self, topic: str, partitions: Sequence[int], millis: int) -> dict[int, int]:
         """Per partition, the first offset whose timestamp is at or after `millis` (-1: none)."""
