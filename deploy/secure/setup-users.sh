@@ -50,7 +50,7 @@ allow jobpipe-admin --operation Read --topic "$dlq" --topic "$dlq.redriven" --to
 allow jobpipe-admin --operation Write --topic "$jobs" --topic "$dlq.redriven" \
     --transactional-id "topic-admin-redrive.$dlq"
 allow jobpipe-producer --operation Write --topic "$jobs"
-# The consumer; the lag exporter (as jobpipe-consumer) also reads the ledger, to count the dead
-# letters waiting.
-allow jobpipe-consumer --operation Read --topic "$jobs" --topic "$dlq.redriven" --group "$group"
+# The consumer; the lag exporter (as jobpipe-consumer) also reads the DLQ and the ledger, to
+# count the dead letters waiting.
+allow jobpipe-consumer --operation Read --topic "$jobs" --topic "$dlq" --topic "$dlq.redriven" --group "$group"
 allow jobpipe-consumer --operation Write --topic "$dlq"

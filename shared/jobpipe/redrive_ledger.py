@@ -64,9 +64,30 @@ def merged(ranges: Iterable[Range]) -> list[Range]:
     return out
 
 
-def dead_letters_waiting(start: int, end: int, redriven: Iterable[Range]) -> int:
-    """Dead letters of one DLQ partition not yet re-driven: those still in the partition
-    (offsets start .. end-1) that no committed redrive lists. The DLQ is written without
-    transactions, so every offset there is a dead letter."""
-    covered = sum(max(0, min(last, end - 1) - max(first, start) + 1) for first, last in merged(redriven))
-    return max(0, end - start - covered)
+def dead_letters_waiting(start: int, letters: Iterable[Range], redriven: Iterable[Range]) -> int:
+    """Dead letters of one DLQ partition not yet re-driven: the offsets of `letters` (those a
+    read_committed reader of the partition got) from `start` (the partition's first offset:
+    retention may have deleted some) that no committed redrive lists. Offsets are not all
+    letters: a DLQ written under exactly_once also holds one transaction marker per
+    transaction, and the records of aborted ones, which no reader sees."""
+    kept = [(max(first, start), last) for first, last in merged(letters) if last >= start]
+    return _count(kept) - _count(_overlaps(kept, merged(redriven)))
+
+
+def _count(ranges: Iterable[Range]) -> int:
+    return sum(last - first + 1 for first, last in ranges)
+
+
+def _overlaps(ours: list[Range], theirs: list[Range]) -> list[Range]:
+    """The offsets in both of two sorted lists of disjoint ranges, as ranges."""
+    both: list[Range] = []
+    i = j = 0
+    while i < len(ours) and j < len(theirs):
+        first, last = max(ours[i][0], theirs[j][0]), min(ours[i][1], theirs[j][1])
+        if first <= last:
+            both.append((first, last))
+        if ours[i][1] < theirs[j][1]:
+            i += 1
+        else:
+            j += 1
+    return both

@@ -9,7 +9,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Producer
 from local_kafka import LocalKafkaCluster
 from prometheus_client import REGISTRY
 
@@ -104,6 +104,37 @@ def test_dead_letters_waiting_are_the_dlq_less_what_redrive_moved(pipeline: Pipe
         assert sum(left.values()) == 6
         wait_until(lambda: waiting({p: float(left[p]) for p in range(3)}), 30,
                    f"6 dead letters waiting, as `dlq list` shows them: {dict(left)}", poll=0.5)
+    finally:
+        reader.close()
+
+
+def test_dead_letters_written_in_transactions_are_counted_without_their_markers(pipeline: Pipeline) -> None:
+    """Under PROCESSING_GUARANTEE=exactly_once dead letters are written in transactions: the DLQ
+    then holds a commit marker per transaction, and an aborted one's records, which are offsets
+    and no dead letters. 12 letters in 4 transactions, beside 3 aborted: 12 waiting, not 20 (the
+    partition's end); a re-drive of 5 leaves 7."""
+    pipeline.ensure_topics(3)
+    producer = Producer({"bootstrap.servers": pipeline.bootstrap,
+                         "transactional.id": f"dlq-{pipeline.topic}"})
+    producer.init_transactions(30)
+    for batch in range(5):
+        producer.begin_transaction()
+        for seq in range(3):
+            producer.produce(pipeline.dlq, Job.new(batch, seq).to_bytes(), partition=0,
+                             headers=[("dlq.error", b"ValueError: x")])
+        if batch == 2:
+            producer.abort_transaction(30)
+        else:
+            producer.commit_transaction(30)
+    del producer  # all acknowledged: no client left reconnecting after the broker stops
+    reader = LagReader(ConsumerSettings(**pipeline.settings()))  # type: ignore[arg-type]
+    try:
+        def waiting(expected: float) -> bool:
+            return answered(reader) and dead_letters_waiting(pipeline) == {0: expected, 1: 0.0, 2: 0.0}
+        wait_until(lambda: waiting(12.0), 30, "12 dead letters waiting", poll=0.5)
+        moved = pipeline.run("topic-admin", "redrive", "--limit", "5", "--json")
+        assert moved.process.returncode == 0 and json.loads(moved.output)["moved"] == 5, moved.tail()
+        wait_until(lambda: waiting(7.0), 30, "7 dead letters waiting", poll=0.5)
     finally:
         reader.close()
 

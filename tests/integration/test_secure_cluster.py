@@ -5,6 +5,7 @@ which; no secret reaches a log line or /metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.request
 import uuid
@@ -13,13 +14,19 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AclOperation, ResourceType
+from prometheus_client import REGISTRY
 
+from consumer_service.lag_exporter import LagReader
+from consumer_service.settings import ConsumerSettings
 from jobpipe.access import Need
 from jobpipe.client import JobClient
 from jobpipe.errors import KafkaRefused
+from jobpipe.job import Job
 from tests.integration import secure_cluster
 from tests.integration.secure_cluster import KEY_PASSWORD, MTLS_PRINCIPAL, Security
+from tests.observing import wait_until
 from tests.service_runner import ServiceProcess, free_port
 
 PASSWORDS = {"ops": "ops-Secret-1", "producer": "producer-Secret-2", "consumer": "consumer-Secret-3"}
@@ -263,3 +270,31 @@ def test_topic_admin_offsets_names_the_acl_it_lacks_in_one_line(secure: Security
     message = refusal(start("topic-admin", "offsets", "--to-earliest", "--execute", **settings))
     assert message.endswith(f"to READ group '{names.group}' (CONSUMER_GROUP): grant it with an ACL "
                             "(see docs/security.md)"), message
+
+
+def test_the_lag_exporter_refused_read_on_the_dlq_still_counts_its_dead_letters(secure: Security) -> None:
+    """jobs_dead_letters_waiting reads the dead letters (READ on DLQ_TOPIC, docs/security.md); a
+    principal without it gets the DLQ's offset count (exact without transactions), not nothing."""
+    names = Names()
+    ensure_topics(secure, names)
+    producer = Producer({"bootstrap.servers": secure.cluster.bootstrap_servers})  # the super user
+    for seq in range(2):
+        producer.produce(names.dlq, Job.new(1, seq).to_bytes(), partition=0)
+    assert producer.flush(30) == 0
+    user = f"exporter-{uuid.uuid4().hex[:6]}"
+    secure.add_user(user, "limited-Secret-9")
+    for kind, name in ((ResourceType.TOPIC, names.topic), (ResourceType.GROUP, names.group),
+                       (ResourceType.TOPIC, names.dlq)):
+        secure.allow(f"User:{user}", AclOperation.DESCRIBE, kind, name)
+    settings = names.settings(**secure.sasl_settings(user, "limited-Secret-9"))
+    secure.wait_until_effective(settings, [])
+    reader = LagReader(ConsumerSettings(**settings))  # type: ignore[arg-type]
+    labels = {"topic": names.dlq, "partition": "0"}
+    try:
+        def counted() -> bool:
+            with contextlib.suppress(KafkaException):
+                reader.read()
+            return REGISTRY.get_sample_value("jobs_dead_letters_waiting", labels) == 2
+        wait_until(counted, 30, "2 dead letters waiting without READ on the DLQ", poll=0.5)
+    finally:
+        reader.close()

@@ -403,14 +403,16 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--error-contains" in capsys.readouterr().out
 
 
-@given(st.integers(0, 40), st.integers(0, 40),
+@given(st.integers(0, 40), st.sets(st.integers(0, 80), max_size=40),
        st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), max_size=8))
-def test_dead_letters_waiting_are_those_in_the_partition_no_redrive_lists(
-        start: int, length: int, ranges: list[tuple[int, int]]) -> None:
-    """The DLQ backlog the lag exporter serves (jobs_dead_letters_waiting): counted on offsets."""
-    end = start + length
+def test_dead_letters_waiting_are_the_letters_in_the_partition_no_redrive_lists(
+        start: int, letters: set[int], ranges: list[tuple[int, int]]) -> None:
+    """The DLQ backlog the lag exporter serves (jobs_dead_letters_waiting): the offsets that hold
+    dead letters (not transaction markers, not aborted records) from the partition's start on,
+    less those a committed redrive lists."""
     redriven = {o for first, last in ranges for o in range(first, last + 1)}
-    assert dead_letters_waiting(start, end, ranges) == len(set(range(start, end)) - redriven)
+    runs = [(first, last) for first, last in offset_ranges(letters)]
+    assert dead_letters_waiting(start, runs, ranges) == len({o for o in letters if o >= start} - redriven)
     joined = merged(ranges)
     assert {o for first, last in joined for o in range(first, last + 1)} == redriven
     assert all(a[1] + 1 < b[0] for a, b in pairwise(joined))

@@ -12,10 +12,11 @@ broker (as `topic-admin describe` does) and serves
 - `consumer_group_members{group}`: members of the group;
 - `consumer_group_lag_updated_timestamp_seconds{group}`: when the broker last answered;
 - `jobs_dead_letters_waiting{topic,partition}`: dead letters in DLQ_TOPIC's partition not yet
-  re-driven: its end offset minus its start offset (every offset of the DLQ is a dead letter:
-  it is written without transactions), minus the offsets between the two that the redrive
-  ledger (`<DLQ_TOPIC>.redriven`, jobpipe.redrive_ledger) lists as moved by a committed
-  `topic-admin redrive`. A letter re-driven and dead-lettered again is a new one, waiting.
+  re-driven: the letters a read_committed reader of the partition gets (under exactly_once
+  the DLQ also holds transaction markers and aborted records: offsets, not letters; see
+  DeadLetterBacklog), less those the redrive ledger (`<DLQ_TOPIC>.redriven`,
+  jobpipe.redrive_ledger) lists as moved by a committed `topic-admin redrive`. A letter
+  re-driven and dead-lettered again is a new one, waiting.
 
 While the broker does not answer, the lag, member and waiting series are not exported (their
 last values would look current on a dashboard); the timestamp stays, and JobpipeLagUnknown fires
@@ -37,12 +38,14 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
+    Message,
     TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Gauge
 
+from consumer_service.offsets import TP
 from consumer_service.settings import ConsumerSettings
 from jobpipe.errors import ExitCode
 from jobpipe.group_offsets import GroupReader, NoSuchTopic
@@ -61,15 +64,23 @@ GROUP_MEMBERS = Gauge("consumer_group_members", "Members of the consumer group."
 UPDATED = Gauge("consumer_group_lag_updated_timestamp_seconds",
                 "When the broker last answered the lag exporter (Unix time).", ["group"])
 DEAD_LETTERS_WAITING = Gauge(
-    "jobs_dead_letters_waiting", "Dead letters in the DLQ partition not yet re-driven (its end minus "
-    "start offset, minus the offsets the redrive ledger lists), read from the broker.",
+    "jobs_dead_letters_waiting", "Dead letters in the DLQ partition not yet re-driven (those a "
+    "read_committed reader gets, minus those the redrive ledger lists), read from the broker.",
     ["topic", "partition"])
 
 
 class DeadLetterBacklog:
-    """Reads how many dead letters wait in DLQ_TOPIC into `jobs_dead_letters_waiting`: the DLQ's
-    offsets from the broker (jobpipe.group_offsets) and the redrive ledger, followed as it grows
-    (read_committed: only what committed re-drives wrote)."""
+    """Reads how many dead letters wait in DLQ_TOPIC into `jobs_dead_letters_waiting`: the dead
+    letters themselves and the redrive ledger, both read `read_committed` and followed as they
+    grow (one consumer, assigned, in no group), and the DLQ's start offsets (retention).
+
+    Why it reads the letters instead of subtracting offsets: under exactly_once the DLQ also
+    holds a transaction marker per transaction and the records of aborted ones, each an offset
+    and no dead letter; only a read_committed reader tells them apart (the last stable offset
+    does not: it counts markers too). Each letter is read once (the DLQ's own traffic, small
+    by nature); what is kept per partition is its letters' offsets as ranges, one per
+    transaction that wrote some (one in all without transactions). A principal that may not
+    read the DLQ gets the offset count instead (an upper bound), and a warning saying so."""
 
     def __init__(self, settings: ConsumerSettings, reader: GroupReader, client_id: str) -> None:
         self.dlq, self.ledger = settings.dlq_topic, ledger_topic(settings.dlq_topic)
@@ -80,9 +91,11 @@ class DeadLetterBacklog:
                                      "isolation.level": "read_committed", "enable.partition.eof": True,
                                      "auto.offset.reset": "earliest"})
         self._topic_id = ""
-        self._assigned: list[int] = []
-        self._at_end: set[int] = set()  # ledger partitions read to their end since their last record
+        self._assigned: set[TP] = set()
+        self._at_end: set[TP] = set()  # partitions read to their end since their last record
         self._redriven: dict[int, list[Range]] = {}
+        self._letters: dict[int, list[list[int]]] = {}  # per DLQ partition: [first, last] runs
+        self._dlq_readable = True  # False: READ on the DLQ refused, offsets counted instead
         self._partitions: set[int] = set()
 
     def read(self) -> None:
@@ -92,14 +105,20 @@ class DeadLetterBacklog:
             self.forget()
             return
         topic_id = self._dlq_topic_id()
-        if topic_id != self._topic_id:  # a new DLQ (or the first look): the ledger is read again
-            self._topic_id, self._redriven, self._assigned, self._at_end = topic_id, {}, [], set()
+        if topic_id != self._topic_id:  # a new DLQ (or the first look): both are read again
+            self._topic_id, self._redriven, self._letters = topic_id, {}, {}
+            self._assigned, self._at_end = set(), set()
             self._consumer.unassign()
-        if not self._follow_ledger():
-            return  # the ledger is not read to its end yet: nothing exported is better than too much
+        if not self._follow(partitions):
+            return  # not read to the end yet: nothing exported is better than a wrong count
         states = self._reader.states(self.dlq, partitions, committed=False)
         for state in states:
-            waiting = dead_letters_waiting(state.start, state.end, self._redriven.get(state.partition, ()))
+            letters = self._letters.setdefault(state.partition, [])
+            while letters and letters[0][1] < state.start:
+                del letters[0]  # deleted by retention
+            runs = [(first, last) for first, last in letters] if self._dlq_readable \
+                else [(state.start, state.end - 1)]
+            waiting = dead_letters_waiting(state.start, runs, self._redriven.get(state.partition, ()))
             DEAD_LETTERS_WAITING.labels(self.dlq, str(state.partition)).set(waiting)
         for gone in self._partitions - set(partitions):
             DEAD_LETTERS_WAITING.remove(self.dlq, str(gone))
@@ -109,37 +128,65 @@ class DeadLetterBacklog:
         asked = self._admin.describe_topics(TopicCollection([self.dlq]), request_timeout=REQUEST_TIMEOUT_S)
         return str(asked[self.dlq].result().topic_id)
 
-    def _follow_ledger(self) -> bool:
-        """Read what the ledger gained since the last call; True once it is read to its end."""
+    def _follow(self, dlq_partitions: list[int]) -> bool:
+        """Read what the DLQ and the ledger gained since the last call; True once both are read
+        to their end (within REQUEST_TIMEOUT_S; a long DLQ read the first time takes a few calls)."""
         try:
-            partitions = self._reader.partitions(self.ledger)
+            wanted = {(self.ledger, p) for p in self._reader.partitions(self.ledger)}
         except NoSuchTopic:
-            return True  # nothing was ever re-driven
-        new = [p for p in partitions if p not in self._assigned]
-        if new:
-            self._consumer.incremental_assign([TopicPartition(self.ledger, p, OFFSET_BEGINNING) for p in new])
-            self._assigned = partitions
+            wanted = set()  # nothing was ever re-driven
+        if self._dlq_readable:
+            wanted |= {(self.dlq, p) for p in dlq_partitions}
+        if new := wanted - self._assigned:
+            self._consumer.incremental_assign([TopicPartition(*tp, OFFSET_BEGINNING) for tp in sorted(new)])
+            self._assigned |= new
         deadline = time.monotonic() + REQUEST_TIMEOUT_S
         while True:
-            wait = 0.1 if self._at_end >= set(partitions) else 0.5
-            for message in self._consumer.consume(500, timeout=wait):
-                error = message.error()
-                partition = message.partition() or 0
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        self._at_end.add(partition)
-                    elif error.fatal():
-                        raise KafkaException(error)
-                    continue
-                self._at_end.discard(partition)
-                value = message.value()
-                for dlq_partition, runs in read_ledger_record(
-                        value.encode() if isinstance(value, str) else value, self._topic_id).items():
-                    self._redriven[dlq_partition] = merged([*self._redriven.get(dlq_partition, []), *runs])
-            if self._at_end >= set(partitions):
+            for message in self._consumer.consume(500, timeout=0.1 if self._at_end >= wanted else 0.5):
+                self._take(message)
+            if not self._dlq_readable and any(tp[0] == self.dlq for tp in wanted):
+                return self._follow(dlq_partitions)  # READ on the DLQ refused: the ledger alone
+            if self._at_end >= wanted:
                 return True
             if time.monotonic() >= deadline:
                 return False
+
+    def _take(self, message: Message) -> None:
+        tp = (message.topic() or "", message.partition() or 0)
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                self._at_end.add(tp)
+            elif error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED and tp[0] == self.dlq:
+                self._stop_reading_dlq(error)
+            elif error.fatal():
+                raise KafkaException(error)
+            return
+        self._at_end.discard(tp)
+        if tp[0] == self.dlq:
+            runs, offset = self._letters.setdefault(tp[1], []), message.offset() or 0
+            if runs and runs[-1][1] == offset - 1:
+                runs[-1][1] = offset
+            else:
+                runs.append([offset, offset])
+            return
+        value = message.value()
+        for dlq_partition, redriven in read_ledger_record(
+                value.encode() if isinstance(value, str) else value, self._topic_id).items():
+            self._redriven[dlq_partition] = merged([*self._redriven.get(dlq_partition, []), *redriven])
+
+    def _stop_reading_dlq(self, error: KafkaError) -> None:
+        if not self._dlq_readable:
+            return
+        self._dlq_readable = False
+        dlq = [tp for tp in self._assigned if tp[0] == self.dlq]
+        self._consumer.incremental_unassign([TopicPartition(t, p) for t, p in dlq])
+        self._assigned -= set(dlq)
+        self._at_end -= set(dlq)
+        event("dead_letters.unreadable", f"may not read {self.dlq} (DLQ_TOPIC: {error.str()}): "
+              "jobs_dead_letters_waiting counts its offsets instead, too many under exactly_once "
+              "(transaction markers); grant READ on it (docs/security.md)", level="WARNING",
+              topic=self.dlq, error=error.str())
 
     def forget(self) -> None:
         for partition in self._partitions:
