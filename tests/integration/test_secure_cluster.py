@@ -281,6 +281,7 @@ def test_the_lag_exporter_refused_read_on_the_dlq_still_counts_its_dead_letters(
     for seq in range(2):
         producer.produce(names.dlq, Job.new(1, seq).to_bytes(), partition=0)
     assert producer.flush(30) == 0
+    del producer
     user = f"exporter-{uuid.uuid4().hex[:6]}"
     secure.add_user(user, "limited-Secret-9")
     for kind, name in ((ResourceType.TOPIC, names.topic), (ResourceType.GROUP, names.group),
