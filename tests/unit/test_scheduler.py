@@ -9,6 +9,7 @@ fake broker, and checks the guarantees the consumer is built on.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import itemgetter
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -532,16 +533,16 @@ class ConsumerModel(RuleBasedStateMachine):
     def _fetch(self, tp: TP, count: int) -> None:
         if tp not in self.owned or tp in self.paused:
             return
-        count = min(count, self.s.room)
         log = self.log[tp]
-        while count and self.position[tp] < len(log):
-            offset = self.position[tp]
-            key = log[offset]  # a new bytes object, as each Kafka message brings its own
-            task = self.s.fetched(tp, offset, None if key is None else bytes(bytearray(key)), None)
-            self.position[tp] += 1
-            if task is not None:
-                count -= 1
-                self.epoch_fetched[tp][offset] = log[offset]
+        first = self.position[tp]
+        end = min(len(log), first + min(count, self.s.room))
+        # one batch, as the loop takes what consume() returned (a new bytes object per key,
+        # as each Kafka message brings its own)
+        batch = [(offset, None if log[offset] is None else bytes(bytearray(log[offset])))
+                 for offset in range(first, end)]
+        for task in self.s.fetched_many(tp, batch, itemgetter(0), itemgetter(1)):
+            self.epoch_fetched[tp][task.offset] = log[task.offset]
+        self.position[tp] = max(first, end)
         self._flow()
 
     @property
@@ -753,6 +754,26 @@ class ConsumerModel(RuleBasedStateMachine):
         self._flow()
         if start:
             self._start()
+
+    @precondition(lambda self: self.runs)
+    @rule(i=st.integers(0, 100), count=st.integers(2, 6))
+    def complete_in_a_row(self, i: int, count: int) -> None:
+        """Several tasks of a run end one after another and succeed; the loop reports them
+        in one `succeeded_many` (as it does with a run's successes)."""
+        run = self.runs[i % len(self.runs)]
+        ended: list[Task] = []
+        while len(ended) < count and (task := self._execute(run)) is not None:
+            ended.append(task)
+            if task.tp in self.owned and task not in self.orphans:
+                self.epoch_finished[task.tp].add(task.offset)  # its call ended; reported below
+        finished = self.s.succeeded_many(ended)
+        assert finished == sum(1 for task in ended if task.state == "finished")
+        for task in ended:
+            if task.state == "finished":
+                self._finished(task, self.processed)
+            else:
+                assert task in self.orphans, f"{task} not finished, yet not handed back"
+        self._flow()
 
     @precondition(lambda self: self.runs)
     @rule(i=st.integers(0, 100), start=st.booleans())

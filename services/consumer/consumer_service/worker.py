@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -83,6 +83,10 @@ FULL_PAUSE_S = 0.5  # a member full of jobs (MAX_IN_FLIGHT) this long pauses its
 # once the rebalance is over (librdkafka keeps the assignment through them while rebalancing).
 REBALANCING = (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION)
 STATS_INTERVAL_MS = 2000  # librdkafka statistics: consumer lag metrics, and the broker watch below
+# What the scheduler reads of a message (`Scheduler.fetched_many`): librdkafka's own methods,
+# no Python call per message (a fetched message has an offset; its key is bytes or None).
+_offset = cast(Callable[[Message], int], Message.offset)
+_key = cast(Callable[[Message], "bytes | None"], Message.key)
 # A client whose statistics have listed no broker at all (only logical ones) this long has
 # nothing left that would ever reconnect it: it is replaced (see `_replace_client`).
 STRANDED_AFTER_S = 10.0
@@ -307,24 +311,28 @@ class ConsumerWorker:
         return [first, *self._consumer.consume(size - 1, 0)] if size > 1 else [first]
 
     def _take(self, messages: list[Message]) -> None:
-        """Every message consume() returned goes to the scheduler: one left out would be
-        committed past."""
-        fetched = self._scheduler.fetched
-        partition: int | None = -1
-        tp: TP = ("", -1)
-        for message in messages:
+        """Every message consume() returned goes to the scheduler (one left out would be
+        committed past), in runs of one partition: one `fetched_many` call per run."""
+        fetched = self._scheduler.fetched_many
+        start = 0
+        partition = messages[0].partition()
+        for index, message in enumerate(messages):
             error = message.error()
+            if error is None and message.partition() == partition:
+                continue
+            if start < index:  # the run of `partition` before this message
+                fetched((messages[start].topic() or "", partition or 0), messages[start:index], _offset, _key)
+            start = index
+            partition = message.partition()
             if error is not None:
+                start = index + 1
                 if error.code() == KafkaError._PARTITION_EOF:
-                    self._scheduler.reached_end((message.topic() or "", message.partition() or 0),
-                                                message.offset() or 0)
+                    tp = (message.topic() or "", partition or 0)
+                    self._scheduler.reached_end(tp, message.offset() or 0)
                 else:
                     self._on_message_error(error)
-                continue
-            if message.partition() != partition:  # messages come in runs of one partition
-                partition = message.partition()
-                tp = (message.topic() or "", partition or 0)
-            fetched(tp, message.offset(), message.key(), message)  # type: ignore[arg-type]
+        if start < len(messages):
+            fetched((messages[start].topic() or "", partition or 0), messages[start:], _offset, _key)
 
     def _on_message_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -396,17 +404,25 @@ class ConsumerWorker:
                 self._report_results(run, done)
 
     def _report_results(self, run: Run, upto: int) -> None:
-        """Tell the scheduler what the run's tasks up to `upto` did (each is final), job by job."""
-        succeeded = self._scheduler.succeeded
-        logged = enabled("INFO")  # per-job work here is the consumer's hot path
+        """Tell the scheduler what the run's tasks up to `upto` did (each is final), in the
+        run's order; successes in batches (`Scheduler.succeeded_many`: the hot path)."""
+        logged = enabled("INFO")
         tasks = run.tasks
         results = run.results
         taken_back = run.taken_back
         not_started: list[Task] = []
+        succeeded: list[Task] = []  # in a row, not reported yet
         processed = 0
+        plain = self._results_topic is None  # a success needs no record
         for index in range(run.reported, upto):
             task = tasks[index]
             result = results[index]
+            if plain and type(result) is Attempt and result.error is None:
+                succeeded.append(task)
+                continue
+            if succeeded:
+                processed += self._succeeded(succeeded, results, index - len(succeeded), logged)
+                succeeded = []
             if result is None:
                 run.skipped += 1
                 if taken_back is None or index not in taken_back:
@@ -414,24 +430,33 @@ class ConsumerWorker:
             elif isinstance(result, Attempt):
                 if result.error is not None:
                     self._after_failure(task, result)
-                elif self._results_topic is not None:
+                else:
                     processed += self._publish_result(task, result)
                     if logged:
                         log_processed(result, self.name, partition=task.tp[1], offset=task.offset)
-                elif succeeded(task):
-                    processed += 1
-                    if logged:
-                        log_processed(result, self.name, partition=task.tp[1], offset=task.offset)
-                else:  # handed back (and counted) when its partition went; its next owner redoes it
-                    metrics.handler_stats().processed -= 1  # so jobs_processed_total counts it once
             elif isinstance(result, NotDue):
                 self._wait_for_due(task, result)
             else:
                 self._give_up(task, None, 0, str(result))
+        if succeeded:
+            processed += self._succeeded(succeeded, results, upto - len(succeeded), logged)
         run.reported = upto
         self.counts.processed += processed
         for task in reversed(not_started):  # back in their places, in order
             self._scheduler.unstarted(task)
+
+    def _succeeded(self, tasks: list[Task], results: list[Any], first: int, logged: bool) -> int:
+        """Jobs of a run that succeeded (results[first:] theirs), reported at once; returns how
+        many count as processed (a job whose partition went meanwhile was handed back, and
+        counted, then: its next owner redoes it)."""
+        finished = self._scheduler.succeeded_many(tasks)
+        if finished < len(tasks):
+            metrics.handler_stats().processed -= len(tasks) - finished  # jobs_processed_total counts it once
+        if logged:
+            for offset, task in enumerate(tasks, first):
+                if not task.orphaned:
+                    log_processed(results[offset], self.name, partition=task.tp[1], offset=task.offset)
+        return finished
 
     def _take_back_unreached(self) -> None:
         """During a revoke or a stop: tasks of running runs that their slot has not reached and
