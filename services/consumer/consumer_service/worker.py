@@ -270,7 +270,9 @@ class ConsumerWorker:
         # by a poll waits for the revoked partitions' jobs, and must find their outcomes.
         if not may_fetch or (scheduler.in_flight and (scheduler.runs >= self._concurrency
                                                       or scheduler.held > scheduler.in_flight)):
+            self._outgoing.waiting(True)
             self._report(self._executor.collect(wait))
+            self._outgoing.waiting(False)
             if may_fetch:
                 messages = self._fetch(0)
         else:
@@ -281,6 +283,7 @@ class ConsumerWorker:
             self._report_progress()
         if messages:
             self._take(messages)
+        self._outgoing.serve()
         if self._outgoing.answered:
             self._outgoing.report()
         self._start(time.monotonic())
