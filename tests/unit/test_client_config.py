@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from consumer_service import dead_letters, worker
+from consumer_service import member_producer, worker
 from consumer_service.settings import ConsumerSettings
 from jobpipe import kafka_clients
 from jobpipe.client_check import check_client_configs, role_config
@@ -299,7 +299,7 @@ def test_every_client_of_every_service_gets_the_security_settings_and_the_extra_
 
     recorder = Recorder()
     monkeypatch.setattr(producer_main, "Producer", recorder.kind("producer"))
-    monkeypatch.setattr(dead_letters, "Producer", recorder.kind("dead-letter producer"))
+    monkeypatch.setattr(member_producer, "Producer", recorder.kind("dead-letter producer"))
     monkeypatch.setattr(worker, "Consumer", recorder.kind("consumer"))
     monkeypatch.setattr(kafka_clients, "AdminClient", recorder.kind("broker-wait admin"))
     monkeypatch.setattr(topic_admin_main, "AdminClient", recorder.kind("topic-admin admin"))

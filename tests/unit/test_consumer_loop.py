@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import REGISTRY
 
-from consumer_service import dead_letters, worker
+from consumer_service import member_producer, worker
 from jobpipe.job import Job
 from tests.unit.consumer_stand_ins import TOPIC, FakeProducer, JsonLog, member_parts
 
@@ -111,7 +111,7 @@ class Harness:
     def __init__(self, member: worker.ConsumerWorker, log: JsonLog) -> None:
         self.member = member
         self.kafka: FakeConsumer = member._consumer  # type: ignore[assignment]
-        self.dlq: FakeProducer = member._dlq._producer  # type: ignore[attr-defined]
+        self.dlq: FakeProducer = member._producer._producer  # type: ignore[attr-defined]
         self._log = log
 
     def add(self, partition: int, *values: bytes | Job) -> None:
@@ -154,7 +154,7 @@ class Harness:
 @pytest.fixture
 def make(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Harness]]:
     monkeypatch.setattr(worker, "Consumer", FakeConsumer)
-    monkeypatch.setattr(dead_letters, "Producer", SharedFakeProducer)
+    monkeypatch.setattr(member_producer, "Producer", SharedFakeProducer)
     made: list[worker.ConsumerWorker] = []
 
     def build(function: Callable[[Job], Any], **settings: Any) -> Harness:

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer_service import dead_letters, lag_exporter, worker
+from consumer_service import lag_exporter, member_producer, worker
 from consumer_service.settings import ConsumerSettings
 from jobpipe import metrics
 from jobpipe.handlers import demo_handler
@@ -136,7 +136,7 @@ class _FakeClient:
 @pytest.fixture
 def member(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(worker, "Consumer", _FakeClient)
-    monkeypatch.setattr(dead_letters, "Producer", _FakeClient)
+    monkeypatch.setattr(member_producer, "Producer", _FakeClient)
     settings = ConsumerSettings(kafka_bootstrap_servers="127.0.0.1:1", jobs_topic="lagtest")
     handler = JobHandler(demo_handler, settings.retry_policy())
     one = worker.ConsumerWorker(1, settings, handler, threading.Event(), threading.Event(), metrics_on=True)

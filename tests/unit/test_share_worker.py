@@ -31,7 +31,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from consumer_service import dead_letters, share_worker
+from consumer_service import member_producer, share_worker
 from consumer_service.share_decisions import GroupLimits
 from jobpipe.job import Job
 from tests.unit.consumer_stand_ins import TOPIC, FakeProducer, JsonLog, member_parts
@@ -98,7 +98,7 @@ class Member:
     def __init__(self, worker: share_worker.ShareWorker, log: JsonLog) -> None:
         self.worker = worker
         self.kafka: FakeShareConsumer = worker._lanes[0].consumer  # type: ignore[assignment]
-        self.dlq: FakeProducer = worker._dlq._producer  # type: ignore[attr-defined]
+        self.dlq: FakeProducer = worker._producer._producer  # type: ignore[attr-defined]
         self._log = log
 
     def settle(self, *messages: Message) -> None:
@@ -121,7 +121,7 @@ class Member:
 @pytest.fixture
 def make(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Member]]:
     monkeypatch.setattr(share_worker, "ShareConsumer", FakeShareConsumer)
-    monkeypatch.setattr(dead_letters, "Producer", FakeProducer)
+    monkeypatch.setattr(member_producer, "Producer", FakeProducer)
     made: list[share_worker.ShareWorker] = []
 
     def build(function: Callable[[Job], Any], limits: GroupLimits | None = None, **settings: Any) -> Member:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer_service import dead_letters, worker
+from consumer_service import member_producer, worker
 from jobpipe.shutdown import PHASES, ShutdownBudget
 from tests.unit.consumer_stand_ins import member_parts
 
@@ -74,7 +74,7 @@ def test_a_consumer_stops_within_shutdown_timeout_s_and_never_closes_during_a_co
         monkeypatch: pytest.MonkeyPatch, timeout_s: float) -> None:
     monkeypatch.setattr(UnansweredCoordinator, "release", threading.Event())
     monkeypatch.setattr(worker, "Consumer", UnansweredCoordinator)
-    monkeypatch.setattr(dead_letters, "Producer", UnacknowledgedDeadLetters)
+    monkeypatch.setattr(member_producer, "Producer", UnacknowledgedDeadLetters)
     settings, handler = member_parts(lambda job: None, shutdown_timeout_s=timeout_s)
     stop = threading.Event()
     member = worker.ConsumerWorker(1, settings, handler, stop, threading.Event())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Message
 
-from consumer_service.dead_letters import DeadLetterPublisher, DeliveryReport
+from consumer_service.member_producer import DeliveryReport, MemberProducer
 from consumer_service.outgoing import Record, identify
 from consumer_service.scheduler import Task
 from consumer_service.transactions import OutRecord
@@ -63,8 +63,8 @@ class ParkedCopies:
 
     name = "parked copy"
 
-    def __init__(self, publisher: DeadLetterPublisher, jobs_topic: str) -> None:
-        self._publisher = publisher
+    def __init__(self, producer: MemberProducer, jobs_topic: str) -> None:
+        self._producer = producer
         self.topic = f"{jobs_topic}.delay.*"
 
     def records(self, task: Task, record: Record) -> list[OutRecord]:
@@ -77,7 +77,7 @@ class ParkedCopies:
                           parked_headers(pairs, parking, record.attempts))]
 
     def publish(self, task: Task, record: Record, report: DeliveryReport) -> None:
-        self._publisher.send(self.records(task, record), report)
+        self._producer.send(self.records(task, record), report)
 
     def acknowledged(self, task: Task, record: Record, member: str) -> None:
         parking: Parking = record.detail

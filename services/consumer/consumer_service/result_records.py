@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from consumer_service.dead_letters import dead_letter_headers
+from consumer_service.dead_letters import dead_letter_record
 from consumer_service.transactions import OutRecord
 from jobpipe.job import Job
 from jobpipe.results import Result, result_bytes
@@ -29,12 +29,6 @@ def result_record(topic: str, job: Job, value: Any, attempts: int) -> OutRecord:
 def failure_record(topic: str, job: Job, error: str, attempts: int) -> OutRecord:
     """A dead-lettered job's failure result, keyed by its id."""
     return OutRecord(topic, job.id, result_bytes(Result.failed(job.id, job.type, job.key, error, attempts)))
-
-
-def dead_letter_record(topic: str, message: Message, reason: str, attempts: int, member: str) -> OutRecord:
-    """The dead letter of `message` (the same record the at-least-once publisher sends)."""
-    return OutRecord(topic, message.key(), message.value(),
-                     dead_letter_headers(message, reason, attempts, member))
 
 
 def dead_lettered_records(dlq_topic: str, results_topic: str | None, message: Message, *, job: Job | None,

@@ -53,7 +53,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from consumer_service.counts import Counts
-from consumer_service.dead_letters import DeadLetterPublisher
+from consumer_service.dead_letters import dead_letter_record
+from consumer_service.member_producer import MemberProducer
 from consumer_service.settings import ConsumerSettings
 from consumer_service.share_decisions import (
     DEFAULT_DELIVERY_LIMIT,
@@ -128,7 +129,7 @@ class ShareWorker:
         self._lanes = [self._new_lane(f"{client_id}-{n}" if n else client_id)
                        for n in range(min(MAX_LANES, self.settings.consumer_concurrency))]
         # A dead letter's fate must be known while its record is still locked to this member.
-        self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq",
+        self._producer = MemberProducer(self.settings, f"{client_id}-dlq",
                                         timeout_s=max(1.0, self._limits.lock_s / 3))
         self._runner = RecordRunner(self.handler, self.stop)
         function = self._runner.run_async if self.handler.is_async else self._runner.run
@@ -219,7 +220,7 @@ class ShareWorker:
                 else:
                     self.stop.wait(wait)
             only_dead_letters = self._publishing and not self._running and not lane
-            self._dlq.poll(min(wait, ACK_POLL_S) if only_dead_letters else 0)
+            self._producer.poll(min(wait, ACK_POLL_S) if only_dead_letters else 0)
             for record, error in self._take_answers():
                 self._after_publish(record, error)
             self._acks.send(self._lanes, time.monotonic())
@@ -396,8 +397,9 @@ class ShareWorker:
         record.publishing = True
         self._publishing += 1
         try:
-            self._dlq.publish(record.message, record.reason, record.attempts, self.name,
-                              lambda error, _message: self._answers.append((record, error)))
+            letter = dead_letter_record(self.settings.dlq_topic, record.message, record.reason,
+                                        record.attempts, self.name)
+            self._producer.send((letter,), lambda error, _message: self._answers.append((record, error)))
         except (BufferError, KafkaException) as error:
             self._after_publish(record, KafkaError(KafkaError._QUEUE_FULL, str(error)))
 
@@ -419,13 +421,14 @@ class ShareWorker:
             self._dead_lettering.discard(record)
             self._acks.mark(record, AcknowledgeType.ACCEPT, "dead_lettered")
             log_dead_lettered(key, job.id if job else None, reason=record.reason, attempts=record.attempts,
-                              consumer=self.name, destination=self._dlq.topic, **origin)
+                              consumer=self.name, destination=self.settings.dlq_topic, **origin)
             return
         assert error is not None
         record.dead_letters += 1
         if verdict is Verdict.DEAD_LETTER:
             name = label_of(key, job.id if job else None)
-            event("job.dead_letter_retry", f"{self.name} could not publish {name} to {self._dlq.topic} "
+            dlq = self.settings.dlq_topic
+            event("job.dead_letter_retry", f"{self.name} could not publish {name} to {dlq} "
                   f"({error.str()}); trying again in {delay * 1000:.0f} ms", level="WARNING",
                   id=job.id if job else None, key=key, error=error.str(), deliveries=record.deliveries,
                   failures=record.dead_letters, delay_ms=round(delay * 1000, 1), consumer=self.name, **origin)
@@ -444,7 +447,7 @@ class ShareWorker:
                 else "released for another delivery, where it is dead-lettered again")
         event("job.dead_letter_failed",
               f"{self.name} could not publish {label_of(key, job.id if job else None)} to "
-              f"{self._dlq.topic} ({error}); {fate}",
+              f"{self.settings.dlq_topic} ({error}); {fate}",
               level="ERROR" if lost else "WARNING", id=job.id if job else None, key=key, error=error,
               deliveries=record.deliveries, lost=lost, consumer=self.name,
               partition=record.message.partition(), offset=record.message.offset())
@@ -495,7 +498,7 @@ class ShareWorker:
         republish, self._republish = self._republish, []
         for _, _, record in republish:  # a last try for those on their last delivery
             self._publish(record)
-        self._dlq.close(max(0.1, (deadline - time.monotonic()) / 2))
+        self._producer.close(max(0.1, (deadline - time.monotonic()) / 2))
         for record, error in self._take_answers():
             if error is None:
                 self._after_publish(record, None)

@@ -51,7 +51,8 @@ from typing import Any, Generic, TypeVar, cast
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer_service.counts import Counts
-from consumer_service.dead_letters import DeadLetterPublisher, DeadLetters
+from consumer_service.dead_letters import DeadLetters
+from consumer_service.member_producer import MemberProducer
 from consumer_service.offsets import TP
 from consumer_service.outgoing import Outgoing, Record, identify, job_of
 from consumer_service.parking import ParkedCopies, Parking
@@ -74,10 +75,10 @@ from jobpipe.logs import enabled, event
 from jobpipe.shutdown import ShutdownBudget
 
 T = TypeVar("T")
-FETCH = 500  # most messages taken from librdkafka at once
+FETCH = 1000  # most messages taken from librdkafka at once
 POLL_S = 0.2  # longest a single poll blocks, so stop and due retries are noticed quickly
 RUN_BUDGET_S = 0.002  # about how much handler time one run holds (see `_run_length`)
-MAX_RUN = 256  # most jobs in one run
+MAX_RUN = 1000  # most jobs in one run
 FULL_PAUSE_S = 0.5  # a member full of jobs (MAX_IN_FLIGHT) this long pauses its partitions
 # Commit refusals that only mean "the group is rebalancing": the same offsets can be committed
 # once the rebalance is over (librdkafka keeps the assignment through them while rebalancing).
@@ -153,7 +154,7 @@ class ConsumerWorker:
         self._stranded_since: float | None = None
         self._broker_lost = False  # no broker answered in the last statistics: not ready
         self._consumer = self._new_client()
-        self._dlq = DeadLetterPublisher(self.settings, f"{client_id}-dlq")
+        self._producer = MemberProducer(self.settings, f"{client_id}-dlq")
         self._concurrency = self.settings.consumer_concurrency
         self._scheduler = Scheduler(self.settings.ordering, self._concurrency, self.settings.max_in_flight,
                                     full_pause_s=FULL_PAUSE_S)
@@ -162,11 +163,11 @@ class ConsumerWorker:
         self._assigned: set[TP] = set()
         self._runs: set[Run] = set()  # submitted to the executor, its completion not collected yet
         self._outgoing = Outgoing(
-            self._dlq.poll, self._scheduler, policy=self.handler.policy, member=self.name,
+            self._producer.poll, self._scheduler, policy=self.handler.policy, member=self.name,
             hand_back=self._hand_back, wake=self._executor.wake, stop=self.stop,
             name=f"outgoing-{self.number}")
-        self._dead_letter_kind = DeadLetters(self._dlq, self.counts, self.name)
-        self._parked_kind = ParkedCopies(self._dlq, self.settings.jobs_topic)
+        self._dead_letter_kind = DeadLetters(self._producer, self.settings.dlq_topic, self.counts, self.name)
+        self._parked_kind = ParkedCopies(self._producer, self.settings.jobs_topic)
         self._tiers = tiers_of(self.settings.jobs_topic)
         for tier in self._tiers:  # every tier's series from the start (0), not from its first job
             metrics.JOBS_PARKED.labels(tier.name)
@@ -174,8 +175,9 @@ class ConsumerWorker:
         self._mover: TierMover | None = None  # made by `run` (its clients connect at once)
         # RESULTS_TOPIC set, at-least-once: results, and dead letters with their failure result,
         # are records the job waits for (exactly-once: they go in its transactions instead).
-        self._result_kind = None if self._results_topic is None else Results(self._dlq, self._results_topic)
-        self._give_up_kind = DeadLettersWithResults(self._dead_letter_kind, self._dlq, self._results_topic,
+        results = self._results_topic
+        self._result_kind = None if results is None else Results(self._producer, results)
+        self._give_up_kind = DeadLettersWithResults(self._dead_letter_kind, self._producer, results,
                                                     self.name)
         self._job_s = RUN_BUDGET_S  # average handler time per job (moving), sets the run length
         self._shutdown: ShutdownBudget | None = None  # from when the stop was seen (see `_budget`)
@@ -817,7 +819,7 @@ class ConsumerWorker:
         finally:
             if self._eos is not None:
                 self._eos.close()
-            left = self._dlq.close(budget.left("flush", time.monotonic()))
+            left = self._producer.close(budget.left("flush", time.monotonic()))
             if left:
                 event("dead_letters.unflushed", f"{self.name}: {left} dead letter(s) unacknowledged",
                       level="WARNING", unflushed=left)
