@@ -46,16 +46,20 @@ class Attempt(msgspec.Struct, gc=False):
 class JobHandler:
     """Wraps the user's handler function with timing, metrics and the retry policy."""
 
-    def __init__(self, function: HandlerFn, policy: RetryPolicy, *, end_to_end: bool = False) -> None:
+    def __init__(self, function: HandlerFn, policy: RetryPolicy, *, end_to_end: bool = False,
+                 counts_processed: bool = True) -> None:
         """`end_to_end`: also record how long after its creation each job was done (the Kafka
         consumer; in memory that is only the queue's wait, and at 0.5 us a job it was most of
-        what the in-memory service added over a bare queue loop)."""
+        what the in-memory service added over a bare queue loop). `counts_processed`: a success
+        counts in jobs_processed_total here (in memory); the Kafka consumer counts a job where
+        it is done for good instead (metrics.count_processed)."""
         self.is_async = is_async_handler(function)
         self._function = function
         # `attempt` calls an `async def` handler to completion on the thread's own event loop.
         self._call: HandlerFn = awaited(function) if self.is_async else function  # type: ignore[arg-type]
         self.policy = policy
         self._end_to_end = end_to_end
+        self._counts_processed = counts_processed
 
     def attempt(self, job: Job, number: int) -> Attempt:
         """Call the handler once; never raises for an Exception the handler raised. Counted
@@ -76,6 +80,8 @@ class JobHandler:
             return Attempt(job, number, elapsed * 1000, error)
         elapsed = perf_counter() - started  # the success path inline: it is the in-memory hot path
         stats.record(elapsed, ok=True)
+        if self._counts_processed:
+            stats.processed += 1
         if self._end_to_end:
             stats.record_end_to_end(time() - job.created_at.timestamp())  # 0.4 us (timeit)
         return Attempt(job, number, elapsed * 1000, None, result)
@@ -98,6 +104,8 @@ class JobHandler:
                    value: Any) -> Attempt:
         """The success path of `attempt_async` (`attempt` has it inline)."""
         stats.record(elapsed, ok=True)
+        if self._counts_processed:
+            stats.processed += 1
         if self._end_to_end:
             stats.record_end_to_end(time() - job.created_at.timestamp())
         return Attempt(job, number, elapsed * 1000, None, value)

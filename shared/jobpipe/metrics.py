@@ -70,11 +70,11 @@ class HandlerStats:
         self.e2e_seconds = 0.0
 
     def record(self, seconds: float, ok: bool) -> None:
+        """One handler attempt: its time, and a failure (a success counts as processed where
+        the job is done: see `count_processed`)."""
         self.buckets[bisect.bisect_left(PROCESSING_BUCKETS, seconds)] += 1
         self.seconds += seconds
-        if ok:
-            self.processed += 1
-        else:
+        if not ok:
             self.failed += 1
 
     def record_end_to_end(self, seconds: float) -> None:
@@ -82,6 +82,14 @@ class HandlerStats:
         seconds = max(seconds, 0.0)
         self.e2e_buckets[bisect.bisect_left(END_TO_END_BUCKETS, seconds)] += 1
         self.e2e_seconds += seconds
+
+
+def count_processed(jobs: int) -> None:
+    """`jobs` more jobs done (jobs_processed_total), counted by the thread that knows they are
+    done for good: the in-memory service's handler thread (jobpipe.handling), a group member's
+    loop once a success is reported (not for a job its partition took away: its next owner
+    counts it), a share member once the broker took the acknowledgement."""
+    handler_stats().processed += jobs
 
 
 _local = threading.local()
@@ -122,7 +130,8 @@ class _HandlerCollector(Collector):
                 buckets[index] += count
             for index, count in enumerate(list(one.e2e_buckets)):
                 e2e_buckets[index] += count
-        yield CounterMetricFamily("jobs_processed", "Jobs whose handler succeeded.", value=processed)
+        yield CounterMetricFamily("jobs_processed", "Jobs done: the handler succeeded (counted once a job).",
+                                  value=processed)
         yield CounterMetricFamily("jobs_failed", "Handler attempts that raised.", value=failed)
         yield HistogramMetricFamily("job_processing_seconds", "Time the handler took per attempt.",
                                     buckets=_cumulative(PROCESSING_BUCKETS, buckets), sum_value=seconds)

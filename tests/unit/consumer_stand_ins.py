@@ -14,6 +14,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
+from consumer_service.main import job_handler
 from consumer_service.settings import ConsumerSettings
 from jobpipe.handling import JobHandler
 from jobpipe.job import Job
@@ -27,7 +28,7 @@ def member_parts(function: Callable[[Job], Any], **settings: Any) -> tuple[Consu
     values: dict[str, Any] = {"kafka_bootstrap_servers": "127.0.0.1:1", "jobs_topic": TOPIC,
                               "retry_backoff_initial_ms": 1, "retry_backoff_max_ms": 2, **settings}
     config = ConsumerSettings(**values)
-    return config, JobHandler(function, config.retry_policy(config.max_attempts))
+    return config, job_handler(config, function)
 
 
 class JsonLog:

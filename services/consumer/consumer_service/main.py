@@ -15,7 +15,7 @@ from consumer_service.share_worker import ShareWorker
 from consumer_service.worker import ConsumerWorker
 from jobpipe.access import Need, check_access
 from jobpipe.errors import ExitCode
-from jobpipe.handlers import load_handler
+from jobpipe.handlers import HandlerFn, load_handler
 from jobpipe.handling import JobHandler
 from jobpipe.kafka_clients import wait_for_broker
 from jobpipe.logs import event
@@ -24,9 +24,16 @@ from jobpipe.service import Outcome, Probes, run_service
 STALL_S = 60.0  # /healthz fails when a worker's loop has not turned for this long
 
 
+def job_handler(settings: ConsumerSettings, function: HandlerFn) -> JobHandler:
+    """The consumer's handler: its retry policy, the end-to-end time of each job, and no
+    jobs_processed_total count at the handler (a member counts a job where it is done for
+    good: a success that its lost partition's next owner redoes is not counted twice)."""
+    return JobHandler(function, settings.retry_policy(settings.max_attempts), end_to_end=True,
+                      counts_processed=False)
+
+
 def consume(settings: ConsumerSettings, stop: threading.Event, probes: Probes) -> Outcome:
-    handler = JobHandler(load_handler(settings.handler), settings.retry_policy(settings.max_attempts),
-                         end_to_end=True)
+    handler = job_handler(settings, load_handler(settings.handler))
     wait_for_broker(settings, stop)
     check_access(settings, [Need("READ", "topic", settings.jobs_topic, "JOBS_TOPIC"),
                             Need("READ", "group", settings.consumer_group, "CONSUMER_GROUP"),

@@ -32,6 +32,7 @@ from confluent_kafka import (
 )
 
 from consumer_service.counts import Counts
+from jobpipe import metrics
 from jobpipe.handling import Attempt, JobHandler
 from jobpipe.job import Job
 from jobpipe.logs import event
@@ -160,6 +161,7 @@ class Acknowledgements:
         if error is None:
             for outcome in outcomes:
                 setattr(counts, outcome, getattr(counts, outcome) + 1)
+            metrics.count_processed(outcomes.count("processed"))
             return
         counts.handed_back += len(outcomes)
         self._refused.append((len(outcomes), sum(o != "handed_back" for o in outcomes), str(error)))

@@ -446,7 +446,9 @@ class ConsumerWorker:
         if succeeded:
             processed += self._succeeded(succeeded, results, upto - len(succeeded), logged)
         run.reported = upto
-        self.counts.processed += processed
+        if processed:
+            self.counts.processed += processed
+            metrics.count_processed(processed)
         for task in reversed(not_started):  # back in their places, in order
             self._scheduler.unstarted(task)
 
@@ -455,8 +457,6 @@ class ConsumerWorker:
         many count as processed (a job whose partition went meanwhile was handed back, and
         counted, then: its next owner redoes it)."""
         finished = self._scheduler.succeeded_many(tasks)
-        if finished < len(tasks):
-            metrics.handler_stats().processed -= len(tasks) - finished  # jobs_processed_total counts it once
         if logged:
             for offset, task in enumerate(tasks, first):
                 if not task.orphaned:
@@ -525,7 +525,6 @@ class ConsumerWorker:
         record = result_record(self._results_topic, attempt.job, attempt.value, attempt.number)
         if task.orphaned:  # its partition went while it ran: handed back (and counted) then
             self._scheduler.succeeded(task)  # reported back: its slot is free
-            metrics.handler_stats().processed -= 1  # so jobs_processed_total counts it once
             return 0
         self._send(task, Record(self._result_kind, attempt.job, attempt.number, (record,)))
         return 1
