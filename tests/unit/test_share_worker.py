@@ -30,6 +30,7 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from prometheus_client import REGISTRY
 
 from consumer_service import member_producer, share_worker
 from consumer_service.share_decisions import GroupLimits
@@ -320,14 +321,17 @@ def test_the_share_member_does_not_load_the_group_member() -> None:
 def test_a_job_counts_as_processed_only_once_the_broker_takes_its_accept(
         make: Callable[..., Member], refused: bool) -> None:
     """An ACCEPT the broker refuses (the lock had ended) leaves the job with the broker, which
-    delivers it again: it counts as handed back, not processed."""
+    delivers it again: it counts as handed back, not processed (also in jobs_processed_total:
+    issue 22 defect 2)."""
     member = make(lambda _job: None)
     if refused:
         member.kafka.refuse_commits = KafkaException(KafkaError(KafkaError.INVALID_RECORD_STATE))
+    before = REGISTRY.get_sample_value("jobs_processed_total") or 0.0
     member.settle(record(0, job(0)))
     member.worker._close()
     counts = member.worker.counts
     assert (counts.processed, counts.handed_back) == ((0, 1) if refused else (1, 0))
+    assert (REGISTRY.get_sample_value("jobs_processed_total") or 0.0) - before == (0 if refused else 1)
     assert [e["settled"] for e in member.events("ack.refused")] == ([1] if refused else [])
 
 
