@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from operator import itemgetter
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -24,6 +25,13 @@ P1: TP = ("jobs", 1)
 P2: TP = ("jobs", 2)
 
 
+
+def fetch_one(s: Scheduler, tp: TP, offset: int, key: bytes | None, payload: Any) -> Task | None:
+    """One fetched message (the loop hands over batches: Scheduler.fetched_many)."""
+    tasks = s.fetched_many(tp, (payload,), lambda _: offset, lambda _: key)
+    return tasks[0] if tasks else None
+
+
 def scheduler(ordering: str = "key", concurrency: int = 4, max_in_flight: int = 100,
               tps: Iterable[TP] = (P0, P1)) -> Scheduler:
     s = Scheduler(ordering, concurrency, max_in_flight)
@@ -35,7 +43,7 @@ def scheduler(ordering: str = "key", concurrency: int = 4, max_in_flight: int = 
 def feed(s: Scheduler, tp: TP, keys: Iterable[bytes | None], first: int = 0) -> list[Task]:
     tasks = []
     for offset, key in enumerate(keys, start=first):
-        task = s.fetched(tp, offset, key, f"{tp[1]}@{offset}")
+        task = fetch_one(s, tp, offset, key, f"{tp[1]}@{offset}")
         assert task is not None
         tasks.append(task)
     return tasks
@@ -273,9 +281,9 @@ def test_offsets_report_each_moved_watermark_once() -> None:
 
 def test_duplicates_and_unassigned_partitions_are_not_work() -> None:
     s = scheduler("key", tps=[P0])
-    assert s.fetched(P0, 0, b"a", None) is not None
-    assert s.fetched(P0, 0, b"a", None) is None
-    assert s.fetched(P2, 0, b"a", None) is None
+    assert fetch_one(s, P0, 0, b"a", None) is not None
+    assert fetch_one(s, P0, 0, b"a", None) is None
+    assert fetch_one(s, P2, 0, b"a", None) is None
     assert s.held == 1
 
 
@@ -372,7 +380,7 @@ def test_a_revoke_waits_for_jobs_in_flight_and_drops_the_rest_uncommitted() -> N
     assert (a2.state, c3.state, a0.state) == ("dropped", "dropped", "running")
     assert s.assigned == [P1]
     assert s.held == 3, "a0, b1 and x0"
-    assert s.fetched(P0, 4, b"d", None) is None, "nothing more is taken from a revoked partition"
+    assert fetch_one(s, P0, 4, b"d", None) is None, "nothing more is taken from a revoked partition"
     assert s.succeeded(a0)
     assert not s.failed(b1, retry_at=1.0), "no retry on a partition being revoked: handed back"
     assert s.in_flight_on([P0]) == []
@@ -412,7 +420,7 @@ def test_a_partition_assigned_again_starts_afresh() -> None:
     assert s.assign([P0]) == [a0], "a revoke not finished yet is finished by the new assignment"
     assert not s.succeeded(a0)
     assert s.committable(P0) is None
-    assert s.fetched(P0, 0, b"a", None) is not None, "the next owner's fetch is work again"
+    assert fetch_one(s, P0, 0, b"a", None) is not None, "the next owner's fetch is work again"
 
 
 # ---- the property-based test -----------------------------------------------------------------

@@ -7,7 +7,7 @@ fetching must stop because too much is in hand (backpressure), which offset is s
 commit, and what a rebalance must wait for or throws away. Keeping all of that here, pure
 (no Kafka, no threads, no clock: the time is an argument), lets it be tested exhaustively
 (tests/unit/test_scheduler.py drives random interleavings with hypothesis) while the Kafka
-loop around it stays thin: poll, feed `fetched`, `start` what it says on the executor,
+loop around it stays thin: poll, feed `fetched_many`, `start` what it says on the executor,
 report each outcome, store `offsets()`, apply `flow()`, sleep until `next_due()` at most.
 
 The life of a job (a `Task`):
@@ -312,18 +312,13 @@ class Scheduler:
 
     # ---- fetching -----------------------------------------------------------------------
 
-    def fetched(self, tp: TP, offset: int, key: bytes | None, payload: Any) -> Task | None:
-        """A message was fetched. Returns its task, or None if it is not work to take up:
-        its partition is not assigned (or is being revoked), or the offset is in hand
-        already or finished (a duplicate delivery)."""
-        tasks = self.fetched_many(tp, (payload,), lambda _: offset, lambda _: key)
-        return tasks[0] if tasks else None
-
     def fetched_many(self, tp: TP, payloads: Sequence[Any], offset_of: Callable[[Any], int],
                      key_of: Callable[[Any], bytes | None]) -> list[Task]:
-        """`fetched` for messages of one partition, in fetch order (the consumer's hot path:
-        one call per batch, not per job); `offset_of` and `key_of` read a payload's offset and
-        key. Returns the tasks taken up (a payload that is not work to take up has none)."""
+        """Messages of one partition were fetched, in fetch order (one call per batch: the
+        consumer's hot path); `offset_of` and `key_of` read a payload's offset and key. Returns
+        the tasks taken up. A message is not work to take up if its partition is not assigned
+        (or is being revoked), or its offset is in hand already or finished (a duplicate
+        delivery)."""
         part = self._parts.get(tp)
         if part is None or part.closed:
             return []
