@@ -194,7 +194,8 @@ class ShareWorker:
             raise
         finally:
             self._close()
-            if self._stopped_at is not None:  # a stop (not a failure): the mover finishes too
+            if self.stop.is_set() and self._stopped_at is not None:  # a stop, not a failure: the mover
+                # finishes within the shutdown budget too (after a failure main.py sets the stop)
                 moving.join(max(0.0, self._stopped_at + self.settings.shutdown_timeout_s - time.monotonic()))
 
     def _stopping_since(self, now: float) -> float:
