@@ -1,18 +1,22 @@
 """CONSUMER_MODE=share on a real broker (issue 15, KIP-932): more consumers than partitions all
-do work; every job is processed, none twice on the graceful path; failures go to the DLQ."""
+do work; every job is processed, none twice on the graceful path; failures go to the DLQ;
+delayed jobs wait in the delay tiers and run once, after their time."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 from functools import partial
+from pathlib import Path
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from local_kafka import LocalKafkaCluster
 
+from jobpipe.client import JobClient
 from jobpipe.job import Job
 from tests.integration.conftest import Pipeline, processed
 from tests.integration.reliability import set_group_config
+from tests.integration.test_delays import starts
 from tests.service_runner import ServiceProcess, wait_until
 
 SCRIPTED = "tests.handlers:scripted"
@@ -200,3 +204,63 @@ def test_a_cluster_without_share_groups_is_refused_saying_how_to_enable_them() -
                 assert len(failed) == 1 and "Traceback" not in service.output + service.stderr, \
                     service.tail()
                 assert "--feature share.version=1" in failed[0]["message"], failed[0]["message"]
+
+
+def jobs_in(pipeline: Pipeline, topic: str) -> dict[str, Job]:
+    """Every job in `topic` (from its start to its end now), by id."""
+    consumer = Consumer({"bootstrap.servers": pipeline.bootstrap, "group.id": f"reader-{pipeline.group}",
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        found: dict[str, Job] = {}
+        left = {p for p, end in ends.items() if end > 0}
+
+        def read_to_the_end() -> bool:
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                one = Job.from_bytes(message.value())
+                found[one.id] = one
+                if (message.offset() or 0) + 1 >= ends[message.partition() or 0]:
+                    left.discard(message.partition() or 0)
+            return not left
+        wait_until(read_to_the_end, 30, f"{topic} read to its end", poll=0)
+        return found
+    finally:
+        consumer.close()
+
+
+def test_delayed_jobs_are_parked_in_the_tiers_and_run_once_after_their_time(
+        pipeline: Pipeline, tmp_path: Path) -> None:
+    """20 jobs submitted with delay=6 to two share members: each is parked (the 5 s tier, then
+    the 5 s tier again until its due time: a share member never holds a record for its time),
+    comes back through a member's tier mover, and runs exactly once, never before its
+    not_before; none is dead-lettered. Before: all 20 were dead-lettered (DelayedJobRefused)."""
+    ensure_share(pipeline, partitions=2)
+    record = tmp_path / "starts.txt"
+    consumers = [pipeline.start("consumer", handler="tests.handlers:timed", consumer_mode="share",
+                                test_record_file=record, log_level="DEBUG") for _ in range(2)]
+    for consumer in consumers:
+        consumer.wait_for("share.joined", 1, timeout=60)
+    with JobClient(kafka_bootstrap_servers=pipeline.bootstrap, jobs_topic=pipeline.topic,
+                   kafka_wait_timeout_s=20) as client:
+        ids = [client.submit({"n": n}, key=f"delayed-{n}", delay=6) for n in range(20)]
+    wait_until(lambda: set(ids) <= set(starts(record)), 60, "every delayed job run")
+    for consumer in consumers:
+        assert consumer.stop() == 0, consumer.tail()
+    ran = starts(record)
+    submitted = jobs_in(pipeline, pipeline.topic)  # the jobs as sent (and as they came back)
+    due = {job_id: submitted[job_id].not_before.timestamp() for job_id in ids}  # type: ignore[union-attr]
+    early = [job_id for job_id in ids if min(ran[job_id]) < due[job_id]]
+    assert not early, f"started before their not_before: {early}"
+    assert Counter({job_id: len(ran[job_id]) for job_id in ids}) == Counter(dict.fromkeys(ids, 1)), \
+        "each delayed job exactly once"
+    assert not [e for c in consumers for e in c.events("job.dead_lettered")], "none dead-lettered"
+    parked = {e["id"] for c in consumers for e in c.events("job.parked")}
+    assert parked == set(ids), "each one waited in a tier, not in a member"
+    stopped = [c.events("service.stopped")[-1] for c in consumers]
+    assert sum(s["processed"] for s in stopped) == len(ids) and not any(s["dead_lettered"] for s in stopped)
+    late = max(min(ran[job_id]) - due[job_id] for job_id in ids)
+    print(f"latest start {late:.2f} s after its not_before")

@@ -17,10 +17,12 @@ from consumer_service.share_decisions import (
     GroupLimits,
     Verdict,
     after_attempt,
-    after_dead_letter,
+    after_publish,
     before_start,
     on_delivery,
+    parking,
 )
+from jobpipe.delays import release, tiers_of
 from jobpipe.retry import RetryPolicy
 
 Outcome = tuple[str, float]  # ("ok" | "fail" | "crash", seconds the attempt took)
@@ -56,13 +58,13 @@ def publish_dead_letter(limits: GroupLimits, policy: RetryPolicy, delivery: int,
             return True
         failures += 1
         retry_at = now + policy.delay_s(min(failures, 20))
-        verdict = after_dead_letter(False, retry_at, limits.lock_ends(0.0), limits.is_last(delivery),
-                                    stopping=False)
+        verdict = after_publish(False, retry_at, limits.lock_ends(0.0), limits.is_last(delivery),
+                                stopping=False)
         if verdict is Verdict.RELEASE:
             assert not limits.is_last(delivery), "released on its last delivery, the broker drops it"
             played.dead_letter_failures.append((delivery, "fail"))
             return False
-        assert verdict is Verdict.DEAD_LETTER
+        assert verdict is Verdict.PUBLISH
         assert limits.is_last(delivery) or retry_at < limits.lock_ends(0.0), "tried again inside the lock"
         now = retry_at
 
@@ -180,17 +182,17 @@ def test_a_failed_attempt_is_retried_here_only_inside_the_lock_and_never_while_s
 
 def test_a_record_that_is_not_a_job_is_dead_lettered_and_accepted_only_once_the_dlq_holds_it() -> None:
     assert on_delivery(False, 1, 4)[0] is Verdict.DEAD_LETTER
-    assert after_dead_letter(True, 0.0, 20.0, last=False, stopping=False) is Verdict.ACCEPT
+    assert after_publish(True, 0.0, 20.0, last=False, stopping=False) is Verdict.ACCEPT
 
 
 @given(retry_at=st.floats(0, 100), last=st.booleans(), stopping=st.booleans())
 def test_a_failed_dead_letter_goes_again_inside_the_lock_and_is_never_released_on_the_last_delivery(
         retry_at: float, last: bool, stopping: bool) -> None:
-    verdict = after_dead_letter(False, retry_at, 20.0, last, stopping)
+    verdict = after_publish(False, retry_at, 20.0, last, stopping)
     if last:
-        assert verdict is Verdict.DEAD_LETTER
+        assert verdict is Verdict.PUBLISH
     else:
-        assert verdict is (Verdict.DEAD_LETTER if retry_at < 20.0 and not stopping else Verdict.RELEASE)
+        assert verdict is (Verdict.PUBLISH if retry_at < 20.0 and not stopping else Verdict.RELEASE)
 
 
 @given(lock_s=st.floats(1, 60), expected_s=st.floats(0, 100), polled_at=st.floats(0, 1000))
@@ -217,3 +219,40 @@ def test_the_dead_letter_delivery_leaves_one_to_spare_and_the_lock_leaves_slack(
     assert GroupLimits(delivery_limit=5).is_last(5) and not GroupLimits(delivery_limit=5).is_last(4)
     assert GroupLimits(lock_s=30).start_by(0.0, expected_s=5.0) == 20.0
     assert GroupLimits(lock_s=30).start_by(0.0, expected_s=25.0) == 10.0  # at least a third
+
+
+TIERS = tiers_of("jobs")
+
+
+def test_a_job_not_due_is_parked_even_for_a_second_and_a_due_one_runs() -> None:
+    """A share member holds nothing (its lock would end): a wait under the smallest tier is
+    parked there too, released at its due time rather than after the tier's 5 s."""
+    assert parking(None, 100.0, TIERS) is None
+    assert parking(100.0, 100.0, TIERS) is None and parking(99.0, 100.0, TIERS) is None
+    short = parking(101.0, 100.0, TIERS)
+    assert short is not None and (short.tier.name, short.release_at) == ("5s", 101.0)
+    six = parking(106.0, 100.0, TIERS)  # 5 s in the tier, then 1 s more (below)
+    assert six is not None and (six.tier.name, six.release_at) == ("5s", 105.0)
+    hour = parking(100.0 + 7200, 100.0, TIERS)
+    assert hour is not None and (hour.tier.name, hour.release_at) == ("1h", 3700.0)
+
+
+@given(now=st.floats(0, 4e9), wait=st.floats(-100, 3 * 86400))
+def test_a_parked_job_comes_back_at_its_due_time_never_before_and_never_holds_a_record(
+        now: float, wait: float) -> None:
+    """The whole path of a share-mode job, with the mover taking each copy at its release time:
+    parked (parking), moved down the tiers (jobpipe.delays.release), back on the jobs topic,
+    parked again while not due. It is never in a tier longer than the tier's time, never
+    released after its due time, and it runs at its due time (never before), in a few hops."""
+    due = now + wait
+    hops = 0
+    while (park := parking(due, now, TIERS)) is not None:  # a share member has it
+        while park is not None:  # in a tier; the mover takes it at its release time
+            assert now < park.release_at <= due
+            assert park.release_at - now <= park.tier.seconds + 1e-6
+            now = park.release_at
+            hops += 1
+            park = release(now, due, TIERS)
+    assert now == due if wait > 0 else hops == 0
+    # at most: the hours, then 5 x 10 min, 9 x 1 min, 11 x 5 s and the last seconds
+    assert hops <= wait / 3600 + 5 + 9 + 11 + 2

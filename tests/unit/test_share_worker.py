@@ -140,9 +140,10 @@ def make(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Member]]:
     JsonLog.restore()
 
 
-def record(offset: int, value: bytes | Job, deliveries: int = 1) -> Message:
-    raw = value.to_bytes() if isinstance(value, Job) else value
-    return Message(topic=TOPIC, partition=0, offset=offset, value=raw, delivery_count=deliveries)
+def record(offset: int, value: bytes | Job, deliveries: int = 1, headers: Any = None) -> Message:
+    raw, key = (value.to_bytes(), value.key) if isinstance(value, Job) else (value, None)
+    return Message(topic=TOPIC, partition=0, offset=offset, key=key.encode() if key else None, value=raw,
+                   headers=headers, delivery_count=deliveries)
 
 
 def stop_at_the_first_dead_letter(member: Member) -> None:
@@ -382,17 +383,108 @@ def test_while_a_slow_job_holds_one_lane_another_lane_polls_and_runs_quick_jobs(
     assert first.kinds() == Counter({"ACCEPT": 1}) and second.kinds() == Counter({"ACCEPT": 5})
 
 
-def test_share_mode_dead_letters_a_job_whose_time_has_not_come_and_runs_a_due_one(
+def due_in(seconds: float, seq: int) -> Job:
+    return msgspec.structs.replace(job(seq), not_before=datetime.now(UTC) + timedelta(seconds=seconds))
+
+
+TRACE = [("trace", b"t-1")]  # a header of the submitted job, kept on its parked copy
+
+
+def metric(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def test_a_job_whose_time_has_not_come_is_parked_and_accepted_once_its_tier_holds_it(
         make: Callable[..., Member]) -> None:
-    """Share mode cannot hold (a record's lock lasts seconds) or park: a delayed job still to
-    come is dead-lettered at once, saying so (docs/delays.md); one whose time is past runs."""
+    """A share member never holds a job for its time (its lock would end): a job due in 90 s
+    goes to the 1 min tier, one due in 2 s to the 5 s tier (released at its due time), each
+    with its key, value and headers plus the `delay.*` ones; its record is ACCEPTed only after
+    the broker acknowledged the copy. A due one runs, its lateness counted. Before: the waiting
+    ones were dead-lettered (DelayedJobRefused)."""
     ran: list[int] = []
     member = make(lambda one: ran.append(one.seq))
-    waiting = msgspec.structs.replace(job(0), not_before=datetime.now(UTC) + timedelta(hours=1))
-    due = msgspec.structs.replace(job(1), not_before=datetime.now(UTC) - timedelta(seconds=1))
-    member.settle(record(0, waiting), record(1, due))
-    assert ran == [1]
-    (letter,) = member.dlq.published
-    reason = dict(letter.headers())["dlq.error"].decode()
-    assert reason.startswith("DelayedJobRefused: CONSUMER_MODE=share does not run delayed jobs"), reason
-    assert member.kafka.kinds() == Counter({"ACCEPT": 2})
+    later, soon = due_in(90, 0), due_in(2, 1)
+    due = msgspec.structs.replace(job(2), not_before=datetime.now(UTC) - timedelta(seconds=1))
+    parked_before = {tier: metric("jobs_parked_total", {"tier": tier}) for tier in ("5s", "1m")}
+    late_before = metric("delayed_job_late_seconds_count")
+    seen_at_answer: list[set[tuple[str, int | None]]] = []
+    answer = member.dlq.poll
+
+    def answer_after_looking(timeout: float = 0) -> int:  # what was acknowledged when copies were answered
+        if member.dlq.pending:
+            seen_at_answer.append(set(member.kafka.calls))
+        return answer(timeout)
+    member.dlq.poll = answer_after_looking  # type: ignore[method-assign]
+    member.settle(record(0, later, headers=TRACE), record(1, soon, headers=TRACE), record(2, due))
+    assert ran == [2], "only the due job ran"
+    copies = {message.value(): message for message in member.dlq.published}
+    assert set(copies) == {later.to_bytes(), soon.to_bytes()}, "no dead letter"
+    for one, tier in ((later, "1m"), (soon, "5s")):
+        copy = copies[one.to_bytes()]
+        headers = dict(copy.headers())
+        assert one.key and (copy.topic(), copy.key()) == (f"jobs.delay.{tier}", one.key.encode())
+        assert headers["trace"] == b"t-1" and headers["delay.tier"] == tier.encode()
+        assert int(headers["delay.due_ms"]) / 1000 >= one_due(one)
+        release_s = int(headers["delay.release_ms"]) / 1000
+        assert release_s <= int(headers["delay.due_ms"]) / 1000, "never released after its due time"
+    soon_headers = dict(copies[soon.to_bytes()].headers())
+    assert soon_headers["delay.release_ms"] == soon_headers["delay.due_ms"], "released when due, not in 5 s"
+    assert seen_at_answer, "the copies were answered"
+    assert not any(("ACCEPT", 0) in seen or ("ACCEPT", 1) in seen for seen in seen_at_answer), \
+        "a record accepted before its copy was acknowledged"
+    assert member.kafka.kinds() == Counter({"ACCEPT": 3})
+    assert metric("jobs_parked_total", {"tier": "1m"}) == parked_before["1m"] + 1
+    assert metric("jobs_parked_total", {"tier": "5s"}) == parked_before["5s"] + 1
+    assert metric("delayed_job_late_seconds_count") == late_before + 1
+    member.worker._close()
+    assert (member.worker.counts.processed, member.worker.counts.dead_lettered) == (1, 0)
+
+
+def one_due(one: Job) -> float:
+    assert one.not_before is not None
+    return one.not_before.timestamp()
+
+
+@pytest.mark.parametrize("how", ["answer", "queue"])
+def test_a_parked_copy_that_fails_is_published_again_then_released_never_dropped(
+        make: Callable[..., Member], how: str) -> None:
+    """The tier does not take the copy (answers an error, or the local queue is full): the copy
+    goes again while the lock lasts; when the lock runs out the record is RELEASEd (the broker
+    delivers it again, and it is parked then), never accepted without a copy, never
+    dead-lettered."""
+    member = make(lambda _job: None, limits=GroupLimits(lock_s=1.5), retry_backoff_initial_ms=20,
+                  retry_backoff_max_ms=100)
+    if how == "answer":
+        member.dlq.failures = 10**6
+    else:
+        member.dlq.refuse = True
+    member.settle(record(0, due_in(60, 0)))
+    assert member.kafka.kinds() == Counter({"RELEASE": 1})
+    assert not member.dlq.published
+    assert len(member.events("job.parked_copy_retry")) >= 2
+    (failed,) = member.events("job.parked_copy_failed")
+    assert failed["lost"] is False and "parked again" in failed["message"]
+
+
+def test_a_parked_copy_that_fails_once_goes_again_and_its_record_is_accepted(
+        make: Callable[..., Member]) -> None:
+    member = make(lambda _job: None, retry_backoff_initial_ms=20, retry_backoff_max_ms=100)
+    member.dlq.failures = 2
+    waiting = due_in(60, 0)
+    member.settle(record(0, waiting))
+    assert [m.value() for m in member.dlq.published] == [waiting.to_bytes()]
+    assert member.kafka.kinds() == Counter({"ACCEPT": 1})
+    assert len(member.events("job.parked_copy_retry")) == 2
+
+
+def test_a_stop_while_a_copy_is_unanswered_waits_for_it_then_releases_the_record(
+        make: Callable[..., Member]) -> None:
+    """SIGTERM while the tier does not answer: the record is released when the member leaves
+    (its copy may or may not be in the tier: at-least-once), never accepted without a copy."""
+    member = make(lambda _job: None, shutdown_timeout_s=1)
+    member.dlq.hold = True
+    stop_at_the_first_dead_letter(member)
+    member.settle(record(0, due_in(60, 0)))
+    member.worker._close()
+    assert member.kafka.kinds() == Counter({"RELEASE": 1})
+    assert [e["lost"] for e in member.events("job.parked_copy_failed")] == [False]

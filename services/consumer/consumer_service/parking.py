@@ -4,9 +4,10 @@ tier, as a kind of outgoing record (consumer_service.outgoing.RecordKind).
 Why it exists: a job that waits (its `not_before`, or a retry's long back-off) must not hold its
 partition, a slot or the committed offset (jobpipe.delays). So a copy goes to a delay tier and
 the original counts as finished once the broker acknowledged the copy (consumer_service.outgoing
-owns that wait). The copy has the original key, value and headers, plus `delay.*` headers (its
-due time, when it leaves the tier, the tier) and, for a retry, `retry.*` (attempts made, the last
-error); consumer_service.tier_mover moves it on when its tier's time is up.
+owns that wait; a share-group member, consumer_service.share_worker, accepts its record only
+then). The copy has the original key, value and headers, plus `delay.*` headers (its due time,
+when it leaves the tier, the tier) and, for a retry, `retry.*` (attempts made, the last error);
+consumer_service.tier_mover moves it on when its tier's time is up.
 """
 
 from __future__ import annotations
@@ -58,6 +59,28 @@ def parked_headers(original: Headers | None, parking: Parking, attempts: int) ->
     return kept + ours
 
 
+def parked_copy(message: Message, parking: Parking, attempts: int) -> OutRecord:
+    """The parked copy of `message` (its key and value, the headers of `parked_headers`), for
+    the group member (below) and the share member (consumer_service.share_worker)."""
+    headers = message.headers()
+    pairs = list(headers.items()) if isinstance(headers, dict) else headers
+    return OutRecord(parking.park.tier.topic, message.key(), message.value(),
+                     parked_headers(pairs, parking, attempts))
+
+
+def count_parked(parking: Parking, key: str | None, job_id: str | None, *, partition: int, offset: int,
+                 member: str) -> None:
+    """A parked copy the broker acknowledged: counted (jobs_parked_total) and logged."""
+    tier = parking.park.tier
+    metrics.JOBS_PARKED.labels(tier.name).inc()
+    event("job.parked",
+          f"{member} parked {label_of(key, job_id)} from partition {partition} offset {offset} "
+          f"in {tier.topic} until {parking.park.release_at:.3f} (due {parking.due:.3f})",
+          level="DEBUG", id=job_id, key=key, partition=partition, offset=offset,
+          tier=tier.name, due=parking.due, release_at=parking.park.release_at,
+          retry=parking.error is not None, consumer=member)
+
+
 class ParkedCopies:
     """Copies of waiting jobs sent to the delay tiers, on the member's producer."""
 
@@ -69,24 +92,11 @@ class ParkedCopies:
 
     def records(self, task: Task, record: Record) -> list[OutRecord]:
         """The copy (under PROCESSING_GUARANTEE=exactly_once it goes in the member's transaction)."""
-        parking: Parking = record.detail
-        message: Message = task.payload
-        headers = message.headers()
-        pairs = list(headers.items()) if isinstance(headers, dict) else headers
-        return [OutRecord(parking.park.tier.topic, message.key(), message.value(),
-                          parked_headers(pairs, parking, record.attempts))]
+        return [parked_copy(task.payload, record.detail, record.attempts)]
 
     def publish(self, task: Task, record: Record, report: DeliveryReport) -> None:
         self._producer.send(self.records(task, record), report)
 
     def acknowledged(self, task: Task, record: Record, member: str) -> None:
-        parking: Parking = record.detail
-        tier = parking.park.tier
-        metrics.JOBS_PARKED.labels(tier.name).inc()
         key, job_id = identify(task, record.job)
-        event("job.parked",
-              f"{member} parked {label_of(key, job_id)} from partition {task.tp[1]} offset {task.offset} "
-              f"in {tier.topic} until {parking.park.release_at:.3f} (due {parking.due:.3f})",
-              level="DEBUG", id=job_id, key=key, partition=task.tp[1], offset=task.offset,
-              tier=tier.name, due=parking.due, release_at=parking.park.release_at,
-              retry=parking.error is not None, consumer=member)
+        count_parked(record.detail, key, job_id, partition=task.tp[1], offset=task.offset, member=member)

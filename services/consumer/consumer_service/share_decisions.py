@@ -3,15 +3,18 @@
 Why it exists: the broker gives up on a record silently after `share.delivery.count.limit`
 deliveries, and takes it back when its lock ends. Which record runs, is retried here, is handed
 back, or is dead-lettered must therefore be decided with both limits in mind, so that no job is
-ever dropped by the broker without a dead letter. These functions take their inputs (and the
-time) as arguments; `share_worker.py` only carries the verdicts out on librdkafka.
+ever dropped by the broker without a dead letter. A job whose time has not come cannot wait in
+a member for the same reason: where it is parked meanwhile is decided here too. These functions
+take their inputs (and the time) as arguments; `share_worker.py` only carries the verdicts out
+on librdkafka.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import Enum
+
+from jobpipe.delays import Park, Tier, decide
 
 DEFAULT_LOCK_S = 30.0  # the broker's group.share.record.lock.duration.ms by default
 DEFAULT_DELIVERY_LIMIT = 5  # the broker's group.share.delivery.count.limit by default
@@ -23,6 +26,7 @@ class Verdict(Enum):
     ACCEPT = "accept"  # done: acknowledge ACCEPT
     RELEASE = "release"  # hand back: the broker redelivers it, possibly to another member
     DEAD_LETTER = "dead_letter"  # publish to DLQ_TOPIC, then ACCEPT (RELEASE if that fails)
+    PUBLISH = "publish"  # publish its dead letter or parked copy (again), then ACCEPT
 
 
 @dataclass(frozen=True)
@@ -75,15 +79,24 @@ def on_delivery(is_job: bool, deliveries: int, dead_letter_delivery: int) -> tup
     return Verdict.RUN, ""
 
 
-def refused_delay(due: float | None, now: float) -> str:
-    """Why a share member refuses a job that must wait (its due time, epoch seconds, is still
-    to come), or "": a share group's record is locked to a member for seconds only, so it can
-    neither be held until due nor parked (docs/delays.md); it is dead-lettered at once."""
+def parking(due: float | None, now: float, tiers: tuple[Tier, ...]) -> Park | None:
+    """Where a share member parks a job whose time has not come (`due`, epoch seconds), or None:
+    it is due (or has no due time), run it. A share group's record is locked to a member for
+    seconds only, so a job never waits in memory (its lock would end and the broker would give
+    it to another member): even a short wait is parked, and the record is accepted once the
+    parked copy is in its tier. A wait of a tier's length or more goes to the longest tier that
+    fits, released after that tier's time (jobpipe.delays.decide), and hops down from there; a
+    shorter one goes to the shortest tier released at its due time itself, not after the tier's
+    whole time (a job due in 1 s is not made 4 s late). The mover takes every record whose
+    release time has come, so such a copy comes back at its due time, or a little later when one
+    parked before it in its partition is released later (the partition waits for its head);
+    never earlier."""
     if due is None or due <= now:
-        return ""
-    at = datetime.fromtimestamp(due, UTC).isoformat(timespec="seconds")
-    return (f"DelayedJobRefused: CONSUMER_MODE=share does not run delayed jobs (this one is due at {at}); "
-            "run them with CONSUMER_MODE=group")
+        return None
+    decision = decide(now, due, tiers, 0.0)
+    if isinstance(decision, Park):
+        return decision
+    return Park(min(tiers), due)
 
 
 def before_start(now: float, start_by: float, stopping: bool) -> Verdict:
@@ -107,18 +120,19 @@ def after_attempt(succeeded: bool, gives_up: bool, retry_at: float, start_by: fl
     return Verdict.RUN
 
 
-def after_dead_letter(published: bool, retry_at: float, lock_ends: float, last: bool,
-                      stopping: bool) -> Verdict:
-    """A dead letter was answered: accept the record only once the DLQ holds it. A failed one
-    is published again at `retry_at` (DEAD_LETTER) while this member's share of the lock lasts,
-    else the record is released for another delivery (RELEASE); at once when stopping. Never on
-    the broker's `last` delivery: released (or left to its lock) the record would be dropped,
-    so the member keeps publishing until the DLQ holds the job, past the lock if need be (the
-    job then lives in this member's memory only, until the DLQ takes it or the member stops)."""
+def after_publish(published: bool, retry_at: float, lock_ends: float, last: bool,
+                  stopping: bool) -> Verdict:
+    """A record's dead letter or parked copy was answered: accept the record only once the DLQ
+    (or the delay tier) holds it. A failed one is published again at `retry_at` (PUBLISH) while
+    this member's share of the lock lasts, else the record is released for another delivery
+    (RELEASE), where it is dead-lettered or parked again; at once when stopping. Never on the
+    broker's `last` delivery: released (or left to its lock) the record would be dropped, so the
+    member keeps publishing until the broker holds the copy, past the lock if need be (the job
+    then lives in this member's memory only, until it is taken or the member stops)."""
     if published:
         return Verdict.ACCEPT
     if last:
-        return Verdict.DEAD_LETTER
+        return Verdict.PUBLISH
     if stopping or retry_at >= lock_ends:
         return Verdict.RELEASE
-    return Verdict.DEAD_LETTER
+    return Verdict.PUBLISH

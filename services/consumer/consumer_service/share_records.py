@@ -11,7 +11,8 @@ carries those decisions out with, each the one owner of its state, so the loop s
 - RecordRunner: a run of records on one handler slot, one after another (one thread hand-off
   per run, not per job), each attempt handed back as it ends.
 - Acknowledgements: marks records ACCEPT/RELEASE, sends them, and counts a job processed (or
-  dead-lettered, or handed back) only once the broker confirmed its acknowledgement.
+  dead-lettered, or handed back) only once the broker confirmed its acknowledgement (a parked
+  one counts nowhere there: it is counted when its copy is acknowledged).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from confluent_kafka import (
 )
 
 from consumer_service.counts import Counts
+from consumer_service.parking import Parking
 from jobpipe import metrics
 from jobpipe.handling import Attempt, JobHandler
 from jobpipe.job import Job
 from jobpipe.logs import event
 
-Outcome = Literal["processed", "dead_lettered", "handed_back"]  # what a confirmed acknowledgement counts as
+# What a confirmed acknowledgement counts as (None: nothing; a parked job counts in jobs_parked_total).
+Outcome = Literal["processed", "dead_lettered", "handed_back"] | None
 
 ACK_SEND_S = 0.1  # acknowledgements made during a poll are sent at least this often
 RUN_BUDGET_S = 0.002  # about how much handler time one run of records holds (see ShareWorker._run_length)
@@ -65,11 +68,13 @@ class Record:
     job: Job | None = None
     attempts: int = 0  # handler calls made on this delivery
     running: bool = False
-    publishing: bool = False  # its dead letter is with the DLQ producer
-    republish: bool = False  # its dead letter failed and waits to be published again
-    dead_letters: int = 0  # failed dead letters on this delivery
+    publishing: bool = False  # its dead letter or parked copy is with the member's producer
+    republish: bool = False  # that failed and waits to be published again
+    failed_publishes: int = 0  # of its dead letter or parked copy, on this delivery
     settled: bool = False
     reason: str = ""  # why it is being dead-lettered
+    parking: Parking | None = None  # not due yet: where its copy is parked (then accepted)
+    due: float | None = None  # a delayed job that is due: when (epoch s), until its lateness is counted
 
     @property
     def deliveries(self) -> int:
@@ -160,7 +165,8 @@ class Acknowledgements:
         counts = self._counts
         if error is None:
             for outcome in outcomes:
-                setattr(counts, outcome, getattr(counts, outcome) + 1)
+                if outcome is not None:
+                    setattr(counts, outcome, getattr(counts, outcome) + 1)
             metrics.count_processed(outcomes.count("processed"))
             return
         counts.handed_back += len(outcomes)
@@ -179,7 +185,7 @@ class Acknowledgements:
     def report_refusals(self) -> None:
         for count, settled, error in self._refused:
             event("ack.refused", f"{self._name}: the broker refused {count} acknowledgement(s), {settled} "
-                  f"of them for jobs done or dead-lettered here: {error} (their lock had ended; the "
+                  f"of them for jobs done, parked or dead-lettered here: {error} (their lock had ended; the "
                   "broker delivers them again)", level="WARNING", consumer=self._name, refused=count,
                   settled=settled, error=error)
         self._refused.clear()

@@ -27,9 +27,15 @@ with the parts in share_records):
   it): published again until the DLQ takes it;
 - acknowledgements are sent while a poll is worked through (commit_async, every 0.1 s at
   most), so a fast job's ACCEPT does not wait for a slow one;
+- a job whose time has not come (`not_before`, or a parked retry's due time): never held
+  (its lock would end first), even for a second: a copy is parked in a delay tier at once
+  (share_decisions.parking; the copy as a group member makes it, consumer_service.parking) and
+  the record ACCEPTed once the tier holds it; a copy that fails goes again, or the record is
+  released, as a dead letter. The member runs a tier mover (consumer_service.tier_mover), as a
+  group member does, that brings due copies back to JOBS_TOPIC;
 - a stop: nothing more starts, what is running finishes within the shutdown budget, the rest
-  is RELEASEd (a dead letter on its last delivery is waited for); dead letters are flushed,
-  the acknowledgements committed, the lanes leave.
+  is RELEASEd (a dead letter on its last delivery is waited for); dead letters and parked
+  copies are flushed, the acknowledgements committed, the lanes leave.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ from confluent_kafka.admin import AdminClient
 from consumer_service.counts import Counts
 from consumer_service.dead_letters import dead_letter_record
 from consumer_service.member_producer import MemberProducer
+from consumer_service.parking import Parking, count_parked, parked_copy
+from consumer_service.runner import attempts_before
 from consumer_service.settings import ConsumerSettings
 from consumer_service.share_decisions import (
     DEFAULT_DELIVERY_LIMIT,
@@ -62,13 +70,15 @@ from consumer_service.share_decisions import (
     GroupLimits,
     Verdict,
     after_attempt,
-    after_dead_letter,
+    after_publish,
     before_start,
     on_delivery,
-    refused_delay,
+    parking,
 )
 from consumer_service.share_records import RUN_BUDGET_S, Acknowledgements, Lane, Record, RecordRunner
-from jobpipe.delays import due_of
+from consumer_service.tier_mover import TierMover
+from jobpipe import metrics
+from jobpipe.delays import due_of, tiers_of
 from jobpipe.executor import Executor
 from jobpipe.handling import (
     Attempt,
@@ -128,7 +138,8 @@ class ShareWorker:
         self._acks = Acknowledgements(self.counts, self.name)
         self._lanes = [self._new_lane(f"{client_id}-{n}" if n else client_id)
                        for n in range(min(MAX_LANES, self.settings.consumer_concurrency))]
-        # A dead letter's fate must be known while its record is still locked to this member.
+        # A dead letter's (or parked copy's) fate must be known while its record is still locked
+        # to this member.
         self._producer = MemberProducer(self.settings, f"{client_id}-dlq",
                                         timeout_s=max(1.0, self._limits.lock_s / 3))
         self._runner = RecordRunner(self.handler, self.stop)
@@ -138,12 +149,16 @@ class ShareWorker:
         self._answers: list[tuple[Record, KafkaError | None]] = []
         self._running: set[Record] = set()  # records of the runs on the handler slots
         self._runs = 0  # runs on the handler slots
-        self._dead_lettering: set[Record] = set()  # dead letters in flight or waiting to go again
-        self._publishing = 0  # of those, the ones the DLQ producer holds
+        self._outgoing: set[Record] = set()  # dead letters and parked copies in flight or waiting to go again
+        self._publishing = 0  # of those, the ones the producer holds
+        self._tiers = tiers_of(self.settings.jobs_topic)
+        for tier in self._tiers:  # every tier's series from the start (0), not from its first job
+            metrics.JOBS_PARKED.labels(tier.name)
+        self._mover: TierMover | None = None  # made by `run` (its clients connect at once)
         self._job_s = 0.0  # moving average of an attempt's duration
         self._seq = itertools.count()
         self._retries: list[tuple[float, int, Record]] = []  # (due, seq, record): handler retries
-        self._republish: list[tuple[float, int, Record]] = []  # (due, seq, record): dead letters
+        self._republish: list[tuple[float, int, Record]] = []  # (due, seq, record): failed publishes
         self._stopped_at: float | None = None
         event("share.limits", f"{self.name}: share group {self.settings.consumer_group} locks a record "
               f"for {self._limits.lock_s:g} s and gives up after {self._limits.delivery_limit} "
@@ -165,6 +180,11 @@ class ShareWorker:
             lane.consumer.subscribe([self.settings.jobs_topic])
         event("share.joined", f"{self.name} subscribed to {self.settings.jobs_topic} in share group "
               f"{self.settings.consumer_group}", consumer=self.name, group=self.settings.consumer_group)
+        # The parked copies come back through a mover, as in a consumer group (its own classic
+        # group, `<CONSUMER_GROUP>.delays`, over the delay tiers: consumer_service.tier_mover).
+        mover = self._mover = TierMover(self.settings, self.number, self.stop)
+        moving = threading.Thread(target=mover.run, name=f"delay-mover-{self.number}", daemon=True)
+        moving.start()
         self.joined.set()
         try:
             self._work()
@@ -174,6 +194,9 @@ class ShareWorker:
             raise
         finally:
             self._close()
+            if self.stop.is_set() and self._stopped_at is not None:  # a stop, not a failure: the mover
+                # finishes within the shutdown budget too (after a failure main.py sets the stop)
+                moving.join(max(0.0, self._stopped_at + self.settings.shutdown_timeout_s - time.monotonic()))
 
     def _stopping_since(self, now: float) -> float:
         """When this member saw the stop (the first call after it): SHUTDOWN_TIMEOUT_S counts
@@ -189,6 +212,8 @@ class ShareWorker:
         concurrency = self.settings.consumer_concurrency
         while True:
             self.heartbeat = now = time.monotonic()
+            if self._mover is not None and self._mover.failed is not None:
+                raise self._mover.failed
             if self.stop.is_set():
                 stop_by = stop_by or self.settings.work_deadline(self._stopping_since(now))
                 self._release_for_stop()
@@ -219,8 +244,8 @@ class ShareWorker:
                     time.sleep(wait)
                 else:
                     self.stop.wait(wait)
-            only_dead_letters = self._publishing and not self._running and not lane
-            self._producer.poll(min(wait, ACK_POLL_S) if only_dead_letters else 0)
+            only_publishing = self._publishing and not self._running and not lane
+            self._producer.poll(min(wait, ACK_POLL_S) if only_publishing else 0)
             for record, error in self._take_answers():
                 self._after_publish(record, error)
             self._acks.send(self._lanes, time.monotonic())
@@ -251,8 +276,9 @@ class ShareWorker:
 
     def _admit(self, lane: Lane, messages: Iterable[Message]) -> None:
         """A lane's poll: records that are not jobs, or on their dead-letter delivery, go to
-        the DLQ at once; the others wait for a slot, those that came back (delivered before)
-        first, so that a job released unstarted is not released again for the same reason."""
+        the DLQ at once; jobs whose time has not come are parked in a delay tier at once; the
+        others wait for a slot, those that came back (delivered before) first, so that a job
+        released unstarted is not released again for the same reason."""
         again: list[Record] = []
         for message in messages:
             error = message.error()
@@ -263,17 +289,19 @@ class ShareWorker:
                 continue
             record = Record(message, lane)
             lane.unsettled += 1
+            invalid = ""
             try:
                 job = record.job = Job.from_message(message.value(), message.headers())
-                invalid = "" if job.not_before is None and not job.headers else \
-                    refused_delay(due_of(job.not_before, job.headers), time.time())
+                if job.not_before is not None or job.headers:  # the rare path: a job that waits
+                    record.due = due_of(job.not_before, job.headers)
             except InvalidJob as error:
                 invalid = str(error)
             deliveries = message.delivery_count() or 1
-            verdict, why = on_delivery(record.job is not None and not invalid, deliveries,
-                                       self._limits.dead_letter_delivery)
+            verdict, why = on_delivery(not invalid, deliveries, self._limits.dead_letter_delivery)
             if verdict is Verdict.DEAD_LETTER:
                 self._dead_letter(record, invalid or why)
+            elif record.due is not None and (park := parking(record.due, time.time(), self._tiers)):
+                self._park(record, Parking(park, record.due))
             elif deliveries > 1:
                 again.append(record)
             else:
@@ -310,6 +338,9 @@ class ShareWorker:
                 for record in run:
                     record.attempts += 1
                     record.running = True
+                    if record.due is not None:  # a delayed job, due: how late it starts
+                        metrics.DELAY_LATE.observe(max(0.0, time.time() - record.due))
+                        record.due = None
                 self._running.update(run)
                 self._runs += 1
                 self._executor.submit(run, (run, start_by))
@@ -339,8 +370,8 @@ class ShareWorker:
 
     def _release_for_stop(self) -> None:
         """A stop: nothing more starts; what waits for a slot or a retry is released, and so is
-        a dead letter waiting to go again, unless its record is on the broker's last delivery
-        (it is published again until the shutdown deadline)."""
+        a dead letter (or parked copy) waiting to go again, unless its record is on the broker's
+        last delivery (it is published again until the shutdown deadline)."""
         for lane in self._lanes:
             for record in lane.ready:
                 self._release(record, "stopping")
@@ -352,8 +383,8 @@ class ShareWorker:
         for _, _, record in self._republish:
             if not self._limits.is_last(record.deliveries):
                 record.republish = False
-                self._dead_lettering.discard(record)
-                self._release(record, "stopping before its dead letter was published")
+                self._outgoing.discard(record)
+                self._release(record, f"stopping before its {self._what(record)[0]} was published")
         heapq.heapify(keep)
         self._republish = keep
 
@@ -385,11 +416,18 @@ class ShareWorker:
             log_retry(attempt, delay, self.name, **origin)
             heapq.heappush(self._retries, (now + delay, next(self._seq), record))
 
-    # ---- dead letters and acknowledgements ------------------------------------------------------
+    # ---- dead letters, parked copies and acknowledgements ---------------------------------------
 
     def _dead_letter(self, record: Record, reason: str) -> None:
         record.reason = reason
-        self._dead_lettering.add(record)
+        self._outgoing.add(record)
+        self._publish(record)
+
+    def _park(self, record: Record, parked: Parking) -> None:
+        """A job whose time has not come: its copy goes to a delay tier, and the record is
+        accepted once the tier holds it (never held here: its lock would end first)."""
+        record.parking = parked
+        self._outgoing.add(record)
         self._publish(record)
 
     def _publish(self, record: Record) -> None:
@@ -397,15 +435,25 @@ class ShareWorker:
         record.publishing = True
         self._publishing += 1
         try:
-            letter = dead_letter_record(self.settings.dlq_topic, record.message, record.reason,
-                                        record.attempts, self.name)
-            self._producer.send((letter,), lambda error, _message: self._answers.append((record, error)))
+            if record.parking is not None:
+                assert record.job is not None
+                copy = parked_copy(record.message, record.parking, attempts_before(record.job.headers))
+            else:
+                copy = dead_letter_record(self.settings.dlq_topic, record.message, record.reason,
+                                          record.attempts, self.name)
+            self._producer.send((copy,), lambda error, _message: self._answers.append((record, error)))
         except (BufferError, KafkaException) as error:
             self._after_publish(record, KafkaError(KafkaError._QUEUE_FULL, str(error)))
 
     def _take_answers(self) -> list[tuple[Record, KafkaError | None]]:
         answers, self._answers = self._answers, []
         return answers
+
+    def _what(self, record: Record) -> tuple[str, str]:
+        """What a record's outgoing copy is, and where it goes."""
+        if record.parking is not None:
+            return "parked copy", record.parking.park.tier.topic
+        return "dead letter", self.settings.dlq_topic
 
     def _after_publish(self, record: Record, error: KafkaError | None) -> None:
         record.publishing = False
@@ -414,44 +462,52 @@ class ShareWorker:
         key = job.key if job else (record.message.key() or b"").decode(errors="replace") or None
         origin = {"partition": record.message.partition(), "offset": record.message.offset()}
         now = time.monotonic()
-        delay = self.handler.policy.delay_s(min(record.dead_letters + 1, 20))
-        verdict = after_dead_letter(error is None, now + delay, self._limits.lock_ends(record.polled_at),
-                                    self._limits.is_last(record.deliveries), self.stop.is_set())
+        delay = self.handler.policy.delay_s(min(record.failed_publishes + 1, 20))
+        verdict = after_publish(error is None, now + delay, self._limits.lock_ends(record.polled_at),
+                                self._limits.is_last(record.deliveries), self.stop.is_set())
         if verdict is Verdict.ACCEPT:
-            self._dead_lettering.discard(record)
+            self._outgoing.discard(record)
+            if record.parking is not None:
+                self._acks.mark(record, AcknowledgeType.ACCEPT, None)
+                count_parked(record.parking, key, job.id if job else None, partition=origin["partition"] or 0,
+                             offset=origin["offset"] or 0, member=self.name)
+                return
             self._acks.mark(record, AcknowledgeType.ACCEPT, "dead_lettered")
             log_dead_lettered(key, job.id if job else None, reason=record.reason, attempts=record.attempts,
                               consumer=self.name, destination=self.settings.dlq_topic, **origin)
             return
         assert error is not None
-        record.dead_letters += 1
-        if verdict is Verdict.DEAD_LETTER:
-            name = label_of(key, job.id if job else None)
-            dlq = self.settings.dlq_topic
-            event("job.dead_letter_retry", f"{self.name} could not publish {name} to {dlq} "
-                  f"({error.str()}); trying again in {delay * 1000:.0f} ms", level="WARNING",
+        record.failed_publishes += 1
+        if verdict is Verdict.PUBLISH:
+            what, topic = self._what(record)
+            event(f"job.{what.replace(' ', '_')}_retry", f"{self.name} could not publish the {what} of "
+                  f"{label_of(key, job.id if job else None)} to {topic} ({error.str()}); trying again in "
+                  f"{delay * 1000:.0f} ms", level="WARNING",
                   id=job.id if job else None, key=key, error=error.str(), deliveries=record.deliveries,
-                  failures=record.dead_letters, delay_ms=round(delay * 1000, 1), consumer=self.name, **origin)
+                  failures=record.failed_publishes, delay_ms=round(delay * 1000, 1), consumer=self.name,
+                  **origin)
             record.republish = True
             heapq.heappush(self._republish, (now + delay, next(self._seq), record))
             return
-        self._dead_lettering.discard(record)
-        self._dead_letter_failed(record, error.str(), lost=False)
+        self._outgoing.discard(record)
+        self._publish_failed(record, error.str(), lost=False)
 
-    def _dead_letter_failed(self, record: Record, error: str, lost: bool) -> None:
-        """Give up on a dead letter: the record goes back to the broker (released), for its
-        next delivery, or dropped by the broker if it was its last (`lost`)."""
+    def _publish_failed(self, record: Record, error: str, lost: bool) -> None:
+        """Give up on a dead letter or parked copy: the record goes back to the broker
+        (released), for its next delivery, or dropped by the broker if it was its last (`lost`)."""
         job = record.job
         key = job.key if job else (record.message.key() or b"").decode(errors="replace") or None
+        what, topic = self._what(record)
+        again = "parked" if record.parking is not None else "dead-lettered"
         fate = ("left on its last delivery: the broker drops it" if lost
-                else "released for another delivery, where it is dead-lettered again")
-        event("job.dead_letter_failed",
-              f"{self.name} could not publish {label_of(key, job.id if job else None)} to "
-              f"{self.settings.dlq_topic} ({error}); {fate}",
+                else f"released for another delivery, where it is {again} again")
+        event(f"job.{what.replace(' ', '_')}_failed",
+              f"{self.name} could not publish the {what} of {label_of(key, job.id if job else None)} to "
+              f"{topic} ({error}); {fate}",
               level="ERROR" if lost else "WARNING", id=job.id if job else None, key=key, error=error,
               deliveries=record.deliveries, lost=lost, consumer=self.name,
               partition=record.message.partition(), offset=record.message.offset())
-        self._release(record, "its dead letter was not acknowledged")
+        self._release(record, f"its {what} was not acknowledged")
 
     def _release_unstarted(self, lane: Lane) -> None:
         """Jobs of a poll that can no longer start inside their lock: hand them back at once."""
@@ -490,8 +546,8 @@ class ShareWorker:
                       deliveries=record.deliveries, consumer=self.name)
 
     def _close(self) -> None:
-        """Flush the dead letters, acknowledge what they settle, commit, leave: within what is
-        left of SHUTDOWN_TIMEOUT_S (librdkafka's close itself is not bounded)."""
+        """Flush the dead letters and parked copies, acknowledge what they settle, commit, leave:
+        within what is left of SHUTDOWN_TIMEOUT_S (librdkafka's close itself is not bounded)."""
         now = time.monotonic()
         deadline = self._stopping_since(now) + self.settings.shutdown_timeout_s - CLOSE_MARGIN_S
         self._executor.close(0.0)
@@ -503,14 +559,14 @@ class ShareWorker:
             if error is None:
                 self._after_publish(record, None)
             else:
-                self._dead_lettering.discard(record)
+                self._outgoing.discard(record)
                 record.publishing = False
-                self._dead_letter_failed(record, error.str(), lost=self._limits.is_last(record.deliveries))
-        for record in list(self._dead_lettering):  # never answered: the member leaves without it
+                self._publish_failed(record, error.str(), lost=self._limits.is_last(record.deliveries))
+        for record in list(self._outgoing):  # never answered: the member leaves without it
             record.publishing = record.republish = False
-            self._dead_letter_failed(record, "not acknowledged by the shutdown deadline",
-                                     lost=self._limits.is_last(record.deliveries))
-        self._dead_lettering.clear()
+            self._publish_failed(record, "not acknowledged by the shutdown deadline",
+                                 lost=self._limits.is_last(record.deliveries))
+        self._outgoing.clear()
         for lane in self._lanes:
             self._acks.commit(lane, max(0.1, (deadline - time.monotonic()) / len(self._lanes)))
         self._acks.report_refusals()
