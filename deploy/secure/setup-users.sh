@@ -51,6 +51,14 @@ allow jobpipe-admin --operation Write --topic "$jobs" --topic "$dlq.redriven" \
     --transactional-id "topic-admin-redrive.$dlq"
 allow jobpipe-producer --operation Write --topic "$jobs"
 # The consumer; the lag exporter (as jobpipe-consumer) also reads the DLQ and the ledger, to
-# count the dead letters waiting.
-allow jobpipe-consumer --operation Read --topic "$jobs" --topic "$dlq" --topic "$dlq.redriven" --group "$group"
-allow jobpipe-consumer --operation Write --topic "$dlq"
+# count the dead letters waiting. Delayed jobs: a member parks them in the delay tiers
+# (<JOBS_TOPIC>.delay.*), and its tier mover (group <CONSUMER_GROUP>.delays) reads them there and
+# writes them on, to a lower tier or back to the jobs topic (docs/delays.md).
+tiers="$jobs.delay.5s $jobs.delay.1m $jobs.delay.10m $jobs.delay.1h"
+tier_flags=""
+for tier in $tiers; do tier_flags="$tier_flags --topic $tier"; done
+# shellcheck disable=SC2086 # tier_flags: one word per flag (topic names have no spaces)
+allow jobpipe-consumer --operation Read --topic "$jobs" --topic "$dlq" --topic "$dlq.redriven" $tier_flags \
+    --group "$group" --group "$group.delays"
+# shellcheck disable=SC2086
+allow jobpipe-consumer --operation Write --topic "$dlq" --topic "$jobs" $tier_flags

@@ -75,6 +75,15 @@ def check_access(settings: KafkaSettings, needs: list[Need]) -> None:
         raise refusal(settings, missing)
 
 
+def refused_by(settings: KafkaSettings, error: KafkaError, who: str) -> KafkaRefused | None:
+    """The one-line refusal (exit 3) for an error a client met at work that says an ACL is
+    missing (a topic or group authorization failure), else None. `who`: "this consumer"."""
+    if error.code() not in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED):
+        return None
+    return KafkaRefused(f"Kafka does not authorize {who} ({principal(settings)}): "
+                        f"{' '.join(error.str().split())}; grant it with an ACL (see docs/security.md)")
+
+
 def refusal(settings: KafkaSettings, missing: list[Need]) -> KafkaRefused:
     """The one line (exit 3) for operations the broker does not allow this principal."""
     return KafkaRefused(f"Kafka does not authorize {principal(settings)} to "

@@ -29,7 +29,9 @@ from confluent_kafka.admin import (
 )
 from local_kafka import LocalKafkaCluster
 
+from consumer_service.tier_mover import mover_group
 from jobpipe.access import Need, check_access
+from jobpipe.delays import tiers_of
 from jobpipe.errors import KafkaRefused
 from jobpipe.kafka_clients import admin_config
 from jobpipe.settings import KafkaSettings
@@ -130,10 +132,17 @@ class Security:
         """WRITE on the topic is all an idempotent producer needs since Kafka 3.0 (KIP-679)."""
         self.allow(principal, AclOperation.WRITE, ResourceType.TOPIC, topic)
 
-    def allow_consumer(self, principal: str, topic: str, group: str, dlq: str) -> None:
+    def allow_consumer(self, principal: str, topic: str, group: str, dlq: str, *, tiers: bool = True) -> None:
+        """What docs/security.md gives a consumer; `tiers=False` leaves out the delay tiers'."""
         self.allow(principal, AclOperation.READ, ResourceType.TOPIC, topic)
         self.allow(principal, AclOperation.READ, ResourceType.GROUP, group)
         self.allow_producer(principal, dlq)
+        if tiers:
+            self.allow_producer(principal, topic)  # the tier mover writes due jobs back
+            for tier in tiers_of(topic):
+                self.allow(principal, AclOperation.READ, ResourceType.TOPIC, tier.topic)
+                self.allow_producer(principal, tier.topic)
+            self.allow(principal, AclOperation.READ, ResourceType.GROUP, mover_group(group))
 
     def allow_admin(self, principal: str) -> None:
         """topic-admin: create and describe topics, describe groups (ensure, describe)."""

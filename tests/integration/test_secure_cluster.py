@@ -18,6 +18,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AclOperation, ResourceType
 from prometheus_client import REGISTRY
 
+from consumer_service import main as consumer_main
 from consumer_service.lag_exporter import LagReader
 from consumer_service.settings import ConsumerSettings
 from jobpipe.access import Need
@@ -86,6 +87,11 @@ def ensure_topics(secure: Security, names: Names) -> None:
     assert admin.wait(120) == 0, admin.tail()
 
 
+def consumer_needs(names: Names, client: dict[str, object]) -> list[Need]:
+    """What the consumer checks at start (consumer_service.main.needs), for these names."""
+    return consumer_main.needs(ConsumerSettings(**names.settings(**client)))  # type: ignore[arg-type]
+
+
 def refusal(service: ServiceProcess) -> str:
     """The one line a service that was refused ends with (exit 3), within seconds."""
     assert service.wait(60) == 3, service.tail()
@@ -114,8 +120,7 @@ def test_the_seed_scenario_runs_over_sasl_ssl_with_the_least_acls(secure: Securi
     secure.allow_producer("User:producer", names.topic)
     secure.allow_consumer("User:consumer", names.topic, names.group, names.dlq)
     consumer_settings = sasl(secure, "consumer")
-    secure.wait_until_effective(consumer_settings, [Need("READ", "topic", names.topic, "JOBS_TOPIC"),
-                                                    Need("WRITE", "topic", names.dlq, "DLQ_TOPIC")])
+    secure.wait_until_effective(consumer_settings, consumer_needs(names, consumer_settings))
     port = free_port()
     consumer = start("consumer", **names.settings(**consumer_settings, metrics_port=port))
     # The producer's password from a file (KAFKA_SASL_PASSWORD_FILE, as compose's secrets give it).
@@ -143,6 +148,7 @@ def test_mutual_tls_with_an_encrypted_client_key(secure: Security) -> None:
     secure.allow_producer(MTLS_PRINCIPAL, names.topic)
     secure.allow_consumer(MTLS_PRINCIPAL, names.topic, names.group, names.dlq)
     mtls = secure.mtls_settings()
+    secure.wait_until_effective(mtls, consumer_needs(names, mtls))
     consumer = start("consumer", **names.settings(**mtls))
     # The producer's key password from a file (KAFKA_SSL_KEY_PASSWORD_FILE).
     key_password_file = secure.files.ca.parent / "key-password"
@@ -299,3 +305,18 @@ def test_the_lag_exporter_refused_read_on_the_dlq_still_counts_its_dead_letters(
         wait_until(counted, 30, "2 dead letters waiting without READ on the DLQ", poll=0.5)
     finally:
         reader.close()
+
+
+def test_a_consumer_without_the_delay_tiers_acls_is_refused_at_start_naming_them(secure: Security) -> None:
+    """The ACLs a consumer had before delayed jobs (its topic, group and DLQ) are not enough: its
+    members park jobs in the delay tiers and its tier mover reads them there and writes them on.
+    Without them delayed jobs were never parked nor moved (the mover only logged warnings); now
+    the consumer is refused at start, exit 3, naming what to grant."""
+    names = Names()
+    ensure_topics(secure, names)
+    secure.allow_consumer("User:consumer", names.topic, names.group, names.dlq, tiers=False)
+    consumer_settings = sasl(secure, "consumer")
+    secure.wait_until_effective(consumer_settings, consumer_needs(names, consumer_settings)[:3])
+    message = refusal(start("consumer", **names.settings(**consumer_settings)))
+    assert f"{names.topic}.delay.5s" in message and "delay tier" in message, message
+    assert f"'{names.group}.delays'" in message and "WRITE topic" in message, message

@@ -12,8 +12,10 @@ import time
 from consumer_service.counts import Counts
 from consumer_service.settings import ConsumerSettings
 from consumer_service.share_worker import ShareWorker
+from consumer_service.tier_mover import mover_group
 from consumer_service.worker import ConsumerWorker
 from jobpipe.access import Need, check_access
+from jobpipe.delays import tiers_of
 from jobpipe.errors import ExitCode
 from jobpipe.handlers import HandlerFn, load_handler
 from jobpipe.handling import JobHandler
@@ -32,12 +34,27 @@ def job_handler(settings: ConsumerSettings, function: HandlerFn) -> JobHandler:
                       counts_processed=False)
 
 
+def needs(settings: ConsumerSettings) -> list[Need]:
+    """What a member may not start without: its jobs and group; the DLQ; the delay tiers, which
+    it parks jobs in and its tier mover (group <CONSUMER_GROUP>.delays) reads and writes on, to
+    a lower tier or back to the jobs topic (consumer_service.tier_mover); RESULTS_TOPIC if set."""
+    tiers = [tier.topic for tier in tiers_of(settings.jobs_topic)]
+    results = [] if settings.results_topic is None else \
+        [Need("WRITE", "topic", settings.results_topic, "RESULTS_TOPIC")]
+    return [Need("READ", "topic", settings.jobs_topic, "JOBS_TOPIC"),
+            Need("READ", "group", settings.consumer_group, "CONSUMER_GROUP"),
+            Need("WRITE", "topic", settings.dlq_topic, "DLQ_TOPIC"),
+            Need("WRITE", "topic", settings.jobs_topic, "JOBS_TOPIC: the tier mover's due jobs"),
+            *(Need(operation, "topic", tier, "JOBS_TOPIC's delay tier")
+              for tier in tiers for operation in ("READ", "WRITE")),
+            Need("READ", "group", mover_group(settings.consumer_group), "CONSUMER_GROUP's tier mover"),
+            *results]
+
+
 def consume(settings: ConsumerSettings, stop: threading.Event, probes: Probes) -> Outcome:
     handler = job_handler(settings, load_handler(settings.handler))
     wait_for_broker(settings, stop)
-    check_access(settings, [Need("READ", "topic", settings.jobs_topic, "JOBS_TOPIC"),
-                            Need("READ", "group", settings.consumer_group, "CONSUMER_GROUP"),
-                            Need("WRITE", "topic", settings.dlq_topic, "DLQ_TOPIC")])
+    check_access(settings, needs(settings))
     metrics_on = bool(settings.metrics_port)
     workers: list[ConsumerWorker | ShareWorker] = [
         ShareWorker(number, settings, handler, stop, probes.ready) if settings.consumer_mode == "share"

@@ -50,6 +50,7 @@ from consumer_service.move_batch import MoveBatch
 from consumer_service.offsets import TP, OffsetTracker
 from consumer_service.settings import ConsumerSettings
 from consumer_service.transactions import OutRecord, Transactions
+from jobpipe.access import refused_by
 from jobpipe.delays import (
     DUE_HEADER,
     RELEASE_HEADER,
@@ -188,6 +189,9 @@ class TierMover:
         if error is not None:
             if error.fatal():
                 raise KafkaException(error)
+            refused = refused_by(self.settings, error, "this consumer's delay tier mover")
+            if refused is not None:  # the member stops: exit 3, the line names the ACL
+                raise refused
             if error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 event("kafka.error", f"{self.name}: {error.str()}", level="WARNING", code=error.name())
             return

@@ -64,9 +64,8 @@ from consumer_service.settings import ConsumerSettings
 from consumer_service.tier_mover import TierMover
 from consumer_service.transactions import Transactions
 from jobpipe import metrics
-from jobpipe.access import principal
+from jobpipe.access import refused_by
 from jobpipe.delays import Park, decide, tiers_of
-from jobpipe.errors import KafkaRefused
 from jobpipe.executor import Completion, Executor
 from jobpipe.handling import Attempt, JobHandler, Next, label_of, log_processed, log_retry
 from jobpipe.job import Job
@@ -342,9 +341,9 @@ class ConsumerWorker:
     def _on_message_error(self, error: KafkaError) -> None:
         if error.fatal():
             raise KafkaException(error)
-        if error.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED):
-            raise KafkaRefused(f"Kafka does not authorize this consumer ({principal(self.settings)}): "
-                               f"{' '.join(error.str().split())}; grant it with an ACL")
+        refused = refused_by(self.settings, error, "this consumer")
+        if refused is not None:
+            raise refused
         event("kafka.error", f"{self.name}: {error.str()}", level="WARNING", code=error.name())
 
     def _run_length(self) -> int:
