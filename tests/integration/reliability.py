@@ -42,6 +42,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -697,10 +698,14 @@ def broker_down_at_start(run: Run, start_cluster: Callable[[], Any]) -> dict[str
 
 def broker_frozen(run: Run, cluster: Any) -> dict[str, Any]:
     """6. The only broker SIGSTOPped for `freeze_s` (longer than the consumers' 6 s session
-    timeout) mid-stream, then resumed."""
+    timeout, and than its own 9 s broker.session.timeout.ms: its controller fences it on waking)
+    mid-stream, then resumed. Every consumer must be back in the group, not only the group's
+    work done: a consumer left stranded while the other took every partition went unnoticed
+    (consumer_service.stranded)."""
     profile = run.profile
     run.ensure_topics()
-    for consumer in [run.consumer(kafka_extra_config=SHORT_SESSION) for _ in range(2)]:
+    consumers = [run.consumer(kafka_extra_config=SHORT_SESSION) for _ in range(2)]
+    for consumer in consumers:
         run.wait_assigned(consumer)
     producer = run.producer(jobs=0)
     run.wait_processed(int(profile.rate * 2))
@@ -709,6 +714,15 @@ def broker_frozen(run: Run, cluster: Any) -> dict[str, Any]:
         _pause(profile.freeze_s)
     finally:
         cluster.resume_node(0)
+    before = {member: len(run.ledger.events("partitions.assigned", [member])) for member in consumers}
+
+    def back(member: ServiceProcess) -> bool:
+        since = run.ledger.events("partitions.assigned", [member])[before[member]:]
+        return any(event.get("owned") for event in since)
+
+    for number, consumer in enumerate(consumers, 1):
+        wait_until(partial(back, consumer), 90,
+                   f"consumer {number} to own partitions after the freeze in {run.scenario}", poll=0.2)
     run.wait_processed(run.processed_count() + int(profile.rate * 2), timeout=90)
     run.terminate(producer)
     run.settle()

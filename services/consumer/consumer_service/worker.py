@@ -61,6 +61,7 @@ from consumer_service.result_records import result_record
 from consumer_service.runner import NotDue, TaskRunner
 from consumer_service.scheduler import Run, Scheduler, Task
 from consumer_service.settings import ConsumerSettings
+from consumer_service.stranded import stranded_since
 from consumer_service.tier_mover import TierMover
 from consumer_service.transactions import Transactions
 from jobpipe import metrics
@@ -87,8 +88,8 @@ STATS_INTERVAL_MS = 2000  # librdkafka statistics: consumer lag metrics, and the
 # no Python call per message (a fetched message has an offset; its key is bytes or None).
 _offset = cast(Callable[[Message], int], Message.offset)
 _key = cast(Callable[[Message], "bytes | None"], Message.key)
-# A client whose statistics have listed no broker at all (only logical ones) this long has
-# nothing left that would ever reconnect it: it is replaced (see `_replace_client`).
+# A client whose statistics have listed no broker it would reconnect to (none but logical ones,
+# or only decommissioned ones idle in INIT) this long is replaced (see consumer_service.stranded).
 STRANDED_AFTER_S = 10.0
 
 
@@ -212,13 +213,16 @@ class ConsumerWorker:
         broker missing from metadata (it dropped the bootstrap servers once it had learned the
         real brokers), so the client has no broker left: it never connects again, its
         re-bootstrap timer only runs while a metadata request is outstanding, and none can be
-        sent. The consumer would sit out of its group for good (and close() would wait forever
+        sent. When something in librdkafka still holds the decommissioned broker, it stays
+        listed, idle in INIT, and the client is just as stuck (seen about one run in four).
+        The consumer would sit out of its group for good (and close() would wait forever
         for a coordinator). A bare confluent-kafka consumer does the same, so the cure is here:
-        when the statistics have listed no broker (but logical ones) for STRANDED_AFTER_S, the
-        worker starts over with a new client. A broker that is only down is still listed (in
-        INIT, CONNECT or DOWN): that client is kept, as a new one would restart librdkafka's
-        reconnect backoff (issue 22, defect 8). Nothing is lost: what was finished but not committed is
-        redone by the partition's next owner, as after any lost session.
+        when the statistics have shown no broker it would reconnect to for STRANDED_AFTER_S
+        (consumer_service.stranded), the worker starts over with a new client. A broker that is
+        only down keeps being tried (TRY_CONNECT, CONNECT, DOWN, briefly INIT): that client is
+        kept, as a new one would restart librdkafka's reconnect backoff (issue 22, defect 8).
+        Nothing is lost: what was finished but not committed is redone by the partition's next
+        owner, as after any lost session.
         """
         event("consumer.client_replaced",
               f"{self.name}: the Kafka client has had no broker to talk to for "
@@ -772,12 +776,15 @@ class ConsumerWorker:
         """From the statistics: is any broker answering (else /readyz says not ready), and is
         this client stranded (see `_replace_client`)? A broker that is merely down stays in the
         list, cycling through INIT, CONNECT and DOWN while librdkafka reconnects with its
-        backoff: that client is kept. A stranded one has no broker left at all."""
+        backoff: that client is kept. A stranded one has no broker left, or only ones librdkafka
+        will never connect to again (consumer_service.stranded)."""
+        brokers = list(brokers)
         real = [broker for broker in brokers if broker.get("source") != "logical"]
-        if real:
+        since = stranded_since(brokers, now, STRANDED_AFTER_S)
+        if since is None:
             self._stranded_since = None
-        elif self._stranded_since is None:
-            self._stranded_since = now
+        elif self._stranded_since is None or since < self._stranded_since:
+            self._stranded_since = since
         answering = any(broker.get("state") == "UP" for broker in real)
         if not answering and not self._broker_lost and self.joined.is_set():
             self._broker_lost = True
