@@ -75,10 +75,10 @@ from jobpipe.logs import enabled, event
 from jobpipe.shutdown import ShutdownBudget
 
 T = TypeVar("T")
-FETCH = 1000  # most messages taken from librdkafka at once
+FETCH = 500  # most messages taken from librdkafka at once
 POLL_S = 0.2  # longest a single poll blocks, so stop and due retries are noticed quickly
 RUN_BUDGET_S = 0.002  # about how much handler time one run holds (see `_run_length`)
-MAX_RUN = 1000  # most jobs in one run
+MAX_RUN = 256  # most jobs in one run
 FULL_PAUSE_S = 0.5  # a member full of jobs (MAX_IN_FLIGHT) this long pauses its partitions
 # Commit refusals that only mean "the group is rebalancing": the same offsets can be committed
 # once the rebalance is over (librdkafka keeps the assignment through them while rebalancing).
