@@ -30,6 +30,9 @@ from jobpipe.settings import KafkaSettings
 REQUEST_TIMEOUT_S = 15.0
 REFUSALS = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
             KafkaError.CLUSTER_AUTHORIZATION_FAILED)
+# An error a request meets at work that says an ACL on this kind of resource is missing.
+REFUSED_KIND = {KafkaError.TOPIC_AUTHORIZATION_FAILED: "topic",
+                KafkaError.GROUP_AUTHORIZATION_FAILED: "group"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ def check_access(settings: KafkaSettings, needs: list[Need]) -> None:
 def refused_by(settings: KafkaSettings, error: KafkaError, who: str) -> KafkaRefused | None:
     """The one-line refusal (exit 3) for an error a client met at work that says an ACL is
     missing (a topic or group authorization failure), else None. `who`: "this consumer"."""
-    if error.code() not in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED):
+    if error.code() not in REFUSED_KIND:
         return None
     return KafkaRefused(f"Kafka does not authorize {who} ({principal(settings)}): "
                         f"{' '.join(error.str().split())}; grant it with an ACL (see docs/security.md)")
@@ -100,9 +103,7 @@ def refusals_named(settings: KafkaSettings, needs: list[Need]) -> Iterator[None]
         yield
     except KafkaException as error:
         first = error.args[0] if error.args else None
-        code = first.code() if isinstance(first, KafkaError) else None
-        kind = ("group" if code == KafkaError.GROUP_AUTHORIZATION_FAILED
-                else "topic" if code == KafkaError.TOPIC_AUTHORIZATION_FAILED else None)
+        kind = REFUSED_KIND.get(first.code()) if isinstance(first, KafkaError) else None
         named = [need for need in needs if need.kind == kind]
         if not named:
             raise
