@@ -8,7 +8,7 @@ fake broker, and checks the guarantees the consumer is built on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from typing import Any
 
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from consumer_service.offsets import TP
-from consumer_service.scheduler import Ordering, Scheduler, Task
+from consumer_service.scheduler import Block, Ordering, Scheduler, Task
 
 P0: TP = ("jobs", 0)
 P1: TP = ("jobs", 1)
@@ -475,6 +475,86 @@ def test_an_unstarted_job_of_a_revoked_partition_is_handed_back() -> None:
     assert s.runs == 0 and s.held == 0
 
 
+# ---- the lane (one slot, a block per fetched batch) -------------------------------------
+
+Batch = tuple[TP, list[tuple[int, bytes | None]]]
+
+
+def messages(tp: TP, keys: Iterable[bytes | None], first: int = 0) -> Batch:
+    """A fetched batch of tp as the model's payloads: (offset, key)."""
+    return tp, [(offset, key) for offset, key in enumerate(keys, start=first)]
+
+
+def block_of(s: Scheduler, *batches: Batch) -> Block:
+    assert s.lane_open
+    block = s.start_block(batches, itemgetter(0), itemgetter(1))
+    assert block is not None
+    return block
+
+
+def test_a_block_moves_each_watermark_past_its_successes_in_one_step() -> None:
+    s = scheduler("key", concurrency=1)
+    block = block_of(s, messages(P0, [b"a"] * 5), messages(P1, [b"b"] * 3))
+    assert not s.lane_open and s.held == s.at_risk == s.in_flight == 8 and s.runs == 1
+    block.done = 3  # the slot ran P0@0..2
+    succeeded: list[int] = []
+    assert s.block_progress(block, succeeded) == 3 and succeeded == [0, 1, 2]
+    assert s.offsets() == [(P0, 3)] and s.held == 5
+    block.done, block.over = 8, True
+    assert s.end_block(block) == (5, None)
+    assert sorted(s.offsets()) == [(P0, 5), (P1, 3)]
+    assert s.lane_open and s.held == s.at_risk == s.in_flight == s.runs == 0
+
+
+def test_a_call_that_failed_in_a_block_is_retried_and_holds_only_its_key() -> None:
+    s = scheduler("key", concurrency=1)
+    block = block_of(s, messages(P0, [b"a", b"b", b"a", b"c"]))
+    block.done, block.failure, block.over = 1, "failed", True  # P0@0 ran, P0@1 (key b) failed
+    finished, failed = s.end_block(block)
+    assert finished == 1 and failed is not None
+    (task,) = failed.tasks
+    assert (task.offset, task.key, failed.results[0]) == (1, b"b", "failed")
+    assert s.failed(task, retry_at=5.0)  # as the loop reports the run's outcome
+    assert s.offsets() == [(P0, 1)] and not s.lane_open  # the retry holds the watermark
+    (run,) = s.start_runs(5.0, 4)
+    # the retry first, once (it was started from the block, not from the ready queue), then the others
+    assert offsets_of(run) == [(0, 1), (0, 2), (0, 3)]
+    assert s.succeeded_many(run) == 3 and s.offsets() == [(P0, 4)] and s.lane_open
+
+
+def test_a_revoke_during_a_block_waits_only_for_the_call_on_the_revoked_partition() -> None:
+    s = scheduler("key", concurrency=1)
+    block = block_of(s, messages(P0, [b"a", b"b", b"c"]), messages(P1, [b"x", b"y"]))
+    assert s.revoke([P1]) == []  # the slot runs P0@0: nothing of P1 has started
+    assert offsets_of(s.revoke([P0])) == [(0, 0)]
+    block.done = 1  # P0@0 succeeded; the slot finds P0 closed and passes the rest of it
+    block.stops[0], block.done = 1, 3
+    assert s.block_progress(block) == 1
+    assert s.in_flight_on([P0]) == [] and sorted(s.offsets()) == [(P0, 1)]
+    block.stops[1], block.done, block.over = 3, 5, True  # it finds P1 closed too, and leaves
+    assert s.drop([P0, P1]) == []
+    assert s.end_block(block) == (0, None)
+    assert s.held == s.at_risk == s.in_flight == s.runs == 0
+
+
+def test_a_lost_partition_hands_back_the_block_jobs_not_reported() -> None:
+    s = scheduler("key", concurrency=1)
+    block = block_of(s, messages(P0, [b"a", b"b", b"c"]))
+    block.done = 1  # P0@0 succeeded (not reported yet), P0@1 runs
+    assert offsets_of(s.drop([P0])) == [(0, 0), (0, 1)]
+    block.done, block.over = 2, True  # P0@1 ended; the slot passes the rest
+    assert s.end_block(block) == (0, None)  # none counts: the next owner runs them again
+    assert s.offsets() == [] and s.held == s.in_flight == s.runs == 0
+
+
+def test_nothing_goes_into_the_scheduler_while_a_block_is_out() -> None:
+    s = scheduler("key", concurrency=1)
+    block_of(s, messages(P0, [b"a"]))
+    with pytest.raises(ValueError, match="block"):
+        s.fetched_many(P1, [(0, b"x")], itemgetter(0), itemgetter(1))
+    assert scheduler("key", concurrency=2).lane_open is False
+
+
 class ConsumerModel(RuleBasedStateMachine):
     """A fake broker and a fake loop around the scheduler, in random interleavings.
 
@@ -485,6 +565,12 @@ class ConsumerModel(RuleBasedStateMachine):
     and re-assignments (fetching from the committed offset, like the next owner), also while
     a call of the partition still runs. Few rules, each doing a whole step of the loop, so
     that random runs reach busy states (jobs in flight during a revoke or a loss) often.
+
+    With one slot and `lane` drawn, the member takes a fetched batch as a block whenever the
+    lane is open (as the consumer does with a plain handler: consumer_service.scheduler.Block):
+    the slot goes through it over several steps (a call may run across revokes and losses),
+    what is fetched meanwhile waits for the block's end, and the block's rest and its failed
+    call go back through the scheduler.
     """
 
     def __init__(self) -> None:
@@ -494,10 +580,15 @@ class ConsumerModel(RuleBasedStateMachine):
 
     @initialize(ordering=st.sampled_from(list(Ordering)), concurrency=st.integers(1, 4),
                 extra=st.integers(0, 6), partitions=st.integers(1, 3), backlog=backlogs,
-                run_length=st.integers(1, 4))
+                run_length=st.integers(1, 4), lane=st.booleans())
     def setup(self, *, ordering: Ordering, concurrency: int, extra: int, partitions: int,
-              backlog: list[list[bytes | None]], run_length: int) -> None:
+              backlog: list[list[bytes | None]], run_length: int, lane: bool) -> None:
         self.ordering = ordering
+        self.lane = lane
+        self.block: Block | None = None  # the block out (the lane)
+        self.block_call: int | None = None  # the index of its message whose call runs
+        self.block_ended: set[tuple[TP, int]] = set()  # its calls that ended ok, not reported yet
+        self.later: list[tuple[TP, list[tuple[int, bytes | None]]]] = []  # fetched while it is out
         self.concurrency = concurrency
         self.run_length = run_length
         self.max_in_flight = concurrency + extra
@@ -529,6 +620,7 @@ class ConsumerModel(RuleBasedStateMachine):
         self.position[tp] = self.stored[tp] = self.committed[tp]
         self.epoch_fetched[tp] = {}
         self.epoch_finished[tp] = set()
+        self.block_ended = {(t, offset) for t, offset in self.block_ended if t != tp}
         self._flow()
 
     def _unit(self, tp: TP, key: bytes | None) -> object:
@@ -538,20 +630,136 @@ class ConsumerModel(RuleBasedStateMachine):
             return (tp, key)
         return None
 
-    def _fetch(self, tp: TP, count: int) -> None:
+    def _room(self) -> int:
+        return self.s.room - sum(len(batch) for _, batch in self.later)
+
+    def _batch(self, tp: TP, count: int, drawn: int = 0) -> list[tuple[int, bytes | None]]:
+        """The next `count` messages of tp (within the room, less `drawn` already in this
+        consume()), its position moved past them (a new bytes object per key, as each Kafka
+        message brings its own)."""
         if tp not in self.owned or tp in self.paused:
-            return
+            return []
         log = self.log[tp]
         first = self.position[tp]
-        end = min(len(log), first + min(count, self.s.room))
-        # one batch, as the loop takes what consume() returned (a new bytes object per key,
-        # as each Kafka message brings its own)
-        batch = [(offset, None if log[offset] is None else bytes(bytearray(log[offset])))
-                 for offset in range(first, end)]
-        for task in self.s.fetched_many(tp, batch, itemgetter(0), itemgetter(1)):
-            self.epoch_fetched[tp][task.offset] = log[task.offset]
+        end = min(len(log), first + max(0, min(count, self._room() - drawn)))
         self.position[tp] = max(first, end)
+        return [(offset, None if log[offset] is None else bytes(bytearray(log[offset])))
+                for offset in range(first, end)]
+
+    def _fetch(self, tp: TP, count: int) -> None:
+        self._take([(tp, self._batch(tp, count))])
+
+    def _take(self, batches: list[tuple[TP, list[tuple[int, bytes | None]]]]) -> None:
+        """What the loop does with what consume() returned: wait for the block's end while
+        one is out; a block if the lane is open; else into the scheduler, batch by batch."""
+        batches = [(tp, batch) for tp, batch in batches if batch]
+        if self.block is None and self.later:  # fetched while the last block was out: first
+            batches, self.later = self.later + batches, []
+        if self.block is not None:
+            self.later += batches
+        elif self.lane and self.s.lane_open:
+            block = self.s.start_block(batches, itemgetter(0), itemgetter(1))
+            if block is not None:
+                for part, start, end in block.segments:
+                    for offset, _ in block.payloads[start:end]:
+                        self.epoch_fetched[part.tp][offset] = self.log[part.tp][offset]
+                self.block = block
+        else:
+            for tp, batch in batches:
+                for task in self.s.fetched_many(tp, batch, itemgetter(0), itemgetter(1)):
+                    self.epoch_fetched[tp][task.offset] = self.log[tp][task.offset]
         self._flow()
+
+    # -- the lane's block (as consumer_service.runner.TaskRunner.run_block goes through it)
+
+    def _block_message(self, index: int) -> tuple[int, TP, int, bytes | None]:
+        assert self.block is not None
+        for number, (part, start, end) in enumerate(self.block.segments):
+            if start <= index < end:
+                offset, key = self.block.payloads[index]
+                return number, part.tp, offset, key
+        raise AssertionError(f"no message at {index}")
+
+    def _slot_passes_closed(self) -> None:
+        """The slot passes what it finds closed (at once), and leaves at the end."""
+        block = self.block
+        assert block is not None
+        while self.block_call is None and not block.over:
+            if block.done == len(block):
+                block.over = True
+                return
+            number, (part, _, end) = next((n, seg) for n, seg in enumerate(block.segments)
+                                          if seg[1] <= block.done < seg[2])
+            if not part.closed:
+                return
+            block.stops[number] = block.done
+            block.done = end
+
+    def _block_begin(self) -> None:
+        """The slot starts the call of the block's next message: its unit's order holds."""
+        block = self.block
+        assert block is not None and self.block_call is None and not block.over
+        index = block.done
+        _, tp, offset, key = self._block_message(index)
+        assert tp in self.owned
+        unit = self._unit(tp, key)
+        if unit is not None:
+            for earlier, other in self.epoch_fetched[tp].items():
+                if earlier < offset and self._unit(tp, other) == unit:
+                    assert earlier in self.epoch_finished[tp] or (tp, earlier) in self.block_ended, \
+                        f"{tp}@{offset} started before offset {earlier} of its unit finished"
+            for task in self.begun:
+                assert self._unit(task.tp, task.key) != unit
+        self.block_call = index
+
+    def _block_call_ends(self, ok: bool) -> None:
+        block = self.block
+        assert block is not None and self.block_call is not None
+        index, self.block_call = self.block_call, None
+        if not ok:
+            block.failure = "failed"
+            block.over = True
+            return
+        _, tp, offset, _ = self._block_message(index)
+        self.block_ended.add((tp, offset))
+        block.results[index] = "ok"
+        block.done = index + 1
+        self._slot_passes_closed()
+
+    def _block_finished(self, indexes: list[int], finished: int) -> None:
+        assert finished == len(indexes)
+        for index in indexes:
+            _, tp, offset, _ = self._block_message(index)
+            assert tp in self.owned
+            self.finished[tp].add(offset)
+            self.epoch_finished[tp].add(offset)
+            self.processed.add((tp, offset))
+
+    def _block_report(self) -> None:
+        assert self.block is not None
+        succeeded: list[int] = []
+        self._block_finished(succeeded, self.s.block_progress(self.block, succeeded))
+
+    def _block_end(self, delay: float) -> None:
+        """The loop collects the block's completion: its rest goes into the scheduler and its
+        failed call is reported as a run's."""
+        block = self.block
+        assert block is not None and block.over and self.block_call is None
+        succeeded: list[int] = []
+        finished, failed = self.s.end_block(block, succeeded)
+        self._block_finished(succeeded, finished)
+        self.block = None
+        if failed is not None:
+            (task,) = failed.tasks
+            assert task.tp in self.owned and (task.tp, task.offset) == self._tp_offset(block, block.done)
+            self.runs.append(list(failed))
+            self._complete(self.runs[-1], "fail", delay)
+        self.block_ended.clear()
+
+    @staticmethod
+    def _tp_offset(block: Block, index: int) -> tuple[TP, int]:
+        part = next(part for part, start, end in block.segments if start <= index < end)
+        return part.tp, block.payloads[index][0]
 
     @property
     def running(self) -> list[Task]:
@@ -696,8 +904,10 @@ class ConsumerModel(RuleBasedStateMachine):
     def _revoke(self, tp: TP, outcomes: list[str]) -> None:
         """Wait for the jobs in flight (each succeeds, fails or stays stuck), commit, drop."""
         waits = self.s.revoke([tp])
-        assert {t for t in self.running + self.settling if t.tp == tp} - self.orphans == set(waits)
+        tasks = set(self.running + self.settling)
+        assert {t for t in tasks if t.tp == tp} - self.orphans == set(waits) & tasks
         plan = iter(outcomes)
+        self._revoke_in_block(tp, {(t.tp, t.offset) for t in waits if t not in tasks}, plan, tasks)
         for run in [run for run in self.runs if any(t.tp == tp for t in run)]:
             # the runs touching tp run on: tp's tasks not started are skipped (`cancelled`)
             while run and any(t.tp == tp for t in run):
@@ -729,13 +939,41 @@ class ConsumerModel(RuleBasedStateMachine):
         handed_back = self.s.drop([tp])
         assert {task.tp for task in handed_back} <= {tp}
         self.orphans |= set(handed_back)
+        self._forget(tp)
+
+    def _forget(self, tp: TP) -> None:
         self.owned.discard(tp)
         self.paused.discard(tp)
+        self.later = [(t, batch) for t, batch in self.later if t != tp]  # as the worker's `_forget`
+
+    def _revoke_in_block(self, tp: TP, waits: set[tuple[TP, int]], plan: Iterator[str],
+                         tasks: set[Task]) -> None:
+        """`waits`: what the revoke waits for of the block (its messages on tp whose outcome is
+        not reported). The slot goes on: the call on tp ends (or is stuck), the rest of tp is
+        passed; the loop reports what ended, and collects the block if the slot left it."""
+        block = self.block
+        if block is None:
+            assert not waits
+            return
+        on_tp = {self._tp_offset(block, i) for i in range(block.reported, len(block))}
+        assert waits <= {(t, o) for t, o in on_tp if t == tp}
+        calling = self.block_call is not None and self._block_message(self.block_call)[1] == tp
+        if calling:
+            assert self._tp_offset(block, self.block_call) in waits  # type: ignore[arg-type]
+            outcome = next(plan, "stuck")
+            if outcome != "stuck":
+                self._block_call_ends(outcome == "ok")
+        self._slot_passes_closed()
+        self._block_report()
+        if block.over and self.block_call is None:
+            self._block_end(0.0)
+        elif self.block_call is None or self._block_message(self.block_call)[1] != tp:
+            assert not [t for t in self.s.in_flight_on([tp]) if t not in tasks], \
+                "the revoke waits for nothing of the block once the slot left tp"
 
     def _lose(self, tp: TP) -> None:
         self.orphans |= set(self.s.drop([tp]))
-        self.owned.discard(tp)
-        self.paused.discard(tp)
+        self._forget(tp)
         self.stored[tp] = self.committed[tp]  # nothing committed: the next owner starts there
 
     # -- rules
@@ -750,9 +988,58 @@ class ConsumerModel(RuleBasedStateMachine):
         if start:
             self._start()
 
+    @rule(count=st.integers(1, 6), start=st.booleans())
+    def fetch_all(self, count: int, start: bool) -> None:
+        """One consume() that returns messages of every partition, interleaved: each
+        partition's batch split in two runs (p0, p1, p0, p1)."""
+        halves: list[tuple[TP, list[tuple[int, bytes | None]]]] = []
+        for tp in self.tps:
+            halves.append((tp, self._batch(tp, count, sum(len(batch) for _, batch in halves))))
+        self._take([(tp, batch[:len(batch) // 2]) for tp, batch in halves] +
+                   [(tp, batch[len(batch) // 2:]) for tp, batch in halves])
+        if start:
+            self._start()
+
     @rule()
     def start(self) -> None:
         self._start()
+
+    @precondition(lambda self: self.block is not None and not self.block.over)
+    @rule(outcomes=st.lists(st.sampled_from(["ok", "ok", "fail", "leave"]), min_size=1, max_size=6))
+    def block_steps(self, outcomes: list[str]) -> None:
+        """The slot's next steps in the block, one per outcome."""
+        for outcome in outcomes:
+            self.block_step(outcome)
+
+    def block_step(self, outcome: str) -> None:
+        """The slot's next step in the block: start the next call (or leave: a stop, a message
+        that is no plain job), or end the call that runs (ok, or failed: the slot leaves)."""
+        if self.block is None:
+            return
+        self._slot_passes_closed()
+        if self.block.over:
+            return
+        if self.block_call is not None:
+            self._block_call_ends(outcome != "fail")
+        elif outcome == "leave":
+            self.block.over = True
+        else:
+            self._block_begin()
+
+    @precondition(lambda self: self.block is not None)
+    @rule(delay=st.floats(0.0, 5.0), start=st.booleans())
+    def block_report(self, delay: float, start: bool) -> None:
+        """The loop reports the block's progress, or, once the slot left it, collects it; what
+        was fetched meanwhile is taken on the next turn."""
+        assert self.block is not None
+        if self.block.over and self.block_call is None:
+            self._block_end(delay)
+            self._take([])  # what was fetched meanwhile, on the next turn
+        else:
+            self._block_report()
+        self._flow()
+        if start:
+            self._start()
 
     @precondition(lambda self: self.runs)
     @rule(i=st.integers(0, 100), outcome=st.sampled_from(["ok", "ok", "fail"]),
@@ -839,13 +1126,16 @@ class ConsumerModel(RuleBasedStateMachine):
             if back:
                 self._assign(tp)
 
-    @precondition(lambda self: self.begun)
+    @precondition(lambda self: self.begun or self.block_call is not None)
     @rule(i=st.integers(0, 100))
     def lose_while_running(self, i: int) -> None:
         """The partition of a call that runs is lost and comes back to this member at once
         (cooperative-sticky often does that); it is fetched again from the committed offset
         and every slot starts its next call, while the old call still runs."""
-        tp = sorted(self.begun, key=lambda task: (task.tp, task.offset))[i % len(self.begun)].tp
+        calls = sorted((task.tp, task.offset) for task in self.begun)
+        if self.block is not None and self.block_call is not None:
+            calls.append(self._tp_offset(self.block, self.block_call))
+        tp = calls[i % len(calls)][0]
         self._lose(tp)
         self._assign(tp)
         self._fetch(tp, 6)
@@ -858,8 +1148,14 @@ class ConsumerModel(RuleBasedStateMachine):
 
     @invariant()
     def handler_calls_never_exceed_the_concurrency(self) -> None:
-        assert self.s.in_flight == len(self.running)
-        assert self.s.runs == len(self.runs) <= self.concurrency  # a run calls one at a time
+        block = self.block
+        out = 0 if block is None else len(block) - block.reported
+        assert self.s.in_flight == len(self.running) + out
+        assert self.s.runs == len(self.runs) + (block is not None) <= self.concurrency
+
+    @invariant()
+    def what_waits_for_the_block_counts_against_the_budget(self) -> None:
+        assert self.s.at_risk + sum(len(batch) for _, batch in self.later) <= self.max_in_flight
 
     @invariant()
     def the_member_holds_no_more_than_its_budget(self) -> None:
@@ -892,10 +1188,19 @@ class ConsumerModel(RuleBasedStateMachine):
             if tp not in self.owned:
                 self._assign(tp)
         for _ in range(10_000):
+            progressed = self.block is not None
+            while self.block is not None:
+                while not self.block.over:
+                    self.block_step("ok")
+                self.block_report(0.0, False)
             for tp in self.tps:
                 self._fetch(tp, 1_000)
+            while self.block is not None:
+                while not self.block.over:
+                    self.block_step("ok")
+                self.block_report(0.0, False)
             self._start()
-            progressed = bool(self.runs or self.settling)
+            progressed = progressed or bool(self.runs or self.settling)
             while self.runs:
                 self._complete(self.runs[-1], "ok", 0.0)
             while self.settling:

@@ -79,6 +79,15 @@ class PartitionOffsets:
         self._moved.add(self.tp)
         return before - len(order)
 
+    def passed(self, following: int) -> None:
+        """Every fetched offset below `following` finished in order, with nothing unfinished
+        here (the consumer's lane: consumer_service.scheduler.Block): the watermark moves there."""
+        if self._unfinished:
+            raise ValueError(f"{self.tp}: offsets passed while {len(self._unfinished)} are unfinished")
+        self._order.clear()
+        self._next = following
+        self._moved.add(self.tp)
+
     def reached_end(self, end: int) -> bool:
         """The partition's end was reached at `end` (the next offset to fetch). True if the
         watermark moved there: nothing fetched is unfinished, and `end` is past every fetched

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from time import time
 from typing import Any
 
-from consumer_service.scheduler import Run, Task
+from consumer_service.scheduler import Block, Run, Task
 from jobpipe import metrics
 from jobpipe.delays import ATTEMPTS_HEADER, due_of
 from jobpipe.handling import Attempt, JobHandler
@@ -64,12 +64,52 @@ class TaskRunner:
         self._stop = stop
 
     @property
-    def function(self) -> Callable[[Run], Any]:
-        """What the executor calls with each run."""
+    def function(self) -> Callable[[Any], Any]:
+        """What the executor calls with each run (or block: plain handlers only)."""
         return self.run_async if self._handler.is_async else self.run
 
-    def run(self, run: Run) -> None:
-        steps = self._steps(run)
+    def run_block(self, block: Block) -> None:
+        """The lane (see consumer_service.scheduler.Block): the block's messages in fetch order,
+        a plain handler, each a fresh job's first attempt; leaves at the first that is not a
+        plain success (a failed call, a message that is no job, a job with a time to wait for
+        or attempts made before it was parked), or at a stop. The order of the writes is
+        `Block`'s."""
+        stopping = self._stop.is_set
+        decode = Job.from_message
+        attempt = self._handler.attempt
+        payloads = block.payloads
+        results = block.results
+        try:
+            for number, (part, start, end) in enumerate(block.segments):
+                for index in range(start, end):  # `block.done` is `index` here
+                    if stopping():
+                        return
+                    if part.closed:
+                        block.stops[number] = index
+                        block.done = end
+                        break
+                    message = payloads[index]
+                    try:
+                        job = decode(message.value(), message.headers())
+                    except InvalidJob:
+                        return  # the scheduler's path finds it again (and dead-letters it)
+                    if (job.not_before is not None or job.headers) and (
+                            due_of(job.not_before, job.headers) is not None or attempts_before(job.headers)):
+                        return  # a job that waits or waited: the scheduler's path
+                    outcome = attempt(job, 1)
+                    if outcome.error is not None:
+                        block.failure = outcome
+                        return
+                    results[index] = outcome
+                    block.done = index + 1
+        finally:
+            block.over = True
+
+    def run(self, run: Run | Block) -> None:
+        if type(run) is Block:
+            self.run_block(run)
+            return
+        steps = self._steps(run)  # type: ignore[arg-type]
         attempt = self._handler.attempt
         try:
             call = next(steps)

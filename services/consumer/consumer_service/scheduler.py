@@ -173,11 +173,63 @@ class Run:
         return len(self.tasks)
 
 
+class Block:
+    """The lane: fetched messages that the one slot runs in fetch order, with no Task each.
+
+    When the member has one slot and holds nothing (`Scheduler.lane_open`), a fetched batch
+    needs none of the scheduler's per-job decisions: with one slot every ORDERING holds by
+    running the batch as it came (each partition's messages arrive in offset order), and
+    jobs that succeed in order move their partition's watermark past them in one step. So
+    the batch goes out as a block (`Scheduler.start_block`), its successes are reported in
+    bulk (`block_progress`), and at the first job that is not a plain success (a failed call,
+    a job not due yet, a message that is no job) the slot stops: the block's rest goes into
+    the scheduler as fetched messages, the failed call's outcome with its task
+    (`end_block`), and every rule applies to them as to any other job.
+
+    The slot and the poll loop share a block as they share a `Run`, each field written by one
+    side: the slot writes `done = i + 1` after message i succeeded (or, for a segment whose
+    partition it found closed, `stops[s] = i` and then `done` = the segment's end), and reads
+    the stop flag and `Segment.part.closed` for message i only after `done == i`; it sets
+    `over` last. A failed call leaves `done` at its index, with its outcome in `failure`.
+    """
+
+    __slots__ = ("done", "failure", "key_of", "offset_of", "over", "payloads", "reported",
+                 "results", "segments", "stops")
+
+    def __init__(self, payloads: list[Any], segments: list[tuple[_Partition, int, int]],
+                 offset_of: Callable[[Any], int], key_of: Callable[[Any], bytes | None]) -> None:
+        self.payloads = payloads
+        self.segments = segments  # (partition, start, end): consecutive runs of one partition
+        self.offset_of = offset_of
+        self.key_of = key_of
+        self.done = 0  # payloads[:done] are over (slot): succeeded, or skipped (see `stops`)
+        self.stops = [end for _, _, end in segments]  # where the slot stopped a segment (slot)
+        self.results: list[Any] = [None] * len(payloads)  # each success's outcome (slot)
+        self.failure: Any = None  # the outcome of payloads[done]'s failed call (slot)
+        self.over = False  # the slot left the block (slot)
+        self.reported = 0  # payloads[:reported] were reported (poll loop)
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def in_flight(self) -> Iterator[tuple[_Partition, int]]:
+        """(partition, index) of each message whose outcome the loop has not taken yet: ended
+        and not reported, or whose call may be running (poll loop)."""
+        over = self.over  # read before `done`: once the slot left, `done` is final
+        done = self.done
+        last = done + 1 if not over or self.failure is not None else done
+        for number, (part, start, end) in enumerate(self.segments):
+            if start >= last:
+                break
+            yield from ((part, index) for index in range(max(start, self.reported),
+                                                         min(end, last, self.stops[number])))
+
+
 class _Partition:
     """The scheduler's state of one assigned partition."""
 
-    __slots__ = ("at_risk", "busy", "closed", "gone", "held", "offsets", "paused", "retrying", "tp",
-                 "units")
+    __slots__ = ("at_risk", "block_out", "busy", "closed", "gone", "held", "offsets", "paused",
+                 "retrying", "tp", "units")
 
     def __init__(self, tp: TP, offsets: PartitionOffsets) -> None:
         self.tp = tp
@@ -190,6 +242,7 @@ class _Partition:
         self.paused = False  # as last told to the caller by `flow`
         self.closed = False  # being revoked (or dropped): nothing of it starts any more
         self.gone = False  # dropped: outcomes of its tasks are ignored
+        self.block_out = 0  # messages of it in the block out, not reported yet (in `held` too)
 
 
 def _resume_level(limit: int) -> int:
@@ -244,6 +297,7 @@ class Scheduler:
         # Tasks busy when their partition was dropped, until their outcome comes back: if the
         # partition is assigned here again meanwhile, their units wait for them (`assign`).
         self._orphans: dict[TP, set[Task]] = {}
+        self._block: Block | None = None  # the lane's block out, if any (see `Block`)
 
     # ---- membership ---------------------------------------------------------------------
 
@@ -277,12 +331,13 @@ class Scheduler:
                 continue
             if not part.closed:
                 part.closed = True
-                kept = len(part.busy)
+                kept = len(part.busy) + part.block_out
                 self._held -= part.held - kept
                 part.held = kept
                 self._at_risk -= part.at_risk - kept
                 part.at_risk = kept
             waits += part.busy
+        waits += self._block_tasks({tp for tp in tps})
         self._check_room()
         return waits
 
@@ -293,7 +348,8 @@ class Scheduler:
         Returns the tasks still in flight there: handed back. Their outcomes are still to be
         reported (that frees their slot) but change nothing else.
         """
-        handed_back: list[Task] = []
+        tps = set(tps)
+        handed_back: list[Task] = self._block_tasks(tps)
         for tp in tps:
             part = self._parts.pop(tp, None)
             if part is None:
@@ -319,6 +375,8 @@ class Scheduler:
         the tasks taken up. A message is not work to take up if its partition is not assigned
         (or is being revoked), or its offset is in hand already or finished (a duplicate
         delivery)."""
+        if self._block is not None:
+            raise ValueError("messages fetched while a block is out must wait for its end")
         part = self._parts.get(tp)
         if part is None or part.closed:
             return []
@@ -362,8 +420,147 @@ class Scheduler:
         unfinished, `offsets()` moves its watermark there, past records that are no jobs
         (transaction markers), so the group's lag is what is left to process."""
         part = self._parts.get(tp)
-        if part is not None and not part.closed:
+        if part is not None and not part.closed and not part.block_out:
             part.offsets.reached_end(end)
+
+    # ---- the lane (see `Block`) ------------------------------------------------------------
+
+    @property
+    def lane_open(self) -> bool:
+        """A fetched batch may go out as a block: one slot, and nothing held or running."""
+        return self.concurrency == 1 and self._held == 0 and self._slots == 0 and self._block is None
+
+    def start_block(self, batches: Iterable[tuple[TP, Sequence[Any]]], offset_of: Callable[[Any], int],
+                    key_of: Callable[[Any], bytes | None]) -> Block | None:
+        """Messages fetched (runs of one partition, in fetch order) go out as one block for the
+        slot (only while `lane_open`). Messages of partitions not assigned (or being revoked)
+        are not work. None if nothing is."""
+        if not self.lane_open:
+            raise ValueError("a block needs the lane open (one slot, nothing held)")
+        payloads: list[Any] = []
+        segments: list[tuple[_Partition, int, int]] = []
+        for tp, batch in batches:
+            part = self._parts.get(tp)
+            if part is None or part.closed or not batch:
+                continue
+            start = len(payloads)
+            payloads += batch
+            segments.append((part, start, len(payloads)))
+            part.held += len(batch)
+            part.at_risk += len(batch)
+            part.block_out += len(batch)
+        taken = len(payloads)
+        if not taken:
+            return None
+        self._held += taken
+        self._at_risk += taken
+        self._in_flight += taken
+        self._slots += 1
+        if self._at_risk >= self.max_in_flight and not self._full:
+            self._set_full(True)
+        block = self._block = Block(payloads, segments, offset_of, key_of)
+        return block
+
+    def block_progress(self, block: Block, succeeded: list[int] | None = None) -> int:
+        """Report what the slot finished of `block` since last asked: its successes move their
+        partitions' watermarks; messages it skipped (their partition closed) are handed back.
+        Returns how many succeeded on partitions still held here (a partition dropped
+        meanwhile handed its jobs back); their indexes are added to `succeeded` if given."""
+        done = block.done
+        reported = block.reported
+        if done <= reported:
+            return 0
+        finished = 0
+        for index, (part, start, end) in enumerate(block.segments):
+            if end <= reported:
+                continue
+            if start >= done:
+                break
+            low, high = max(start, reported), min(end, done)
+            part.block_out -= high - low
+            if part.gone:
+                continue
+            ok = min(high, block.stops[index]) - low
+            if ok > 0:
+                part.offsets.passed(block.offset_of(block.payloads[low + ok - 1]) + 1)
+                finished += ok
+                if succeeded is not None:
+                    succeeded += range(low, low + ok)
+            part.held -= high - low
+            part.at_risk -= high - low
+            self._held -= high - low
+            self._at_risk -= high - low
+        self._in_flight -= done - reported
+        block.reported = done
+        self._check_room()
+        return finished
+
+    def end_block(self, block: Block, succeeded: list[int] | None = None) -> tuple[int, Run | None]:
+        """The slot left `block`: its last successes are reported (`block_progress`); what it
+        did not finish goes into the scheduler as fetched, in fetch order (what it found closed
+        is dropped). Returns (successes, as `block_progress`; a run holding the task whose
+        call failed, with `block.failure` as its result, to be reported as any run's: None if
+        no call failed or its partition is being given up)."""
+        if not block.over:
+            raise ValueError("a block ends once its slot left it")
+        finished = self.block_progress(block, succeeded)
+        self._block = None
+        self._slots -= 1
+        rest = len(block) - block.done
+        self._in_flight -= rest
+        block.reported = len(block)
+        batches: list[tuple[TP, list[Any]]] = []
+        for part, start, end in block.segments:
+            if end <= block.done:
+                continue
+            left = end - max(start, block.done)
+            part.block_out -= left
+            if part.gone:
+                continue
+            part.held -= left
+            part.at_risk -= left
+            self._held -= left
+            self._at_risk -= left
+            if not part.closed:
+                batches.append((part.tp, block.payloads[max(start, block.done):end]))
+        self._check_room()
+        failed: Run | None = None
+        for number, (tp, batch) in enumerate(batches):
+            tasks = self.fetched_many(tp, batch, block.offset_of, block.key_of)
+            if number == 0 and block.failure is not None and tasks and \
+                    batch[0] is block.payloads[block.done]:
+                failed = self._begin(tasks[0], block.failure)
+        return finished, failed
+
+    def _begin(self, task: Task, outcome: Any) -> Run:
+        """A task (the head of its unit, just fetched) whose call already ran: handed out in a
+        run of its own, `outcome` as its result, to be reported as a run's."""
+        run = Run([task])
+        run.results[0] = outcome
+        run.done = 1
+        self._ready.remove(task)  # else it would be handed out again once it is ready again
+        task._state = RUNNING
+        task._run = run
+        task._part.busy.add(task)
+        self._in_flight += 1
+        self._slots += 1
+        return run
+
+    def _block_tasks(self, tps: set[TP]) -> list[Task]:
+        """The block's messages on `tps` whose outcome the loop has not taken yet
+        (`Block.in_flight`), as tasks: for a revoke to wait for, a drop to hand back."""
+        block = self._block
+        if block is None:
+            return []
+        tasks: list[Task] = []
+        for part, index in block.in_flight():
+            if part.tp in tps and not part.gone:
+                payload = block.payloads[index]
+                task = Task(part.tp, block.offset_of(payload), block.key_of(payload), payload,
+                            part=part, unit=_FREE)
+                task._state = RUNNING
+                tasks.append(task)
+        return tasks
 
     # ---- running ------------------------------------------------------------------------
 
@@ -582,7 +779,8 @@ class Scheduler:
     def in_flight_on(self, tps: Iterable[TP] | None = None) -> list[Task]:
         """Tasks running or settling on these partitions (None: on all assigned ones)."""
         parts = self._parts.values() if tps is None else (self._parts.get(tp) for tp in tps)
-        return [task for part in parts if part is not None for task in part.busy]
+        return [task for part in parts if part is not None for task in part.busy] + \
+            self._block_tasks(set(self._parts) if tps is None else set(tps))
 
     def retrying(self) -> list[Task]:
         """Tasks waiting for their retry, soonest first."""

@@ -59,7 +59,7 @@ from consumer_service.parking import ParkedCopies, Parking
 from consumer_service.result_kinds import DeadLettersWithResults, Results, TransactionalKind
 from consumer_service.result_records import result_record
 from consumer_service.runner import NotDue, TaskRunner
-from consumer_service.scheduler import Run, Scheduler, Task
+from consumer_service.scheduler import Block, Run, Scheduler, Task
 from consumer_service.settings import ConsumerSettings
 from consumer_service.stranded import stranded_since
 from consumer_service.tier_mover import TierMover
@@ -162,6 +162,12 @@ class ConsumerWorker:
                                                self._concurrency, f"handler-{self.number}")
         self._assigned: set[TP] = set()
         self._runs: set[Run] = set()  # submitted to the executor, its completion not collected yet
+        # The lane (consumer_service.scheduler.Block): one slot, a plain handler, and no record
+        # tied to a success (no RESULTS_TOPIC, at-least-once): a fetched batch runs as a block.
+        self._lane = (self._concurrency == 1 and not self.handler.is_async
+                      and self._results_topic is None and self._eos is None)
+        self._block: Block | None = None  # the block out, its completion not collected yet
+        self._later: list[Message] = []  # fetched while the block is out: taken after its end
         self._outgoing = Outgoing(
             self._producer.poll, self._scheduler, policy=self.handler.policy, member=self.name,
             hand_back=self._hand_back, wake=self._executor.wake, stop=self.stop,
@@ -270,7 +276,7 @@ class ConsumerWorker:
         scheduler = self._scheduler
         wait = self._wait_s()
         messages: list[Message] = []
-        may_fetch = scheduler.room > 0 or scheduler.fetch_paused  # paused: a fetch takes nothing
+        may_fetch = self._room() > 0 or scheduler.fetch_paused  # paused: a fetch takes nothing
         # Outcomes are reported as soon as they are collected, before any poll: a revoke served
         # by a poll waits for the revoked partitions' jobs, and must find their outcomes.
         if not may_fetch or (scheduler.in_flight and (scheduler.runs >= self._concurrency
@@ -284,8 +290,10 @@ class ConsumerWorker:
             if scheduler.in_flight:
                 self._report(self._executor.collect(0))
             messages = self._fetch(wait)
-        if self._runs:
+        if self._runs or self._block is not None:
             self._report_progress()
+        if self._later and self._block is None:
+            messages, self._later = self._later + messages, []
         if messages:
             self._take(messages)
         self._outgoing.serve()
@@ -310,7 +318,7 @@ class ConsumerWorker:
     def _fetch(self, wait: float) -> list[Message]:
         """What librdkafka has fetched, up to the room left; waits up to `wait` for the first
         message only (consume() with a timeout would wait for a full batch)."""
-        size = max(1, min(FETCH, self._scheduler.room))
+        size = max(1, min(FETCH, self._room()))
         if wait <= 0:
             return self._consumer.consume(size, 0)
         first = self._consumer.poll(wait)
@@ -318,10 +326,21 @@ class ConsumerWorker:
             return []
         return [first, *self._consumer.consume(size - 1, 0)] if size > 1 else [first]
 
+    def _room(self) -> int:
+        """How many more messages may be fetched (those waiting for the block's end count)."""
+        return self._scheduler.room - len(self._later)
+
     def _take(self, messages: list[Message]) -> None:
         """Every message consume() returned goes to the scheduler (one left out would be
-        committed past), in runs of one partition: one `fetched_many` call per run."""
-        fetched = self._scheduler.fetched_many
+        committed past), in runs of one partition: one `fetched_many` call per run, or, in the
+        lane, all of them as one block. While a block is out they wait for its end (nothing
+        may go in ahead of what it leaves undone)."""
+        if self._block is not None:
+            self._later += messages
+            return
+        scheduler = self._scheduler
+        batches: list[tuple[TP, list[Message]]] = []
+        ends: list[tuple[TP, int]] = []
         start = 0
         partition = messages[0].partition()
         for index, message in enumerate(messages):
@@ -329,18 +348,27 @@ class ConsumerWorker:
             if error is None and message.partition() == partition:
                 continue
             if start < index:  # the run of `partition` before this message
-                fetched((messages[start].topic() or "", partition or 0), messages[start:index], _offset, _key)
+                batches.append(((messages[start].topic() or "", partition or 0), messages[start:index]))
             start = index
             partition = message.partition()
             if error is not None:
                 start = index + 1
                 if error.code() == KafkaError._PARTITION_EOF:
-                    tp = (message.topic() or "", partition or 0)
-                    self._scheduler.reached_end(tp, message.offset() or 0)
+                    ends.append(((message.topic() or "", partition or 0), message.offset() or 0))
                 else:
                     self._on_message_error(error)
         if start < len(messages):
-            fetched((messages[start].topic() or "", partition or 0), messages[start:], _offset, _key)
+            batches.append(((messages[start].topic() or "", partition or 0), messages[start:]))
+        if self._lane and scheduler.lane_open:
+            block = scheduler.start_block(batches, _offset, _key)
+            if block is not None:
+                self._block = block
+                self._executor.submit(block, block)
+        else:
+            for tp, batch in batches:
+                scheduler.fetched_many(tp, batch, _offset, _key)
+        for tp, end in ends:  # after the messages: an end never moves a watermark past them
+            scheduler.reached_end(tp, end)
 
     def _on_message_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -396,6 +424,9 @@ class ConsumerWorker:
         for completion in completions:
             if completion.error is not None:
                 raise completion.error  # the runner itself failed: a bug, not a job's failure
+            if type(completion.token) is Block:
+                self._end_block(completion.token)
+                continue
             run: Run = completion.token
             self._runs.discard(run)
             self._report_results(run, len(run.tasks))
@@ -404,8 +435,13 @@ class ConsumerWorker:
                 self._job_s += (completion.duration_s / started - self._job_s) * 0.3
 
     def _report_progress(self) -> None:
-        """Tasks of runs still running that ended already: reported now, not when their run
-        ends (a quick job is logged and its offset stored while a slow one of its run runs)."""
+        """Tasks of runs (or the block) still running that ended already: reported now, not
+        when their run ends (a quick job is logged and its offset stored while a slow one of its
+        run runs)."""
+        block = self._block
+        if block is not None:
+            succeeded: list[int] | None = [] if enabled("INFO") else None
+            self._block_processed(block, self._scheduler.block_progress(block, succeeded), succeeded)
         for run in self._runs:
             done = run.done
             if done > run.reported:
@@ -465,6 +501,37 @@ class ConsumerWorker:
                 if not task.orphaned:
                     log_processed(results[offset], self.name, partition=task.tp[1], offset=task.offset)
         return finished
+
+    def _end_block(self, block: Block) -> None:
+        """The slot left the block: its last successes are reported, what it left undone went
+        into the scheduler (a failed call's outcome reported as a run's); the messages fetched
+        meanwhile are taken on the next turn."""
+        self._block = None
+        succeeded: list[int] | None = [] if enabled("INFO") else None
+        finished, failed = self._scheduler.end_block(block, succeeded)
+        self._block_processed(block, finished, succeeded)
+        if failed is not None:
+            self._report_results(failed, 1)
+        elif block.failure is not None:  # its partition is being given up (or went)
+            attempt: Attempt = block.failure
+            part = next(part for part, start, end in block.segments if start <= block.done < end)
+            if not part.gone:  # else handed back (and counted) when it was dropped
+                self._handed_back(part.tp[1], _offset(block.payloads[block.done]), attempt.job.key,
+                                  attempt.job.id, f"attempt {attempt.number} failed while its "
+                                  "partition was given up")
+
+    def _block_processed(self, block: Block, finished: int, succeeded: list[int] | None) -> None:
+        """Count (and log, at INFO) the block's successes just reported."""
+        if finished:
+            self.counts.processed += finished
+            metrics.count_processed(finished)
+        if succeeded:
+            results = block.results
+            payloads = block.payloads
+            for index in succeeded:
+                message = payloads[index]
+                log_processed(results[index], self.name, partition=message.partition(),
+                              offset=message.offset())
 
     def _take_back_unreached(self) -> None:
         """During a revoke or a stop: tasks of running runs that their slot has not reached and
@@ -603,12 +670,15 @@ class ConsumerWorker:
 
     def _hand_back(self, task: Task, job: Job | None, why: str) -> None:
         """A job that was started here and will not be committed: its next owner redoes it."""
+        self._handed_back(task.tp[1], task.offset, *identify(task, job), why)
+
+    def _handed_back(self, partition: int, offset: int, key: str | None, job_id: str | None,
+                     why: str) -> None:
         self.counts.handed_back += 1
-        key, job_id = identify(task, job)
         event("job.handed_back",
-              f"{self.name} handed back {label_of(key, job_id)} from partition {task.tp[1]} "
-              f"offset {task.offset} uncommitted: {why}", level="WARNING", id=job_id, key=key,
-              partition=task.tp[1], offset=task.offset, reason=why, consumer=self.name)
+              f"{self.name} handed back {label_of(key, job_id)} from partition {partition} "
+              f"offset {offset} uncommitted: {why}", level="WARNING", id=job_id, key=key,
+              partition=partition, offset=offset, reason=why, consumer=self.name)
 
     def _hand_back_all(self, tasks: Iterable[Task], why: str) -> None:
         for task in tasks:
@@ -622,7 +692,7 @@ class ConsumerWorker:
         are reported at once, and its tasks that will not start are given back at once: only
         calls that may be running are waited for."""
         while True:
-            if self._runs:
+            if self._runs or self._block is not None:
                 self._report_progress()
                 self._take_back_unreached()
             if done():
@@ -690,6 +760,8 @@ class ConsumerWorker:
               owned=sorted(p for _, p in self._assigned))
 
     def _forget(self, partitions: set[TP], why: str) -> None:
+        if self._later:  # fetched in this assignment: a new one fetches from the committed offset
+            self._later = [m for m in self._later if (m.topic(), m.partition()) not in partitions]
         if self._eos is not None:
             self._eos.forget(partitions)
             self._rewind -= partitions
