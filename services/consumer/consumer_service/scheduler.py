@@ -298,6 +298,7 @@ class Scheduler:
         # partition is assigned here again meanwhile, their units wait for them (`assign`).
         self._orphans: dict[TP, set[Task]] = {}
         self._block: Block | None = None  # the lane's block out, if any (see `Block`)
+        self._held_back = 0  # fetched while the block is out, held by the caller (`held_back`)
 
     # ---- membership ---------------------------------------------------------------------
 
@@ -460,6 +461,20 @@ class Scheduler:
             self._set_full(True)
         block = self._block = Block(payloads, segments, offset_of, key_of)
         return block
+
+    def held_back(self, count: int) -> None:
+        """`count` more messages (fewer, if negative) fetched while the block is out wait for
+        its end with the caller, who takes them up after it (`fetched_many`, or the next block)
+        or forgets them with their partition. They are at risk (MAX_IN_FLIGHT counts them, and
+        `flow` pauses a member full of them) until they are taken up or forgotten."""
+        self._held_back += count
+        self._at_risk += count
+        if self._held_back < 0:
+            raise ValueError(f"more messages given back than held back ({-self._held_back})")
+        if count > 0 and self._at_risk >= self.max_in_flight and not self._full:
+            self._set_full(True)
+        elif count < 0:
+            self._check_room()
 
     def block_progress(self, block: Block, succeeded: list[int] | None = None) -> int:
         """Report what the slot finished of `block` since last asked: its successes move their
@@ -805,8 +820,8 @@ class Scheduler:
     @property
     def at_risk(self) -> int:
         """Jobs fetched and not yet below their partition's watermark: unfinished, or finished
-        above an unfinished one. A crash now makes the next owner run them (again): what
-        MAX_IN_FLIGHT bounds."""
+        above an unfinished one (or held back while a block is out). A crash now makes the next
+        owner run them (again): what MAX_IN_FLIGHT bounds."""
         return self._at_risk
 
     @property

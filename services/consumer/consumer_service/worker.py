@@ -276,15 +276,17 @@ class ConsumerWorker:
         scheduler = self._scheduler
         wait = self._wait_s()
         messages: list[Message] = []
-        may_fetch = self._room() > 0 or scheduler.fetch_paused  # paused: a fetch takes nothing
+        may_fetch = scheduler.room > 0 or scheduler.fetch_paused  # paused: a fetch takes nothing
         # Outcomes are reported as soon as they are collected, before any poll: a revoke served
         # by a poll waits for the revoked partitions' jobs, and must find their outcomes.
         if not may_fetch or (scheduler.in_flight and (scheduler.runs >= self._concurrency
                                                       or scheduler.held > scheduler.in_flight)):
+            if may_fetch and self._block is not None and not self._later:
+                messages = self._fetch(0)  # the next batch, while the slot runs the block
             self._outgoing.waiting(True)
             self._report(self._executor.collect(wait))
             self._outgoing.waiting(False)
-            if may_fetch:
+            if may_fetch and not messages:
                 messages = self._fetch(0)
         else:
             if scheduler.in_flight:
@@ -293,6 +295,7 @@ class ConsumerWorker:
         if self._runs or self._block is not None:
             self._report_progress()
         if self._later and self._block is None:
+            self._scheduler.held_back(-len(self._later))
             messages, self._later = self._later + messages, []
         if messages:
             self._take(messages)
@@ -318,17 +321,13 @@ class ConsumerWorker:
     def _fetch(self, wait: float) -> list[Message]:
         """What librdkafka has fetched, up to the room left; waits up to `wait` for the first
         message only (consume() with a timeout would wait for a full batch)."""
-        size = max(1, min(FETCH, self._room()))
+        size = max(1, min(FETCH, self._scheduler.room))
         if wait <= 0:
             return self._consumer.consume(size, 0)
         first = self._consumer.poll(wait)
         if first is None:
             return []
         return [first, *self._consumer.consume(size - 1, 0)] if size > 1 else [first]
-
-    def _room(self) -> int:
-        """How many more messages may be fetched (those waiting for the block's end count)."""
-        return self._scheduler.room - len(self._later)
 
     def _take(self, messages: list[Message]) -> None:
         """Every message consume() returned goes to the scheduler (one left out would be
@@ -337,6 +336,7 @@ class ConsumerWorker:
         may go in ahead of what it leaves undone)."""
         if self._block is not None:
             self._later += messages
+            self._scheduler.held_back(len(messages))
             return
         scheduler = self._scheduler
         batches: list[tuple[TP, list[Message]]] = []
@@ -761,7 +761,9 @@ class ConsumerWorker:
 
     def _forget(self, partitions: set[TP], why: str) -> None:
         if self._later:  # fetched in this assignment: a new one fetches from the committed offset
-            self._later = [m for m in self._later if (m.topic(), m.partition()) not in partitions]
+            kept = [m for m in self._later if (m.topic(), m.partition()) not in partitions]
+            self._scheduler.held_back(len(kept) - len(self._later))
+            self._later = kept
         if self._eos is not None:
             self._eos.forget(partitions)
             self._rewind -= partitions
