@@ -423,12 +423,17 @@ def test_a_failed_job_holds_back_the_rest_of_its_key_even_within_one_run(
     assert [(e["key"], e["offset"]) for e in h.processed()][-3:] == [("a", 0), ("a", 1), ("a", 3)]
 
 
+async def sleeps_10_ms(_job: Job) -> None:
+    await asyncio.sleep(0.01)
+
+
 def test_a_revoke_served_while_outcomes_wait_to_be_reported_commits_them(
         make: Callable[..., Harness]) -> None:
     """Found in review: with every slot busy the loop collected outcomes, then polled; a revoke
     served by that poll waited for jobs whose outcomes sat in the loop's hands, ran out of
-    budget and handed finished jobs back uncommitted (done twice by the next owner)."""
-    h = make(lambda job: time.sleep(0.01), ordering="partition", shutdown_timeout_s=5)
+    budget and handed finished jobs back uncommitted (done twice by the next owner). (An
+    `async def` handler: jobs go out in runs; the next test is the lane's.)"""
+    h = make(sleeps_10_ms, ordering="partition", shutdown_timeout_s=5)
     h.add(0, *[job(n) for n in range(20)])
     h.assign(0)
     real_consume = h.kafka.consume
@@ -449,6 +454,35 @@ def test_a_revoke_served_while_outcomes_wait_to_be_reported_commits_them(
     assert h.events("job.handed_back") == []
     done = [e["offset"] for e in h.processed()]
     assert done == list(range(len(done))) and h.kafka.committed.get(0) == len(done)
+
+
+def test_a_revoke_while_a_block_runs_commits_what_it_finished_and_hands_back_nothing(
+        make: Callable[..., Harness]) -> None:
+    """The lane (one slot, a plain handler): a fetched batch runs as one block. A revoke while
+    its 6th job runs waits for that job only, commits the 6 and starts none of the rest."""
+    gate = threading.Event()
+
+    def handler(job: Job) -> None:
+        if job.payload["n"] == 5:
+            assert gate.wait(10)
+
+    h = make(handler, shutdown_timeout_s=5)
+    h.add(0, *[job(n, n=n) for n in range(20)])
+    h.assign(0)
+    h.turn_until(lambda: len(h.processed()) == 5)  # reported while the block is out
+    assert h.member._block is not None
+    real_consume = h.kafka.consume
+
+    def consume(num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        h.kafka.consume = real_consume  # type: ignore[method-assign]
+        gate.set()
+        h.revoke(0)  # what librdkafka does inside consume(): the revoke callback
+        return []
+
+    h.kafka.consume = consume  # type: ignore[method-assign]
+    h.turn_until(lambda: 0 not in h.kafka.assigned)
+    assert h.events("job.handed_back") == []
+    assert [e["offset"] for e in h.processed()] == list(range(6)) and h.kafka.committed.get(0) == 6
 
 
 def test_a_due_retry_does_not_make_the_loop_spin_while_every_slot_is_busy(
