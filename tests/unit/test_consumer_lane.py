@@ -1,0 +1,90 @@
+"""The consumer's lane (consumer_service.scheduler.Block: one slot, a plain handler, a fetched
+batch run as one block) driven turn by turn against the stand-in for librdkafka of
+test_consumer_loop: the moments a real broker cannot be made to hit on demand (a block's
+completion handed back late, a partition's end inside a block's batch, a loss while messages
+wait for the block's end)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka import KafkaError, Message
+
+from consumer_service import runner
+from consumer_service.scheduler import Block
+from tests.unit import test_consumer_loop
+from tests.unit.consumer_stand_ins import TOPIC
+from tests.unit.test_consumer_loop import Harness, job
+
+make = test_consumer_loop.make  # its fixture: a member over the stand-ins
+
+
+def slow_to_hand_back(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """The slot leaves each block (every job done, `over` set) and then waits for the returned
+    event before the executor queues its completion: the window a GIL switch or a loaded
+    machine opens between the block's last `done` and its completion."""
+    real = runner.TaskRunner.run_block
+    handed = threading.Event()
+
+    def run_block(self: runner.TaskRunner, block: Block) -> None:
+        real(self, block)
+        handed.wait(10)
+
+    monkeypatch.setattr(runner.TaskRunner, "run_block", run_block)
+    return handed
+
+
+def test_a_block_whose_jobs_were_all_reported_before_its_completion_still_ends(
+        make: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch) -> None:
+    """WRONG (worker.py, ConsumerWorker._turn / _wait_for): `_report_progress` reports every
+    job of a block while its completion is not queued yet, which takes the scheduler's
+    in_flight to 0. From then on `_turn` takes its `else` branch, which collects outcomes only
+    `if scheduler.in_flight`: the block's completion is never collected, `_block` stays set,
+    and every message fetched afterwards waits in `_later`, not run, until MAX_IN_FLIGHT of
+    them fill the member (with a trickle of jobs: for hours). Should: collect while a block is
+    out (`if scheduler.in_flight or self._block is not None`), or keep the block in flight
+    until `end_block`."""
+    handed = slow_to_hand_back(monkeypatch)
+    h = make(lambda _job: None)
+    h.add(0, *[job(n) for n in range(3)])
+    h.assign(0)
+    h.turn_until(lambda: len(h.processed()) == 3)  # all three reported while the block is "out"
+    assert h.member._scheduler.in_flight == 0 and h.member._block is not None
+    handed.set()  # the completion is queued now
+    h.add(0, job(3))  # one more job arrives
+    h.turn_until(lambda: len(h.processed()) == 4, timeout=5)
+    assert h.settled(0)
+
+
+def eof(partition: int, offset: int) -> Message:
+    return Message(topic=TOPIC, partition=partition, offset=offset,
+                   error=KafkaError(KafkaError._PARTITION_EOF))
+
+
+@pytest.mark.parametrize("concurrency", [1, 2], ids=["lane", "runs"])
+def test_a_partitions_end_fetched_with_its_last_jobs_moves_the_watermark_past_a_marker(
+        make: Callable[..., Harness], concurrency: int) -> None:
+    """WRONG, and not the lane's doing (both paths; worker.py `_take` + scheduler.py
+    `Scheduler.reached_end` / offsets.py `PartitionOffsets.reached_end`): jobs written in a
+    Kafka transaction (offsets 0..2, the commit marker at 3, the end at 4). librdkafka signals
+    the end from the fetch after the one that brought the jobs, but a member behind its
+    prefetch (a backlog, a slow block) takes both in one consume(). `_take` hands the jobs
+    over first, then reports the end, which is ignored because they are unfinished (runs) or
+    out in a block (`part.block_out`, the lane); librdkafka reports an end once, so the
+    committed offset stays at 3 for good: lag 1 in an idle pipeline, the defect
+    tests/integration/test_consumer_lag.py guards against (it passes only because there the
+    end comes in a later consume()). Should: remember the end per partition and move the
+    watermark there once everything fetched below it is finished."""
+    h = make(lambda _job: None, consumer_concurrency=concurrency)
+    h.add(0, *[job(n) for n in range(3)])
+    h.kafka.logs[0].append(eof(0, 4))  # handed over in the same consume() as the jobs
+    h.assign(0)
+    h.turn_until(lambda: len(h.processed()) == 3 and h.member._scheduler.held == 0
+                 and h.member._block is None)
+    for _ in range(3):
+        h.member._turn()
+    h.member._store()
+    h.kafka.commit()
+    assert h.kafka.committed.get(0) == 4, "the committed offset past the commit marker"
