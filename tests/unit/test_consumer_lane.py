@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import KafkaError, Message
 
-from consumer_service import runner
+from consumer_service import runner, worker
 from consumer_service.scheduler import Block
 from tests.unit import test_consumer_loop
 from tests.unit.consumer_stand_ins import TOPIC
@@ -55,6 +55,30 @@ def test_a_block_whose_jobs_were_all_reported_before_its_completion_still_ends(
     handed.set()  # the completion is queued now
     h.add(0, job(3))  # one more job arrives
     h.turn_until(lambda: len(h.processed()) == 4, timeout=5)
+    assert h.settled(0)
+
+
+
+def test_a_full_member_whose_block_was_all_reported_before_its_completion_is_not_stuck_for_good(
+        make: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch) -> None:
+    """WRONG, the same defect made permanent (worker.py `_turn`): the block's jobs all reported
+    before its completion is queued (scheduler in_flight 0), the member then fetches MAX_IN_FLIGHT
+    messages into `_later` and, full for FULL_PAUSE_S, pauses every partition. `may_fetch` is
+    True again (`fetch_paused`), in_flight is 0, so every turn takes the `else` branch: a poll
+    that hands over nothing (all paused) and no collect. The block never ends, `_later` is never
+    taken, at_risk (= held_back) never falls to the resume level: the member heartbeats and
+    processes nothing, for good. Should: as above."""
+    monkeypatch.setattr(worker, "FULL_PAUSE_S", 0.0)  # pause as soon as full (0.5 s otherwise)
+    handed = slow_to_hand_back(monkeypatch)
+    h = make(lambda _job: None, max_in_flight=4)
+    h.add(0, *[job(n) for n in range(2)])
+    h.assign(0)
+    h.turn_until(lambda: len(h.processed()) == 2)
+    assert h.member._scheduler.in_flight == 0 and h.member._block is not None
+    h.add(0, *[job(n) for n in range(2, 12)])
+    h.turn_until(lambda: 0 in h.kafka.paused)  # full of messages waiting in `_later`: paused
+    handed.set()
+    h.turn_until(lambda: len(h.processed()) == 12, timeout=5)
     assert h.settled(0)
 
 
