@@ -14,6 +14,8 @@ from confluent_kafka import KafkaError, Message
 
 from consumer_service import runner, worker
 from consumer_service.scheduler import Block
+from jobpipe.errors import KafkaRefused
+from jobpipe.job import Job
 from tests.unit import test_consumer_loop
 from tests.unit.consumer_stand_ins import TOPIC
 from tests.unit.test_consumer_loop import Harness, job
@@ -112,3 +114,34 @@ def test_a_partitions_end_fetched_with_its_last_jobs_moves_the_watermark_past_a_
     h.member._store()
     h.kafka.commit()
     assert h.kafka.committed.get(0) == 4, "the committed offset past the commit marker"
+
+
+def test_a_refusal_fetched_while_a_block_runs_is_raised_at_once_not_after_the_block(
+        make: Callable[..., Harness]) -> None:
+    """WRONG, lower stakes (worker.py `_take`): while a block is out, everything consume()
+    returns goes to `_later`, error events too; `_on_message_error` runs only when the block
+    has ended. An ACL removed while a long job runs (TOPIC_AUTHORIZATION_FAILED) is raised
+    (exit 3, one line) only after the whole block, and not at all if its partition is revoked
+    or lost first (`_forget` drops it from `_later` with the messages); a non-fatal error is
+    logged late, and is counted in held_back/at_risk as if it were a job. Runs path: raised on
+    the turn it is fetched. Should: handle error events in `_take` before holding the
+    messages back (only messages wait for the block)."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def handler(job: Job) -> None:
+        if job.payload["n"] == 1:
+            entered.set()
+            gate.wait(10)
+
+    h = make(handler)
+    h.add(0, *[job(n, n=n) for n in range(3)])
+    h.assign(0)
+    try:
+        h.turn_until(entered.is_set)
+        h.kafka.logs[0].append(Message(topic=TOPIC, partition=0, offset=3, error=KafkaError(
+            KafkaError.TOPIC_AUTHORIZATION_FAILED)))
+        with pytest.raises(KafkaRefused):
+            for _ in range(5):
+                h.member._turn()
+    finally:
+        gate.set()
