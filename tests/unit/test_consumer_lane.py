@@ -7,10 +7,12 @@ wait for the block's end)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, Message, TopicPartition
+from prometheus_client import REGISTRY
 
 from consumer_service import runner, worker
 from consumer_service.scheduler import Block
@@ -145,3 +147,270 @@ def test_a_refusal_fetched_while_a_block_runs_is_raised_at_once_not_after_the_bl
                 h.member._turn()
     finally:
         gate.set()
+
+
+# ---- what held (the same review: each a path the lane must get right, found right) -----------
+
+
+def idle(h: Harness) -> None:
+    """Every count of the scheduler back to 0, nothing waits for a block."""
+    s = h.member._scheduler
+    assert (s._held_back, s.held, s.at_risk, s.in_flight, s.runs) == (0, 0, 0, 0, 0), \
+        (s._held_back, s.held, s.at_risk, s.in_flight, s.runs)
+    assert h.member._later == [] and h.member._block is None
+
+
+def processed_total() -> float:
+    """jobs_processed_total now."""
+    return REGISTRY.get_sample_value("jobs_processed_total") or 0.0
+
+
+def test_a_message_that_is_no_job_mid_block_is_dead_lettered_and_the_rest_run_once(
+        make: Callable[..., Harness]) -> None:
+    before = processed_total()
+    h = make(lambda _j: None, max_attempts=1)
+    h.add(0, *[job(n, n=n) for n in range(3)])
+    h.add(0, b"not a job")
+    h.add(0, *[job(n, n=n) for n in range(4, 7)])
+    h.assign(0)
+    h.turn_until(lambda: h.settled(0) and h.member._block is None)
+    for _ in range(3):
+        h.member._turn()
+    assert sorted(e["offset"] for e in h.processed()) == [0, 1, 2, 4, 5, 6]
+    assert len(h.events("job.dead_lettered")) == 1
+    assert h.member.counts.processed == 6 and processed_total() - before == 6
+    idle(h)
+
+
+def test_a_failure_mid_block_keeps_each_keys_order_with_more_waiting_in_later(
+        make: Callable[..., Harness]) -> None:
+    gate = threading.Event()
+    calls: list[tuple[str, int]] = []
+    failed = set()
+
+    def handler(j: Job) -> None:
+        n = j.payload["n"]
+        calls.append((j.key, n))
+        if n == 3:
+            gate.wait(10)
+        if n == 4 and n not in failed:
+            failed.add(n)
+            raise RuntimeError("once")
+
+    h = make(handler, ordering="key", max_attempts=3)
+    keys = ["a", "b"]
+    h.add(0, *[job(n, key=keys[n % 2], n=n) for n in range(10)])
+    h.assign(0)
+    h.turn_until(lambda: len(calls) >= 4)
+    h.add(0, *[job(n, key=keys[n % 2], n=n) for n in range(10, 20)])
+    for _ in range(3):
+        h.member._turn()
+    assert h.member._later, "fetched while the block is out"
+    gate.set()
+    h.turn_until(lambda: h.settled(0) and h.member._block is None)
+    for _ in range(3):
+        h.member._turn()
+    for k in keys:
+        ns = [n for key, n in calls if key == k]
+        assert ns == sorted(ns), (k, ns)
+    done = [e["offset"] for e in h.processed()]
+    assert sorted(done) == list(range(20))
+    idle(h)
+
+
+def test_a_revoke_while_messages_wait_in_later_drops_them_and_runs_nothing_twice(
+        make: Callable[..., Harness]) -> None:
+    gate = threading.Event()
+    runs: list[tuple[int, int]] = []
+
+    def handler(j: Job) -> None:
+        runs.append((j.payload["p"], j.payload["n"]))
+        if j.payload["p"] == 0 and j.payload["n"] == 2:
+            gate.wait(10)
+
+    h = make(handler, shutdown_timeout_s=5)
+    h.add(0, *[job(n, p=0, n=n) for n in range(5)])
+    h.assign(0, 1)
+    h.turn_until(lambda: (0, 2) in runs)
+    h.add(0, *[job(n, p=0, n=n) for n in range(5, 10)])
+    h.add(1, *[job(n, p=1, n=n) for n in range(5)])
+    for _ in range(3):
+        h.member._turn()
+    assert len(h.member._later) == 10
+    real = h.kafka.consume
+
+    def consume(num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        h.kafka.consume = real  # type: ignore[method-assign]
+        gate.set()
+        h.revoke(0)
+        return []
+
+    h.kafka.consume = consume  # type: ignore[method-assign]
+    h.turn_until(lambda: 0 not in h.kafka.assigned)
+    assert h.member._scheduler._held_back == len(h.member._later)
+    assert all(m.partition() == 1 for m in h.member._later)
+    assert h.events("job.handed_back") == []
+    assert h.kafka.committed.get(0) == 3
+    h.turn_until(lambda: h.settled(1))
+    h.assign(0)
+    h.turn_until(lambda: h.settled(0) and h.member._block is None)
+    assert sorted(runs) == sorted(set(runs)), "nothing twice"
+    assert len(runs) == 15
+    idle(h)
+
+
+def test_a_partition_lost_and_assigned_back_while_the_block_runs_hands_back_one_job_once(
+        make: Callable[..., Harness]) -> None:
+    gate = threading.Event()
+    lock = threading.Lock()
+    state = {"now": 0, "most": 0}
+    runs: list[int] = []
+
+    def handler(j: Job) -> None:
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        runs.append(j.payload["n"])
+        try:
+            if j.payload["n"] == 2 and runs.count(2) == 1:
+                gate.wait(10)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    before = processed_total()
+    h = make(handler)
+    h.add(0, *[job(n, n=n) for n in range(6)])
+    h.assign(0)
+    h.turn_until(lambda: 2 in runs and len(h.processed()) == 2)
+    h.member._store()
+    h.kafka.commit()
+    h.member._on_lost(None, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+    h.kafka.position[0] = h.kafka.committed.get(0, 0)
+    h.member._on_assign(None, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+    for _ in range(5):
+        h.member._turn()
+    assert runs.count(2) == 1, "not again while its first call runs"
+    gate.set()
+    h.turn_until(lambda: h.settled(0) and h.member._block is None)
+    for _ in range(3):
+        h.member._turn()
+    assert state["most"] == 1
+    handed = h.events("job.handed_back")
+    assert [e["offset"] for e in handed] == [2]
+    assert h.member.counts.handed_back == 1
+    assert sorted(e["offset"] for e in h.processed()) == list(range(6))
+    assert processed_total() - before == h.member.counts.processed == 6
+    idle(h)
+
+
+def test_a_failure_on_a_partition_being_revoked_is_handed_back_once_and_the_rest_committed(
+        make: Callable[..., Harness]) -> None:
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def handler(j: Job) -> None:
+        if j.payload["n"] == 3:
+            entered.set()
+            gate.wait(10)
+            raise RuntimeError("boom")
+
+    h = make(handler, shutdown_timeout_s=5)
+    h.add(0, *[job(n, n=n) for n in range(6)])
+    h.assign(0)
+    h.turn_until(entered.is_set)
+    real = h.kafka.consume
+
+    def consume(num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        h.kafka.consume = real  # type: ignore[method-assign]
+        gate.set()
+        h.revoke(0)
+        return []
+
+    h.kafka.consume = consume  # type: ignore[method-assign]
+    h.turn_until(lambda: 0 not in h.kafka.assigned)
+    assert [e["offset"] for e in h.events("job.handed_back")] == [3]
+    assert h.member.counts.handed_back == 1
+    assert h.kafka.committed.get(0) == 3
+    for _ in range(3):
+        h.member._turn()
+    idle(h)
+
+
+def test_a_stop_while_a_block_runs_finishes_the_job_in_hand_and_stores_it(
+        make: Callable[..., Harness]) -> None:
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def handler(j: Job) -> None:
+        if j.payload["n"] == 3:
+            entered.set()
+            gate.wait(10)
+
+    h = make(handler, shutdown_timeout_s=5)
+    h.add(0, *[job(n, n=n) for n in range(8)])
+    h.assign(0)
+    h.turn_until(entered.is_set)
+    h.member.stop.set()
+    threading.Timer(0.3, gate.set).start()
+    h.member._finish_in_flight()
+    assert sorted(e["offset"] for e in h.processed()) == [0, 1, 2, 3]
+    assert h.kafka.stored.get(0) == 4
+    assert h.events("job.handed_back") == []
+
+
+def test_a_revoke_of_a_partition_done_in_the_block_does_not_wait_for_a_slow_job_of_another(
+        make: Callable[..., Harness]) -> None:
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def handler(j: Job) -> None:
+        if j.payload["p"] == 1 and j.payload["n"] == 1:
+            entered.set()
+            gate.wait(10)
+
+    h = make(handler, shutdown_timeout_s=5)
+    h.add(0, *[job(n, p=0, n=n) for n in range(3)])
+    h.add(1, *[job(n, p=1, n=n) for n in range(3)])
+    h.assign(0, 1)
+    h.turn_until(entered.is_set)
+    t0 = time.monotonic()
+    h.revoke(0)
+    took = time.monotonic() - t0
+    gate.set()
+    assert took < 1
+    assert h.kafka.committed.get(0) == 3
+    h.turn_until(lambda: h.settled(1) and h.member._block is None)
+    for _ in range(3):
+        h.member._turn()
+    idle(h)
+
+
+def test_a_revoke_of_a_partition_later_in_the_block_skips_it_without_waiting(
+        make: Callable[..., Harness]) -> None:
+    gate = threading.Event()
+    entered = threading.Event()
+    runs: list[tuple[int, int]] = []
+
+    def handler(j: Job) -> None:
+        runs.append((j.payload["p"], j.payload["n"]))
+        if j.payload["p"] == 0 and j.payload["n"] == 1:
+            entered.set()
+            gate.wait(10)
+
+    h = make(handler, shutdown_timeout_s=5)
+    h.add(0, *[job(n, p=0, n=n) for n in range(3)])
+    h.add(1, *[job(n, p=1, n=n) for n in range(3)])
+    h.assign(0, 1)
+    h.turn_until(entered.is_set)
+    t0 = time.monotonic()
+    h.revoke(1)
+    took = time.monotonic() - t0
+    gate.set()
+    assert took < 1
+    assert h.kafka.committed.get(1) is None
+    h.turn_until(lambda: h.settled(0) and h.member._block is None)
+    for _ in range(3):
+        h.member._turn()
+    assert all(p == 0 for p, _ in runs)
+    idle(h)
