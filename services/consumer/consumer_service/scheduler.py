@@ -299,6 +299,7 @@ class Scheduler:
         self._orphans: dict[TP, set[Task]] = {}
         self._block: Block | None = None  # the lane's block out, if any (see `Block`)
         self._held_back = 0  # fetched while the block is out, held by the caller (`held_back`)
+        self._ends: dict[TP, int] = {}  # partition ends reached with jobs unfinished (`reached_end`)
 
     # ---- membership ---------------------------------------------------------------------
 
@@ -419,9 +420,14 @@ class Scheduler:
     def reached_end(self, tp: TP, end: int) -> None:
         """The end of an assigned partition was reached at `end`: once nothing of it is
         unfinished, `offsets()` moves its watermark there, past records that are no jobs
-        (transaction markers), so the group's lag is what is left to process."""
+        (transaction markers), so the group's lag is what is left to process. (librdkafka
+        tells an end once: one that comes with jobs still unfinished is kept until they are.)"""
         part = self._parts.get(tp)
-        if part is not None and not part.closed and not part.block_out:
+        if part is None or part.closed:
+            return
+        if part.block_out or part.offsets.unfinished:
+            self._ends[tp] = end
+        else:
             part.offsets.reached_end(end)
 
     # ---- the lane (see `Block`) ------------------------------------------------------------
@@ -734,7 +740,21 @@ class Scheduler:
     def offsets(self) -> list[tuple[TP, int]]:
         """(tp, offset) to store for each partition whose watermark moved since last asked:
         the lowest unfinished offset (the next one to read once everything below is done)."""
+        if self._ends:
+            self._reach_ends()
         return self._tracker.advanced()
+
+    def _reach_ends(self) -> None:
+        """Ends kept by `reached_end`, for partitions with nothing unfinished any more: the
+        watermark moves there, unless a message at or past it was fetched since (then it was
+        no end)."""
+        for tp, end in list(self._ends.items()):
+            part = self._parts.get(tp)
+            if part is not None and not part.closed and (part.block_out or part.offsets.unfinished):
+                continue
+            del self._ends[tp]
+            if part is not None and not part.closed:
+                part.offsets.reached_end(end)
 
     def committable(self, tp: TP) -> int | None:
         """tp's watermark now (None: nothing fetched from it, or not assigned)."""

@@ -277,10 +277,12 @@ class ConsumerWorker:
         wait = self._wait_s()
         messages: list[Message] = []
         may_fetch = scheduler.room > 0 or scheduler.fetch_paused  # paused: a fetch takes nothing
+        # A block is out until its completion is collected, even once all its jobs are reported.
+        out = scheduler.in_flight or self._block is not None
         # Outcomes are reported as soon as they are collected, before any poll: a revoke served
         # by a poll waits for the revoked partitions' jobs, and must find their outcomes.
-        if not may_fetch or (scheduler.in_flight and (scheduler.runs >= self._concurrency
-                                                      or scheduler.held > scheduler.in_flight)):
+        if not may_fetch or (out and (scheduler.runs >= self._concurrency
+                                      or scheduler.held > scheduler.in_flight)):
             if may_fetch and self._block is not None and not self._later:
                 messages = self._fetch(0)  # the next batch, while the slot runs the block
             self._outgoing.waiting(True)
@@ -289,7 +291,7 @@ class ConsumerWorker:
             if may_fetch and not messages:
                 messages = self._fetch(0)
         else:
-            if scheduler.in_flight:
+            if out:
                 self._report(self._executor.collect(0))
             messages = self._fetch(wait)
         if self._runs or self._block is not None:
@@ -335,8 +337,15 @@ class ConsumerWorker:
         lane, all of them as one block. While a block is out they wait for its end (nothing
         may go in ahead of what it leaves undone)."""
         if self._block is not None:
-            self._later += messages
-            self._scheduler.held_back(len(messages))
+            kept = []
+            for message in messages:  # errors are not held back: a refusal ends the member now
+                error = message.error()
+                if error is None or error.code() == KafkaError._PARTITION_EOF:
+                    kept.append(message)
+                else:
+                    self._on_message_error(error)
+            self._later += kept
+            self._scheduler.held_back(len(kept))
             return
         scheduler = self._scheduler
         batches: list[tuple[TP, list[Message]]] = []
@@ -704,7 +713,7 @@ class ConsumerWorker:
             if left <= 0:
                 return False
             self.heartbeat = time.monotonic()
-            if self._scheduler.in_flight:
+            if self._scheduler.in_flight or self._block is not None:
                 completions = self._executor.collect(min(0.05, left))
                 if completions:
                     self._report(completions)
