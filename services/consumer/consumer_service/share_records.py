@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,7 +48,7 @@ RUN_BUDGET_S = 0.002  # about how much handler time one run of records holds (se
 RUN_OVERRUN = 4  # a run stops starting records after RUN_BUDGET_S x this (its jobs were slower than expected)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Lane:
     """One ShareConsumer of the member and the poll it has in hand."""
 
@@ -59,7 +60,7 @@ class Lane:
     sent_at: float = 0.0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Record:
     """A record in hand: what was tried, and what it is waiting for."""
 
@@ -139,38 +140,46 @@ class Acknowledgements:
 
     def mark(self, record: Record, kind: AcknowledgeType, outcome: Outcome) -> None:
         """Mark the record; it counts as `outcome` once the broker confirms (`answered`)."""
-        if record.settled:
-            return
-        record.settled = True
-        lane = record.lane
-        lane.unsettled -= 1
-        message = record.message
-        try:
-            lane.consumer.acknowledge(message, kind)
-        except IllegalStateException as error:  # no longer in flight: the broker has it back
-            self._counts.handed_back += 1
-            event("ack.refused", f"{self._name}: could not acknowledge partition {message.partition()} "
-                  f"offset {message.offset()} ({error})", level="WARNING", consumer=self._name)
-            return
-        self._confirming[(message.topic() or "", message.partition() or 0, message.offset() or 0)] = outcome
-        lane.to_send += 1
+        self.mark_all((record,), kind, outcome)
+
+    def mark_all(self, records: Iterable[Record], kind: AcknowledgeType, outcome: Outcome) -> None:
+        """`mark` each of `records` (one call for a run's successes: the per-job path)."""
+        confirming = self._confirming
+        for record in records:
+            if record.settled:
+                continue
+            record.settled = True
+            lane = record.lane
+            lane.unsettled -= 1
+            message = record.message
+            try:
+                lane.consumer.acknowledge(message, kind)
+            except IllegalStateException as error:  # no longer in flight: the broker has it back
+                self._counts.handed_back += 1
+                event("ack.refused", f"{self._name}: could not acknowledge partition {message.partition()} "
+                      f"offset {message.offset()} ({error})", level="WARNING", consumer=self._name)
+                continue
+            confirming[(message.topic() or "", message.partition() or 0, message.offset() or 0)] = outcome
+            lane.to_send += 1
 
     def answered(self, offsets: dict[TopicPartition, set[int]], error: KafkaException | None) -> None:
         """librdkafka's answer to an acknowledgement commit (its callback, on the member's
         thread, within a poll or a commit): a job counts as processed (or dead-lettered, or
         released) only now that the broker took its acknowledgement. A refused one (its lock
         had ended) is back with the broker, which delivers it again: it counts as handed back."""
-        outcomes = [self._confirming.pop((tp.topic, tp.partition, offset), "handed_back")
-                    for tp, found in offsets.items() for offset in found]
+        confirming = self._confirming
+        outcomes = Counter(confirming.pop((tp.topic, tp.partition, offset), "handed_back")
+                           for tp, found in offsets.items() for offset in found)
         counts = self._counts
         if error is None:
-            for outcome in outcomes:
-                if outcome is not None:
-                    setattr(counts, outcome, getattr(counts, outcome) + 1)
-            metrics.count_processed(outcomes.count("processed"))
+            counts.processed += outcomes["processed"]
+            counts.dead_lettered += outcomes["dead_lettered"]
+            counts.handed_back += outcomes["handed_back"]
+            metrics.count_processed(outcomes["processed"])
             return
-        counts.handed_back += len(outcomes)
-        self._refused.append((len(outcomes), sum(o != "handed_back" for o in outcomes), str(error)))
+        answered = outcomes.total()
+        counts.handed_back += answered
+        self._refused.append((answered, answered - outcomes["handed_back"], str(error)))
 
     def send(self, lanes: list[Lane], now: float) -> None:
         """Send each lane's acknowledgements: at once when its poll is settled (it may not poll
