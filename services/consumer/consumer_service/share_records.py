@@ -181,11 +181,13 @@ class Acknowledgements:
         counts.handed_back += answered
         self._refused.append((answered, answered - outcomes["handed_back"], str(error)))
 
-    def send(self, lanes: list[Lane], now: float) -> None:
-        """Send each lane's acknowledgements: at once when its poll is settled (it may not poll
-        again soon), else at least every ACK_SEND_S (the next poll would carry them)."""
+    def send(self, lanes: list[Lane], now: float, polling: bool) -> None:
+        """Send each lane's acknowledgements at least every ACK_SEND_S (a poll carries them
+        too), and at once when its poll is settled, unless the member polls next (`polling`: a
+        handler slot is free and it is not stopping): that poll carries them, and a settled
+        lane is what it polls (a request to the broker fewer per poll: 0.4 us of CPU a job)."""
         for lane in lanes:
-            if lane.to_send and (not lane.unsettled or now - lane.sent_at >= ACK_SEND_S):
+            if lane.to_send and ((not lane.unsettled and not polling) or now - lane.sent_at >= ACK_SEND_S):
                 lane.to_send = 0
                 lane.sent_at = now
                 lane.consumer.commit_async()

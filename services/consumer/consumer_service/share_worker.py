@@ -248,7 +248,8 @@ class ShareWorker:
             self._producer.poll(min(wait, ACK_POLL_S) if only_publishing else 0)
             for record, error in self._take_answers():
                 self._after_publish(record, error)
-            self._acks.send(self._lanes, time.monotonic())
+            self._acks.send(self._lanes, time.monotonic(),
+                            not self.stop.is_set() and len(self._on_slots) < concurrency)
 
     def _unsettled(self) -> int:
         return sum(lane.unsettled for lane in self._lanes)
