@@ -368,7 +368,7 @@ class ShareWorker:
             if unstarted:
                 run[0].lane.ready.extendleft(reversed(unstarted))
 
-    def _after_attempts(self, finished: deque[tuple[Record, Attempt]]) -> None:
+    def _after_attempts(self, finished: deque[Record]) -> None:
         """The attempts that ended, in order. A success is ACCEPTed without asking
         share_decisions.after_attempt (its first rule, which looks at nothing else): a run's
         successes are marked in one call; any other outcome goes through `_after_attempt`,
@@ -379,7 +379,9 @@ class ShareWorker:
         job_s = self._job_s
         done: list[Record] = []
         while finished:
-            record, attempt = finished.popleft()
+            record = finished.popleft()
+            attempt, record.ended = record.ended, None
+            assert attempt is not None
             record.running = False
             if attempt.error is not None:
                 self._acks.mark_all(done, AcknowledgeType.ACCEPT, "processed")
