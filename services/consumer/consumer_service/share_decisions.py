@@ -110,7 +110,9 @@ def before_start(now: float, start_by: float, stopping: bool) -> Verdict:
 def after_attempt(succeeded: bool, gives_up: bool, retry_at: float, start_by: float,
                   stopping: bool) -> Verdict:
     """An attempt ended: accept it, dead-letter it (the retry policy gives up), retry it here
-    (RUN at `retry_at`) while the lock lasts, else release it."""
+    (RUN at `retry_at`) while the lock lasts, else release it. A success is accepted whatever
+    else holds: the member's loop takes that rule without the call (a run's successes are
+    acknowledged together), so it must stay first and unconditional."""
     if succeeded:
         return Verdict.ACCEPT
     if gives_up:

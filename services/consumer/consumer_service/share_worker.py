@@ -375,9 +375,10 @@ class ShareWorker:
         after the successes before it."""
         now = time.monotonic()
         log = enabled("INFO")
-        expires = self._limits.lock_s
         job_s = self._job_s
         done: list[Record] = []
+        lane: Lane | None = None  # the lane of the record before, and whether its lock had ended
+        overrun = False
         while finished:
             record = finished.popleft()
             attempt, record.ended = record.ended, None
@@ -391,7 +392,10 @@ class ShareWorker:
                 job_s = self._job_s
                 continue
             job_s += DURATION_WEIGHT * (attempt.duration_ms / 1000 - job_s)
-            if now >= record.lane.polled_at + expires:  # GroupLimits.expired, inline
+            if record.lane is not lane:  # a run's records are of one poll, asked for at one time
+                lane = record.lane
+                overrun = self._limits.expired(lane.polled_at, now)
+            if overrun:
                 self._lock_overrun(record, attempt)
             done.append(record)
             if log:
