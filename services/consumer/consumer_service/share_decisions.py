@@ -69,6 +69,9 @@ class GroupLimits:
         return now >= polled_at + self.lock_s
 
 
+_RUN = (Verdict.RUN, "")  # on_delivery's usual answer, made once (it is asked for every record)
+
+
 def on_delivery(is_job: bool, deliveries: int, dead_letter_delivery: int) -> tuple[Verdict, str]:
     """A record just polled: run it, or dead-letter it at once (and why)."""
     if not is_job:
@@ -76,7 +79,7 @@ def on_delivery(is_job: bool, deliveries: int, dead_letter_delivery: int) -> tup
     if deliveries >= dead_letter_delivery:
         return Verdict.DEAD_LETTER, (f"delivered {deliveries} times and never finished (a handler "
                                      "that ends the process, or released unstarted each time?)")
-    return Verdict.RUN, ""
+    return _RUN
 
 
 def parking(due: float | None, now: float, tiers: tuple[Tier, ...]) -> Park | None:
