@@ -193,13 +193,14 @@ class Acknowledgements:
         counts.handed_back += answered
         self._refused.append((answered, answered - outcomes["handed_back"], str(error)))
 
-    def send(self, lanes: list[Lane], now: float, polling: bool) -> None:
+    def send(self, lanes: list[Lane], now: float, polls_next: bool) -> None:
         """Send each lane's acknowledgements at least every ACK_SEND_S (a poll carries them
-        too), and at once when its poll is settled, unless the member polls next (`polling`: a
-        handler slot is free and it is not stopping): that poll carries them, and a settled
-        lane is what it polls (a request to the broker fewer per poll: 0.4 us of CPU a job)."""
+        too), and at once when its poll is settled, unless the member polls next (`polls_next`:
+        a handler slot is free, no record waits for one, and it is not stopping): that poll
+        carries them, and a settled lane is what it polls (one request to the broker fewer per
+        poll: 0.4 us of CPU a job in a bare loop, and less work for the broker)."""
         for lane in lanes:
-            if lane.to_send and ((not lane.unsettled and not polling) or now - lane.sent_at >= ACK_SEND_S):
+            if lane.to_send and ((not lane.unsettled and not polls_next) or now - lane.sent_at >= ACK_SEND_S):
                 lane.to_send = 0
                 lane.sent_at = now
                 lane.consumer.commit_async()
