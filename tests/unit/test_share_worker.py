@@ -527,24 +527,9 @@ def test_a_run_whose_jobs_were_all_taken_before_its_end_was_reported_frees_its_s
     assert ran == [0, 1] and member.kafka.kinds() == Counter({"ACCEPT": 2})
 
 
-def test_a_settled_polls_acknowledgements_go_with_the_next_poll_when_the_member_polls_at_once(
-        make: Callable[..., Member]) -> None:
-    """A poll's jobs all done and a slot free: the member polls again at once, and that poll
-    carries the ACCEPTs (no request of their own: less work per poll for the member and the
-    broker); they count as processed once answered, before the member stops."""
-    member = make(lambda _job: None)
-    member.settle(*(record(n, job(n)) for n in range(3)))
-    calls = member.kafka.calls
-    last_accept = max(i for i, call in enumerate(calls) if call[0] == "ACCEPT")
-    assert calls[last_accept + 1] == ("poll", None), calls
-    assert ("commit", None) not in calls
-    assert member.worker.counts.processed == 3
-
-
-def test_a_settled_polls_acknowledgements_are_sent_at_once_when_the_member_does_not_poll_next(
-        make: Callable[..., Member]) -> None:
-    """A stop comes while the poll's last job runs: the member polls no more, so the poll's
-    ACCEPTs go on their own at once (not only when it leaves)."""
+def test_a_settled_polls_acknowledgements_are_sent_at_once(make: Callable[..., Member]) -> None:
+    """A poll's jobs all done, here as a stop comes: the poll's ACCEPTs go on their own at once
+    (not left for a next poll, nor only sent when the member leaves)."""
     def stops_the_member(one: Job) -> None:
         if one.seq == 2:
             member.worker.stop.set()

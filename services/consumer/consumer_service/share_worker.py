@@ -248,10 +248,7 @@ class ShareWorker:
             self._producer.poll(min(wait, ACK_POLL_S) if only_publishing else 0)
             for record, error in self._take_answers():
                 self._after_publish(record, error)
-            # the next turn polls a settled lane when a slot is free and no record waits for one
-            polls_next = (not self.stop.is_set() and len(self._on_slots) < concurrency
-                          and not any(lane.ready for lane in self._lanes))
-            self._acks.send(self._lanes, time.monotonic(), polls_next)
+            self._acks.send(self._lanes, time.monotonic())
 
     def _unsettled(self) -> int:
         return sum(lane.unsettled for lane in self._lanes)
