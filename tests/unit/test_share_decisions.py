@@ -167,6 +167,15 @@ def test_a_handler_that_kills_the_process_every_time_ends_dead_lettered() -> Non
     assert (ending, delivery, calls) == ("dead_lettered", 4, [1, 1, 1])
 
 
+@given(gives_up=st.booleans(), retry_at=st.floats(0, 100), start_by=st.floats(0, 100), stopping=st.booleans())
+def test_a_success_is_accepted_whatever_else_holds(gives_up: bool, retry_at: float, start_by: float,
+                                                   stopping: bool) -> None:
+    """The member's loop accepts a run's successes without asking (share_worker's
+    `_after_attempts`): that holds only while a success is accepted whatever else is true
+    (stopping, the lock's share spent, the retry policy giving up)."""
+    assert after_attempt(True, gives_up, retry_at, start_by, stopping) is Verdict.ACCEPT
+
+
 @given(gives_up=st.booleans(), now=st.floats(0, 100), delay=st.floats(0, 100), stopping=st.booleans())
 def test_a_failed_attempt_is_retried_here_only_inside_the_lock_and_never_while_stopping(
         gives_up: bool, now: float, delay: float, stopping: bool) -> None:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -53,7 +53,10 @@ class FakeShareConsumer:
 
     def poll(self, timeout: float) -> list[Message]:
         """What the test gave this lane to poll (once); else, like librdkafka, nothing after
-        `timeout`. The member stops when it holds nothing: the test's poll is settled."""
+        `timeout`. The member stops when it holds nothing: the test's poll is settled. Like
+        librdkafka's, a poll carries the acknowledgements made since the last one."""
+        self.calls.append(("poll", None))
+        self._answer()
         if self.pending:
             given, self.pending = self.pending, []
             return given
@@ -488,3 +491,51 @@ def test_a_stop_while_a_copy_is_unanswered_waits_for_it_then_releases_the_record
     member.worker._close()
     assert member.kafka.kinds() == Counter({"RELEASE": 1})
     assert [e["lost"] for e in member.events("job.parked_copy_failed")] == [False]
+
+
+def test_a_run_whose_jobs_were_all_taken_before_its_end_was_reported_frees_its_slot(
+        make: Callable[..., Member]) -> None:
+    """A run's attempts reach the loop as they end, its end (the slot free again) after its
+    last one. When the loop took the last attempt before the end was reported (here: the end
+    comes 0.7 s after the job, past the loop's 0.5 s wait), the slot must still come back, and
+    the next poll's job run. Before: the loop only looked for ends while an attempt was
+    running, so the slot stayed taken and the member polled nothing more until it stopped."""
+    ran: list[int] = []
+    member = make(lambda one: ran.append(one.seq))
+
+    class EndsLate(deque[Any]):
+        def append(self, attempt: Any) -> None:  # the handler thread, as each attempt ends
+            super().append(attempt)
+            time.sleep(0.7)
+    member.worker._runner.finished = EndsLate()
+    polls = [[record(1, job(1))]]
+    poll = member.kafka.poll
+
+    def then_another(timeout: float) -> list[Message]:
+        given = poll(timeout)
+        if given and polls:
+            member.kafka.pending = polls.pop()
+        return given
+    member.kafka.poll = then_another  # type: ignore[method-assign]
+    working = threading.Thread(target=member.settle, args=(record(0, job(0)),), daemon=True)
+    working.start()
+    working.join(10)
+    stuck = working.is_alive()
+    member.worker.stop.set()
+    working.join(10)
+    assert not stuck, "the member was still at work 10 s after its two jobs were given"
+    assert ran == [0, 1] and member.kafka.kinds() == Counter({"ACCEPT": 2})
+
+
+def test_a_settled_polls_acknowledgements_are_sent_at_once(make: Callable[..., Member]) -> None:
+    """A poll's jobs all done, here as a stop comes: the poll's ACCEPTs go on their own at once
+    (not left for a next poll, nor only sent when the member leaves)."""
+    def stops_the_member(one: Job) -> None:
+        if one.seq == 2:
+            member.worker.stop.set()
+    member = make(stops_the_member)
+    member.settle(*(record(n, job(n)) for n in range(3)))
+    calls = member.kafka.calls
+    last_accept = max(i for i, call in enumerate(calls) if call[0] == "ACCEPT")
+    assert ("commit", None) in calls[last_accept:], calls
+    assert member.worker.counts.processed == 3, "answered before the member leaves"

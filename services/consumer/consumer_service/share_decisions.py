@@ -69,6 +69,9 @@ class GroupLimits:
         return now >= polled_at + self.lock_s
 
 
+_RUN = (Verdict.RUN, "")  # on_delivery's usual answer, made once (it is asked for every record)
+
+
 def on_delivery(is_job: bool, deliveries: int, dead_letter_delivery: int) -> tuple[Verdict, str]:
     """A record just polled: run it, or dead-letter it at once (and why)."""
     if not is_job:
@@ -76,7 +79,7 @@ def on_delivery(is_job: bool, deliveries: int, dead_letter_delivery: int) -> tup
     if deliveries >= dead_letter_delivery:
         return Verdict.DEAD_LETTER, (f"delivered {deliveries} times and never finished (a handler "
                                      "that ends the process, or released unstarted each time?)")
-    return Verdict.RUN, ""
+    return _RUN
 
 
 def parking(due: float | None, now: float, tiers: tuple[Tier, ...]) -> Park | None:
@@ -110,7 +113,9 @@ def before_start(now: float, start_by: float, stopping: bool) -> Verdict:
 def after_attempt(succeeded: bool, gives_up: bool, retry_at: float, start_by: float,
                   stopping: bool) -> Verdict:
     """An attempt ended: accept it, dead-letter it (the retry policy gives up), retry it here
-    (RUN at `retry_at`) while the lock lasts, else release it."""
+    (RUN at `retry_at`) while the lock lasts, else release it. A success is accepted whatever
+    else holds: the member's loop takes that rule without the call (a run's successes are
+    acknowledged together), so it must stay first and unconditional."""
     if succeeded:
         return Verdict.ACCEPT
     if gives_up:

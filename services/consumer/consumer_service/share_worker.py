@@ -46,6 +46,7 @@ import itertools
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -91,7 +92,7 @@ from jobpipe.handling import (
 )
 from jobpipe.job import InvalidJob, Job
 from jobpipe.kafka_clients import admin_config, share_consumer_config
-from jobpipe.logs import event
+from jobpipe.logs import enabled, event
 from jobpipe.share_groups import is_refusal, refusal, share_configs
 
 POLL_S = 0.5
@@ -147,8 +148,7 @@ class ShareWorker:
         self._executor = Executor.for_function(function, self.settings.consumer_concurrency,
                                                f"handler-{self.number}")
         self._answers: list[tuple[Record, KafkaError | None]] = []
-        self._running: set[Record] = set()  # records of the runs on the handler slots
-        self._runs = 0  # runs on the handler slots
+        self._on_slots: dict[int, list[Record]] = {}  # the runs on the handler slots, by id
         self._outgoing: set[Record] = set()  # dead letters and parked copies in flight or waiting to go again
         self._publishing = 0  # of those, the ones the producer holds
         self._tiers = tiers_of(self.settings.jobs_topic)
@@ -233,18 +233,18 @@ class ShareWorker:
                     wait = max(0.0, min(wait, due[0][0] - now))
             if stop_by is not None:
                 wait = max(0.0, min(wait, stop_by - now))
-            lane = self._free_lane() if stop_by is None and self._runs < concurrency else None
+            runs = len(self._on_slots)
+            lane = self._free_lane() if stop_by is None and runs < concurrency else None
             # a free slot and a lane to poll: the poll is the wait, short while outcomes may come
-            polled = lane is not None and self._poll(
-                lane, LANE_POLL_S if self._running or self._publishing else wait)
-            if self._running:
+            polled = lane is not None and self._poll(lane, LANE_POLL_S if runs or self._publishing else wait)
+            if runs:  # outcomes may come: attempts that end, and runs (their slots free again)
                 self._take_outcomes(0.0 if polled else LANE_POLL_S if lane else wait)
             elif lane is None and not self._publishing:  # only retries wait: until the next is due
                 if self.stop.is_set():
                     time.sleep(wait)
                 else:
                     self.stop.wait(wait)
-            only_publishing = self._publishing and not self._running and not lane
+            only_publishing = self._publishing and not runs and not lane
             self._producer.poll(min(wait, ACK_POLL_S) if only_publishing else 0)
             for record, error in self._take_answers():
                 self._after_publish(record, error)
@@ -280,6 +280,8 @@ class ShareWorker:
         others wait for a slot, those that came back (delivered before) first, so that a job
         released unstarted is not released again for the same reason."""
         again: list[Record] = []
+        dead_letter_delivery = self._limits.dead_letter_delivery
+        ready = lane.ready
         for message in messages:
             error = message.error()
             if error is not None:
@@ -297,7 +299,7 @@ class ShareWorker:
             except InvalidJob as error:
                 invalid = str(error)
             deliveries = message.delivery_count() or 1
-            verdict, why = on_delivery(not invalid, deliveries, self._limits.dead_letter_delivery)
+            verdict, why = on_delivery(not invalid, deliveries, dead_letter_delivery)
             if verdict is Verdict.DEAD_LETTER:
                 self._dead_letter(record, invalid or why)
             elif record.due is not None and (park := parking(record.due, time.time(), self._tiers)):
@@ -305,8 +307,9 @@ class ShareWorker:
             elif deliveries > 1:
                 again.append(record)
             else:
-                lane.ready.append(record)
-        lane.ready.extendleft(reversed(again))
+                ready.append(record)
+        if again:
+            ready.extendleft(reversed(again))
 
     def _release_late(self, now: float) -> None:
         """Records that can no longer start inside their lock (the broker hands out whole
@@ -325,15 +328,16 @@ class ShareWorker:
     def _start(self, concurrency: int) -> None:
         """Fill the free slots with runs, the oldest poll's records first (their locks end
         first)."""
-        while self._runs < concurrency:
+        on_slots = self._on_slots
+        while len(on_slots) < concurrency:
             lanes = [lane for lane in self._lanes if lane.ready]
             if not lanes:
                 return
             lane = min(lanes, key=lambda one: one.polled_at) if len(lanes) > 1 else lanes[0]
             start_by = self._limits.start_by(lane.polled_at, self._job_s)
             ready = lane.ready
-            while ready and self._runs < concurrency:
-                length = self._run_length(len(ready), concurrency - self._runs)
+            while ready and len(on_slots) < concurrency:
+                length = self._run_length(len(ready), concurrency - len(on_slots))
                 run = [ready.popleft() for _ in range(length)]
                 for record in run:
                     record.attempts += 1
@@ -341,8 +345,7 @@ class ShareWorker:
                     if record.due is not None:  # a delayed job, due: how late it starts
                         metrics.DELAY_LATE.observe(max(0.0, time.time() - record.due))
                         record.due = None
-                self._running.update(run)
-                self._runs += 1
+                on_slots[id(run)] = run
                 self._executor.submit(run, (run, start_by))
 
     def _take_outcomes(self, wait: float) -> None:
@@ -350,23 +353,55 @@ class ShareWorker:
         they did not start goes back to the head of its lane's queue, in order."""
         runs = self._executor.collect(wait)  # first: a run's attempts are in `finished` before it ends
         finished = self._runner.finished
-        while finished:
-            record, attempt = finished.popleft()
-            record.running = False
-            self._running.discard(record)
-            self._after_attempt(record, attempt)
+        if finished:
+            self._after_attempts(finished)
         for done in runs:
-            self._runs -= 1
+            run: list[Record] = done.token
+            del self._on_slots[id(run)]
             if done.error is not None:
                 raise done.error
-            run: list[Record] = done.token
             unstarted = run[done.value:]
             for record in unstarted:
                 record.running = False
                 record.attempts -= 1
-                self._running.discard(record)
             if unstarted:
                 run[0].lane.ready.extendleft(reversed(unstarted))
+
+    def _after_attempts(self, finished: deque[Record]) -> None:
+        """The attempts that ended, in order. A success is ACCEPTed without asking
+        share_decisions.after_attempt (its first rule, which looks at nothing else): a run's
+        successes are marked in one call; any other outcome goes through `_after_attempt`,
+        after the successes before it."""
+        now = time.monotonic()
+        log = enabled("INFO")
+        job_s = self._job_s
+        done: list[Record] = []
+        lane: Lane | None = None  # the lane of the record before, and whether its lock had ended
+        overrun = False
+        while finished:
+            record = finished.popleft()
+            attempt, record.ended = record.ended, None
+            assert attempt is not None
+            record.running = False
+            if attempt.error is not None:
+                self._acks.mark_all(done, AcknowledgeType.ACCEPT, "processed")
+                done.clear()
+                self._job_s = job_s
+                self._after_attempt(record, attempt, now)
+                job_s = self._job_s
+                continue
+            job_s += DURATION_WEIGHT * (attempt.duration_ms / 1000 - job_s)
+            if record.lane is not lane:  # a run's records are of one poll, asked for at one time
+                lane = record.lane
+                overrun = self._limits.expired(lane.polled_at, now)
+            if overrun:
+                self._lock_overrun(record, attempt)
+            done.append(record)
+            if log:
+                log_processed(attempt, self.name, partition=record.message.partition(),
+                              offset=record.message.offset())
+        self._job_s = job_s
+        self._acks.mark_all(done, AcknowledgeType.ACCEPT, "processed")
 
     def _release_for_stop(self) -> None:
         """A stop: nothing more starts; what waits for a slot or a retry is released, and so is
@@ -388,17 +423,20 @@ class ShareWorker:
         heapq.heapify(keep)
         self._republish = keep
 
-    def _after_attempt(self, record: Record, attempt: Attempt) -> None:
+    def _lock_overrun(self, record: Record, attempt: Attempt) -> None:
+        event("share.lock_overrun", f"{self.name}: {attempt.job.label} ended after its lock "
+              f"({self._limits.lock_s:g} s): the broker may have given it to another member "
+              "(raise the group's share.record.lock.duration.ms above the handler's time)",
+              level="WARNING", id=attempt.job.id, key=attempt.job.key, consumer=self.name,
+              lock_s=self._limits.lock_s, duration_ms=round(attempt.duration_ms, 1),
+              partition=record.message.partition(), offset=record.message.offset())
+
+    def _after_attempt(self, record: Record, attempt: Attempt, now: float) -> None:
         origin = {"partition": record.message.partition(), "offset": record.message.offset()}
         self._job_s += DURATION_WEIGHT * (attempt.duration_ms / 1000 - self._job_s)
-        now = time.monotonic()
         polled_at = record.polled_at
         if self._limits.expired(polled_at, now):
-            event("share.lock_overrun", f"{self.name}: {attempt.job.label} ended after its lock "
-                  f"({self._limits.lock_s:g} s): the broker may have given it to another member "
-                  "(raise the group's share.record.lock.duration.ms above the handler's time)",
-                  level="WARNING", id=attempt.job.id, key=attempt.job.key, consumer=self.name,
-                  lock_s=self._limits.lock_s, duration_ms=round(attempt.duration_ms, 1), **origin)
+            self._lock_overrun(record, attempt)
         failed = attempt.error is not None
         delay = self.handler.policy.delay_s(attempt.number) if failed else 0.0
         verdict = after_attempt(not failed, self.handler.next_step(attempt) is Next.DEAD_LETTER,
@@ -537,8 +575,8 @@ class ShareWorker:
     def _abandon_running(self) -> None:
         """The shutdown deadline came with handlers still running: their records go back to the
         broker when the member leaves, and the jobs run again elsewhere."""
-        for record in self._running:
-            if record.job is not None:
+        for record in (record for run in self._on_slots.values() for record in run):
+            if record.running and record.job is not None:
                 event("job.released", f"{self.name} left {record.job.label} running at the shutdown "
                       "deadline: the broker delivers it again", level="WARNING", id=record.job.id,
                       key=record.job.key, partition=record.message.partition(),
