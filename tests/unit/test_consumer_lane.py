@@ -175,16 +175,7 @@ def test_a_revoke_after_the_lane_closed_redoes_only_what_finished_above_a_job_no
     h.assign(0)
     h.turn_until(entered.is_set)
     assert runs == [1, 3, 4], "a2 waits behind b3 and c4"
-    real_consume = h.kafka.consume
-
-    def consume(num_messages: int = 1, timeout: float = -1) -> list[Message]:
-        h.kafka.consume = real_consume  # type: ignore[method-assign]
-        gate.set()
-        h.revoke(0)  # what librdkafka does inside consume(): the revoke callback
-        return []
-
-    h.kafka.consume = consume  # type: ignore[method-assign]
-    h.turn_until(lambda: 0 not in h.kafka.assigned)
+    h.revoke_in_next_consume(0, first=gate.set)
     assert sorted(e["offset"] for e in h.processed()) == [1, 3, 4]
     assert h.kafka.committed.get(0) == 2  # the next owner runs a2, and b3 and c4 again
     assert h.events("job.handed_back") == []
@@ -400,13 +391,16 @@ def test_a_stop_while_a_block_runs_finishes_the_job_in_hand_and_stores_it(
     assert h.events("job.handed_back") == []
 
 
-def test_a_revoke_of_a_partition_done_in_the_block_does_not_wait_for_a_slow_job_of_another(
-        make: Callable[..., Harness]) -> None:
-    gate = threading.Event()
-    entered = threading.Event()
+def block_of_two_partitions_stuck_at(make: Callable[..., Harness], p: int) -> tuple[
+        Harness, threading.Event, list[tuple[int, int]]]:
+    """A block of partition 0's then partition 1's 3 jobs, its slot held in partition `p`'s
+    second job until the returned gate is set; the jobs run so far, as (partition, n)."""
+    gate, entered = threading.Event(), threading.Event()
+    runs: list[tuple[int, int]] = []
 
     def handler(j: Job) -> None:
-        if j.payload["p"] == 1 and j.payload["n"] == 1:
+        runs.append((j.payload["p"], j.payload["n"]))
+        if j.payload["p"] == p and j.payload["n"] == 1:
             entered.set()
             gate.wait(10)
 
@@ -415,11 +409,22 @@ def test_a_revoke_of_a_partition_done_in_the_block_does_not_wait_for_a_slow_job_
     h.add(1, *[job(n, p=1, n=n) for n in range(3)])
     h.assign(0, 1)
     h.turn_until(entered.is_set)
+    return h, gate, runs
+
+
+def revoke_timed(h: Harness, partition: int, gate: threading.Event) -> float:
+    """Seconds a revoke of `partition` took; the gate is opened after it."""
     t0 = time.monotonic()
-    h.revoke(0)
+    h.revoke(partition)
     took = time.monotonic() - t0
     gate.set()
-    assert took < 1
+    return took
+
+
+def test_a_revoke_of_a_partition_done_in_the_block_does_not_wait_for_a_slow_job_of_another(
+        make: Callable[..., Harness]) -> None:
+    h, gate, _ = block_of_two_partitions_stuck_at(make, 1)
+    assert revoke_timed(h, 0, gate) < 1
     assert h.kafka.committed.get(0) == 3
     h.turn_until(lambda: h.settled(1) and h.member._block is None)
     for _ in range(3):
@@ -429,26 +434,8 @@ def test_a_revoke_of_a_partition_done_in_the_block_does_not_wait_for_a_slow_job_
 
 def test_a_revoke_of_a_partition_later_in_the_block_skips_it_without_waiting(
         make: Callable[..., Harness]) -> None:
-    gate = threading.Event()
-    entered = threading.Event()
-    runs: list[tuple[int, int]] = []
-
-    def handler(j: Job) -> None:
-        runs.append((j.payload["p"], j.payload["n"]))
-        if j.payload["p"] == 0 and j.payload["n"] == 1:
-            entered.set()
-            gate.wait(10)
-
-    h = make(handler, shutdown_timeout_s=5)
-    h.add(0, *[job(n, p=0, n=n) for n in range(3)])
-    h.add(1, *[job(n, p=1, n=n) for n in range(3)])
-    h.assign(0, 1)
-    h.turn_until(entered.is_set)
-    t0 = time.monotonic()
-    h.revoke(1)
-    took = time.monotonic() - t0
-    gate.set()
-    assert took < 1
+    h, gate, runs = block_of_two_partitions_stuck_at(make, 0)
+    assert revoke_timed(h, 1, gate) < 1
     assert h.kafka.committed.get(1) is None
     h.turn_until(lambda: h.settled(0) and h.member._block is None)
     for _ in range(3):

@@ -132,6 +132,21 @@ class Harness:
         self.kafka.assigned -= set(partitions)
         self.kafka.paused -= set(partitions)
 
+    def revoke_in_next_consume(self, partition: int, first: Callable[[], None]) -> None:
+        """The next consume() serves a revoke of `partition` (what librdkafka does inside it:
+        the revoke callback), after `first()`, and hands over nothing; the test turns until
+        it has happened."""
+        real_consume = self.kafka.consume
+
+        def consume(num_messages: int = 1, timeout: float = -1) -> list[Message]:
+            self.kafka.consume = real_consume  # type: ignore[method-assign]
+            first()
+            self.revoke(partition)
+            return []
+
+        self.kafka.consume = consume  # type: ignore[method-assign]
+        self.turn_until(lambda: partition not in self.kafka.assigned)
+
     def turn_until(self, done: Callable[[], bool], timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while not done():
@@ -471,16 +486,7 @@ def test_a_revoke_while_a_block_runs_commits_what_it_finished_and_hands_back_not
     h.assign(0)
     h.turn_until(lambda: len(h.processed()) == 5)  # reported while the block is out
     assert h.member._block is not None
-    real_consume = h.kafka.consume
-
-    def consume(num_messages: int = 1, timeout: float = -1) -> list[Message]:
-        h.kafka.consume = real_consume  # type: ignore[method-assign]
-        gate.set()
-        h.revoke(0)  # what librdkafka does inside consume(): the revoke callback
-        return []
-
-    h.kafka.consume = consume  # type: ignore[method-assign]
-    h.turn_until(lambda: 0 not in h.kafka.assigned)
+    h.revoke_in_next_consume(0, first=gate.set)
     assert h.events("job.handed_back") == []
     assert [e["offset"] for e in h.processed()] == list(range(6)) and h.kafka.committed.get(0) == 6
 
