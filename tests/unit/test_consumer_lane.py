@@ -269,16 +269,7 @@ def test_a_revoke_while_messages_wait_in_later_drops_them_and_runs_nothing_twice
     for _ in range(3):
         h.member._turn()
     assert len(h.member._later) == 10
-    real = h.kafka.consume
-
-    def consume(num_messages: int = 1, timeout: float = -1) -> list[Message]:
-        h.kafka.consume = real  # type: ignore[method-assign]
-        gate.set()
-        h.revoke(0)
-        return []
-
-    h.kafka.consume = consume  # type: ignore[method-assign]
-    h.turn_until(lambda: 0 not in h.kafka.assigned)
+    h.revoke_in_next_consume(0, first=gate.set)
     assert h.member._scheduler._held_back == len(h.member._later)
     assert all(m.partition() == 1 for m in h.member._later)
     assert h.events("job.handed_back") == []
@@ -336,31 +327,30 @@ def test_a_partition_lost_and_assigned_back_while_the_block_runs_hands_back_one_
     idle(h)
 
 
-def test_a_failure_on_a_partition_being_revoked_is_handed_back_once_and_the_rest_committed(
-        make: Callable[..., Harness]) -> None:
-    gate = threading.Event()
-    entered = threading.Event()
+def block_stuck_at(make: Callable[..., Harness], jobs: int, fails: bool = False) -> tuple[
+        Harness, threading.Event]:
+    """A block of partition 0's `jobs` jobs, its slot held in job 3 until the returned gate is
+    set (then that call fails, if `fails`)."""
+    gate, entered = threading.Event(), threading.Event()
 
     def handler(j: Job) -> None:
         if j.payload["n"] == 3:
             entered.set()
             gate.wait(10)
-            raise RuntimeError("boom")
+            if fails:
+                raise RuntimeError("boom")
 
     h = make(handler, shutdown_timeout_s=5)
-    h.add(0, *[job(n, n=n) for n in range(6)])
+    h.add(0, *[job(n, n=n) for n in range(jobs)])
     h.assign(0)
     h.turn_until(entered.is_set)
-    real = h.kafka.consume
+    return h, gate
 
-    def consume(num_messages: int = 1, timeout: float = -1) -> list[Message]:
-        h.kafka.consume = real  # type: ignore[method-assign]
-        gate.set()
-        h.revoke(0)
-        return []
 
-    h.kafka.consume = consume  # type: ignore[method-assign]
-    h.turn_until(lambda: 0 not in h.kafka.assigned)
+def test_a_failure_on_a_partition_being_revoked_is_handed_back_once_and_the_rest_committed(
+        make: Callable[..., Harness]) -> None:
+    h, gate = block_stuck_at(make, 6, fails=True)
+    h.revoke_in_next_consume(0, first=gate.set)
     assert [e["offset"] for e in h.events("job.handed_back")] == [3]
     assert h.member.counts.handed_back == 1
     assert h.kafka.committed.get(0) == 3
@@ -371,18 +361,7 @@ def test_a_failure_on_a_partition_being_revoked_is_handed_back_once_and_the_rest
 
 def test_a_stop_while_a_block_runs_finishes_the_job_in_hand_and_stores_it(
         make: Callable[..., Harness]) -> None:
-    gate = threading.Event()
-    entered = threading.Event()
-
-    def handler(j: Job) -> None:
-        if j.payload["n"] == 3:
-            entered.set()
-            gate.wait(10)
-
-    h = make(handler, shutdown_timeout_s=5)
-    h.add(0, *[job(n, n=n) for n in range(8)])
-    h.assign(0)
-    h.turn_until(entered.is_set)
+    h, gate = block_stuck_at(make, 8)
     h.member.stop.set()
     threading.Timer(0.3, gate.set).start()
     h.member._finish_in_flight()

@@ -697,7 +697,7 @@ class ConsumerModel(RuleBasedStateMachine):
 
     def _block_part(self, index: int) -> Any:
         assert self.block is not None
-        return next(part for part, start, end in self.block.segments if start <= index < end)
+        return self.block.part_at(index)
 
     def _slot_passes_closed(self) -> None:
         """The slot passes what it finds closed (at once), and leaves at the end."""
@@ -777,8 +777,7 @@ class ConsumerModel(RuleBasedStateMachine):
 
     @staticmethod
     def _tp_offset(block: Block, index: int) -> tuple[TP, int]:
-        part = next(part for part, start, end in block.segments if start <= index < end)
-        return part.tp, block.payloads[index][0]
+        return block.part_at(index).tp, block.payloads[index][0]
 
     @property
     def running(self) -> list[Task]:

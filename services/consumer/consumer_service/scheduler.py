@@ -212,6 +212,10 @@ class Block:
     def __len__(self) -> int:
         return len(self.payloads)
 
+    def part_at(self, index: int) -> _Partition:
+        """The partition of payloads[index]."""
+        return next(part for part, start, end in self.segments if start <= index < end)
+
     def in_flight(self) -> Iterator[tuple[_Partition, int]]:
         """(partition, index) of each message whose outcome the loop has not taken yet: ended
         and not reported, or whose call may be running (poll loop)."""
@@ -326,6 +330,7 @@ class Scheduler:
         Returns the tasks in flight there (running, or settling): the revoke should wait for
         them (bounded), reporting their outcomes, then store `offsets()`, commit and `drop`.
         """
+        tps = set(tps)
         waits: list[Task] = []
         for tp in tps:
             part = self._parts.get(tp)
@@ -339,7 +344,7 @@ class Scheduler:
                 self._at_risk -= part.at_risk - kept
                 part.at_risk = kept
             waits += part.busy
-        waits += self._block_tasks({tp for tp in tps})
+        waits += self._block_tasks(tps)
         self._check_room()
         return waits
 

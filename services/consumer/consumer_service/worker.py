@@ -523,7 +523,7 @@ class ConsumerWorker:
             self._report_results(failed, 1)
         elif block.failure is not None:  # its partition is being given up (or went)
             attempt: Attempt = block.failure
-            part = next(part for part, start, end in block.segments if start <= block.done < end)
+            part = block.part_at(block.done)
             if not part.gone:  # else handed back (and counted) when it was dropped
                 self._handed_back(part.tp[1], _offset(block.payloads[block.done]), attempt.job.key,
                                   attempt.job.id, f"attempt {attempt.number} failed while its "
